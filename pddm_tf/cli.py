@@ -1,0 +1,191 @@
+"""`pddm-tf`: train, evaluate and export embedding models from the command line.
+
+  pddm-tf train [flags]      train on a dataset, print held-out retrieval metrics, export
+  pddm-tf evaluate [flags]   evaluate an exported SavedModel on a dataset's held-out classes
+
+`pddm-tf train --epochs=0` evaluates and exports the untrained model: the baseline to compare with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+_COMMANDS = ("train", "evaluate")
+
+flags.DEFINE_string("dataset", "omniglot", "Dataset: 'omniglot' (embedded) or 'folder:PATH'.")
+flags.DEFINE_float("test_fraction", 0.5, "Fraction of classes held out for testing (0 = train on all).")
+flags.DEFINE_enum("split_by", "character", ["character", "alphabet"], "Omniglot split unit.")
+flags.DEFINE_bool("rotations", False, "Omniglot: add 90/180/270-degree rotations as new classes.")
+flags.DEFINE_integer("seed", 0, "Seed for the class split, sampling and initialisation.")
+flags.DEFINE_integer("image_size", 32, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer("channels", None, "Image channels (default: 1 for omniglot, 3 for folders).")
+flags.DEFINE_string("json", None, "Write the final held-out metrics to this JSON file.")
+flags.DEFINE_integer("eval_batch_size", 256, "Batch size for embedding the evaluation images.")
+
+# train
+flags.DEFINE_enum("method", "pddm_quadruplet", ["pddm_quadruplet", "pddm_triplet"], "Training method.")
+flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
+                  "Quadruplets per batch: one per positive pair, or the single hardest (the paper).")
+flags.DEFINE_enum("mining_score", "pddm", ["pddm", "euclidean"], "Similarity that mining ranks pairs by.")
+flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
+flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
+flags.DEFINE_integer("epochs", 8, "Training epochs (0 = evaluate and export the untrained model).")
+flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch.")
+flags.DEFINE_integer("batch_classes", 16, "P: classes per batch.")
+flags.DEFINE_integer("batch_per_class", 4, "K: images per class in a batch.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("alpha", 0.5, "Margin of the PDDM-score hinge (E_m).")
+flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
+flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
+flags.DEFINE_integer("eval_every", 0, "Evaluate held-out retrieval every N epochs during training (0 = off).")
+flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).")
+
+# evaluate
+flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, or a base folder (latest version).")
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes JSON atomically: a reader sees the old file or the whole new one."""
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, target)
+
+
+def _load_split():
+    from pddm_tf import data
+
+    kwargs: dict[str, Any] = {}
+    if FLAGS.dataset == "omniglot":
+        kwargs.update(split_by=FLAGS.split_by, rotations=FLAGS.rotations)
+    elif FLAGS.channels is not None:
+        kwargs.update(channels=FLAGS.channels)
+    split = data.load_dataset(FLAGS.dataset, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed, **kwargs)
+    channels = FLAGS.channels or split.channels
+    return split, channels
+
+
+def _report(metrics: dict[str, float], header: str) -> None:
+    from pddm_tf.evaluation import format_table
+
+    print(f"\n{header}\n{format_table(metrics)}", flush=True)
+    if FLAGS.json:
+        _write_json(FLAGS.json, metrics)
+        print(f"metrics written to {FLAGS.json}")
+
+
+def build_model(channels: int):
+    """The model `pddm-tf train` trains, from the flags."""
+    import keras
+
+    from pddm_tf import PDDM, DoubleHeaderHingeLoss, PDDMModel, small_convnet
+
+    heads = {"pddm_quadruplet": 2, "pddm_triplet": 1}[FLAGS.method]
+    loss = DoubleHeaderHingeLoss(alpha=FLAGS.alpha, beta=FLAGS.beta, embedding_weight=FLAGS.embedding_weight,
+                                 heads=heads, mining=FLAGS.mining)
+    model = PDDMModel(small_convnet(FLAGS.image_size, channels, width=FLAGS.backbone_width),
+                      embedding_dim=FLAGS.embedding_dim, pddm=PDDM(name="pddm"), loss=loss,
+                      mining_score=FLAGS.mining_score)
+    model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
+    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
+    return model
+
+
+def train() -> dict[str, float]:
+    import keras
+
+    from pddm_tf import data, evaluation
+    from pddm_tf.export import export_saved_model
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    split, channels = _load_split()
+    print(f"dataset {FLAGS.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
+          + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
+    model = build_model(channels)
+    evaluation_data = None
+    if split.test is not None:
+        evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size)
+    if FLAGS.epochs > 0:
+        train_data = data.class_balanced_dataset(split.train, FLAGS.batch_classes, FLAGS.batch_per_class,
+                                                 FLAGS.image_size, channels, seed=FLAGS.seed)
+        callbacks = []
+        if evaluation_data is not None and FLAGS.eval_every > 0:
+            callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
+        start = time.perf_counter()
+        model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, callbacks=callbacks,
+                  verbose=1 if sys.stdout.isatty() else 2)
+        seconds = time.perf_counter() - start
+        images = FLAGS.epochs * FLAGS.steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
+        print(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
+    metrics: dict[str, float] = {}
+    if evaluation_data is not None:
+        embeddings, labels = evaluation.embed_dataset(model, evaluation_data)
+        metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=FLAGS.seed)
+        _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
+    if FLAGS.export_dir:
+        path = export_saved_model(model, FLAGS.export_dir, FLAGS.image_size, channels)
+        print(f"SavedModel exported to {path}")
+    return metrics
+
+
+def _resolve_model_dir(path: str) -> pathlib.Path:
+    root = pathlib.Path(path)
+    if (root / "saved_model.pb").exists():
+        return root
+    versions = sorted((int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()), reverse=True)
+    if not versions:
+        raise app.UsageError(f"--model_dir={path} holds neither a saved_model.pb nor version folders")
+    return root / str(versions[0])
+
+
+def evaluate() -> dict[str, float]:
+    import tensorflow as tf
+
+    from pddm_tf import data, evaluation
+
+    if not FLAGS.model_dir:
+        raise app.UsageError("evaluate needs --model_dir")
+    model_dir = _resolve_model_dir(FLAGS.model_dir)
+    embed = tf.saved_model.load(str(model_dir)).signatures["embed_pixels"]
+    _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
+    split, _ = _load_split()
+    files = split.test if split.test is not None else split.train
+    pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size)
+    embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in pixels], axis=0).numpy()
+    metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=FLAGS.seed)
+    _report(metrics, f"{model_dir} on {FLAGS.dataset} ({files.num_classes} classes, {len(files)} images)")
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate}
+    if len(argv) != 2 or argv[1] not in commands:
+        raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
+    try:
+        commands[argv[1]]()
+    except (ValueError, FileNotFoundError) as error:
+        # Bad data or arguments: a one-line message is more useful than a traceback.
+        logging.error("%s", error)
+        sys.exit(f"pddm-tf: error: {error}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

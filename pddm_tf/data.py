@@ -1,0 +1,537 @@
+"""Datasets for deep metric learning: labelled file lists, decoding and class-balanced batches.
+
+Images are never held in memory: loaders return `ImageFiles` (paths + labels) and the
+`tf.data` pipelines read and decode files on the fly. Metric-learning splits are by class:
+the test classes are never seen in training (zero-shot retrieval / clustering protocol).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+_logger = logging.getLogger(__name__)
+
+_OMNIGLOT_ROOT = pathlib.Path(__file__).parent / "_data" / "omniglot_background_small"
+_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
+# Leading bytes of the formats tf.io.decode_image understands: PNG, JPEG, GIF, BMP.
+_MAGIC_NUMBERS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+_SPLIT_BY = ("character", "alphabet")
+_AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageFiles:
+    """A labelled list of image files (never the pixels).
+
+    Attributes:
+      paths: [n] str, one image file per row.
+      labels: [n] int32, contiguous class ids in 0..num_classes-1.
+      class_names: num_classes names; `class_names[label]` names a row's class.
+      rotations: [n] int32 in {0, 1, 2, 3}, the number of 90-degree counter-clockwise
+        rotations applied when the file is decoded (rotated copies act as new classes).
+
+    The arrays are normalised to str / int32 read-only copies. Equality is identity
+    (`eq=False`): element-wise array comparison has no single truth value.
+    """
+
+    paths: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    rotations: np.ndarray
+
+    def __post_init__(self) -> None:
+        paths = np.array(self.paths, dtype=str)
+        labels = np.array(self.labels)
+        rotations = np.array(self.rotations)
+        class_names = tuple(str(name) for name in self.class_names)
+        for name, array in (("paths", paths), ("labels", labels), ("rotations", rotations)):
+            if array.ndim != 1:
+                raise ValueError(f"ImageFiles.{name} must be 1-D, got shape {array.shape}")
+            if len(array) != len(paths):
+                raise ValueError(
+                    f"ImageFiles fields differ in length: {len(paths)} paths, {len(array)} {name}"
+                )
+        for name, array in (("labels", labels), ("rotations", rotations)):
+            if array.size and not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"ImageFiles.{name} must be integers, got dtype {array.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise ValueError(
+                f"ImageFiles.labels must lie in [0, {len(class_names)}), "
+                f"got [{labels.min()}, {labels.max()}]"
+            )
+        if rotations.size and (rotations.min() < 0 or rotations.max() > 3):
+            raise ValueError("ImageFiles.rotations must lie in {0, 1, 2, 3}")
+        normalised = {
+            "paths": paths,
+            "labels": labels.astype(np.int32),
+            "rotations": rotations.astype(np.int32),
+        }
+        for name, array in normalised.items():
+            array.setflags(write=False)  # The dataclass is frozen; so are its arrays.
+            object.__setattr__(self, name, array)
+        object.__setattr__(self, "class_names", class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, `len(class_names)`."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        """Number of images n."""
+        return len(self.paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplit:
+    """Train and test images over disjoint classes.
+
+    Attributes:
+      train: the training images.
+      test: the test images, or None when `test_fraction == 0`.
+      channels: channels to decode the images with (1 for Omniglot, 3 for folders by default).
+    """
+
+    train: ImageFiles
+    test: ImageFiles | None
+    channels: int
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def load_omniglot(
+    test_fraction: float = 0.5,
+    split_by: str = "character",
+    rotations: bool = False,
+    seed: int = 0,
+    root: str | None = None,
+) -> DatasetSplit:
+    """Omniglot characters as classes, split into disjoint train / test classes.
+
+    Reads the layout `root/<alphabet>/<characterNN>/<id>_<drawer>.png`; by default the
+    embedded subset of `images_background` (8 alphabets, 242 characters x 20 drawers).
+
+    Args:
+      test_fraction: fraction of the classes held out for testing, in [0, 1).
+      split_by: "character": the characters are shuffled with
+        `np.random.default_rng(seed)` and the first `round(test_fraction * C)` go to test.
+        "alphabet": whole alphabets go to test (no alphabet on both sides): alphabets are
+        shuffled with the seed and taken until at least `test_fraction` of the characters
+        are in test.
+      rotations: if True each character yields 4 classes, its copies rotated by 0, 90, 180
+        and 270 degrees, named e.g. "Greek/character01/rot90". Rotated copies are split
+        together with their character, so no glyph appears on both sides.
+      seed: seed of the class split.
+      root: dataset folder; None for the embedded subset.
+
+    Returns:
+      A `DatasetSplit` with `channels=1`; class names are "<alphabet>/<characterNN>".
+
+    Raises:
+      ValueError: bad `test_fraction` or `split_by`, a missing `root`, or a split that
+        leaves one side without classes.
+    """
+    _check_test_fraction(test_fraction)
+    if split_by not in _SPLIT_BY:
+        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
+    paths, labels, class_names = _scan_class_folders(
+        pathlib.Path(root) if root is not None else _OMNIGLOT_ROOT, class_depth=2
+    )
+    rng = np.random.default_rng(seed)
+    if split_by == "character":
+        test_mask = _random_class_mask(len(class_names), test_fraction, rng)
+    else:
+        alphabets = np.array([name.split("/")[0] for name in class_names])
+        test_mask = _random_group_mask(alphabets, test_fraction, rng)
+    train, test = _split(paths, labels, class_names, test_mask, test_fraction)
+    if rotations:
+        train = _with_rotations(train)
+        test = _with_rotations(test) if test is not None else None
+    return DatasetSplit(train=train, test=test, channels=1)
+
+
+def load_folder(
+    path: str,
+    test_fraction: float = 0.5,
+    seed: int = 0,
+    channels: int = 3,
+    validate: bool = True,
+) -> DatasetSplit:
+    """Any folder with one sub-folder per class, split into disjoint train / test classes.
+
+    Every image (.png .jpg .jpeg .bmp .gif, any case) below `path` belongs to the class
+    named by its parent folder relative to `path`, so nested layouts work:
+    `path/birds/finch/1.jpg` is class "birds/finch". Images directly in `path` have no
+    class and are ignored. Classes are sorted by name; the split shuffles them with
+    `np.random.default_rng(seed)` and sends `round(test_fraction * C)` to test.
+
+    Args:
+      path: the dataset folder.
+      test_fraction: fraction of the classes held out for testing, in [0, 1).
+      seed: seed of the class split.
+      channels: 1 (grayscale) or 3 (RGB), the channels images are decoded to.
+      validate: if True every file is read once, its header checked against the
+        PNG/JPEG/GIF/BMP magic numbers and decoded once with `decode_image`. A corrupt or
+        undecodable file is SKIPPED with a `logging.warning` naming it, rather than
+        failing the whole load: one bad download should not cost a dataset, while a
+        training pipeline hitting it later would crash mid-run. This costs one decode
+        per image at load time; pass False for trusted data.
+
+    Returns:
+      A `DatasetSplit` with the given `channels`.
+
+    Raises:
+      ValueError: (naming `path`) the folder is missing, holds no images, or fewer than 2
+        classes (after skipping corrupt files); or bad `test_fraction` / `channels`.
+    """
+    _check_test_fraction(test_fraction)
+    _check_channels(channels)
+    paths, labels, class_names = _scan_class_folders(pathlib.Path(path), class_depth=None)
+    if validate:
+        ok = np.array([_is_decodable(p, channels) for p in paths], dtype=bool)
+        paths, labels, class_names = _drop_classless(paths[ok], labels[ok], class_names)
+    if len(class_names) < 2:
+        raise ValueError(
+            f"dataset folder {str(path)!r} has {len(class_names)} class(es) with valid images; "
+            "metric learning needs at least 2"
+        )
+    test_mask = _random_class_mask(len(class_names), test_fraction, np.random.default_rng(seed))
+    train, test = _split(paths, labels, class_names, test_mask, test_fraction)
+    return DatasetSplit(train=train, test=test, channels=channels)
+
+
+# Named datasets; "folder:PATH" is handled apart since its name carries an argument.
+# TFDS datasets (caltech_birds2011, cars196, ...) belong here too.
+_DATASETS: dict[str, Callable[..., DatasetSplit]] = {"omniglot": load_omniglot}
+_FOLDER_PREFIX = "folder:"
+
+
+def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) -> DatasetSplit:
+    """Loads a dataset by name: "omniglot" or "folder:PATH".
+
+    `kwargs` go to the loader (`load_omniglot` / `load_folder`).
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
+    """
+    if name.startswith(_FOLDER_PREFIX) and name[len(_FOLDER_PREFIX) :]:
+        return load_folder(name[len(_FOLDER_PREFIX) :], test_fraction, seed, **kwargs)
+    if name not in _DATASETS:
+        known = ", ".join(repr(n) for n in [*_DATASETS, _FOLDER_PREFIX + "PATH"])
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
+    return _DATASETS[name](test_fraction=test_fraction, seed=seed, **kwargs)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(
+    encoded: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0
+) -> tf.Tensor:
+    """Decodes one image file's bytes for the network.
+
+    Pure TF ops, so the SavedModel serving signature reuses it unchanged.
+
+    Args:
+      encoded: scalar tf.string, the bytes of a PNG, JPEG, GIF (first frame) or BMP file.
+      image_size: side s of the square output; the image is resized without keeping its
+        aspect ratio (bilinear, antialiased so that downscaling does not alias).
+      channels: 1 (grayscale) or 3 (RGB) output channels c.
+      rotation: number k of 90-degree counter-clockwise rotations, applied before resizing.
+
+    Returns:
+      [s, s, c] float32 in [0, 1].
+    """
+    if channels == 1:
+        # TF's GIF and BMP decoders only emit RGB(A): decode those as RGB, then convert.
+        is_rgb_only = tf.logical_or(
+            tf.strings.substr(encoded, 0, 3) == "GIF", tf.strings.substr(encoded, 0, 2) == "BM"
+        )
+        image = tf.cond(
+            is_rgb_only,
+            lambda: tf.image.rgb_to_grayscale(_decode(encoded, channels=3)),
+            lambda: _decode(encoded, channels=1),
+        )
+    else:
+        image = _decode(encoded, channels)
+    image = tf.image.rot90(image, k=rotation)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    # The resampling weights sum to 1 only up to float rounding: keep the promised range.
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def decode_images(encoded: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
+    """Decodes a batch of image files: [n] tf.string -> [n, s, s, c] float32 in [0, 1]."""
+    return tf.map_fn(
+        lambda one: decode_image(one, image_size, channels),
+        encoded,
+        fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.float32),
+    )
+
+
+def _decode(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+    """Scalar file bytes -> [h, w, channels] uint8/uint16 (first frame of an animation)."""
+    return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def class_balanced_dataset(
+    files: ImageFiles,
+    batch_classes: int,
+    batch_per_class: int,
+    image_size: int,
+    channels: int,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Infinite P x K batches: P distinct classes, K distinct images of each.
+
+    Sampling goes by passes. Pass p shuffles the classes (seeded by `(seed, p)`) and cuts
+    the permutation into `steps_per_pass` groups of P consecutive classes, dropping the
+    incomplete tail group; every class of a group contributes K distinct images drawn
+    from its pool, reshuffled each pass. The pipeline only holds file indices: files are
+    read and decoded per image in parallel (order preserved), so the dataset is
+    deterministic given `seed` and never loads the images into memory.
+
+    Args:
+      files: the images to sample; every class needs at least K of them.
+      batch_classes: P >= 2, classes per batch.
+      batch_per_class: K >= 1, images per class.
+      image_size: side s of the decoded images.
+      channels: channels c of the decoded images.
+      seed: sampling seed.
+
+    Returns:
+      A dataset of (images [P*K, s, s, c] float32, labels [P*K] int32); rows are grouped
+      by class: rows k*K .. k*K+K-1 hold the k-th class of the batch.
+
+    Raises:
+      ValueError: P < 2, K < 1, fewer than 2 or fewer than P classes, or a class with fewer
+        than K images.
+    """
+    num_classes = files.num_classes
+    if batch_classes < 2:
+        raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
+    if batch_per_class < 1:
+        raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
+    if num_classes < 2:
+        raise ValueError(f"class-balanced batches need at least 2 classes, got {num_classes}")
+    if num_classes < batch_classes:
+        raise ValueError(f"only {num_classes} classes but batch_classes={batch_classes}")
+    counts = np.bincount(files.labels, minlength=num_classes)
+    if (counts < batch_per_class).any():
+        small = int(np.argmax(counts < batch_per_class))
+        raise ValueError(
+            f"class {files.class_names[small]!r} has {counts[small]} "
+            f"image{'' if counts[small] == 1 else 's'} but batch_per_class={batch_per_class}"
+        )
+
+    paths = tf.constant(files.paths)
+    labels = tf.constant(files.labels)
+    rotations = tf.constant(files.rotations)
+    # Row where each class's run starts once the files are sorted by label.
+    class_starts = tf.constant(np.cumsum(counts) - counts, tf.int64)
+    num_files = tf.constant(len(files), tf.int64)
+    classes_per_pass = steps_per_pass(files, batch_classes) * batch_classes
+
+    def pass_indices(pass_index: tf.Tensor) -> tf.Tensor:
+        """[classes_per_pass * K] int64 file indices of one pass, grouped by class."""
+        class_seed, pool_seed = tf.unstack(
+            tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), pass_index]))
+        )
+        # Sorting by (label, random rank) lays every class out as a contiguous, freshly
+        # shuffled run; its first K rows are K distinct images drawn without replacement.
+        ranks = tf.random.experimental.stateless_shuffle(tf.range(num_files), seed=pool_seed)
+        by_class = tf.argsort(tf.cast(labels, tf.int64) * num_files + ranks)
+        picks = tf.gather(by_class, class_starts[:, None] + tf.range(batch_per_class, dtype=tf.int64))
+        classes = tf.random.experimental.stateless_shuffle(tf.range(num_classes), seed=class_seed)
+        return tf.reshape(tf.gather(picks, classes[:classes_per_pass]), [-1])
+
+    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return _read(paths[index], rotations[index], image_size, channels), labels[index]
+
+    return (
+        tf.data.Dataset.counter()
+        .flat_map(lambda p: tf.data.Dataset.from_tensor_slices(pass_indices(p)))
+        .map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+        # A pass holds whole batches, so batch boundaries stay aligned with class groups.
+        .batch(batch_classes * batch_per_class, drop_remainder=True)
+        .prefetch(_AUTOTUNE)
+    )
+
+
+def evaluation_dataset(
+    files: ImageFiles, image_size: int, channels: int, batch_size: int = 256
+) -> tf.data.Dataset:
+    """One pass over `files` in order: (images [b, s, s, c] float32, labels [b] int32).
+
+    b = `batch_size` except for a smaller last batch; decoding runs in parallel, order kept.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return (
+        tf.data.Dataset.from_tensor_slices((files.paths, files.rotations, files.labels))
+        .map(
+            lambda path, rotation, label: (_read(path, rotation, image_size, channels), label),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+        .prefetch(_AUTOTUNE)
+    )
+
+
+def steps_per_pass(files: ImageFiles, batch_classes: int) -> int:
+    """Batches in one pass of `class_balanced_dataset`: num_classes // batch_classes."""
+    if batch_classes < 1:
+        raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
+    return files.num_classes // batch_classes
+
+
+def _read(path: tf.Tensor, rotation: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
+    """Scalar path -> decoded [s, s, c] float32 image."""
+    return decode_image(tf.io.read_file(path), image_size, channels, rotation)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_test_fraction(test_fraction: float) -> None:
+    if not 0 <= test_fraction < 1:  # Also rejects NaN.
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def _scan_class_folders(
+    root: pathlib.Path, class_depth: int | None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Lists the images below `root`, classed by parent folder relative to `root`.
+
+    Args:
+      root: the dataset folder.
+      class_depth: keep only class folders exactly this deep (2 for
+        alphabet/character); None keeps every folder below `root`.
+
+    Returns:
+      paths [n] str sorted, labels [n] int32, class_names sorted.
+    """
+    if not root.is_dir():
+        raise ValueError(f"dataset folder {str(root)!r} does not exist or is not a directory")
+    images = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in _IMAGE_EXTENSIONS and p.parent != root and p.is_file()
+    )
+    classes = [p.parent.relative_to(root).as_posix() for p in images]
+    if class_depth is not None:
+        keep = [c.count("/") + 1 == class_depth for c in classes]
+        images = [p for p, k in zip(images, keep) if k]
+        classes = [c for c, k in zip(classes, keep) if k]
+    if not images:
+        raise ValueError(
+            f"no images ({', '.join(sorted(_IMAGE_EXTENSIONS))}) in class sub-folders of {str(root)!r}"
+        )
+    class_names, labels = np.unique(np.array(classes), return_inverse=True)
+    return np.array([str(p) for p in images]), labels.astype(np.int32), tuple(class_names)
+
+
+def _is_decodable(path: str, channels: int) -> bool:
+    """Whether `path` is an image file TF decodes; logs a warning naming it if not."""
+    data = pathlib.Path(path).read_bytes()
+    if not data.startswith(_MAGIC_NUMBERS):
+        _logger.warning("skipping %s: not a PNG, JPEG, GIF or BMP file", path)
+        return False
+    try:
+        # Same decoder as the pipeline; a 1x1 output keeps the check cheap.
+        decode_image(tf.constant(data), image_size=1, channels=channels)
+    except tf.errors.OpError as error:
+        _logger.warning("skipping %s: cannot decode it (%s)", path, error.message)
+        return False
+    return True
+
+
+def _drop_classless(
+    paths: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Removes classes left without images and renumbers the labels contiguously."""
+    present, labels = np.unique(labels, return_inverse=True)
+    return paths, labels.astype(np.int32), tuple(class_names[i] for i in present)
+
+
+def _random_class_mask(num_classes: int, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """[C] bool, True for the `round(test_fraction * C)` classes first in a random order."""
+    mask = np.zeros(num_classes, dtype=bool)
+    mask[rng.permutation(num_classes)[: round(test_fraction * num_classes)]] = True
+    return mask
+
+
+def _random_group_mask(groups: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """[C] bool over classes grouped by `groups` ([C] names): whole groups, taken in a
+    random order until at least `test_fraction` of the classes are selected."""
+    if test_fraction == 0:
+        return np.zeros(len(groups), dtype=bool)
+    names, group_of_class = np.unique(groups, return_inverse=True)
+    order = rng.permutation(len(names))
+    sizes = np.bincount(group_of_class)[order]
+    num_taken = int(np.searchsorted(np.cumsum(sizes), test_fraction * len(groups))) + 1
+    return np.isin(group_of_class, order[:num_taken])
+
+
+def _split(
+    paths: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    test_mask: np.ndarray,
+    test_fraction: float,
+) -> tuple[ImageFiles, ImageFiles | None]:
+    """Train / test `ImageFiles` of the classes outside / inside `test_mask` ([C] bool)."""
+    num_test = int(test_mask.sum())
+    if num_test == len(class_names) or (test_fraction > 0 and num_test == 0):
+        raise ValueError(
+            f"test_fraction={test_fraction} puts {num_test} of {len(class_names)} classes in test; "
+            "both train and test need at least one class"
+        )
+    train = _subset(paths, labels, class_names, ~test_mask)
+    return train, (_subset(paths, labels, class_names, test_mask) if num_test else None)
+
+
+def _subset(
+    paths: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], keep: np.ndarray
+) -> ImageFiles:
+    """The files of the classes where `keep` ([C] bool) is True, relabelled 0..kept-1."""
+    rows = keep[labels]
+    new_label = np.cumsum(keep) - 1  # Old label -> rank among the kept classes.
+    return ImageFiles(
+        paths=paths[rows],
+        labels=new_label[labels[rows]],
+        class_names=tuple(name for name, k in zip(class_names, keep) if k),
+        rotations=np.zeros(rows.sum(), dtype=np.int32),
+    )
+
+
+def _with_rotations(files: ImageFiles) -> ImageFiles:
+    """Each class c becomes classes 4c+k, its copies rotated by k * 90 degrees (k = 0..3).
+
+    Expects unrotated files; rows stay grouped by class.
+    """
+    k = np.repeat(np.arange(4, dtype=np.int32), len(files))
+    labels = np.tile(files.labels, 4) * 4 + k
+    order = np.argsort(labels, kind="stable")
+    return ImageFiles(
+        paths=np.tile(files.paths, 4)[order],
+        labels=labels[order],
+        class_names=tuple(f"{name}/rot{90 * r}" for name in files.class_names for r in range(4)),
+        rotations=k[order],
+    )

@@ -1,0 +1,46 @@
+"""Pairwise distances and zero-safe normalisation shared by layers, mining and losses."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Squared-norm floor used wherever we divide by a norm. 1e-12 keeps float32 finite and, because the
+# floor is applied to the squared norm before the square root, the gradient at an exact zero vector
+# is 0 instead of NaN (d sqrt(x)/dx is infinite at 0).
+EPSILON = 1e-12
+
+
+def safe_norm(x: tf.Tensor, axis: int = -1, keepdims: bool = True) -> tf.Tensor:
+    """Euclidean norm along `axis`, floored at sqrt(EPSILON) so that it never divides by zero."""
+    return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=axis, keepdims=keepdims), EPSILON))
+
+
+def l2_normalize(x: tf.Tensor, axis: int = -1) -> tf.Tensor:
+    """`x / ||x||` along `axis`; an all-zero vector maps to zero with a zero (finite) gradient."""
+    return x / safe_norm(x, axis=axis, keepdims=True)
+
+
+def pairwise_squared_distances(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+    """Squared Euclidean distances D_ij = ||x_i - y_j||^2.
+
+    Args:
+      x: [m, d]. y: [n, d], defaults to x.
+    Returns:
+      [m, n], clamped at 0 (the Gram-matrix form can round slightly below zero); when `y` is None
+      the diagonal is exactly 0 and the matrix is exactly symmetric.
+    """
+    same = y is None
+    y = x if same else y
+    sq_x = tf.reduce_sum(tf.square(x), axis=1)
+    sq_y = tf.reduce_sum(tf.square(y), axis=1)
+    d = sq_x[:, None] - 2.0 * tf.matmul(x, y, transpose_b=True) + sq_y[None, :]
+    d = tf.maximum(d, 0.0)
+    if same:
+        d = 0.5 * (d + tf.transpose(d))
+        d = tf.linalg.set_diag(d, tf.zeros_like(sq_x))
+    return d
+
+
+def squared_distances_of_pairs(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Row-wise squared distances ||x_n - y_n||^2 for [n, d] inputs -> [n]."""
+    return tf.reduce_sum(tf.square(x - y), axis=-1)

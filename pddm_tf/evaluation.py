@@ -1,0 +1,368 @@
+"""Retrieval and clustering metrics for deep metric learning (METHODS.md, section 5).
+
+Test classes are disjoint from training classes, so a model is judged by how well its
+embeddings of unseen classes retrieve and cluster:
+
+* Recall@K: a query is a hit when any of its K nearest *other* items shares its label.
+* NMI: k-means with as many clusters as classes, scored against the labels.
+* MAP@R and R-Precision (Musgrave et al., "A Metric Learning Reality Check", 2020): for a
+  query with R other items of its class, look at its R nearest neighbours.
+
+Conventions shared by every function here:
+
+* Distances are squared Euclidean, computed in float32.
+* A query never retrieves itself; it is excluded by index, so exact duplicates of a query
+  still count as its neighbours.
+* Ties in (computed) distance go to the lower gallery index, so results are deterministic.
+* Queries whose class has no other member (R = 0) can neither hit nor be ranked, so they are
+  left out of Recall@K, MAP@R and R-Precision (they still take part in NMI). Counting them as
+  misses instead would penalise a model for a property of the data split.
+"""
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from numpy.typing import ArrayLike
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+
+DEFAULT_KS = (1, 2, 4, 8)
+# One k-means++ run, scikit-learn's own default for k-means++: restarts multiply the cost,
+# which is already high with thousands of test classes.
+KMEANS_N_INIT = 1
+
+
+# ----------------------------------------------------------------------------------------
+# Nearest-neighbour search
+# ----------------------------------------------------------------------------------------
+
+
+def nearest_neighbors(
+    queries: ArrayLike,
+    gallery: ArrayLike | None = None,
+    k: int = 8,
+    chunk_size: int = 1024,
+    exclude_self: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours by squared Euclidean distance.
+
+    Distances are expanded as ||q||^2 - 2 q.g + ||g||^2 and computed `chunk_size` queries at
+    a time, so memory stays at one [chunk_size, n_gallery] block rather than a full
+    [n_queries, n_gallery] matrix. Neighbours with equal computed distance come out in
+    ascending gallery index order, so exact ties (duplicates, integer-valued data) are
+    deterministic; float32 rounding may still separate distances that are equal in theory.
+
+    Args:
+        queries: [n_queries, dim] float array.
+        gallery: [n_gallery, dim] float array, or None to search `queries` against itself.
+        k: number of neighbours per query.
+        chunk_size: number of queries per distance block.
+        exclude_self: when `gallery` is None, drop each query's own index from its
+            neighbours. Ignored with a separate gallery, which has no "self" in it.
+
+    Returns:
+        (indices, distances): [n_queries, k] int64 gallery indices and [n_queries, k]
+        float32 squared distances (clamped at 0), by ascending distance.
+
+    Raises:
+        ValueError: on malformed inputs, or if `k` exceeds the number of candidates
+            (n_gallery, minus one when the query itself is excluded).
+    """
+    queries = _as_matrix(queries, "queries")
+    self_search = gallery is None
+    gallery = queries if self_search else _as_matrix(gallery, "gallery embeddings")
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"queries and gallery differ in dimension: {queries.shape[1]} vs {gallery.shape[1]}"
+        )
+    exclude_self = exclude_self and self_search
+    n_candidates = gallery.shape[0] - int(exclude_self)
+    if not 1 <= k <= n_candidates:
+        raise ValueError(f"k must be in [1, {n_candidates}] for this gallery, got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+
+    # For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
+    # 2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction per
+    # block. ||q||^2 is added back only for the k winners.
+    gallery_t = tf.constant(gallery)
+    gallery_sq_norms = tf.reduce_sum(tf.square(gallery_t), axis=1)  # [n_g]
+    gallery_x2 = 2.0 * gallery_t  # exact: scaling by 2 only shifts the exponent
+    all_indices, all_distances = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        chunk = tf.constant(queries[start : start + chunk_size])  # [m, dim]
+        scores = tf.matmul(chunk, gallery_x2, transpose_b=True) - gallery_sq_norms  # [m, n_g]
+        if exclude_self:
+            # Exclude by index, not by zero distance, so duplicates of a query still count.
+            rows = tf.range(chunk.shape[0])
+            self_ids = tf.stack([rows, rows + start], axis=1)  # [m, 2]
+            scores = tf.tensor_scatter_nd_update(scores, self_ids, tf.fill([chunk.shape[0]], -np.inf))
+        # top_k is documented to put the lower index first among equal values: that is our
+        # tie-breaking rule.
+        top_scores, indices = tf.math.top_k(scores, k=k, sorted=True)  # [m, k]
+        distances = tf.reduce_sum(tf.square(chunk), axis=1, keepdims=True) - top_scores
+        # The expansion cancels catastrophically for near-identical points and can dip below 0.
+        all_distances.append(tf.maximum(distances, 0.0).numpy())
+        all_indices.append(indices.numpy().astype(np.int64))
+    return np.concatenate(all_indices), np.concatenate(all_distances)
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------
+
+
+def recall_at_k(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Recall@K over all queries that have at least one other item of their class.
+
+    Args:
+        embeddings: [n, dim] float array.
+        labels: [n] class labels (any hashable dtype numpy can sort).
+        ks: the K values to report.
+        chunk_size: queries per distance block, see `nearest_neighbors`.
+
+    Returns:
+        {"recall@K": fraction of queries with a same-class item among their K nearest}.
+    """
+    embeddings, class_ids, r = _validate(embeddings, labels)
+    ks = _validate_ks(ks)
+    indices, _ = nearest_neighbors(embeddings, k=max(ks), chunk_size=chunk_size)
+    return _recall_from_hits(class_ids[indices] == class_ids[:, None], r, ks)
+
+
+def map_at_r(embeddings: ArrayLike, labels: ArrayLike, chunk_size: int = 1024) -> dict[str, float]:
+    """MAP@R and R-Precision (Musgrave et al., 2020).
+
+    For a query with R > 0 other items of its class and its R nearest neighbours:
+    R-Precision = (#same-class among them) / R and
+    MAP@R = (1/R) * sum_{i=1..R} P(i) * rel(i), with P(i) the precision of the first i.
+
+    Args:
+        embeddings: [n, dim] float array.
+        labels: [n] class labels.
+        chunk_size: queries per distance block, see `nearest_neighbors`.
+
+    Returns:
+        {"map@r": ..., "r_precision": ...}, each averaged over queries with R > 0.
+    """
+    embeddings, class_ids, r = _validate(embeddings, labels)
+    indices, _ = nearest_neighbors(embeddings, k=int(r.max()), chunk_size=chunk_size)
+    return _map_at_r_from_hits(class_ids[indices] == class_ids[:, None], r)
+
+
+def nmi(embeddings: ArrayLike, labels: ArrayLike, seed: int = 0, n_init: int = KMEANS_N_INIT) -> float:
+    """Normalized mutual information between k-means clusters and the labels.
+
+    Args:
+        embeddings: [n, dim] float array.
+        labels: [n] class labels; k-means uses one cluster per distinct label.
+        seed: k-means random_state, for reproducible figures.
+        n_init: k-means restarts.
+
+    Returns:
+        NMI in [0, 1] (arithmetic normalisation, scikit-learn's default).
+    """
+    embeddings, class_ids, _ = _validate(embeddings, labels)
+    return _nmi(embeddings, class_ids, seed, n_init)
+
+
+def _nmi(embeddings: np.ndarray, class_ids: np.ndarray, seed: int, n_init: int) -> float:
+    """NMI for validated inputs: class ids [n] are 0..n_classes-1."""
+    n_clusters = int(class_ids.max()) + 1
+    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
+    return float(normalized_mutual_info_score(class_ids, kmeans.fit_predict(embeddings)))
+
+
+def evaluate_retrieval(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Recall@K, NMI, MAP@R and R-Precision from a single nearest-neighbour search.
+
+    Args:
+        embeddings: [n, dim] float array.
+        labels: [n] class labels.
+        ks: the K values for Recall@K.
+        chunk_size: queries per distance block, see `nearest_neighbors`.
+        seed: k-means seed for NMI.
+
+    Returns:
+        {"recall@K" for K in ks, "nmi", "map@r", "r_precision"}.
+    """
+    embeddings, class_ids, r = _validate(embeddings, labels)
+    ks = _validate_ks(ks)
+    # One search deep enough for both Recall@max(ks) and the largest class's R.
+    k = max(max(ks), int(r.max()))
+    indices, _ = nearest_neighbors(embeddings, k=k, chunk_size=chunk_size)
+    hits = class_ids[indices] == class_ids[:, None]  # [n, k]
+    metrics = _recall_from_hits(hits, r, ks)
+    metrics["nmi"] = _nmi(embeddings, class_ids, seed, KMEANS_N_INIT)
+    metrics.update(_map_at_r_from_hits(hits, r))
+    return metrics
+
+
+def _recall_from_hits(hits: np.ndarray, r: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """hits: [n, >= max(ks)] bool, neighbour j of query i shares its class; r: [n]."""
+    hits = hits[r > 0]
+    return {f"recall@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def _map_at_r_from_hits(hits: np.ndarray, r: np.ndarray) -> dict[str, float]:
+    """hits: [n, >= max(r)] bool, neighbour j of query i shares its class; r: [n]."""
+    hits, r = hits[r > 0], r[r > 0]
+    ranks = np.arange(1, hits.shape[1] + 1)
+    relevant = hits & (ranks[None, :] <= r[:, None])  # rel(i), cut off after R neighbours
+    precision_at_i = np.cumsum(relevant, axis=1) / ranks  # P(i)
+    return {
+        "map@r": float(np.mean(np.sum(precision_at_i * relevant, axis=1) / r)),
+        "r_precision": float(np.mean(relevant.sum(axis=1) / r)),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# Input validation and presentation
+# ----------------------------------------------------------------------------------------
+
+
+def _as_matrix(x: ArrayLike, name: str) -> np.ndarray:
+    """Any array-like (numpy, tf.Tensor, list) -> finite [n >= 1, dim] float32 array."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or inf values")
+    return x
+
+
+def _validate(embeddings: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check a labelled embedding set.
+
+    Returns:
+        embeddings [n, dim] float32, class ids [n] int in [0, n_classes), and
+        r [n] int, the number of *other* items in each query's class.
+    """
+    embeddings = _as_matrix(embeddings, "embeddings")
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D [n], got shape {labels.shape}")
+    if labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"{embeddings.shape[0]} embeddings but {labels.shape[0]} labels")
+    if embeddings.shape[0] < 2:
+        raise ValueError("need at least 2 items to evaluate retrieval")
+    _, class_ids, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    if class_sizes.size < 2:
+        raise ValueError("need at least 2 classes to evaluate retrieval")
+    r = class_sizes[class_ids] - 1
+    if r.max() == 0:
+        raise ValueError("every class is a singleton: no query has a same-class neighbour")
+    return embeddings, class_ids, r
+
+
+def _validate_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """Recall@K cut-offs as a tuple of positive ints."""
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks}")
+    return ks
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Render {"metric": value} as an aligned two-column text table, values to 4 decimals."""
+    width = max(len("metric"), *map(len, metrics))
+    lines = [f"{'metric':<{width}} | value", f"{'-' * width}-+-{'-' * 6}"]
+    lines += [f"{name:<{width}} | {value:.4f}" for name, value in metrics.items()]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Keras integration
+# ----------------------------------------------------------------------------------------
+
+
+def embed_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Embed a finite dataset of (images, labels) batches.
+
+    The dataset is iterated once and each batch's embeddings and labels are kept together:
+    a second pass (say, one for images, one for labels) would misalign them whenever the
+    dataset reshuffles on every iteration.
+
+    Args:
+        model: a model whose `predict_on_batch` returns [batch, dim] embeddings.
+        dataset: finite tf.data.Dataset yielding (images, labels) batches.
+
+    Returns:
+        (embeddings [n, dim], labels [n]) as numpy arrays.
+    """
+    embeddings, labels = [], []
+    for images, batch_labels in dataset:
+        embeddings.append(np.asarray(model.predict_on_batch(images)))
+        labels.append(np.asarray(batch_labels))
+    if not embeddings:
+        raise ValueError("dataset is empty")
+    return np.concatenate(embeddings), np.concatenate(labels)
+
+
+class RetrievalEvaluation(keras.callbacks.Callback):
+    """Runs `evaluate_retrieval` on a held-out dataset at the end of training epochs.
+
+    The figures are written into the epoch `logs` under `prefix` (e.g. "val_recall@1"), so
+    History, the progress bar, EarlyStopping and ModelCheckpoint all see them; Keras runs
+    user callbacks before its own History and progress bar.
+
+    Args:
+        dataset: finite tf.data.Dataset of (images, labels) batches; the model's
+            `predict_on_batch` must map images to [batch, dim] embeddings.
+        every: evaluate every `every` epochs, and always after the final epoch of `fit`.
+        ks: the K values for Recall@K.
+        prefix: prepended to each metric name in `logs`.
+        chunk_size: queries per distance block, see `nearest_neighbors`.
+        seed: k-means seed for NMI.
+
+    Attributes:
+        history: list of (epoch, metrics) for every evaluated epoch; epochs are 0-based,
+            as Keras numbers them.
+    """
+
+    def __init__(
+        self,
+        dataset: tf.data.Dataset,
+        every: int = 1,
+        ks: Sequence[int] = DEFAULT_KS,
+        prefix: str = "val_",
+        chunk_size: int = 1024,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be positive, got {every}")
+        self.dataset = dataset
+        self.every = every
+        self.ks = _validate_ks(ks)
+        self.prefix = prefix
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        is_last = epoch + 1 == (self.params or {}).get("epochs")
+        if (epoch + 1) % self.every != 0 and not is_last:
+            return
+        embeddings, labels = embed_dataset(self.model, self.dataset)
+        metrics = evaluate_retrieval(
+            embeddings, labels, ks=self.ks, chunk_size=self.chunk_size, seed=self.seed
+        )
+        self.history.append((epoch, metrics))
+        if logs is not None:
+            logs.update({self.prefix + name: value for name, value in metrics.items()})

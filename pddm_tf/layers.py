@@ -1,0 +1,194 @@
+"""Keras layers: the PDDM similarity unit and the L2-normalised embedding head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.distances import EPSILON, l2_normalize
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class PDDM(keras.layers.Layer):
+    """Position-Dependent Deep Metric unit (METHODS.md section 1).
+
+    For features f_i, f_j (L2-normalised inside the layer):
+      u = |f_i - f_j|,  v = (f_i + f_j) / 2
+      u' = ReLU(W_u u/||u|| + b_u),  v' = ReLU(W_v v/||v|| + b_v)
+      u'' = u'/||u'||,  v'' = v'/||v'||
+      c = ReLU(W_c [u''; v''] + b_c),  S_ij = w_s . c + b_s   (higher = more similar)
+
+    Call modes:
+      * `layer((f_a, f_b))` with f_a, f_b of shape [n, d] -> scores of the n given pairs, [n].
+      * `layer(f)` with f of shape [m, d] -> all-pairs score matrix [m, m], symmetric.
+        The v branch is factorised (W_v v = (W_v f_i + W_v f_j)/2 and
+        ||v||^2 = (||f_i||^2 + ||f_j||^2 + 2 f_i.f_j)/4), so no [m, m, d] tensor is formed for it;
+        only the u branch, which is non-linear in the pair, needs the [m, m, d] differences.
+
+    Every norm is floored (see `distances.EPSILON`), so identical features (u = 0) give finite
+    scores and finite gradients.
+
+    Args:
+      units: width h of the u and v branches.
+      combined_units: width of the joint layer c.
+      normalize_inputs: divide u and v by their norms before W_u, W_v. The paper's reading is
+        recalled, not confirmed (METHODS.md); default on.
+      normalize_hidden: L2-normalise u' and v' before concatenation (confirmed in a second
+        implementation); default on.
+    """
+
+    def __init__(
+        self,
+        units: int = 128,
+        combined_units: int = 128,
+        normalize_inputs: bool = True,
+        normalize_hidden: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if units < 1 or combined_units < 1:
+            raise ValueError(f"PDDM units must be positive, got units={units}, combined_units={combined_units}")
+        self.units = int(units)
+        self.combined_units = int(combined_units)
+        self.normalize_inputs = bool(normalize_inputs)
+        self.normalize_hidden = bool(normalize_hidden)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape: Any) -> None:
+        # Pair mode receives two shapes, all-pairs mode one; both carry the feature size last.
+        shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) else input_shape
+        dim = shape[-1]
+        if dim is None:
+            raise ValueError("PDDM needs a known feature dimension (last axis)")
+
+        def kernel(name: str, shape: tuple[int, ...]) -> keras.Variable:
+            return self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer,
+                                   regularizer=self.kernel_regularizer)
+
+        def bias(name: str, size: int) -> keras.Variable:
+            return self.add_weight(name=name, shape=(size,), initializer="zeros")
+
+        self.u_kernel = kernel("u_kernel", (dim, self.units))
+        self.u_bias = bias("u_bias", self.units)
+        self.v_kernel = kernel("v_kernel", (dim, self.units))
+        self.v_bias = bias("v_bias", self.units)
+        self.c_kernel = kernel("c_kernel", (2 * self.units, self.combined_units))
+        self.c_bias = bias("c_bias", self.combined_units)
+        self.s_kernel = kernel("s_kernel", (self.combined_units, 1))
+        self.s_bias = bias("s_bias", 1)
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"PDDM pair mode takes (f_a, f_b), got {len(inputs)} tensors")
+            return self.pair_scores(inputs[0], inputs[1])
+        return self.all_pair_scores(inputs)
+
+    def pair_scores(self, f_a: tf.Tensor, f_b: tf.Tensor) -> tf.Tensor:
+        """Scores S(f_a[n], f_b[n]) of n given pairs: [n, d], [n, d] -> [n]."""
+        f_a, f_b = l2_normalize(f_a), l2_normalize(f_b)
+        u = tf.abs(f_a - f_b)
+        v = 0.5 * (f_a + f_b)
+        if self.normalize_inputs:
+            u, v = l2_normalize(u), l2_normalize(v)
+        u_h = tf.nn.relu(tf.matmul(u, self.u_kernel) + self.u_bias)
+        v_h = tf.nn.relu(tf.matmul(v, self.v_kernel) + self.v_bias)
+        return self._head(u_h, v_h)
+
+    def all_pair_scores(self, f: tf.Tensor) -> tf.Tensor:
+        """Score matrix S[i, j] of every pair of one batch: [m, d] -> [m, m], symmetric."""
+        f = l2_normalize(f)
+        # u branch: |f_i - f_j| is not linear in the pair, so it is formed explicitly ([m, m, d]).
+        u = tf.abs(f[:, None, :] - f[None, :, :])
+        if self.normalize_inputs:
+            u = l2_normalize(u)
+        u_h = tf.nn.relu(tf.einsum("ijd,dh->ijh", u, self.u_kernel) + self.u_bias)
+        # v branch: W_v (f_i + f_j)/2 from per-sample products; its norm from the Gram matrix.
+        proj = tf.matmul(f, self.v_kernel)  # [m, h]
+        v_lin = 0.5 * (proj[:, None, :] + proj[None, :, :])  # [m, m, h]
+        if self.normalize_inputs:
+            sq = tf.reduce_sum(tf.square(f), axis=1)
+            v_sq_norm = 0.25 * (sq[:, None] + sq[None, :] + 2.0 * tf.matmul(f, f, transpose_b=True))
+            v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, :, None]
+        v_h = tf.nn.relu(v_lin + self.v_bias)
+        return self._head(u_h, v_h)
+
+    def _head(self, u_h: tf.Tensor, v_h: tf.Tensor) -> tf.Tensor:
+        """Shared top of both modes: [..., h], [..., h] -> scores [...]."""
+        if self.normalize_hidden:
+            u_h, v_h = l2_normalize(u_h), l2_normalize(v_h)
+        # W_c [u''; v''] split into its two halves: same product, no concatenated copy.
+        c = tf.nn.relu(
+            tf.tensordot(u_h, self.c_kernel[: self.units], axes=1)
+            + tf.tensordot(v_h, self.c_kernel[self.units:], axes=1)
+            + self.c_bias
+        )
+        return tf.squeeze(tf.tensordot(c, self.s_kernel, axes=1), axis=-1) + self.s_bias[0]
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            return (input_shape[0][0],)
+        return (input_shape[0], input_shape[0])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            combined_units=self.combined_units,
+            normalize_inputs=self.normalize_inputs,
+            normalize_hidden=self.normalize_hidden,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class L2Normalize(keras.layers.Layer):
+    """x / ||x|| along the last axis, zero-safe. [..., d] -> [..., d]."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return l2_normalize(inputs)
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class EmbeddingHead(keras.layers.Layer):
+    """Dense projection to `embedding_dim` followed by L2 normalisation: [n, k] -> [n, d].
+
+    Args:
+      embedding_dim: d.
+      dropout: dropout rate applied to the features before the projection (training only).
+    """
+
+    def __init__(self, embedding_dim: int = 64, dropout: float = 0.0, kernel_regularizer: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be positive, got {embedding_dim}")
+        self.embedding_dim = int(embedding_dim)
+        self.dropout = float(dropout)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self._dropout = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
+        self._dense = keras.layers.Dense(self.embedding_dim, kernel_regularizer=self.kernel_regularizer,
+                                         dtype=self.dtype_policy, name="projection")
+
+    def build(self, input_shape: Any) -> None:
+        self._dense.build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = self._dropout(inputs, training=training) if self._dropout is not None else inputs
+        return l2_normalize(self._dense(x))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (*input_shape[:-1], self.embedding_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(embedding_dim=self.embedding_dim, dropout=self.dropout,
+                      kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer))
+        return config

@@ -1,0 +1,144 @@
+"""The double-header hinge loss of PDDM (METHODS.md section 2) and its one-head triplet variant."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.mining import MINING_MODES, Quadruplets, check_labels, euclidean_scores, mine_quadruplets
+from pddm_tf.distances import squared_distances_of_pairs
+
+
+class LossTerms(NamedTuple):
+    """The parts of the objective, each a float32 scalar (0 when there is no valid quadruplet)."""
+
+    total: tf.Tensor  # metric + embedding_weight * embedding
+    metric: tf.Tensor  # E_m
+    embedding: tf.Tensor  # E_e
+
+
+def check_embeddings(embeddings: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
+    """Validates a [m, d] float embedding batch (and its [m] labels); raises a clear error on NaN/inf.
+
+    The NaN check is a `tf.debugging` assertion: it runs inside graphs too, and stops training with a
+    message naming the problem instead of letting a NaN loss through.
+    """
+    embeddings = tf.convert_to_tensor(embeddings)
+    if not embeddings.dtype.is_floating:
+        raise TypeError(f"embeddings must be floating point, got dtype {embeddings.dtype.name}")
+    if embeddings.shape.rank is not None and embeddings.shape.rank != 2:
+        raise ValueError(f"embeddings must have shape [batch, dim], got shape {embeddings.shape}")
+    if labels is not None:
+        labels = check_labels(labels)
+        if (embeddings.shape[0] is not None and labels.shape[0] is not None
+                and embeddings.shape[0] != labels.shape[0]):
+            raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) "
+                             "have different batch sizes")
+    return tf.debugging.assert_all_finite(embeddings, "embeddings reaching the loss contain NaN or inf")
+
+
+def double_header_hinge(
+    s_ij: tf.Tensor, s_ik: tf.Tensor, s_jl: tf.Tensor,
+    d_ij: tf.Tensor, d_ik: tf.Tensor, d_jl: tf.Tensor,
+    alpha: float, beta: float, embedding_weight: float, heads: int = 2,
+) -> LossTerms:
+    """Mean over q quadruplets of E_m + lambda E_e (METHODS.md section 2).
+
+    E_m = max(0, alpha + S_ik - S_ij) + max(0, alpha + S_jl - S_ij)
+    E_e = max(0, beta + D_ij - D_ik) + max(0, beta + D_ij - D_jl), D the squared Euclidean distance.
+    With heads=1 (the paper's PDDM+Triplet) only the (i, j, k) terms are kept.
+
+    All inputs are [q]. The paper sums over quadruplets; we average, so the loss scale (and hence the
+    learning rate) does not depend on how many quadruplets the miner returns. For q = 0 every term
+    is 0, never NaN.
+    """
+    if heads not in (1, 2):
+        raise ValueError(f"heads must be 1 (triplet) or 2 (double header), got {heads}")
+    metric = tf.nn.relu(alpha + s_ik - s_ij)
+    embedding = tf.nn.relu(beta + d_ij - d_ik)
+    if heads == 2:
+        metric += tf.nn.relu(alpha + s_jl - s_ij)
+        embedding += tf.nn.relu(beta + d_ij - d_jl)
+    count = tf.maximum(tf.cast(tf.size(s_ij), metric.dtype), 1.0)
+    e_m = tf.reduce_sum(metric) / count
+    e_e = tf.reduce_sum(embedding) / count
+    return LossTerms(total=e_m + embedding_weight * e_e, metric=e_m, embedding=e_e)
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class DoubleHeaderHingeLoss(keras.losses.Loss):
+    """PDDM's double-header hinge loss E_m + lambda E_e over mined quadruplets (METHODS.md section 2).
+
+    Standalone use: `loss(labels, {"embeddings": f, "scores": S})` with labels [m] int, f [m, d]
+    embeddings and S [m, m] the all-pairs similarity (e.g. `PDDM()(f)`). Quadruplets are mined on
+    S (`pddm_tf.mining.mine_quadruplets`, mode `mining`) and the loss is evaluated on them; gradients flow
+    through S and f. Without "scores" the similarity is -||f_i - f_j||^2, i.e. the quadruplet loss
+    with Euclidean hard mining. `PDDMModel` instead calls `from_quadruplets` with pair scores
+    computed only for the mined pairs.
+
+    Args:
+      alpha: margin of the metric (PDDM score) hinge.
+      beta: margin of the embedding (squared distance) hinge; unit embeddings have D in [0, 4].
+      embedding_weight: lambda, the weight of E_e.
+      heads: 2 for the quadruplet (double-header) loss, 1 for the PDDM+Triplet variant.
+      mining: "hardest" (one quadruplet per batch, the paper) or "per_pair".
+    """
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, embedding_weight: float = 0.5, heads: int = 2,
+                 mining: str = "per_pair", name: str = "double_header_hinge_loss", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        if heads not in (1, 2):
+            raise ValueError(f"heads must be 1 (triplet) or 2 (double header), got {heads}")
+        if mining not in MINING_MODES:
+            raise ValueError(f"unknown mining mode {mining!r}; expected one of {MINING_MODES}")
+        if alpha < 0 or beta < 0 or embedding_weight < 0:
+            raise ValueError("alpha, beta and embedding_weight must be non-negative")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.embedding_weight = float(embedding_weight)
+        self.heads = int(heads)
+        self.mining = mining
+
+    def from_quadruplets(self, embeddings: tf.Tensor, quadruplets: Quadruplets,
+                         s_ij: tf.Tensor, s_ik: tf.Tensor, s_jl: tf.Tensor) -> LossTerms:
+        """Loss terms for mined quadruplets given the scores of their three pairs (each [q])."""
+        i, j, k, l = tf.unstack(quadruplets.indices, num=4, axis=1)
+        f_i, f_j = tf.gather(embeddings, i), tf.gather(embeddings, j)
+        return double_header_hinge(
+            s_ij, s_ik, s_jl,
+            squared_distances_of_pairs(f_i, f_j),
+            squared_distances_of_pairs(f_i, tf.gather(embeddings, k)),
+            squared_distances_of_pairs(f_j, tf.gather(embeddings, l)),
+            self.alpha, self.beta, self.embedding_weight, self.heads)
+
+    def terms(self, labels: tf.Tensor, embeddings: tf.Tensor, scores: tf.Tensor | None = None) -> LossTerms:
+        """All loss terms for a batch, mining on `scores` ([m, m]; default negative squared distances)."""
+        embeddings = check_embeddings(embeddings, labels)
+        if scores is None:
+            scores = euclidean_scores(embeddings)
+        quads = mine_quadruplets(labels, tf.stop_gradient(scores), self.mining)
+        i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
+
+        def pick(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+            return tf.gather_nd(scores, tf.stack([a, b], axis=1))
+
+        return self.from_quadruplets(embeddings, quads, pick(i, j), pick(i, k), pick(j, l))
+
+    def call(self, y_true: tf.Tensor, y_pred: Any) -> tf.Tensor:
+        if isinstance(y_pred, dict):
+            embeddings, scores = y_pred["embeddings"], y_pred.get("scores")
+        else:
+            embeddings, scores = y_pred, None
+        # keras.losses.Loss.__call__ has already cast y_true to the loss dtype (float); class ids
+        # are exact in float32 up to 2^24, so casting back is lossless.
+        if y_true.dtype.is_floating:
+            y_true = tf.cast(y_true, tf.int32)
+        return self.terms(y_true, embeddings, scores).total
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(alpha=self.alpha, beta=self.beta, embedding_weight=self.embedding_weight,
+                      heads=self.heads, mining=self.mining)
+        return config

@@ -1,0 +1,226 @@
+"""Embedding models: the shared train-step machinery and the PDDM hard-quadruplet model.
+
+`EmbeddingModel` owns what every method shares: backbone -> embedding head, the global-batch
+gather under a distribution strategy, the gradient step and the metric trackers. A method
+subclasses it and implements two hooks, so models only orchestrate:
+
+  * `mine(embeddings, labels)`: runs without gradient recording (cheap), returns whatever the loss
+    needs (e.g. quadruplet indices), or None.
+  * `loss_terms(embeddings, labels, mined)`: returns a dict of scalars with the key "loss" (the
+    objective) and any other figure to log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.layers import PDDM, EmbeddingHead
+from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
+from pddm_tf.mining import check_labels, euclidean_scores, mine_quadruplets, score_gap
+
+MINING_SCORES = ("pddm", "euclidean")
+
+
+def gather_global_batch(embeddings: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Concatenates the batches of all replicas, in replica order, so mining sees the global batch.
+
+    Outside a multi-replica context this is the identity. Inside one, the result's value is the
+    global batch [M, d] (M = sum of the replicas' batch sizes), but gradient flows only into this
+    replica's own rows, multiplied by the number of replicas R. Every replica computes the same
+    global loss L; dividing it by R (as `EmbeddingModel.train_step` does) makes the gradient of
+    each replica's embeddings exactly dL/df_local and that of weights used after the gather
+    (e.g. PDDM) L/R's, so the strategy's SUM over replicas reproduces single-device gradients.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return embeddings, labels
+    replicas = ctx.num_replicas_in_sync
+    all_labels = ctx.all_gather(labels, axis=0)
+    gathered = ctx.all_gather(tf.stop_gradient(embeddings), axis=0)
+    sizes = ctx.all_gather(tf.shape(embeddings)[:1], axis=0)
+    offset = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
+    after = tf.reduce_sum(sizes) - offset - tf.shape(embeddings)[0]
+    # Zero in value, identity (times R) in gradient: routes dL/df of our rows back to our backbone.
+    local_path = float(replicas) * (embeddings - tf.stop_gradient(embeddings))
+    return gathered + tf.pad(local_path, [[offset, after], [0, 0]]), all_labels
+
+
+class EmbeddingModel(keras.Model):
+    """Backbone -> `EmbeddingHead` (Dense to d, L2-normalised), trained by a metric-learning loss.
+
+    `model(images)` and `model.predict` return the embeddings [n, d]. `fit`/`evaluate` take
+    (images [n, s, s, c], labels [n] int) batches; use class-balanced batches so that they contain
+    positive pairs (`pddm_tf.data.class_balanced_dataset`). Compile with an optimizer only: the
+    model owns its loss.
+
+    Args:
+      backbone: a Keras model from images to features [n, k].
+      embedding_dim: d.
+      dropout: dropout rate before the embedding projection.
+    """
+
+    #: Names of the scalars `loss_terms` returns, in logging order; "loss" first.
+    metric_names: tuple[str, ...] = ("loss",)
+
+    def __init__(self, backbone: keras.Model, embedding_dim: int = 64, dropout: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.embedding_dim = int(embedding_dim)
+        self.dropout = float(dropout)
+        self.head = EmbeddingHead(embedding_dim, dropout=dropout, name="embedding_head")
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
+
+    def build(self, input_shape: Any) -> None:
+        self.backbone.build(input_shape)
+        self.head.build(self.backbone.compute_output_shape(input_shape))
+        self.built = True
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        return self.head(self.backbone(inputs, training=training), training=training)
+
+    # -- hooks for methods ---------------------------------------------------------------------
+
+    def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> Any:
+        """Mining on the (stopped) global batch, run outside the gradient tape. Default: none."""
+        return None
+
+    def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: Any) -> dict[str, tf.Tensor]:
+        raise NotImplementedError("an EmbeddingModel subclass must implement loss_terms")
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self._trackers.values())
+
+    def _unpack(self, data: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError("training data must be (images, labels) batches")
+        images, labels = data[0], data[1]
+        if images.shape.rank is not None and images.shape.rank != 4:
+            raise ValueError(f"images must have shape [batch, height, width, channels], got {images.shape}")
+        return images, check_labels(labels)
+
+    def _forward(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None):
+        embeddings = check_embeddings(self(images, training=training), labels)
+        embeddings, labels = gather_global_batch(embeddings, labels)
+        if tape is None:
+            mined = self.mine(tf.stop_gradient(embeddings), labels)
+        else:
+            with tape.stop_recording():
+                mined = self.mine(tf.stop_gradient(embeddings), labels)
+        return self.loss_terms(embeddings, labels, mined)
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        images, labels = self._unpack(data)
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            terms = self._forward(images, labels, training=True, tape=tape)
+            objective = terms["loss"]
+            if self.losses:
+                objective += tf.add_n(self.losses)
+            # Each replica holds the full global loss; the strategy sums gradients (see gather_global_batch).
+            objective = objective / replicas
+        variables = self.trainable_variables
+        gradients = tape.gradient(objective, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._record(terms)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        images, labels = self._unpack(data)
+        return self._record(self._forward(images, labels, training=False))
+
+    def _record(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        for name, tracker in self._trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "embedding_dim": self.embedding_dim,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "EmbeddingModel":
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class PDDMModel(EmbeddingModel):
+    """Hard-quadruplet training with a PDDM unit (METHODS.md sections 1 and 2).
+
+    Each step: embeddings of the global batch -> all-pairs scores (PDDM, or negative squared
+    distances for the Euclidean-mining ablation) computed without gradient recording -> quadruplet
+    mining -> PDDM scores of only the mined pairs, with gradient -> double-header hinge loss ->
+    one update of backbone, head and PDDM together.
+
+    Logged: loss (E_m + lambda E_e), metric_loss (E_m), embedding_loss (E_e), valid_fraction (mined
+    quadruplets / sought), score_gap (mean positive - mean negative mining score of the batch).
+
+    Args:
+      backbone, embedding_dim, dropout: see `EmbeddingModel`.
+      pddm: the PDDM layer (default `PDDM()`).
+      loss: a `DoubleHeaderHingeLoss` (default settings; heads=1 gives PDDM+Triplet); its `mining`
+        chooses hardest-per-batch or per-positive-pair quadruplets.
+      mining_score: "pddm" (the paper) or "euclidean" (the ablation: mine on -||f_i - f_j||^2, the
+        loss still uses PDDM scores).
+    """
+
+    metric_names = ("loss", "metric_loss", "embedding_loss", "valid_fraction", "score_gap")
+
+    def __init__(self, backbone: keras.Model, embedding_dim: int = 64, pddm: PDDM | None = None,
+                 loss: DoubleHeaderHingeLoss | None = None, mining_score: str = "pddm",
+                 dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
+        if mining_score not in MINING_SCORES:
+            raise ValueError(f"unknown mining_score {mining_score!r}; expected one of {MINING_SCORES}")
+        self.pddm = pddm if pddm is not None else PDDM(name="pddm")
+        self.hinge_loss = loss if loss is not None else DoubleHeaderHingeLoss()
+        self.mining_score = mining_score
+
+    def build(self, input_shape: Any) -> None:
+        super().build(input_shape)
+        self.pddm.build((None, self.embedding_dim))
+
+    def similarity(self, embeddings: tf.Tensor) -> tf.Tensor:
+        """All-pairs PDDM scores of an embedding batch: [m, d] -> [m, m]."""
+        return self.pddm(embeddings)
+
+    def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
+        scores = self.pddm(embeddings) if self.mining_score == "pddm" else euclidean_scores(embeddings)
+        return {"quadruplets": mine_quadruplets(labels, scores, self.hinge_loss.mining),
+                "score_gap": score_gap(labels, scores)}
+
+    def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: dict[str, Any]) -> dict[str, tf.Tensor]:
+        quads = mined["quadruplets"]
+        i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
+        # One batched PDDM call for the three pair sets of every quadruplet: [3q] pairs.
+        scores = self.pddm((tf.gather(embeddings, tf.concat([i, i, j], 0)),
+                            tf.gather(embeddings, tf.concat([j, k, l], 0))))
+        s_ij, s_ik, s_jl = tf.split(scores, 3)
+        terms = self.hinge_loss.from_quadruplets(embeddings, quads, s_ij, s_ik, s_jl)
+        return {"loss": terms.total, "metric_loss": terms.metric, "embedding_loss": terms.embedding,
+                "valid_fraction": quads.valid_fraction(), "score_gap": mined["score_gap"]}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(pddm=keras.saving.serialize_keras_object(self.pddm),
+                      loss=keras.saving.serialize_keras_object(self.hinge_loss),
+                      mining_score=self.mining_score)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "PDDMModel":
+        config = dict(config)
+        config["pddm"] = keras.saving.deserialize_keras_object(config["pddm"])
+        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return super().from_config(config)

@@ -1,0 +1,36 @@
+"""Installation of pddm_tf. `pip install .` for use, `pip install -e ".[test]"` for development."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _package_data() -> list[str]:
+    # The embedded Omniglot images (and their MIT licence) ship inside the package.
+    root = _HERE / "pddm_tf"
+    return [str(p.relative_to(root)) for p in (root / "_data").rglob("*") if p.is_file()]
+
+
+setup(
+    name="pddm_tf",
+    version="0.1.0",
+    description="Deep metric learning for Keras 3: PDDM hard-quadruplet embedding, HDML, Divide-and-Conquer",
+    long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pddm_tf", "pddm_tf.*"]),
+    package_data={"pddm_tf": _package_data()},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "tensorflow-datasets>=4.9",
+        "numpy>=1.26",
+        "scikit-learn>=1.3",
+        "absl-py>=1.4",
+    ],
+    extras_require={"test": ["pytest>=7", "pillow>=10"]},
+    entry_points={"console_scripts": ["pddm-tf=pddm_tf.cli:run"]},
+)

@@ -1,0 +1,114 @@
+"""PDDM layer against a float64 numpy implementation of METHODS.md section 1."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pddm_tf import PDDM, EmbeddingHead
+
+# float32 layer vs float64 reference: scores are O(1) sums over ~100 terms.
+ATOL = 2e-5
+
+
+def _unit(x, eps=1e-12):
+    return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+def numpy_pddm(layer, fa, fb, normalize_inputs=True, normalize_hidden=True):
+    """Direct float64 transcription of the unit, one pair per row."""
+    w = {v.path.split("/")[-1]: np.asarray(v.numpy(), np.float64) for v in layer.weights}
+    fa, fb = _unit(fa.astype(np.float64)), _unit(fb.astype(np.float64))
+    u, v = np.abs(fa - fb), (fa + fb) / 2
+    if normalize_inputs:
+        u, v = _unit(u), _unit(v)
+    u1 = np.maximum(u @ w["u_kernel"] + w["u_bias"], 0)
+    v1 = np.maximum(v @ w["v_kernel"] + w["v_bias"], 0)
+    if normalize_hidden:
+        u1, v1 = _unit(u1), _unit(v1)
+    c = np.maximum(np.concatenate([u1, v1], axis=1) @ w["c_kernel"] + w["c_bias"], 0)
+    return (c @ w["s_kernel"])[:, 0] + w["s_bias"][0]
+
+
+def _layer(dim, **kwargs):
+    keras.utils.set_random_seed(1)
+    layer = PDDM(units=16, combined_units=12, **kwargs)
+    layer.build((None, dim))
+    # Non-zero biases so the test exercises them.
+    for v in layer.weights:
+        if "bias" in v.path:
+            v.assign(np.random.default_rng(2).normal(0, 0.3, v.shape).astype("float32"))
+    return layer
+
+
+@pytest.mark.parametrize("normalize_inputs,normalize_hidden", list(itertools.product([True, False], repeat=2)))
+def test_pair_and_all_pairs_match_numpy(normalize_inputs, normalize_hidden):
+    rng = np.random.default_rng(0)
+    layer = _layer(8, normalize_inputs=normalize_inputs, normalize_hidden=normalize_hidden)
+    fa, fb = rng.normal(size=(20, 8)).astype("float32"), rng.normal(size=(20, 8)).astype("float32")
+    expected = numpy_pddm(layer, fa, fb, normalize_inputs, normalize_hidden)
+    np.testing.assert_allclose(layer((fa, fb)).numpy(), expected, atol=ATOL)
+
+    f = rng.normal(size=(11, 8)).astype("float32")
+    ii, jj = np.meshgrid(np.arange(11), np.arange(11), indexing="ij")
+    expected_all = numpy_pddm(layer, f[ii.ravel()], f[jj.ravel()], normalize_inputs, normalize_hidden).reshape(11, 11)
+    all_pairs = layer(f).numpy()
+    np.testing.assert_allclose(all_pairs, expected_all, atol=ATOL)
+    np.testing.assert_array_equal(all_pairs, all_pairs.T)
+    pair_mode = layer((f[ii.ravel()], f[jj.ravel()])).numpy().reshape(11, 11)
+    np.testing.assert_allclose(all_pairs, pair_mode, atol=ATOL)
+
+
+def test_identical_features_give_finite_scores_and_gradients():
+    layer = _layer(6)
+    f = tf.constant(np.random.default_rng(3).normal(size=(5, 6)), tf.float32)
+    f = tf.concat([f, f[:2]], axis=0)  # exact duplicates as well as the diagonal
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(f)
+        all_scores = tf.reduce_sum(layer(f))
+        pair_scores = tf.reduce_sum(layer((f, f)))
+    for target in (all_scores, pair_scores):
+        grads = tape.gradient(target, [f] + layer.trainable_variables)
+        assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+        # u = 0 pairs still contribute a gradient to the v branch: the check is not vacuous.
+        assert np.abs(tape.gradient(target, layer.v_kernel).numpy()).sum() > 0
+    # With u = 0 the u branch reduces to ReLU(b_u): compare with the reference at u = 0.
+    np.testing.assert_allclose(layer((f, f)).numpy(), numpy_pddm(layer, f.numpy(), f.numpy()), atol=ATOL)
+
+
+def test_all_pairs_is_traceable_with_unknown_batch():
+    layer = _layer(4)
+    fn = tf.function(layer, input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    f = np.random.default_rng(4).normal(size=(7, 4)).astype("float32")
+    np.testing.assert_allclose(fn(f).numpy(), layer(f).numpy(), atol=1e-6)
+
+
+def test_serialization_round_trip():
+    layer = _layer(8, normalize_inputs=False)
+    clone = PDDM.from_config(layer.get_config())
+    clone.build((None, 8))
+    clone.set_weights(layer.get_weights())
+    f = np.random.default_rng(5).normal(size=(6, 8)).astype("float32")
+    assert clone.normalize_inputs is False and clone.units == 16
+    np.testing.assert_allclose(clone(f).numpy(), layer(f).numpy(), atol=1e-6)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(restored, PDDM) and restored.get_config() == layer.get_config()
+
+
+def test_embedding_head_is_unit_norm_and_matches_dense():
+    head = EmbeddingHead(5)
+    x = np.random.default_rng(6).normal(size=(4, 3)).astype("float32")
+    y = head(x).numpy()
+    kernel, bias = (w.numpy() for w in head.weights)
+    ref = x @ kernel + bias
+    np.testing.assert_allclose(y, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-6)
+    assert EmbeddingHead.from_config(head.get_config()).embedding_dim == 5
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="units"):
+        PDDM(units=0)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        EmbeddingHead(0)

@@ -1,0 +1,106 @@
+"""PDDMModel: gradient flow, distributed equivalence, serialization, bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pddm_tf import PDDM, DoubleHeaderHingeLoss, PDDMModel, small_convnet
+
+
+def _batches(steps=3, classes=8, per_class=4, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((steps, classes * per_class, size, size, 1)).astype(np.float32)
+    # Give each class a shared template so the task is learnable and mining is non-trivial.
+    templates = rng.random((classes, size, size, 1)).astype(np.float32)
+    labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
+    images = 0.5 * images + templates[labels][None]
+    return images, np.broadcast_to(labels, (steps, len(labels))).copy()
+
+
+def _model(mining="per_pair", mining_score="pddm"):
+    keras.utils.set_random_seed(0)
+    model = PDDMModel(small_convnet(16, 1, width=8, depth=2), embedding_dim=8,
+                      pddm=PDDM(units=8, combined_units=8),
+                      loss=DoubleHeaderHingeLoss(alpha=1.0, beta=1.0, mining=mining),
+                      mining_score=mining_score)
+    model.build((None, 16, 16, 1))
+    return model
+
+
+@pytest.mark.parametrize("mining_score", ["pddm", "euclidean"])
+def test_one_step_updates_backbone_head_and_pddm(mining_score):
+    model = _model(mining_score=mining_score)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    groups = {"backbone": model.backbone, "head": model.head, "pddm": model.pddm}
+    before = {name: [v.numpy().copy() for v in part.trainable_variables] for name, part in groups.items()}
+    images, labels = _batches(steps=1)
+    logs = model.train_on_batch(images[0], labels[0], return_dict=True)
+    for name, part in groups.items():
+        moved = [not np.allclose(v.numpy(), b) for v, b in zip(part.trainable_variables, before[name])]
+        # Every kernel of every group receives gradient (biases behind an inactive ReLU may not).
+        kernels = [m for v, m in zip(part.trainable_variables, moved) if "kernel" in v.path]
+        assert kernels and all(kernels), name
+    assert all(np.isfinite(v) for v in logs.values())
+    assert logs["valid_fraction"] == 1.0
+
+
+def test_logged_loss_equals_standalone_loss_on_same_batch():
+    model = _model()
+    model.compile(optimizer="sgd")
+    images, labels = _batches(steps=1)
+    logs = model.test_on_batch(images[0], labels[0], return_dict=True)
+    f = model.predict(images[0], verbose=0)
+    expected = model.hinge_loss.terms(labels[0], f, model.pddm(f))
+    np.testing.assert_allclose(logs["loss"], expected.total.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(logs["metric_loss"], expected.metric.numpy(), rtol=1e-5)
+
+
+def _train(strategy, images, labels):
+    with strategy.scope():
+        model = _model()
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    return model, history.history["loss"][0]
+
+
+def test_mirrored_two_replicas_equal_one_device():
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPU devices (set up in conftest.py)")
+    images, labels = _batches(steps=3)
+    single, single_loss = _train(tf.distribute.get_strategy(), images, labels)
+    mirrored, mirrored_loss = _train(tf.distribute.MirroredStrategy([d.name for d in cpus[:2]]), images, labels)
+    # Same global batch, same data order: equal up to float32 reduction-order noise.
+    np.testing.assert_allclose(mirrored_loss, single_loss, rtol=1e-4)
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    # The run must have moved the weights, or the comparison above proves nothing.
+    assert not np.allclose(single.pddm.c_kernel.numpy(), _model().pddm.c_kernel.numpy())
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _model(mining="hardest", mining_score="euclidean")
+    images, _ = _batches(steps=1)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, PDDMModel) and loaded.mining_score == "euclidean"
+    assert loaded.hinge_loss.mining == "hardest"
+    np.testing.assert_allclose(loaded.predict(images[0], verbose=0), model.predict(images[0], verbose=0), atol=1e-6)
+    np.testing.assert_allclose(loaded.pddm.s_kernel.numpy(), model.pddm.s_kernel.numpy())
+
+
+def test_bad_training_input():
+    model = _model()
+    model.compile(optimizer="sgd")
+    images, labels = _batches(steps=1)
+    with pytest.raises(ValueError, match="images must have shape"):
+        model.train_on_batch(images[0][..., 0], labels[0])
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model.train_on_batch(images[0], labels[0][:, None])
+    with pytest.raises(TypeError, match="integer"):
+        model.train_on_batch(images[0], labels[0].astype(np.float32))
+    with pytest.raises(ValueError, match="mining_score"):
+        PDDMModel(small_convnet(16, 1, width=8, depth=2), mining_score="cosine")
