@@ -75,9 +75,18 @@ class EmbeddingModel(keras.Model):
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
 
     def build(self, input_shape: Any) -> None:
-        self.backbone.build(input_shape)
-        self.head.build(self.backbone.compute_output_shape(input_shape))
+        # Sub-layers restored by `load_model` arrive built; building them again would add weights.
+        if not self.backbone.built:
+            self.backbone.build(input_shape)
+        if not self.head.built:
+            self.head.build(self.backbone.compute_output_shape(input_shape))
         self.built = True
+
+    def build_from_config(self, config: dict[str, Any]) -> None:
+        # The saved input shape comes back as a list, which a functional backbone would read as
+        # one shape per input.
+        if config and config.get("input_shape") is not None:
+            self.build(tuple(config["input_shape"]))
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         return self.head(self.backbone(inputs, training=training), training=training)
@@ -189,7 +198,8 @@ class PDDMModel(EmbeddingModel):
 
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
-        self.pddm.build((None, self.embedding_dim))
+        if not self.pddm.built:
+            self.pddm.build((None, self.embedding_dim))
 
     def similarity(self, embeddings: tf.Tensor) -> tf.Tensor:
         """All-pairs PDDM scores of an embedding batch: [m, d] -> [m, m]."""

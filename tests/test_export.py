@@ -1,0 +1,95 @@
+"""SavedModel export: loads without pddm_tf, reproduces the Keras embeddings, versions atomically."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from pddm_tf import PDDM, PDDMModel, data, small_convnet
+from pddm_tf.export import export_saved_model, next_version
+
+SIZE = 32
+# float32 through the same graph ops; only op fusion / threading order can differ.
+ATOL = 1e-5
+
+_LOADER = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    model_dir, paths_file, pixels_file, out_file = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    paths = json.load(open(paths_file))
+    encoded = tf.constant([open(p, "rb").read() for p in paths])
+    from_bytes = loaded.signatures["serving_default"](images=encoded)["embeddings"].numpy()
+    pixels = tf.constant(np.load(pixels_file))
+    from_pixels = loaded.signatures["embed_pixels"](pixels=pixels)["embeddings"].numpy()
+    a = tf.constant(from_pixels[:3]); b = tf.constant(from_pixels[3:6])
+    scores = loaded.signatures["pddm_similarity"](embeddings_a=a, embeddings_b=b)["scores"].numpy()
+    assert "pddm_tf" not in sys.modules
+    np.savez(out_file, from_bytes=from_bytes, from_pixels=from_pixels, scores=scores,
+             imported=np.array(sorted(m for m in sys.modules if m.startswith("pddm_tf"))))
+""")
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    model = PDDMModel(small_convnet(SIZE, 1, width=16, depth=3), embedding_dim=16, pddm=PDDM(units=16, combined_units=16))
+    model.build((None, SIZE, SIZE, 1))
+    return model
+
+
+def test_saved_model_matches_keras_in_fresh_process(model, tmp_path):
+    split = data.load_omniglot(test_fraction=0.5, seed=0)
+    files = split.test
+    picks = np.random.default_rng(0).choice(len(files), size=12, replace=False)
+    paths = [str(files.paths[i]) for i in picks]
+    # Reference: the Keras model on the training pipeline's own decoding of the same files.
+    subset = data.ImageFiles(files.paths[picks], files.labels[picks], files.class_names, files.rotations[picks])
+    pixels = np.concatenate([x.numpy() for x, _ in data.evaluation_dataset(subset, SIZE, 1, batch_size=5)])
+    expected = model.predict(pixels, verbose=0)
+    expected_scores = model.pddm((expected[:3], expected[3:6])).numpy()
+
+    version_dir = export_saved_model(model, tmp_path / "export", SIZE, 1)
+    (tmp_path / "paths.json").write_text(json.dumps(paths))
+    np.save(tmp_path / "pixels.npy", pixels)
+    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run([sys.executable, "-c", _LOADER, version_dir, str(tmp_path / "paths.json"),
+                    str(tmp_path / "pixels.npy"), str(tmp_path / "out.npz")],
+                   check=True, env=env, cwd=tmp_path, timeout=300)
+    out = np.load(tmp_path / "out.npz")
+    assert out["imported"].size == 0
+    np.testing.assert_allclose(out["from_bytes"], expected, atol=ATOL)
+    np.testing.assert_allclose(out["from_pixels"], expected, atol=ATOL)
+    np.testing.assert_allclose(out["scores"], expected_scores, atol=ATOL)
+    np.testing.assert_allclose(np.linalg.norm(out["from_bytes"], axis=1), 1.0, atol=1e-5)
+
+
+def test_versions_increase_and_are_never_overwritten(model, tmp_path):
+    root = tmp_path / "serving"
+    assert next_version(root) == 1
+    first = export_saved_model(model, root, SIZE, 1)
+    (root / "notes").mkdir()  # non-numeric folders are ignored, as TF Serving does
+    second = export_saved_model(model, root, SIZE, 1)
+    assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
+    assert sorted(os.listdir(root)) == ["1", "2", "notes"]  # no staging folder left behind
+    with pytest.raises(FileExistsError):
+        export_saved_model(model, root, SIZE, 1, version=2)
+
+
+def test_failed_write_leaves_no_version(model, tmp_path, monkeypatch):
+    def broken(self, *args, **kwargs):
+        os.makedirs(args[0])
+        open(os.path.join(args[0], "saved_model.pb"), "w").close()
+        raise OSError("disk full")
+
+    # ExportArchive() returns a backend-specific subclass: patch the class actually used.
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_saved_model(model, tmp_path / "serving", SIZE, 1)
+    assert os.listdir(tmp_path / "serving") == []
