@@ -31,6 +31,9 @@ setup(
         "scikit-learn>=1.3",
         "absl-py>=1.4",
     ],
-    extras_require={"test": ["pytest>=7", "pillow>=10"]},
+    extras_require={
+        "test": ["pytest>=7", "pillow>=10", "matplotlib>=3.7"],
+        "bench": ["matplotlib>=3.7"],
+    },
     entry_points={"console_scripts": ["pddm-tf=pddm_tf.cli:run"]},
 )

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from absl import app, flags, logging
 
+from pddm_tf.methods import METHODS, build_model as build_method_model
+
 FLAGS = flags.FLAGS
 
 _COMMANDS = ("train", "evaluate")
@@ -31,12 +33,17 @@ flags.DEFINE_integer("image_size", 32, "Images are resized to image_size x image
 flags.DEFINE_integer("channels", None, "Image channels (default: 1 for omniglot, 3 for folders).")
 flags.DEFINE_string("json", None, "Write the final held-out metrics to this JSON file.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size for embedding the evaluation images.")
+flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean top-R shortlist by the "
+                     "learned PDDM score (0 = plain Euclidean retrieval).")
 
 # train
-flags.DEFINE_enum("method", "pddm_quadruplet", ["pddm_quadruplet", "pddm_triplet"], "Training method.")
+flags.DEFINE_enum("method", "pddm_quadruplet", list(METHODS),
+                  "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, or a baseline loss.")
 flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
                   "Quadruplets per batch: one per positive pair, or the single hardest (the paper).")
-flags.DEFINE_enum("mining_score", "pddm", ["pddm", "euclidean"], "Similarity that mining ranks pairs by.")
+flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
+                  "PDDM methods: similarity that mining ranks pairs by (default: the method's own; "
+                  "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
 flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
 flags.DEFINE_integer("epochs", 8, "Training epochs (0 = evaluate and export the untrained model).")
@@ -90,14 +97,12 @@ def build_model(channels: int):
     """The model `pddm-tf train` trains, from the flags."""
     import keras
 
-    from pddm_tf import PDDM, DoubleHeaderHingeLoss, PDDMModel, small_convnet
+    from pddm_tf import small_convnet
 
-    heads = {"pddm_quadruplet": 2, "pddm_triplet": 1}[FLAGS.method]
-    loss = DoubleHeaderHingeLoss(alpha=FLAGS.alpha, beta=FLAGS.beta, embedding_weight=FLAGS.embedding_weight,
-                                 heads=heads, mining=FLAGS.mining)
-    model = PDDMModel(small_convnet(FLAGS.image_size, channels, width=FLAGS.backbone_width),
-                      embedding_dim=FLAGS.embedding_dim, pddm=PDDM(name="pddm"), loss=loss,
-                      mining_score=FLAGS.mining_score)
+    model = build_method_model(FLAGS.method, small_convnet(FLAGS.image_size, channels, width=FLAGS.backbone_width),
+                               FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
+                               embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
+                               mining_score=FLAGS.mining_score)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
     return model
@@ -132,7 +137,8 @@ def train() -> dict[str, float]:
     metrics: dict[str, float] = {}
     if evaluation_data is not None:
         embeddings, labels = evaluation.embed_dataset(model, evaluation_data)
-        metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=FLAGS.seed)
+        metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
+                                                pair_scores=lambda a, b: model.pddm((a, b)).numpy())
         _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
     if FLAGS.export_dir:
         path = export_saved_model(model, FLAGS.export_dir, FLAGS.image_size, channels)
@@ -158,13 +164,25 @@ def evaluate() -> dict[str, float]:
     if not FLAGS.model_dir:
         raise app.UsageError("evaluate needs --model_dir")
     model_dir = _resolve_model_dir(FLAGS.model_dir)
-    embed = tf.saved_model.load(str(model_dir)).signatures["embed_pixels"]
+    signatures = tf.saved_model.load(str(model_dir)).signatures
+    embed = signatures["embed_pixels"]
+    pair_scores = None
+    if FLAGS.rerank > 0:
+        if "pddm_similarity" not in signatures:
+            raise ValueError(f"--rerank needs a model exported with a PDDM unit; {model_dir} has no "
+                             "pddm_similarity signature")
+        similarity = signatures["pddm_similarity"]
+
+        def pair_scores(a, b):
+            return similarity(embeddings_a=tf.constant(a), embeddings_b=tf.constant(b))["scores"].numpy()
+
     _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
     split, _ = _load_split()
     files = split.test if split.test is not None else split.train
     pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size)
     embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in pixels], axis=0).numpy()
-    metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=FLAGS.seed)
+    metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
+                                            pair_scores=pair_scores)
     _report(metrics, f"{model_dir} on {FLAGS.dataset} ({files.num_classes} classes, {len(files)} images)")
     return metrics
 

@@ -44,3 +44,17 @@ def pairwise_squared_distances(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.T
 def squared_distances_of_pairs(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """Row-wise squared distances ||x_n - y_n||^2 for [n, d] inputs -> [n]."""
     return tf.reduce_sum(tf.square(x - y), axis=-1)
+
+
+def pairwise_distances(x: tf.Tensor) -> tf.Tensor:
+    """Euclidean distances D_ij = ||x_i - x_j|| of one batch, with a finite gradient everywhere.
+
+    Args:
+      x: [m, d].
+    Returns:
+      [m, m], symmetric, diagonal exactly 0. Off the diagonal D_ij = sqrt(max(D_ij^2, EPSILON)): the
+      floor keeps the gradient of the square root finite for (near-)coincident points, where it
+      would otherwise be infinite; the diagonal is set to 0 afterwards, so its gradient is 0.
+    """
+    d = tf.sqrt(tf.maximum(pairwise_squared_distances(x), EPSILON))
+    return tf.linalg.set_diag(d, tf.zeros_like(d[:, 0]))

@@ -19,7 +19,7 @@ Conventions shared by every function here:
   misses instead would penalise a model for a property of the data split.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -32,6 +32,8 @@ DEFAULT_KS = (1, 2, 4, 8)
 # One k-means++ run, scikit-learn's own default for k-means++: restarts multiply the cost,
 # which is already high with thousands of test classes.
 KMEANS_N_INIT = 1
+# A learned similarity of row-aligned pairs, ([p, dim], [p, dim]) -> [p], higher = more similar.
+PairScores = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,8 +188,14 @@ def evaluate_retrieval(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
     seed: int = 0,
+    pair_scores: PairScores | None = None,
+    rerank: int = 0,
 ) -> dict[str, float]:
     """Recall@K, NMI, MAP@R and R-Precision from a single nearest-neighbour search.
+
+    With `rerank` = R > 0 and a learned `pair_scores` (e.g. the PDDM unit), the Euclidean
+    top-R shortlist of every query is re-ordered by that score before the retrieval metrics
+    are taken ("PDDM ranking", METHODS.md section 2); neighbours beyond R keep their order.
 
     Args:
         embeddings: [n, dim] float array.
@@ -195,6 +203,8 @@ def evaluate_retrieval(
         ks: the K values for Recall@K.
         chunk_size: queries per distance block, see `nearest_neighbors`.
         seed: k-means seed for NMI.
+        pair_scores: similarity of row-aligned pairs, ([p, dim], [p, dim]) -> [p]; higher = closer.
+        rerank: shortlist size R for re-ranking by `pair_scores` (0 = off).
 
     Returns:
         {"recall@K" for K in ks, "nmi", "map@r", "r_precision"}.
@@ -202,13 +212,50 @@ def evaluate_retrieval(
     embeddings, class_ids, r = _validate(embeddings, labels)
     ks = _validate_ks(ks)
     # One search deep enough for both Recall@max(ks) and the largest class's R.
-    k = max(max(ks), int(r.max()))
+    if rerank < 0 or (rerank > 0 and pair_scores is None):
+        raise ValueError(f"rerank={rerank} needs rerank >= 0 and, when positive, a pair_scores function")
+    # A shortlist longer than the gallery is just the whole gallery.
+    k = max(max(ks), int(r.max()), min(rerank, len(embeddings) - 1))
     indices, _ = nearest_neighbors(embeddings, k=k, chunk_size=chunk_size)
+    if rerank > 0:
+        shortlist = min(rerank, k)
+        indices = np.concatenate([
+            rerank_shortlist(embeddings, embeddings, indices[:, :shortlist], pair_scores), indices[:, shortlist:]], axis=1)
     hits = class_ids[indices] == class_ids[:, None]  # [n, k]
     metrics = _recall_from_hits(hits, r, ks)
     metrics["nmi"] = _nmi(embeddings, class_ids, seed, KMEANS_N_INIT)
     metrics.update(_map_at_r_from_hits(hits, r))
     return metrics
+
+
+def rerank_shortlist(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    shortlist: np.ndarray,
+    pair_scores: PairScores,
+    batch_pairs: int = 65536,
+) -> np.ndarray:
+    """Re-orders each query's candidate list by a learned pair similarity, highest first.
+
+    Args:
+        queries: [n, dim]; gallery: [g, dim].
+        shortlist: [n, R] gallery indices per query (e.g. its Euclidean top R).
+        pair_scores: ([p, dim], [p, dim]) -> [p] similarity of aligned rows (the PDDM pair mode,
+            or a SavedModel's `pddm_similarity` signature).
+        batch_pairs: pairs scored per call, bounding memory.
+
+    Returns:
+        [n, R] the same candidates, sorted by descending score; ties keep their shortlist order.
+    """
+    n, size = shortlist.shape
+    query_rows = np.repeat(np.arange(n), size)
+    candidates = shortlist.reshape(-1)
+    scores = np.concatenate([
+        np.asarray(pair_scores(queries[query_rows[s:s + batch_pairs]], gallery[candidates[s:s + batch_pairs]]))
+        for s in range(0, n * size, batch_pairs)
+    ]) if n * size else np.zeros(0, np.float32)
+    order = np.argsort(-scores.reshape(n, size), axis=1, kind="stable")
+    return np.take_along_axis(shortlist, order, axis=1)
 
 
 def _recall_from_hits(hits: np.ndarray, r: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:

@@ -132,3 +132,117 @@ def score_gap(labels: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
         return tf.reduce_sum(scores * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
     return masked_mean(positive) - masked_mean(negative)
+
+
+# -- miners of the baseline losses (pddm_tf.losses) --------------------------------------------
+# They take a [m, m] distance matrix (smaller = more similar) and return indices only; the losses
+# gather the distances they need from their own, differentiable, matrix.
+
+
+def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """FaceNet semi-hard negatives, as in TensorFlow Addons' `triplet_semihard_loss`.
+
+    For an anchor a and a positive p, the negative is the closest one farther than the positive,
+    n = argmin_{y_n != y_a, D_an > D_ap} D_an; when no negative is that far, the farthest negative
+    n = argmax_{y_n != y_a} D_an (i.e. the easiest, whose hinge is the smallest).
+
+    Args:
+      labels: [m] integer class ids.
+      distances: [m, m] anchor-to-candidate distances.
+    Returns:
+      (negatives [m, m] int32, the negative of every (anchor, positive) pair, meaningful where
+      (a, p) is a positive pair and a has a negative; has_negative [m] bool).
+    """
+    _, negative = pair_masks(labels)
+    d_an = distances[:, None, :]  # [a, 1, n]
+    d_ap = distances[:, :, None]  # [a, p, 1]
+    farther = negative[:, None, :] & (d_an > d_ap)  # [a, p, n]: O(m^3) booleans, small for m <= 256
+    closest_farther = _masked_argmax(-d_an, farther, axis=2)
+    farthest = _masked_argmax(distances, negative, axis=1)
+    negatives = tf.where(tf.reduce_any(farther, axis=2), closest_farther, farthest[:, None])
+    return negatives, tf.reduce_any(negative, axis=1)
+
+
+def batch_hard_triplets(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Batch-hard mining (Hermans et al. 2017): per anchor its farthest positive and closest negative.
+
+    Args:
+      labels: [m] integer class ids. distances: [m, m].
+    Returns:
+      (positives [m] int32, negatives [m] int32, valid [m] bool: the anchor has both).
+    """
+    positive, negative = pair_masks(labels)
+    valid = tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
+    return _masked_argmax(distances, positive, axis=1), _masked_argmax(-distances, negative, axis=1), valid
+
+
+def npair_pairs(labels: tf.Tensor) -> tf.Tensor:
+    """The (anchor, positive) pairs of the multi-class N-pair loss (Sohn 2016).
+
+    Every class with at least two samples contributes its first two occurrences in batch order.
+
+    Args:
+      labels: [m] integer class ids.
+    Returns:
+      [c, 2] int32 (anchor, positive), c = number of such classes, ordered by anchor position.
+    """
+    labels = check_labels(labels)
+    positions = tf.range(tf.shape(labels)[0])
+    same = tf.equal(labels[:, None], labels[None, :])
+    earlier = positions[None, :] < positions[:, None]  # [i, j]: j comes before i
+    rank = tf.reduce_sum(tf.cast(same & earlier, tf.int32), axis=1)  # occurrence number within class
+    class_size = tf.reduce_sum(tf.cast(same, tf.int32), axis=1)
+    anchors = tf.reshape(tf.cast(tf.where((rank == 0) & (class_size >= 2)), tf.int32), [-1])
+    second = same & tf.equal(rank, 1)[None, :]  # [i, j]: j is the second occurrence of i's class
+    positives = tf.gather(tf.argmax(tf.cast(second, tf.int32), axis=1, output_type=tf.int32), anchors)
+    return tf.stack([anchors, positives], axis=1)
+
+
+def distance_weighted_negatives(
+    labels: tf.Tensor, distances: tf.Tensor, dim: int | tf.Tensor, cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4, seed: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Distance-weighted negative sampling (Wu et al. 2017, "Sampling Matters", section 4).
+
+    On the unit sphere in R^n, pairwise distances of uniform points have density
+    q(d) ∝ d^(n-2) (1 - d^2/4)^((n-3)/2). A negative k of anchor a is drawn with probability
+    ∝ q(D_ak)^-1 among the negatives with D_ak < nonzero_loss_cutoff (farther ones give a zero
+    margin loss), with D clipped to >= cutoff: the clip bounds the weight, playing the role of the
+    paper's min(lambda, q^-1) as in the authors' code. An anchor without such a negative samples
+    uniformly over all its negatives. Every positive pair (a, p) gets its own draw.
+
+    Args:
+      labels: [m] integer class ids.
+      distances: [m, m] Euclidean distances of L2-normalised embeddings (no gradient needed).
+      dim: n, the embedding dimension.
+      cutoff, nonzero_loss_cutoff: see above.
+      seed: None for `tf.random.categorical`, or a [2] integer seed for the stateless (reproducible)
+        `tf.random.stateless_categorical`.
+    Returns:
+      [t, 3] int32 triplets (anchor, positive, negative): one per ordered positive pair whose anchor
+      has a negative, in row-major (anchor, positive) order; t = 0 when there is none.
+    """
+    positive, negative = pair_masks(labels)
+    logits = _distance_weight_logits(distances, negative, dim, cutoff, nonzero_loss_cutoff)
+    pairs = tf.cast(tf.where(positive & tf.reduce_any(negative, axis=1)[:, None]), tf.int32)
+    pair_logits = tf.gather(logits, pairs[:, 0])
+    if seed is None:
+        drawn = tf.random.categorical(pair_logits, 1, dtype=tf.int32)
+    else:
+        drawn = tf.random.stateless_categorical(pair_logits, 1, seed, dtype=tf.int32)
+    return tf.concat([pairs, drawn], axis=1)
+
+
+def _distance_weight_logits(distances: tf.Tensor, negative: tf.Tensor, dim: int | tf.Tensor, cutoff: float,
+                            nonzero_loss_cutoff: float) -> tf.Tensor:
+    """log q(D)^-1 on the eligible negatives, 0 on all negatives of anchors with none, -inf elsewhere."""
+    n = tf.cast(dim, distances.dtype)
+    d = tf.maximum(distances, cutoff)
+    # The floor only matters for d -> 2 (antipodal points), which are never eligible anyway.
+    log_q = (n - 2.0) * tf.math.log(d) + 0.5 * (n - 3.0) * tf.math.log(tf.maximum(1.0 - 0.25 * d * d, 1e-12))
+    eligible = negative & (distances < nonzero_loss_cutoff)
+    has_eligible = tf.reduce_any(eligible, axis=1, keepdims=True)
+    minus_inf = tf.fill(tf.shape(distances), tf.constant(-float("inf"), distances.dtype))
+    weighted = tf.where(eligible, -log_q, minus_inf)
+    uniform = tf.where(negative, tf.zeros_like(distances), minus_inf)
+    return tf.where(has_eligible, weighted, uniform)

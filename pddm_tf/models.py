@@ -234,3 +234,39 @@ class PDDMModel(EmbeddingModel):
         config["pddm"] = keras.saving.deserialize_keras_object(config["pddm"])
         config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return super().from_config(config)
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class MetricLossModel(EmbeddingModel):
+    """Backbone -> head trained with any embedding loss `loss(labels [m], embeddings [m, d])`.
+
+    The loss sees the global batch (see `gather_global_batch`) and does its own mining from
+    distances, which is cheap enough to keep inside the gradient tape. A loss with trainable
+    parameters (e.g. the margin loss's beta) exposes them as `loss.variables`; they are tracked here
+    and trained with the network.
+
+    Args:
+      backbone, embedding_dim, dropout: see `EmbeddingModel`.
+      loss: a Keras loss taking (labels, embeddings), e.g. from `pddm_tf.losses`.
+    """
+
+    def __init__(self, backbone: keras.Model, loss: keras.losses.Loss, embedding_dim: int = 64,
+                 dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
+        self.embedding_loss = loss
+        # Assigning the list makes Keras track the loss's variables as the model's weights.
+        self.loss_variables = list(getattr(loss, "variables", []))
+
+    def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: Any) -> dict[str, tf.Tensor]:
+        return {"loss": self.embedding_loss(labels, embeddings)}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(loss=keras.saving.serialize_keras_object(self.embedding_loss))
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "MetricLossModel":
+        config = dict(config)
+        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return super().from_config(config)

@@ -15,6 +15,7 @@ from pddm_tf.evaluation import (
     map_at_r,
     nearest_neighbors,
     nmi,
+    rerank_shortlist,
     recall_at_k,
 )
 
@@ -310,3 +311,49 @@ def test_callback_runs_every_n_epochs_and_on_the_last():
     model.fit(rng.normal(size=(8, 2)), rng.normal(size=(8, 2)), epochs=5, callbacks=[callback], verbose=0)
 
     assert [epoch for epoch, _ in callback.history] == [1, 3, 4]
+
+
+# ----------------------------------------------------------------------------------------
+# PDDM ranking: re-ranking a Euclidean shortlist by a learned pair score
+# ----------------------------------------------------------------------------------------
+
+
+def _negative_l1(a, b):
+    """A pair score whose order differs from Euclidean distance's: -||a - b||_1."""
+    return -np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).sum(axis=1)
+
+
+@pytest.mark.parametrize("shortlist", [1, 5, 12])
+def test_reranked_recall_matches_brute_force(shortlist):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(90, 6)).astype(np.float32)
+    y = rng.integers(0, 12, size=90)
+    d = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    expected_hits = {k: [] for k in (1, 2, 4, 8)}
+    for q in range(90):
+        if (y == y[q]).sum() < 2:
+            continue
+        order = list(np.argsort(d[q], kind="stable"))
+        top = order[:shortlist]
+        scores = _negative_l1(np.repeat(x[q:q + 1], len(top), 0), x[top])
+        reranked = [top[i] for i in np.argsort(-scores, kind="stable")] + order[shortlist:]
+        for k in expected_hits:
+            expected_hits[k].append(any(y[j] == y[q] for j in reranked[:k]))
+    metrics = evaluate_retrieval(x, y, rerank=shortlist, pair_scores=_negative_l1)
+    for k, hits in expected_hits.items():
+        assert metrics[f"recall@{k}"] == pytest.approx(np.mean(hits)), k
+
+
+def test_rerank_shortlist_keeps_candidates_and_breaks_ties_by_position():
+    shortlist = np.array([[4, 2, 7], [1, 0, 3]])
+    q = np.zeros((2, 1), np.float32)
+    g = np.arange(8, dtype=np.float32)[:, None]
+    # Score: 1 for even gallery ids, 0 for odd ones; equal scores keep their shortlist order.
+    reranked = rerank_shortlist(q, g, shortlist, lambda a, b: (b[:, 0] % 2 == 0).astype(np.float32), batch_pairs=4)
+    np.testing.assert_array_equal(reranked, [[4, 2, 7], [0, 1, 3]])
+
+
+def test_rerank_needs_a_score():
+    with pytest.raises(ValueError, match="pair_scores"):
+        evaluate_retrieval(np.eye(4, dtype=np.float32), [0, 0, 1, 1], rerank=2)

@@ -7,8 +7,9 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from pddm_tf.mining import MINING_MODES, Quadruplets, check_labels, euclidean_scores, mine_quadruplets
 from pddm_tf.distances import squared_distances_of_pairs
+from pddm_tf.losses._base import check_embeddings, labels_from_y_true
+from pddm_tf.mining import MINING_MODES, Quadruplets, euclidean_scores, mine_quadruplets
 
 
 class LossTerms(NamedTuple):
@@ -17,26 +18,6 @@ class LossTerms(NamedTuple):
     total: tf.Tensor  # metric + embedding_weight * embedding
     metric: tf.Tensor  # E_m
     embedding: tf.Tensor  # E_e
-
-
-def check_embeddings(embeddings: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
-    """Validates a [m, d] float embedding batch (and its [m] labels); raises a clear error on NaN/inf.
-
-    The NaN check is a `tf.debugging` assertion: it runs inside graphs too, and stops training with a
-    message naming the problem instead of letting a NaN loss through.
-    """
-    embeddings = tf.convert_to_tensor(embeddings)
-    if not embeddings.dtype.is_floating:
-        raise TypeError(f"embeddings must be floating point, got dtype {embeddings.dtype.name}")
-    if embeddings.shape.rank is not None and embeddings.shape.rank != 2:
-        raise ValueError(f"embeddings must have shape [batch, dim], got shape {embeddings.shape}")
-    if labels is not None:
-        labels = check_labels(labels)
-        if (embeddings.shape[0] is not None and labels.shape[0] is not None
-                and embeddings.shape[0] != labels.shape[0]):
-            raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) "
-                             "have different batch sizes")
-    return tf.debugging.assert_all_finite(embeddings, "embeddings reaching the loss contain NaN or inf")
 
 
 def double_header_hinge(
@@ -131,11 +112,7 @@ class DoubleHeaderHingeLoss(keras.losses.Loss):
             embeddings, scores = y_pred["embeddings"], y_pred.get("scores")
         else:
             embeddings, scores = y_pred, None
-        # keras.losses.Loss.__call__ has already cast y_true to the loss dtype (float); class ids
-        # are exact in float32 up to 2^24, so casting back is lossless.
-        if y_true.dtype.is_floating:
-            y_true = tf.cast(y_true, tf.int32)
-        return self.terms(y_true, embeddings, scores).total
+        return self.terms(labels_from_y_true(y_true), embeddings, scores).total
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -1,0 +1,209 @@
+"""The PDDM paper's comparison, reproduced on the embedded Omniglot data.
+
+Every method gets the same backbone, embedding size, P x K batches, optimiser and step budget, on
+the same disjoint-class split; each runs with several seeds. Output (in --out_dir):
+
+  results.json          every run's figures, R@1-vs-step curve and wall time
+  table.md              mean +- std over seeds of Recall@1/2/4/8, NMI, MAP@R, and wall time
+  recall_curve.png      held-out R@1 against training step, one line per method (mean over seeds)
+  similarity_hist.png   held-out positive vs negative pair similarities, PDDM score against
+                        Euclidean distance, with the overlap of the two distributions
+
+  python benchmarks/paper_table.py                # the full run (about 40 minutes on 2 cores)
+  python benchmarks/paper_table.py --quick        # a few steps, one seed: checks the pipeline
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from pddm_tf import data, evaluation, methods, small_convnet  # noqa: E402
+from pddm_tf.models import PDDMModel  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("methods", list(methods.METHODS), "Methods to train (keys of pddm_tf.methods.METHODS).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: initialisation and batch sampling.")
+flags.DEFINE_integer("steps", 300, "Training steps per run.")
+flags.DEFINE_integer("eval_every", 50, "Steps between held-out R@1 measurements for the curve.")
+flags.DEFINE_integer("image_size", 32, "Image side.")
+flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
+flags.DEFINE_integer("batch_classes", 16, "P.")
+flags.DEFINE_integer("batch_per_class", 4, "K.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate, all methods.")
+flags.DEFINE_integer("rerank", 20, "Shortlist size R for the PDDM-ranking row.")
+flags.DEFINE_string("out_dir", "benchmarks/results/paper_table", "Where results and plots go.")
+flags.DEFINE_bool("quick", False, "CI mode: 10 steps, seed 0, one curve point after step 10.")
+
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
+RANKING = "pddm_ranking"
+
+
+class _RecallCurve(keras.callbacks.Callback):
+    """Held-out R@1 after every epoch (an epoch here is `eval_every` steps)."""
+
+    def __init__(self, held_out, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.held_out, self.steps_per_epoch = held_out, steps_per_epoch
+        self.points: list[tuple[int, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        embeddings, labels = evaluation.embed_dataset(self.model, self.held_out)
+        recall = evaluation.recall_at_k(embeddings, labels, ks=(1,))["recall@1"]
+        self.points.append(((epoch + 1) * self.steps_per_epoch, recall))
+
+
+def _run(method: str, seed: int, split: data.DatasetSplit, held_out) -> dict:
+    keras.utils.set_random_seed(seed)
+    size = FLAGS.image_size
+    model = methods.build_model(method, small_convnet(size, split.channels), FLAGS.embedding_dim)
+    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
+    train = data.class_balanced_dataset(split.train, FLAGS.batch_classes, FLAGS.batch_per_class, size,
+                                        split.channels, seed=seed)
+    curve = _RecallCurve(held_out, FLAGS.eval_every)
+    curve.set_model(model)
+    curve.on_epoch_end(-1)  # step 0: the untrained model
+    curve.points[0] = (0, curve.points[0][1])
+    start = time.perf_counter()
+    model.fit(train, epochs=FLAGS.steps // FLAGS.eval_every, steps_per_epoch=FLAGS.eval_every,
+              callbacks=[curve], verbose=0)
+    wall = time.perf_counter() - start
+    embeddings, labels = evaluation.embed_dataset(model, held_out)
+    runs = {method: {**evaluation.evaluate_retrieval(embeddings, labels, seed=seed),
+                     "wall_s": wall, "curve": curve.points}}
+    if isinstance(model, PDDMModel) and method == "pddm_quadruplet":
+        # PDDM ranking re-uses the quadruplet model: same training, Euclidean shortlist re-ranked.
+        def pair_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return model.pddm((a, b)).numpy()
+
+        runs[RANKING] = {**evaluation.evaluate_retrieval(embeddings, labels, seed=seed, rerank=FLAGS.rerank,
+                                                         pair_scores=pair_scores),
+                         "wall_s": wall, "curve": []}
+        if seed == int(FLAGS.seeds[0]):
+            runs[RANKING]["similarity"] = _similarity_distributions(model, embeddings, labels, seed)
+    return runs
+
+
+def _similarity_distributions(model: PDDMModel, embeddings: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """PDDM scores and negative squared distances of held-out positive and (sampled) negative pairs."""
+    rng = np.random.default_rng(seed)
+    same = labels[:, None] == labels[None, :]
+    pos = np.argwhere(np.triu(same, 1))
+    neg = np.argwhere(np.triu(~same, 1))
+    neg = neg[rng.choice(len(neg), size=min(len(neg), 10 * len(pos)), replace=False)]
+    out = {}
+    for name, pairs in (("positive", pos), ("negative", neg)):
+        a, b = embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]
+        out[name] = {"pddm": np.concatenate([model.pddm((a[i:i + 65536], b[i:i + 65536])).numpy()
+                                             for i in range(0, len(a), 65536)]),
+                     "euclidean": -np.sum((a - b) ** 2, axis=1)}
+    return out
+
+
+def overlap(positive: np.ndarray, negative: np.ndarray, bins: int = 100) -> float:
+    """Overlap coefficient of two empirical distributions: sum over bins of min(p_pos, p_neg), in [0, 1].
+
+    0 = perfectly separated, 1 = identical. Bins span the pooled range, so the figure is invariant
+    to any monotone-affine rescaling of the similarity (PDDM scores and distances are comparable).
+    """
+    edges = np.linspace(min(positive.min(), negative.min()), max(positive.max(), negative.max()), bins + 1)
+    p = np.histogram(positive, edges)[0] / len(positive)
+    n = np.histogram(negative, edges)[0] / len(negative)
+    return float(np.minimum(p, n).sum())
+
+
+def _summarise(results: dict[str, list[dict]]) -> str:
+    header = "| method | " + " | ".join(METRICS) + " | wall (s) |"
+    rows = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for method, runs in results.items():
+        cells = []
+        for key in (*METRICS, "wall_s"):
+            values = np.array([r[key] for r in runs])
+            fmt = "{:.1f} ± {:.1f}" if key == "wall_s" else "{:.3f} ± {:.3f}"
+            cells.append(fmt.format(values.mean(), values.std()))
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\n{len(next(iter(results.values())))} seed(s) per method; mean ± std (population).\n"
+
+
+def _plots(results: dict[str, list[dict]], similarity: dict | None, out: pathlib.Path) -> dict[str, float]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, runs in results.items():
+        if not runs[0]["curve"]:
+            continue
+        steps = [s for s, _ in runs[0]["curve"]]
+        ax.plot(steps, np.mean([[r for _, r in run["curve"]] for run in runs], axis=0), marker="o", label=method)
+    ax.set(xlabel="training step", ylabel="held-out Recall@1", title="Omniglot, unseen characters")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "recall_curve.png", dpi=110)
+    plt.close(fig)
+
+    overlaps: dict[str, float] = {}
+    if similarity is None:
+        return overlaps
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, kind, title in zip(axes, ("pddm", "euclidean"), ("PDDM score", "-squared Euclidean distance")):
+        pos, neg = similarity["positive"][kind], similarity["negative"][kind]
+        overlaps[kind] = overlap(pos, neg)
+        ax.hist(neg, bins=100, density=True, alpha=0.6, label="negative pairs")
+        ax.hist(pos, bins=100, density=True, alpha=0.6, label="positive pairs")
+        ax.set(title=f"{title} (overlap {overlaps[kind]:.3f})", xlabel="similarity")
+        ax.legend(fontsize=8)
+    fig.suptitle("held-out pairs, PDDM+Quadruplet model")
+    fig.tight_layout()
+    fig.savefig(out / "similarity_hist.png", dpi=110)
+    plt.close(fig)
+    return overlaps
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if FLAGS.quick:
+        FLAGS.steps, FLAGS.eval_every, FLAGS.seeds = 10, 10, ["0"]
+    unknown = set(FLAGS.methods) - set(methods.METHODS)
+    if unknown:
+        raise app.UsageError(f"unknown methods {sorted(unknown)}; choose from {sorted(methods.METHODS)}")
+    out = pathlib.Path(FLAGS.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = data.load_omniglot(test_fraction=0.5, seed=0)  # one split for every method and seed
+    held_out = data.evaluation_dataset(split.test, FLAGS.image_size, split.channels)
+    results: dict[str, list[dict]] = {}
+    similarity = None
+    progress = keras.utils.Progbar(len(FLAGS.methods) * len(FLAGS.seeds), unit_name="run")
+    for method in FLAGS.methods:
+        for seed in map(int, FLAGS.seeds):
+            for name, run in _run(method, seed, split, held_out).items():
+                similarity = run.pop("similarity", similarity)
+                results.setdefault(name, []).append(run)
+            progress.add(1, values=[("R@1", results[method][-1]["recall@1"])])
+    table = _summarise(results)
+    overlaps = _plots(results, similarity, out)
+    if overlaps:
+        table += (f"\nOverlap of held-out positive/negative similarity distributions (0 = separated): "
+                  f"PDDM score {overlaps['pddm']:.3f}, Euclidean distance {overlaps['euclidean']:.3f}.\n")
+    config = {k: getattr(FLAGS, k) for k in ("steps", "eval_every", "image_size", "embedding_dim",
+                                              "batch_classes", "batch_per_class", "learning_rate", "rerank")}
+    payload = {"config": {**config, "seeds": FLAGS.seeds}, "runs": results, "overlap": overlaps}
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, out / "results.json")
+    (out / "table.md").write_text(table)
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,31 @@
+"""Metric-learning losses: PDDM's double-header hinge and the standard baselines.
+
+Every baseline is a serializable Keras loss called as `loss(labels [m] int, embeddings [m, d])`
+on L2-normalised embeddings, mines its pairs or triplets inside the batch (`pddm_tf.mining`) and
+returns 0, never NaN, for a batch without a valid pair. Use them with `MetricLossModel`.
+"""
+
+from pddm_tf.losses._base import EmbeddingLoss, check_embeddings, labels_from_y_true
+from pddm_tf.losses.contrastive import ContrastiveLoss
+from pddm_tf.losses.lifted import LiftedStructuredLoss
+from pddm_tf.losses.margin import MarginLoss
+from pddm_tf.losses.multi_similarity import MultiSimilarityLoss
+from pddm_tf.losses.npair import NPairLoss
+from pddm_tf.losses.pddm import DoubleHeaderHingeLoss, LossTerms, double_header_hinge
+from pddm_tf.losses.triplet import TRIPLET_MINING, TripletLoss
+
+__all__ = [
+    "ContrastiveLoss",
+    "DoubleHeaderHingeLoss",
+    "EmbeddingLoss",
+    "LiftedStructuredLoss",
+    "LossTerms",
+    "MarginLoss",
+    "MultiSimilarityLoss",
+    "NPairLoss",
+    "TRIPLET_MINING",
+    "TripletLoss",
+    "check_embeddings",
+    "double_header_hinge",
+    "labels_from_y_true",
+]

@@ -1,0 +1,80 @@
+"""What every embedding loss shares: input validation, the label cast and the `EmbeddingLoss` base."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.mining import check_labels
+
+# Stand-in for -inf in masked log-sum-exps: exp(_MASKED - max) underflows to exactly 0 like -inf
+# would, but a row with nothing left stays finite (log-sum-exp of -inf is -inf, whose gradient is NaN).
+_MASKED = -1e9
+
+
+def check_embeddings(embeddings: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
+    """Validates a [m, d] float embedding batch (and its [m] labels); raises a clear error on NaN/inf.
+
+    The NaN check is a `tf.debugging` assertion: it runs inside graphs too, and stops training with a
+    message naming the problem instead of letting a NaN loss through.
+    """
+    embeddings = tf.convert_to_tensor(embeddings)
+    if not embeddings.dtype.is_floating:
+        raise TypeError(f"embeddings must be floating point, got dtype {embeddings.dtype.name}")
+    if embeddings.shape.rank is not None and embeddings.shape.rank != 2:
+        raise ValueError(f"embeddings must have shape [batch, dim], got shape {embeddings.shape}")
+    if labels is not None:
+        labels = check_labels(labels)
+        if (embeddings.shape[0] is not None and labels.shape[0] is not None
+                and embeddings.shape[0] != labels.shape[0]):
+            raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) "
+                             "have different batch sizes")
+    return tf.debugging.assert_all_finite(embeddings, "embeddings reaching the loss contain NaN or inf")
+
+
+def labels_from_y_true(y_true: tf.Tensor) -> tf.Tensor:
+    """Class ids [m] int32 from a Keras `y_true`.
+
+    `keras.losses.Loss.__call__` has already cast y_true to the loss dtype (float); class ids are
+    exact in float32 up to 2^24, so casting back is lossless.
+    """
+    y_true = tf.convert_to_tensor(y_true)
+    if y_true.dtype.is_floating:
+        y_true = tf.cast(y_true, tf.int32)
+    return check_labels(y_true)
+
+
+def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of `values` where `mask` holds; 0 (not NaN, with zero gradient) when nothing does."""
+    mask = tf.cast(mask, values.dtype)
+    return tf.reduce_sum(values * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def masked_logsumexp(values: tf.Tensor, mask: tf.Tensor, axis: int = -1, with_one: bool = False) -> tf.Tensor:
+    """log sum_{mask} exp(values) along `axis`, computed stably (max-shifted).
+
+    With `with_one`, log(1 + sum_{mask} exp(values)) (a zero logit is added), which is 0 for an empty
+    mask. Without it an empty row gives a very negative finite number; mask such rows out downstream.
+    """
+    values = tf.where(mask, values, tf.constant(_MASKED, values.dtype))
+    if with_one:
+        zeros = tf.zeros_like(tf.reduce_sum(values, axis=axis, keepdims=True))
+        values = tf.concat([values, zeros], axis=axis)
+    return tf.reduce_logsumexp(values, axis=axis)
+
+
+class EmbeddingLoss(keras.losses.Loss):
+    """Base of the losses on a batch of embeddings: `loss(labels [m], embeddings [m, d]) -> scalar`.
+
+    `call` validates the inputs, recovers int labels from Keras' float y_true and hands over to
+    `compute(labels, embeddings)`, which subclasses implement. The result is a scalar, so Keras'
+    reduction leaves it unchanged.
+    """
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        labels = labels_from_y_true(y_true)
+        return self.compute(labels, check_embeddings(y_pred, labels))
+
+    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+        """The loss of one batch: labels [m] int32, embeddings [m, d] -> float scalar."""
+        raise NotImplementedError
