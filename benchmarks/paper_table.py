@@ -39,6 +39,10 @@ flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
 flags.DEFINE_integer("batch_classes", 16, "P.")
 flags.DEFINE_integer("batch_per_class", 4, "K.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate, all methods.")
+flags.DEFINE_float("alpha", 0.5, "PDDM methods: margin of the PDDM-score hinge.")
+flags.DEFINE_float("beta", 0.5, "PDDM methods: margin of the squared-distance hinge.")
+flags.DEFINE_float("embedding_weight", 0.5, "PDDM methods: lambda, weight of the embedding loss.")
+flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"], "PDDM methods: quadruplets per batch.")
 flags.DEFINE_integer("rerank", 20, "Shortlist size R for the PDDM-ranking row.")
 flags.DEFINE_string("out_dir", "benchmarks/results/paper_table", "Where results and plots go.")
 flags.DEFINE_bool("quick", False, "CI mode: 10 steps, seed 0, one curve point after step 10.")
@@ -48,23 +52,29 @@ RANKING = "pddm_ranking"
 
 
 class _RecallCurve(keras.callbacks.Callback):
-    """Held-out R@1 after every epoch (an epoch here is `eval_every` steps)."""
+    """Held-out R@1 after every epoch (an epoch here is `eval_every` steps), and for HDML the
+    epoch's mean synthetic-negative hardness lambda0 (1 = negative unchanged)."""
 
     def __init__(self, held_out, steps_per_epoch: int) -> None:
         super().__init__()
         self.held_out, self.steps_per_epoch = held_out, steps_per_epoch
         self.points: list[tuple[int, float]] = []
+        self.hardness: list[tuple[int, float]] = []
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        step = (epoch + 1) * self.steps_per_epoch
         embeddings, labels = evaluation.embed_dataset(self.model, self.held_out)
-        recall = evaluation.recall_at_k(embeddings, labels, ks=(1,))["recall@1"]
-        self.points.append(((epoch + 1) * self.steps_per_epoch, recall))
+        self.points.append((step, evaluation.recall_at_k(embeddings, labels, ks=(1,))["recall@1"]))
+        if logs and "lambda0" in logs:
+            self.hardness.append((step, float(logs["lambda0"])))
 
 
 def _run(method: str, seed: int, split: data.DatasetSplit, held_out) -> dict:
     keras.utils.set_random_seed(seed)
     size = FLAGS.image_size
-    model = methods.build_model(method, small_convnet(size, split.channels), FLAGS.embedding_dim)
+    model = methods.build_model(method, small_convnet(size, split.channels), FLAGS.embedding_dim,
+                                num_classes=split.train.num_classes, alpha=FLAGS.alpha, beta=FLAGS.beta,
+                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining)
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
     train = data.class_balanced_dataset(split.train, FLAGS.batch_classes, FLAGS.batch_per_class, size,
                                         split.channels, seed=seed)
@@ -79,6 +89,8 @@ def _run(method: str, seed: int, split: data.DatasetSplit, held_out) -> dict:
     embeddings, labels = evaluation.embed_dataset(model, held_out)
     runs = {method: {**evaluation.evaluate_retrieval(embeddings, labels, seed=seed),
                      "wall_s": wall, "curve": curve.points}}
+    if curve.hardness:
+        runs[method]["hardness"] = curve.hardness
     if isinstance(model, PDDMModel) and method == "pddm_quadruplet":
         # PDDM ranking re-uses the quadruplet model: same training, Euclidean shortlist re-ranked.
         def pair_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -152,6 +164,20 @@ def _plots(results: dict[str, list[dict]], similarity: dict | None, out: pathlib
     fig.savefig(out / "recall_curve.png", dpi=110)
     plt.close(fig)
 
+    hdml = {m: runs for m, runs in results.items() if runs[0].get("hardness")}
+    if hdml:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, runs in hdml.items():
+            steps = [s for s, _ in runs[0]["hardness"]]
+            ax.plot(steps, np.mean([[h for _, h in run["hardness"]] for run in runs], axis=0), marker="o", label=method)
+        ax.set(xlabel="training step", ylabel="mean lambda0 (1 = unchanged negative)",
+               title="HDML synthetic-negative hardness (lower = harder)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "hdml_hardness.png", dpi=110)
+        plt.close(fig)
+
     overlaps: dict[str, float] = {}
     if similarity is None:
         return overlaps
@@ -196,7 +222,8 @@ def main(argv: list[str]) -> None:
         table += (f"\nOverlap of held-out positive/negative similarity distributions (0 = separated): "
                   f"PDDM score {overlaps['pddm']:.3f}, Euclidean distance {overlaps['euclidean']:.3f}.\n")
     config = {k: getattr(FLAGS, k) for k in ("steps", "eval_every", "image_size", "embedding_dim",
-                                              "batch_classes", "batch_per_class", "learning_rate", "rerank")}
+                                              "batch_classes", "batch_per_class", "learning_rate", "rerank",
+                                              "alpha", "beta", "embedding_weight", "mining")}
     payload = {"config": {**config, "seeds": FLAGS.seeds}, "runs": results, "overlap": overlaps}
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=1))

@@ -6,6 +6,7 @@ from pddm_tf.losses import (ContrastiveLoss, DoubleHeaderHingeLoss, EmbeddingLos
                             MarginLoss, MultiSimilarityLoss, NPairLoss, TripletLoss, double_header_hinge)
 from pddm_tf.mining import Quadruplets, euclidean_scores, mine_quadruplets, pair_masks
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel, gather_global_batch
+from pddm_tf.hdml import HDMLModel, hardness_aware_negatives
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "EmbeddingHead",
     "EmbeddingLoss",
     "EmbeddingModel",
+    "HDMLModel",
     "L2Normalize",
     "LiftedStructuredLoss",
     "LossTerms",
@@ -29,6 +31,7 @@ __all__ = [
     "double_header_hinge",
     "euclidean_scores",
     "gather_global_batch",
+    "hardness_aware_negatives",
     "mine_quadruplets",
     "pair_masks",
     "small_convnet",

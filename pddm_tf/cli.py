@@ -46,7 +46,7 @@ flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
                   "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
 flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
-flags.DEFINE_integer("epochs", 8, "Training epochs (0 = evaluate and export the untrained model).")
+flags.DEFINE_integer("epochs", 10, "Training epochs (0 = evaluate and export the untrained model).")
 flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch.")
 flags.DEFINE_integer("batch_classes", 16, "P: classes per batch.")
 flags.DEFINE_integer("batch_per_class", 4, "K: images per class in a batch.")
@@ -93,8 +93,8 @@ def _report(metrics: dict[str, float], header: str) -> None:
         print(f"metrics written to {FLAGS.json}")
 
 
-def build_model(channels: int):
-    """The model `pddm-tf train` trains, from the flags."""
+def build_model(channels: int, num_classes: int):
+    """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML)."""
     import keras
 
     from pddm_tf import small_convnet
@@ -102,7 +102,7 @@ def build_model(channels: int):
     model = build_method_model(FLAGS.method, small_convnet(FLAGS.image_size, channels, width=FLAGS.backbone_width),
                                FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
-                               mining_score=FLAGS.mining_score)
+                               mining_score=FLAGS.mining_score, num_classes=num_classes)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
     return model
@@ -118,7 +118,7 @@ def train() -> dict[str, float]:
     split, channels = _load_split()
     print(f"dataset {FLAGS.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
           + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
-    model = build_model(channels)
+    model = build_model(channels, split.train.num_classes)
     evaluation_data = None
     if split.test is not None:
         evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import keras
 
 from pddm_tf import losses
+from pddm_tf.hdml import HDMLModel
 from pddm_tf.layers import PDDM
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 
@@ -34,6 +35,22 @@ def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., Embed
     return build
 
 
+def _hdml(base: str) -> Callable[..., EmbeddingModel]:
+    def build(backbone: keras.Model, embedding_dim: int, num_classes: int | None = None, alpha: float = 0.5,
+              beta: float = 0.5, embedding_weight: float = 0.5, hdml_alpha: float = 90.0, hdml_beta: float = 1e4,
+              **_: Any) -> EmbeddingModel:
+        if num_classes is None:
+            raise ValueError(f"method hdml_{base} needs num_classes (the number of training classes)")
+        # alpha/beta stay the PDDM margins, as for the other methods; HDML's own are hdml_alpha/hdml_beta.
+        pddm_loss = None
+        if base == "pddm":
+            pddm_loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight)
+        return HDMLModel(backbone, embedding_dim, num_classes=num_classes, base=base, alpha=hdml_alpha,
+                         beta=hdml_beta, pddm_loss=pddm_loss)
+
+    return build
+
+
 #: method name -> builder(backbone, embedding_dim, **options) -> model.
 METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "pddm_quadruplet": _pddm(heads=2, default_mining_score="pddm"),
@@ -46,6 +63,9 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "npair": _baseline(lambda: losses.NPairLoss()),
     "margin": _baseline(lambda: losses.MarginLoss()),
     "multi_similarity": _baseline(lambda: losses.MultiSimilarityLoss()),
+    "hdml_npair": _hdml("npair"),
+    "hdml_triplet": _hdml("triplet"),
+    "hdml_pddm": _hdml("pddm"),
 }
 
 
@@ -56,11 +76,14 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
       method: a key of `METHODS`: "pddm_quadruplet", "pddm_triplet" (PDDM with one negative head),
         "euclidean_quadruplet" (the ablation: quadruplets mined by Euclidean distance), or a
         baseline loss ("contrastive", "triplet_semihard", "triplet_batchhard", "lifted_structured",
-        "npair", "margin", "multi_similarity").
+        "npair", "margin", "multi_similarity"), or HDML around a base loss ("hdml_npair",
+        "hdml_triplet", "hdml_pddm").
       backbone: images -> features.
       embedding_dim: d.
       options: PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
-        baselines.
+        baselines. HDML methods require num_classes (training classes) and take hdml_alpha and
+        hdml_beta (its hardness and weighting temperatures); hdml_pddm uses alpha, beta and
+        embedding_weight for its double-header loss. Other methods ignore num_classes.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")

@@ -19,3 +19,19 @@ except RuntimeError:  # devices already initialised by an earlier import: keep w
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains on real data for a while (run in CI)")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def two_replicas():
+    """One MirroredStrategy over the two logical CPUs, shared by every test of the session.
+
+    TensorFlow keys collective instances per strategy object; separate collective strategies in
+    one process can collide ("Shape mismatch in the collective instance"), one shared object cannot.
+    """
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPU devices (set up at the top of conftest.py)")
+    return tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])

@@ -369,17 +369,10 @@ def _train_mirrored(strategy, images, labels):
     return model, history.history["loss"][0]
 
 
-def test_mirrored_two_replicas_equal_one_device():
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < 2:
-        pytest.skip("needs two logical CPU devices (set up in conftest.py)")
+def test_mirrored_two_replicas_equal_one_device(two_replicas):
     images, labels = _image_batch(classes=8, steps=2)
     single, single_loss = _train_mirrored(tf.distribute.get_strategy(), images, labels)
-    # Reduce on one device rather than with collective ops: TensorFlow keys collective instances
-    # per process, so a second collective MirroredStrategy (tests/test_models.py) would collide.
-    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]],
-                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
-    mirrored, mirrored_loss = _train_mirrored(strategy, images, labels)
+    mirrored, mirrored_loss = _train_mirrored(two_replicas, images, labels)
     # Same global batch, same data order: equal up to float32 reduction-order noise.
     np.testing.assert_allclose(mirrored_loss, single_loss, rtol=1e-4)
     for a, b in zip(single.weights, mirrored.weights):

@@ -1,0 +1,401 @@
+"""Hardness-Aware Deep Metric Learning (Zheng, Chen, Lu & Zhou, CVPR 2019; METHODS.md section 3).
+
+HDML recycles easy negatives: each negative embedding is pulled toward its anchor to a hardness
+set by how well training goes (`hardness_aware_negatives`), a generator decodes it back to
+feature space while a frozen softmax classifier keeps its label, and the re-embedded synthetic
+negatives train the metric alongside the real ones (`HDMLModel`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.distances import EPSILON, safe_norm, squared_distances_of_pairs
+from pddm_tf.layers import PDDM
+from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
+from pddm_tf.losses.pddm import double_header_hinge
+from pddm_tf.mining import npair_pairs, pair_masks
+from pddm_tf.models import EmbeddingModel, gather_global_batch
+
+HDML_BASES = ("npair", "triplet", "pddm")
+
+
+def hardness_aware_negatives(anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor,
+                             j_avg: tf.Tensor | float, alpha: float = 90.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pulls each negative toward its anchor to a hardness set by the running metric loss.
+
+    With d+ = ||z - z+||, d- = ||z - z-|| (Euclidean), METHODS.md section 3:
+
+        z^- = z + lambda0 (z- - z),  lambda0 = [d+ + (d- - d+) exp(-alpha / J_avg)] / d-   if d+ < d-
+        z^- = z-                                                                       otherwise
+
+    so the synthetic negative lies on the segment [z, z-] at distance d+ + (d- - d+) exp(-alpha/J_avg)
+    from the anchor: J_avg -> inf keeps z- (easy), J_avg -> 0 puts it at distance d+ (as hard as the
+    positive). A negative already closer than the positive is left alone.
+
+    Args:
+      anchor, positive, negative: [n, d] embeddings z, z+, z-.
+      j_avg: scalar running mean of the metric loss, > 0 (it is floored, so 0 means "hardest").
+      alpha: hardness temperature (90 in the paper).
+    Returns:
+      (z^- [n, d], lambda0 [n], exactly 1 for the unchanged rows).
+    """
+    anchor = tf.convert_to_tensor(anchor)
+    positive = tf.convert_to_tensor(positive, anchor.dtype)
+    negative = tf.convert_to_tensor(negative, anchor.dtype)
+    d_pos = safe_norm(anchor - positive, keepdims=False)
+    d_neg = safe_norm(anchor - negative, keepdims=False)
+    # exp(-alpha / J_avg) in [0, 1]; the floor turns J_avg = 0 into exp(-inf) = 0, not 0/0.
+    easiness = tf.exp(-alpha / tf.maximum(tf.cast(j_avg, anchor.dtype), EPSILON))
+    harden = d_pos < d_neg
+    # d- > d+ >= 0 on the rows we move; the other rows divide by 1 so no branch produces inf/NaN
+    # (tf.where would otherwise still back-propagate NaN from the unused branch).
+    safe_d_neg = tf.where(harden, d_neg, tf.ones_like(d_neg))
+    lambda0 = tf.where(harden, (d_pos + (d_neg - d_pos) * easiness) / safe_d_neg, tf.ones_like(d_neg))
+    moved = anchor + lambda0[:, None] * (negative - anchor)
+    return tf.where(harden[:, None], moved, negative), lambda0
+
+
+class _Triplets(NamedTuple):
+    """(anchor, positive, negative) rows of the global batch that HDML synthesises negatives for.
+
+    indices: [t, 3] int32 batch indices.
+    groups: scalar int32 whose meaning depends on the base loss: for "npair", N (t = N^2 rows,
+      anchor-major: row i*N + j is (a_i, p_i, p_j)); for "triplet"/"pddm", q (t = 2q rows: row r < q
+      is (i, j, k) for the positive pair i < j, row q + r is (j, i, l), the same pair seen from j).
+    """
+
+    indices: tf.Tensor
+    groups: tf.Tensor
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class HDMLModel(EmbeddingModel):
+    """HDML around a base metric loss, with its generator and label-preserving classifier.
+
+    Per step, on the global batch (features y [m, k] from the backbone, z = head(y) [m, d]):
+
+      1. rows (a, p, n) of the batch (`_Triplets`): for "npair" the N-pair pairing of `NPairLoss`
+         (first two images of each class) with every class's positive as a candidate (its own
+         is the target; d+ = d- leaves it unchanged), as in the original's tiled N-pair; for
+         "triplet"/"pddm" every positive pair in both directions with a random negative of the
+         anchor (stateless draw keyed on the step, so all replicas agree). Random, not hardest,
+         negatives: HDML's point is to make easy negatives useful.
+      2. z^- = `hardness_aware_negatives`(z_a, z_p, z_n, J_avg, alpha).
+      3. generator G: [z; z^-] -> Dense(512) -> ReLU -> BN -> Dense(k), linear. Real samples are
+         reconstructed from [z; z] (a negative equal to its anchor), synthetic ones from
+         [z_a; z^-]. Both go through the same head: z~ = head(G(.)).
+      4. J_m(real) on (z_a, z_p, z_n) and J_m(syn) on (z~_a, z~_p, z~^-) with z~_a, z~_p the
+         reconstructions of the anchor and positive, and
+           J_metric = exp(-beta / J_gen_avg) J_m(real) + (1 - exp(-beta / J_gen_avg)) J_m(syn).
+      5. J_recon = (1 - lambda) sum_{i, c} (G([z_i; z_i])_c - y_ic)^2  (summed over the batch, as
+         the original), J_soft = lambda * softmax_scale * mean CE(W G([z_a; z^-]), y_n), J_gen = sum.
+      6. classifier_loss = mean CE(W y, labels) on the real features.
+
+    Three parameter groups, each updated only by its own loss with its own optimiser: the metric
+    network (backbone, head [, PDDM]) by J_metric with the compiled optimizer (paper: Adam 7e-5);
+    the generator by J_gen (`generator_optimizer`, Adam 1e-2); the classifier by classifier_loss
+    (`classifier_optimizer`, Adam 1e-3), so W is frozen inside J_soft. J_m(syn) does reach the
+    metric network, through the head applied to G's output and through G's input z, z^- (the
+    generator weights themselves are not updated by it).
+
+    J_avg and J_gen_avg are means over the last `window` steps of J_m(real) and J_gen, kept in
+    non-trainable variables (saved with the model) that start filled with `initial_running_mean`:
+    for the first `window` steps synthetics are nearly the original negatives and J_metric is
+    nearly J_m(real).
+
+    Differences from the original code: the embedding is the library's L2-normalised head
+    (the original uses unnormalised FC(BN(y))), so the interpolation and the generator input live
+    inside the unit ball and every distance is between unit vectors (Euclidean for the
+    interpolation and triplet loss, squared Euclidean plus PDDM scores for "pddm", dot products for
+    N-pair); the generator is conditioned on the anchor ([z; z^-], METHODS.md) rather than fed z^-
+    alone; "pddm" (PDDM double-header hinge on real and synthetic quadruplets) is new.
+
+    Logged: loss (J_metric), metric_loss_real, metric_loss_synthetic, j_recon, j_soft, j_gen,
+    j_gen_avg and j_avg (the running means used in this step), lambda0 (mean over the rows),
+    classifier_loss, synthetic_accuracy (classifier accuracy on synthetic negatives w.r.t. their
+    source class). `evaluate` logs the real metric loss only; `predict` returns embeddings.
+
+    Args:
+      backbone, embedding_dim, dropout: see `EmbeddingModel`.
+      num_classes: number of training classes (labels must be in [0, num_classes)).
+      base: "npair", "triplet" or "pddm".
+      alpha: hardness temperature of the interpolation (90).
+      beta: temperature of the real/synthetic weighting (1e4; 5e3 suggested for CUB).
+      soft_weight: lambda, the J_soft vs J_recon trade-off (0.5).
+      softmax_scale: extra factor on J_soft (the original's 1e4). It sets J_gen's magnitude and
+        therefore, with beta, how fast the weight moves to synthetic samples.
+      generator_units: hidden width of the generator (512).
+      window: number of steps the running means cover (64).
+      initial_running_mean: value the running means start from (large = easy synthetics).
+      triplet_margin: hinge margin of the "triplet" base, on distances of unit vectors.
+      pddm, pddm_loss: PDDM layer and `DoubleHeaderHingeLoss` of the "pddm" base (defaults: `PDDM()`,
+        `DoubleHeaderHingeLoss()`; the loss's `mining` is unused, rows come from step 1).
+      generator_learning_rate, classifier_learning_rate: Adam learning rates of the two extra
+        optimisers, which the model creates itself (attributes `generator_optimizer`,
+        `classifier_optimizer`, saved with the model) so `compile(optimizer=...)` is enough. Another
+        optimiser may be assigned to either attribute before the model is built; a saved model's
+        config only records the Adam learning rates, so such a model reloads with Adam.
+      seed: seed of the random negatives of "triplet"/"pddm".
+    """
+
+    metric_names = ("loss", "metric_loss_real", "metric_loss_synthetic", "j_recon", "j_soft", "j_gen",
+                    "j_gen_avg", "j_avg", "lambda0", "classifier_loss", "synthetic_accuracy")
+
+    def __init__(self, backbone: keras.Model, embedding_dim: int = 64, *, num_classes: int, base: str = "npair",
+                 alpha: float = 90.0, beta: float = 1e4, soft_weight: float = 0.5, softmax_scale: float = 1e4,
+                 generator_units: int = 512, window: int = 64, initial_running_mean: float = 1e6,
+                 triplet_margin: float = 0.2, pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
+                 generator_learning_rate: float = 1e-2, classifier_learning_rate: float = 1e-3, seed: int = 0,
+                 dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
+        if base not in HDML_BASES:
+            raise ValueError(f"unknown HDML base {base!r}; expected one of {HDML_BASES}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if not 0.0 <= soft_weight <= 1.0:
+            raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
+        if window < 1 or initial_running_mean <= 0:
+            raise ValueError("window must be positive and initial_running_mean > 0")
+        self.num_classes = int(num_classes)
+        self.base = base
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.soft_weight = float(soft_weight)
+        self.softmax_scale = float(softmax_scale)
+        self.generator_units = int(generator_units)
+        self.window = int(window)
+        self.initial_running_mean = float(initial_running_mean)
+        self.triplet_margin = float(triplet_margin)
+        self.generator_learning_rate = float(generator_learning_rate)
+        self.classifier_learning_rate = float(classifier_learning_rate)
+        self.seed = int(seed)
+        uses_pddm = base == "pddm"
+        if uses_pddm:
+            pddm = pddm if pddm is not None else PDDM(name="pddm")
+            pddm_loss = pddm_loss if pddm_loss is not None else DoubleHeaderHingeLoss()
+        self.pddm = pddm if uses_pddm else None
+        self.pddm_loss = pddm_loss if uses_pddm else None
+        self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
+        self.generator = None  # built in `build`: its output size is the backbone's feature size
+        self.generator_optimizer = keras.optimizers.Adam(self.generator_learning_rate, name="generator_optimizer")
+        self.classifier_optimizer = keras.optimizers.Adam(self.classifier_learning_rate,
+                                                          name="classifier_optimizer")
+        # Windows of the last `window` values of J_m(real) and J_gen. All replicas compute the same
+        # global values, so the first replica's write is the right one.
+        self.metric_loss_window = self._window("metric_loss_window")
+        self.generator_loss_window = self._window("generator_loss_window")
+
+    def _window(self, name: str) -> keras.Variable:
+        return self.add_weight(name=name, shape=(self.window,), trainable=False, aggregation="only_first_replica",
+                               initializer=keras.initializers.Constant(self.initial_running_mean))
+
+    def build(self, input_shape: Any) -> None:
+        super().build(input_shape)
+        features = self.backbone.compute_output_shape(input_shape)[-1]
+        if self.generator is None:
+            self.generator = keras.Sequential([
+                keras.layers.Dense(self.generator_units, activation="relu", name="hidden"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.Dense(features, name="output"),
+            ], name="generator")
+        if not self.generator.built:
+            self.generator.build((None, 2 * self.embedding_dim))
+        if not self.classifier.built:
+            self.classifier.build((None, features))
+        if self.pddm is not None and not self.pddm.built:
+            self.pddm.build((None, self.embedding_dim))
+        # Built here, not lazily in the first step: their slots must exist before a checkpoint is
+        # restored, and variables cannot be created inside a replica context.
+        groups = self.parameter_groups()
+        for optimizer, group in ((self.generator_optimizer, "generator"), (self.classifier_optimizer, "classifier")):
+            if not optimizer.built:
+                optimizer.build(groups[group])
+
+    # -- running means ---------------------------------------------------------------------------
+
+    @property
+    def j_avg(self) -> tf.Tensor:
+        """Mean J_m(real) over the last `window` steps (the interpolation's J_avg)."""
+        return tf.reduce_mean(self.metric_loss_window)
+
+    @property
+    def j_gen_avg(self) -> tf.Tensor:
+        """Mean J_gen over the last `window` steps."""
+        return tf.reduce_mean(self.generator_loss_window)
+
+    def _push(self, window: keras.Variable, value: tf.Tensor) -> None:
+        # Order inside the window does not matter for its mean, so a shift replaces a ring index.
+        window.assign(tf.concat([window[1:], tf.reshape(tf.stop_gradient(value), [1])], axis=0))
+
+    # -- parameter groups ------------------------------------------------------------------------
+
+    def parameter_groups(self) -> dict[str, list[keras.Variable]]:
+        """Trainable variables of the metric network, the generator and the classifier."""
+        metric = self.backbone.trainable_variables + self.head.trainable_variables
+        if self.pddm is not None:
+            metric += self.pddm.trainable_variables
+        return {"metric": metric, "generator": self.generator.trainable_variables,
+                "classifier": self.classifier.trainable_variables}
+
+    # -- rows and losses -------------------------------------------------------------------------
+
+    def _triplets(self, labels: tf.Tensor) -> _Triplets:
+        if self.base == "npair":
+            pairs = npair_pairs(labels)  # [N, 2]
+            n = tf.shape(pairs)[0]
+            rows = tf.stack([tf.repeat(pairs[:, 0], n), tf.repeat(pairs[:, 1], n), tf.tile(pairs[:, 1], [n])], axis=1)
+            return _Triplets(rows, n)
+        positive, negative = pair_masks(labels)
+        has_negative = tf.reduce_any(negative, axis=1)
+        upper = tf.linalg.band_part(tf.ones_like(positive, dtype=tf.int32), 0, -1) > 0
+        eligible = positive & upper & has_negative[:, None] & has_negative[None, :]
+        pairs = tf.cast(tf.where(eligible), tf.int32)  # [q, 2], i < j
+        anchors = tf.concat([pairs[:, 0], pairs[:, 1]], axis=0)
+        positives = tf.concat([pairs[:, 1], pairs[:, 0]], axis=0)
+        # Uniform draw among the anchor's negatives; the seed moves with the step and is the same on
+        # every replica, so they all build the same rows.
+        logits = tf.where(tf.gather(negative, anchors), 0.0, -1e9)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.generator_optimizer.iterations, tf.int64)])
+        negatives = tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+        return _Triplets(tf.stack([anchors, positives, negatives], axis=1), tf.shape(pairs)[0])
+
+    def _metric_loss(self, rows: _Triplets, anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
+        """J_m of the base loss on [t, d] row embeddings laid out as `rows` describes."""
+        if self.base == "npair":
+            n, dim = rows.groups, tf.shape(anchor)[1]
+            anchors = tf.reshape(anchor, [n, n, dim])[:, 0]  # a_i, repeated along j
+            candidates = tf.reshape(negative, [n, n, dim])  # [i, j]: the j-th candidate of anchor i
+            logits = tf.einsum("id,ijd->ij", anchors, candidates)  # target j = i (the positive)
+            cross_entropy = tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits)
+            return tf.reduce_sum(cross_entropy) / tf.maximum(tf.cast(n, anchor.dtype), 1.0)
+        if self.base == "triplet":
+            d_ap = safe_norm(anchor - positive, keepdims=False)
+            d_an = safe_norm(anchor - negative, keepdims=False)
+            hinge = tf.nn.relu(self.triplet_margin + d_ap - d_an)
+            return tf.reduce_sum(hinge) / tf.maximum(tf.cast(tf.size(hinge), anchor.dtype), 1.0)
+        # pddm: rows r and q + r are the two halves (i, j, k) and (j, i, l) of one quadruplet.
+        q = rows.groups
+        scores = self.pddm((tf.concat([anchor, anchor], 0), tf.concat([positive, negative], 0)))
+        s_ap, s_an = tf.split(scores, 2)
+        d_ap, d_an = squared_distances_of_pairs(anchor, positive), squared_distances_of_pairs(anchor, negative)
+        loss = self.pddm_loss
+        return double_header_hinge(s_ap[:q], s_an[:q], s_an[q:], d_ap[:q], d_an[:q], d_an[q:],
+                                   loss.alpha, loss.beta, loss.embedding_weight, loss.heads).total
+
+    def _gather_rows(self, rows: _Triplets, embeddings: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.gather(embeddings, rows.indices[:, c]) for c in range(3)]
+
+    def hdml_terms(self, images: tf.Tensor, labels: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
+        """Every HDML loss of one (replica's) batch: the scalars of `metric_names`.
+
+        The losses are global-batch losses (see `gather_global_batch`); gradients are taken by the
+        caller, each w.r.t. its own parameter group.
+        """
+        features = self.backbone(images, training=training)
+        embeddings = check_embeddings(self.head(features, training=training), labels)
+        width = features.shape[-1]
+        joint, labels = gather_global_batch(tf.concat([features, embeddings], axis=1), labels)
+        features, embeddings = joint[:, :width], joint[:, width:]
+        m = tf.shape(embeddings)[0]
+
+        rows = self._triplets(labels)
+        anchor, positive, negative = self._gather_rows(rows, embeddings)
+        real_loss = self._metric_loss(rows, anchor, positive, negative)
+        j_avg, j_gen_avg = self.j_avg, self.j_gen_avg
+        hard, lambda0 = hardness_aware_negatives(anchor, positive, negative, j_avg, self.alpha)
+
+        # One generator call for both parts, so BN normalises them together.
+        generator_input = tf.concat([tf.concat([embeddings, embeddings], 1), tf.concat([anchor, hard], 1)], 0)
+        generated = self.generator(generator_input, training=training)
+        reconstructed, synthetic = generated[:m], generated[m:]
+        generated_embeddings = self.head(generated, training=training)
+        rebuilt_anchor, rebuilt_positive, _ = self._gather_rows(rows, generated_embeddings[:m])
+        synthetic_loss = self._metric_loss(rows, rebuilt_anchor, rebuilt_positive, generated_embeddings[m:])
+
+        source_labels = tf.gather(labels, rows.indices[:, 2])
+        synthetic_logits = self.classifier(synthetic)
+        j_recon = (1.0 - self.soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
+        j_soft = self.soft_weight * self.softmax_scale * _mean_cross_entropy(source_labels, synthetic_logits)
+        classifier_loss = _mean_cross_entropy(labels, self.classifier(features))
+        accuracy = tf.cast(tf.equal(tf.argmax(synthetic_logits, axis=1, output_type=tf.int32), source_labels),
+                           tf.float32)
+
+        real_weight = tf.exp(-self.beta / j_gen_avg)
+        return {
+            "loss": real_weight * real_loss + (1.0 - real_weight) * synthetic_loss,
+            "metric_loss_real": real_loss, "metric_loss_synthetic": synthetic_loss,
+            "j_recon": j_recon, "j_soft": j_soft, "j_gen": j_recon + j_soft,
+            "j_gen_avg": j_gen_avg, "j_avg": j_avg, "lambda0": _mean(lambda0),
+            "classifier_loss": classifier_loss, "synthetic_accuracy": _mean(accuracy),
+        }
+
+    # -- Keras steps -----------------------------------------------------------------------------
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        images, labels = self._unpack(data)
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        with tf.GradientTape(persistent=True) as tape:
+            terms = self.hdml_terms(images, labels, training=True)
+            metric_objective = terms["loss"]
+            if self.losses:
+                metric_objective += tf.add_n(self.losses)
+            # Each replica holds the full global losses; the strategy sums gradients (see gather_global_batch).
+            objectives = {"metric": metric_objective / replicas, "generator": terms["j_gen"] / replicas,
+                          "classifier": terms["classifier_loss"] / replicas}
+        if not self.optimizer.built:
+            # Keras builds the compiled optimizer on all trainable variables when it restores one (and
+            # under a strategy); build it the same way here so saved and restored slots always match.
+            # The generator's and classifier's slots in it stay unused.
+            self.optimizer.build(self.trainable_variables)
+        optimizers = {"metric": self.optimizer, "generator": self.generator_optimizer,
+                      "classifier": self.classifier_optimizer}
+        for group, variables in self.parameter_groups().items():
+            gradients = tape.gradient(objectives[group], variables)
+            optimizers[group].apply_gradients(zip(gradients, variables))
+        del tape
+        self._push(self.metric_loss_window, terms["metric_loss_real"])
+        self._push(self.generator_loss_window, terms["j_gen"])
+        return self._record(terms)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        images, labels = self._unpack(data)
+        embeddings = check_embeddings(self(images, training=False), labels)
+        embeddings, labels = gather_global_batch(embeddings, labels)
+        rows = self._triplets(labels)
+        tracker = self._trackers["loss"]
+        tracker.update_state(self._metric_loss(rows, *self._gather_rows(rows, embeddings)))
+        return {"loss": tracker.result()}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, base=self.base, alpha=self.alpha, beta=self.beta,
+                      soft_weight=self.soft_weight, softmax_scale=self.softmax_scale,
+                      generator_units=self.generator_units, window=self.window,
+                      initial_running_mean=self.initial_running_mean, triplet_margin=self.triplet_margin,
+                      generator_learning_rate=self.generator_learning_rate,
+                      classifier_learning_rate=self.classifier_learning_rate, seed=self.seed,
+                      pddm=keras.saving.serialize_keras_object(self.pddm),
+                      pddm_loss=keras.saving.serialize_keras_object(self.pddm_loss))
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "HDMLModel":
+        config = dict(config)
+        for key in ("pddm", "pddm_loss"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return super().from_config(config)
+
+
+def _mean_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Mean softmax cross-entropy, 0 for an empty batch."""
+    return _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def _mean(values: tf.Tensor) -> tf.Tensor:
+    """Mean of a [n] vector, 0 (not NaN) when n = 0."""
+    return tf.reduce_sum(values) / tf.maximum(tf.cast(tf.size(values), values.dtype), 1.0)
