@@ -38,7 +38,8 @@ flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean 
 
 # train
 flags.DEFINE_enum("method", "pddm_quadruplet", list(METHODS),
-                  "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, or a baseline loss.")
+                  "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
+                  "loss, or HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm).")
 flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
                   "Quadruplets per batch: one per positive pair, or the single hardest (the paper).")
 flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
