@@ -17,7 +17,7 @@ from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 
 
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, alpha: float = 0.5, beta: float = 0.5,
+    def build(backbone: keras.Model, embedding_dim: int, alpha: float = 1.0, beta: float = 0.5,
               embedding_weight: float = 0.5, mining: str = "per_pair", mining_score: str | None = None,
               **_: Any) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
@@ -36,7 +36,7 @@ def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., Embed
 
 
 def _hdml(base: str) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, num_classes: int | None = None, alpha: float = 0.5,
+    def build(backbone: keras.Model, embedding_dim: int, num_classes: int | None = None, alpha: float = 1.0,
               beta: float = 0.5, embedding_weight: float = 0.5, hdml_alpha: float = 90.0, hdml_beta: float = 1e4,
               **_: Any) -> EmbeddingModel:
         if num_classes is None:

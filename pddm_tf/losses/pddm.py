@@ -60,14 +60,16 @@ class DoubleHeaderHingeLoss(keras.losses.Loss):
     computed only for the mined pairs.
 
     Args:
-      alpha: margin of the metric (PDDM score) hinge.
+      alpha: margin of the metric (PDDM score) hinge. The defaults (alpha 1.0, beta 0.5,
+        lambda 0.5, per-pair mining) are the best of the settings measured in BENCHMARKS.md
+        section 2 (alpha 0.5/1.0/2.0, beta 0.2/0.5, lambda 0/0.5/1/2, hardest vs per-pair).
       beta: margin of the embedding (squared distance) hinge; unit embeddings have D in [0, 4].
       embedding_weight: lambda, the weight of E_e.
       heads: 2 for the quadruplet (double-header) loss, 1 for the PDDM+Triplet variant.
       mining: "hardest" (one quadruplet per batch, the paper) or "per_pair".
     """
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, embedding_weight: float = 0.5, heads: int = 2,
+    def __init__(self, alpha: float = 1.0, beta: float = 0.5, embedding_weight: float = 0.5, heads: int = 2,
                  mining: str = "per_pair", name: str = "double_header_hinge_loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if heads not in (1, 2):
