@@ -5,8 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import omniglot_training
 
-from pddm_tf import HDMLModel, NPairLoss, data, evaluation, hardness_aware_negatives, small_convnet
+from pddm_tf import HDMLModel, NPairLoss, hardness_aware_negatives, small_convnet
 from pddm_tf.methods import build_model
 
 # -- hardness-aware interpolation --------------------------------------------------------------
@@ -271,21 +272,13 @@ RECON_FACTOR, SYNTHETIC_ACCURACY_MIN, RECALL_GAIN = 0.5, 0.04, 0.08
 @pytest.mark.slow
 def test_hdml_npair_learns_on_omniglot():
     keras.utils.set_random_seed(0)
-    split = data.load_omniglot(test_fraction=0.5, seed=0)
-    model = HDMLModel(small_convnet(32, 1), 64, num_classes=split.train.num_classes, base="npair")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    held_out = data.evaluation_dataset(split.test, 32, 1)
-
-    def recall_at_1() -> float:
-        return evaluation.recall_at_k(*evaluation.embed_dataset(model, held_out), ks=(1,))["recall@1"]
-
-    before = recall_at_1()
-    train = data.class_balanced_dataset(split.train, 16, 4, 32, 1, seed=0)
-    history = model.fit(train, epochs=STEPS, steps_per_epoch=1, verbose=0).history  # one entry per step
-    after = recall_at_1()
+    num_classes = omniglot_training.split().train.num_classes
+    model = HDMLModel(small_convnet(omniglot_training.SIZE, 1), 64, num_classes=num_classes, base="npair")
+    # One epoch per step, so the History holds one entry per step.
+    before, after, history = omniglot_training.train_and_measure(model, STEPS, steps_per_epoch=1)
     assert not any(np.isnan(v).any() for v in history.values())
     j_recon = np.array(history["j_recon"])
     assert j_recon[-20:].mean() < RECON_FACTOR * j_recon[:20].mean()
-    chance = 1.0 / split.train.num_classes
+    chance = 1.0 / num_classes
     assert np.mean(history["synthetic_accuracy"][-20:]) > SYNTHETIC_ACCURACY_MIN > 4 * chance
     assert after > before + RECALL_GAIN, (before, after)

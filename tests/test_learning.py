@@ -2,28 +2,20 @@
 
 import keras
 import pytest
+from omniglot_training import SIZE, train_and_measure
 
-from pddm_tf import DoubleHeaderHingeLoss, PDDMModel, data, evaluation, small_convnet
+from pddm_tf import DoubleHeaderHingeLoss, PDDMModel, small_convnet
 
-SIZE, STEPS = 32, 200
+STEPS = 200
 
 
 def _held_out_recall_gain(mining: str, mining_score: str) -> tuple[float, float]:
     keras.utils.set_random_seed(0)
-    split = data.load_omniglot(test_fraction=0.5, seed=0)
     model = PDDMModel(small_convnet(SIZE, 1), embedding_dim=64, loss=DoubleHeaderHingeLoss(mining=mining),
                       mining_score=mining_score)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    held_out = data.evaluation_dataset(split.test, SIZE, 1)
-
-    def recall_at_1() -> float:
-        return evaluation.recall_at_k(*evaluation.embed_dataset(model, held_out), ks=(1,))["recall@1"]
-
-    before = recall_at_1()
-    train = data.class_balanced_dataset(split.train, 16, 4, SIZE, 1, seed=0)
-    history = model.fit(train, epochs=1, steps_per_epoch=STEPS, verbose=0)
-    assert history.history["valid_fraction"][0] == 1.0
-    return before, recall_at_1()
+    before, after, history = train_and_measure(model, STEPS)
+    assert history["valid_fraction"][0] == 1.0
+    return before, after
 
 
 @pytest.mark.slow
