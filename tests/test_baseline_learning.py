@@ -4,8 +4,16 @@ import keras
 import pytest
 from omniglot_training import SIZE, train_and_measure
 
-from pddm_tf import (ContrastiveLoss, LiftedStructuredLoss, MarginLoss, MetricLossModel, MultiSimilarityLoss,
-                     NPairLoss, TripletLoss, small_convnet)
+from pddm_tf import (
+    ContrastiveLoss,
+    LiftedStructuredLoss,
+    MarginLoss,
+    MetricLossModel,
+    MultiSimilarityLoss,
+    NPairLoss,
+    TripletLoss,
+    small_convnet,
+)
 
 STEPS = 120
 

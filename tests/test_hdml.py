@@ -3,9 +3,9 @@ save/restore, replicas and learning on Omniglot."""
 
 import keras
 import numpy as np
+import omniglot_training
 import pytest
 import tensorflow as tf
-import omniglot_training
 
 from pddm_tf import HDMLModel, NPairLoss, hardness_aware_negatives, small_convnet
 from pddm_tf.methods import build_model
