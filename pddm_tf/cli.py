@@ -39,7 +39,8 @@ flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean 
 # train
 flags.DEFINE_enum("method", "pddm_quadruplet", list(METHODS),
                   "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
-                  "loss, or HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm).")
+                  "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
+                  "over the margin or PDDM loss (dc_margin, dc_pddm).")
 flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
                   "Quadruplets per batch: one per positive pair, or the single hardest (the paper).")
 flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
@@ -55,6 +56,13 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
+flags.DEFINE_integer("num_learners", 4, "Divide-and-Conquer: K clusters / embedding slices (embedding_dim "
+                     "must be divisible by it).")
+flags.DEFINE_integer("recluster_every", 2, "Divide-and-Conquer: re-cluster every T epochs (0 = cluster once).")
+flags.DEFINE_integer("conquer_epochs", 1, "Divide-and-Conquer: final epochs that train the whole embedding on all "
+                     "data.")
+flags.DEFINE_enum("cluster_on", "features", ["features", "embeddings"],
+                  "Divide-and-Conquer: cluster the backbone features (the authors) or the embeddings.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate held-out retrieval every N epochs during training (0 = off).")
 flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).")
 
@@ -103,7 +111,8 @@ def build_model(channels: int, num_classes: int):
     model = build_method_model(FLAGS.method, small_convnet(FLAGS.image_size, channels, width=FLAGS.backbone_width),
                                FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
-                               mining_score=FLAGS.mining_score, num_classes=num_classes)
+                               mining_score=FLAGS.mining_score, num_classes=num_classes,
+                               num_learners=FLAGS.num_learners)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
     return model
@@ -114,6 +123,7 @@ def train() -> dict[str, float]:
 
     from pddm_tf import data, evaluation
     from pddm_tf.export import export_saved_model
+    from pddm_tf.methods import training_pipeline
 
     keras.utils.set_random_seed(FLAGS.seed)
     split, channels = _load_split()
@@ -124,9 +134,10 @@ def train() -> dict[str, float]:
     if split.test is not None:
         evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size)
     if FLAGS.epochs > 0:
-        train_data = data.class_balanced_dataset(split.train, FLAGS.batch_classes, FLAGS.batch_per_class,
-                                                 FLAGS.image_size, channels, seed=FLAGS.seed)
-        callbacks = []
+        train_data, callbacks = training_pipeline(
+            model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class, FLAGS.image_size, channels,
+            seed=FLAGS.seed, recluster_every=FLAGS.recluster_every, conquer_epochs=FLAGS.conquer_epochs,
+            cluster_on=FLAGS.cluster_on)
         if evaluation_data is not None and FLAGS.eval_every > 0:
             callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
         start = time.perf_counter()

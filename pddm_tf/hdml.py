@@ -336,7 +336,7 @@ class HDMLModel(EmbeddingModel):
     # -- Keras steps -----------------------------------------------------------------------------
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        images, labels = self._unpack(data)
+        images, labels, _ = self._unpack(data)
         replicas = self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:
             terms = self.hdml_terms(images, labels, training=True)
@@ -362,7 +362,7 @@ class HDMLModel(EmbeddingModel):
         return self._record(terms)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-        images, labels = self._unpack(data)
+        images, labels, _ = self._unpack(data)
         embeddings = check_embeddings(self(images, training=False), labels)
         embeddings, labels = gather_global_batch(embeddings, labels)
         rows = self._triplets(labels)

@@ -1,4 +1,4 @@
-"""Keras layers: the PDDM similarity unit and the L2-normalised embedding head."""
+"""Keras layers: the PDDM similarity unit and the L2-normalised (optionally sliced) embedding heads."""
 
 from __future__ import annotations
 
@@ -192,3 +192,47 @@ class EmbeddingHead(keras.layers.Layer):
         config.update(embedding_dim=self.embedding_dim, dropout=self.dropout,
                       kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer))
         return config
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class SlicedEmbeddingHead(EmbeddingHead):
+    """An `EmbeddingHead` whose d outputs are K disjoint learners (METHODS.md section 4).
+
+    One Dense projection to d = K * s; learner k owns the output dims [k s, (k+1) s), i.e. kernel
+    columns k s .. (k+1) s - 1, and is L2-normalised on its own. `call` returns the full d-dim
+    projection L2-normalised as a whole, which is what retrieval and export use; with K = 1 the
+    layer is exactly an `EmbeddingHead`.
+
+    Args:
+      embedding_dim: d, divisible by `num_slices`.
+      num_slices: K >= 1.
+      dropout, kernel_regularizer: see `EmbeddingHead`.
+    """
+
+    def __init__(self, embedding_dim: int = 64, num_slices: int = 1, dropout: float = 0.0,
+                 kernel_regularizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(embedding_dim, dropout=dropout, kernel_regularizer=kernel_regularizer, **kwargs)
+        if num_slices < 1:
+            raise ValueError(f"num_slices must be positive, got {num_slices}")
+        if embedding_dim % num_slices:
+            raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_slices={num_slices}: "
+                             "every learner needs a slice of the same size")
+        self.num_slices = int(num_slices)
+        self.slice_dim = self.embedding_dim // self.num_slices
+
+    def project(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """The raw (un-normalised) projection [n, k] -> [n, d] that the slices are cut from."""
+        x = self._dropout(inputs, training=training) if self._dropout is not None else inputs
+        return self._dense(x)
+
+    def slice(self, projection: tf.Tensor, index: int) -> tf.Tensor:
+        """Learner `index`'s embedding: columns [index s, (index+1) s) of [n, d], L2-normalised: [n, s]."""
+        if not 0 <= index < self.num_slices:
+            raise ValueError(f"slice index {index} out of range for {self.num_slices} slices")
+        return l2_normalize(projection[:, index * self.slice_dim:(index + 1) * self.slice_dim])
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        return l2_normalize(self.project(inputs, training=training))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_slices": self.num_slices}

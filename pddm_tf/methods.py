@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import keras
+import tensorflow as tf
 
-from pddm_tf import losses
+from pddm_tf import data, losses
+from pddm_tf.clustering import ClusterAssignment, DivideAndConquer, cluster_balanced_dataset
+from pddm_tf.divide_and_conquer import DivideAndConquerModel
 from pddm_tf.hdml import HDMLModel
 from pddm_tf.layers import PDDM
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
@@ -51,6 +54,22 @@ def _hdml(base: str) -> Callable[..., EmbeddingModel]:
     return build
 
 
+def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
+    def build(backbone: keras.Model, embedding_dim: int, num_learners: int = 4, alpha: float = 1.0,
+              beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
+              mining_score: str | None = None, **_: Any) -> EmbeddingModel:
+        if base == "margin":
+            # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4).
+            loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False)
+        else:
+            loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
+                                                mining=mining)
+        return DivideAndConquerModel(backbone, embedding_dim=embedding_dim, num_learners=num_learners, loss=loss,
+                                     mining_score=mining_score or "pddm")
+
+    return build
+
+
 #: method name -> builder(backbone, embedding_dim, **options) -> model.
 METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "pddm_quadruplet": _pddm(heads=2, default_mining_score="pddm"),
@@ -66,6 +85,8 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "hdml_npair": _hdml("npair"),
     "hdml_triplet": _hdml("triplet"),
     "hdml_pddm": _hdml("pddm"),
+    "dc_margin": _divide_and_conquer("margin"),
+    "dc_pddm": _divide_and_conquer("pddm"),
 }
 
 
@@ -77,14 +98,40 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         "euclidean_quadruplet" (the ablation: quadruplets mined by Euclidean distance), or a
         baseline loss ("contrastive", "triplet_semihard", "triplet_batchhard", "lifted_structured",
         "npair", "margin", "multi_similarity"), or HDML around a base loss ("hdml_npair",
-        "hdml_triplet", "hdml_pddm").
+        "hdml_triplet", "hdml_pddm"), or Divide-and-Conquer around the margin loss ("dc_margin", fixed
+        beta as the authors) or the PDDM quadruplet loss ("dc_pddm").
       backbone: images -> features.
       embedding_dim: d.
       options: PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
         baselines. HDML methods require num_classes (training classes) and take hdml_alpha and
         hdml_beta (its hardness and weighting temperatures); hdml_pddm uses alpha, beta and
-        embedding_weight for its double-header loss. Other methods ignore num_classes.
+        embedding_weight for its double-header loss. Other methods ignore num_classes. The
+        Divide-and-Conquer methods take num_learners (K, default 4); train them on the data and
+        with the callback of `training_pipeline`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     return METHODS[method](backbone, embedding_dim, **options)
+
+
+def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_classes: int, batch_per_class: int,
+                      image_size: int, channels: int, seed: int = 0, recluster_every: int = 2,
+                      conquer_epochs: int = 1, cluster_on: str = "features"
+                      ) -> tuple[tf.data.Dataset, list[keras.callbacks.Callback]]:
+    """The training batches and callbacks that `model.fit` needs for `model`'s method.
+
+    Every method trains on infinite P x K class-balanced batches of `files`. A
+    `DivideAndConquerModel` trains on per-cluster batches (`cluster_balanced_dataset`) under the
+    `DivideAndConquer` schedule: cluster at the start, re-cluster every `recluster_every` epochs,
+    and the last `conquer_epochs` epochs on all data; the other arguments are then used.
+
+    Returns:
+      (dataset, callbacks) to pass to `fit`.
+    """
+    if not isinstance(model, DivideAndConquerModel):
+        return data.class_balanced_dataset(files, batch_classes, batch_per_class, image_size, channels, seed=seed), []
+    assignment = ClusterAssignment(len(files), model.num_learners)
+    dataset = cluster_balanced_dataset(files, assignment, batch_classes, batch_per_class, image_size, channels, seed)
+    schedule = DivideAndConquer(assignment, files, image_size, channels, recluster_every=recluster_every,
+                                conquer_epochs=conquer_epochs, cluster_on=cluster_on, seed=seed)
+    return dataset, [schedule]

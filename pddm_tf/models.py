@@ -60,18 +60,21 @@ class EmbeddingModel(keras.Model):
       backbone: a Keras model from images to features [n, k].
       embedding_dim: d.
       dropout: dropout rate before the embedding projection.
+      head: the embedding head (default `EmbeddingHead(embedding_dim, dropout)`); not part of the
+        config, so a subclass that passes one rebuilds it from its own arguments.
     """
 
     #: Names of the scalars `loss_terms` returns, in logging order; "loss" first.
     metric_names: tuple[str, ...] = ("loss",)
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, dropout: float = 0.0,
-                 **kwargs: Any) -> None:
+                 head: EmbeddingHead | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backbone = backbone
         self.embedding_dim = int(embedding_dim)
         self.dropout = float(dropout)
-        self.head = EmbeddingHead(embedding_dim, dropout=dropout, name="embedding_head")
+        # A subclass may bring its own head (e.g. a sliced one); it is rebuilt from the subclass's config.
+        self.head = head if head is not None else EmbeddingHead(embedding_dim, dropout=dropout, name="embedding_head")
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
 
     def build(self, input_shape: Any) -> None:
@@ -106,15 +109,18 @@ class EmbeddingModel(keras.Model):
     def metrics(self) -> list[keras.metrics.Metric]:
         return list(self._trackers.values())
 
-    def _unpack(self, data: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    def _unpack(self, data: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """(images, labels[, tags]) -> the three; tags (e.g. a batch's cluster id per row) or None."""
         if not isinstance(data, (tuple, list)) or len(data) < 2:
             raise ValueError("training data must be (images, labels) batches")
         images, labels = data[0], data[1]
         if images.shape.rank is not None and images.shape.rank != 4:
             raise ValueError(f"images must have shape [batch, height, width, channels], got {images.shape}")
-        return images, check_labels(labels)
+        tags = data[2] if len(data) > 2 else None
+        return images, check_labels(labels), tags
 
-    def _forward(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None):
+    def _forward(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None,
+                 tags: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         embeddings = check_embeddings(self(images, training=training), labels)
         embeddings, labels = gather_global_batch(embeddings, labels)
         if tape is None:
@@ -125,10 +131,10 @@ class EmbeddingModel(keras.Model):
         return self.loss_terms(embeddings, labels, mined)
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        images, labels = self._unpack(data)
+        images, labels, tags = self._unpack(data)
         replicas = self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape() as tape:
-            terms = self._forward(images, labels, training=True, tape=tape)
+            terms = self._forward(images, labels, training=True, tape=tape, tags=tags)
             objective = terms["loss"]
             if self.losses:
                 objective += tf.add_n(self.losses)
@@ -140,8 +146,8 @@ class EmbeddingModel(keras.Model):
         return self._record(terms)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-        images, labels = self._unpack(data)
-        return self._record(self._forward(images, labels, training=False))
+        images, labels, tags = self._unpack(data)
+        return self._record(self._forward(images, labels, training=False, tags=tags))
 
     def _record(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self._trackers.items():
@@ -161,6 +167,37 @@ class EmbeddingModel(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+#: What `pddm_quadruplet_terms` returns, in logging order.
+PDDM_TERMS = ("loss", "metric_loss", "embedding_loss", "valid_fraction", "score_gap")
+
+
+def mine_with_pddm(pddm: PDDM, loss: DoubleHeaderHingeLoss, mining_score: str, embeddings: tf.Tensor,
+                   labels: tf.Tensor) -> dict[str, Any]:
+    """Quadruplet mining of METHODS.md section 2 on a (stopped) batch: embeddings [m, d], labels [m].
+
+    Ranks pairs by the all-pairs PDDM scores [m, m] (or -||f_i - f_j||^2 when `mining_score` is
+    "euclidean") and returns {"quadruplets": `Quadruplets`, "score_gap": scalar}.
+    """
+    scores = pddm(embeddings) if mining_score == "pddm" else euclidean_scores(embeddings)
+    return {"quadruplets": mine_quadruplets(labels, scores, loss.mining), "score_gap": score_gap(labels, scores)}
+
+
+def pddm_quadruplet_terms(pddm: PDDM, loss: DoubleHeaderHingeLoss, embeddings: tf.Tensor,
+                          mined: dict[str, Any]) -> dict[str, tf.Tensor]:
+    """The double-header hinge loss (METHODS.md section 2) of mined quadruplets, with gradient.
+
+    Scores only the mined pairs with `pddm` and returns the scalars named by `PDDM_TERMS`.
+    """
+    quads = mined["quadruplets"]
+    i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
+    # One batched PDDM call for the three pair sets of every quadruplet: [3q] pairs.
+    scores = pddm((tf.gather(embeddings, tf.concat([i, i, j], 0)), tf.gather(embeddings, tf.concat([j, k, l], 0))))
+    s_ij, s_ik, s_jl = tf.split(scores, 3)
+    terms = loss.from_quadruplets(embeddings, quads, s_ij, s_ik, s_jl)
+    return {"loss": terms.total, "metric_loss": terms.metric, "embedding_loss": terms.embedding,
+            "valid_fraction": quads.valid_fraction(), "score_gap": mined["score_gap"]}
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
@@ -184,7 +221,7 @@ class PDDMModel(EmbeddingModel):
         loss still uses PDDM scores).
     """
 
-    metric_names = ("loss", "metric_loss", "embedding_loss", "valid_fraction", "score_gap")
+    metric_names = PDDM_TERMS
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, pddm: PDDM | None = None,
                  loss: DoubleHeaderHingeLoss | None = None, mining_score: str = "pddm",
@@ -206,20 +243,10 @@ class PDDMModel(EmbeddingModel):
         return self.pddm(embeddings)
 
     def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
-        scores = self.pddm(embeddings) if self.mining_score == "pddm" else euclidean_scores(embeddings)
-        return {"quadruplets": mine_quadruplets(labels, scores, self.hinge_loss.mining),
-                "score_gap": score_gap(labels, scores)}
+        return mine_with_pddm(self.pddm, self.hinge_loss, self.mining_score, embeddings, labels)
 
     def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: dict[str, Any]) -> dict[str, tf.Tensor]:
-        quads = mined["quadruplets"]
-        i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
-        # One batched PDDM call for the three pair sets of every quadruplet: [3q] pairs.
-        scores = self.pddm((tf.gather(embeddings, tf.concat([i, i, j], 0)),
-                            tf.gather(embeddings, tf.concat([j, k, l], 0))))
-        s_ij, s_ik, s_jl = tf.split(scores, 3)
-        terms = self.hinge_loss.from_quadruplets(embeddings, quads, s_ij, s_ik, s_jl)
-        return {"loss": terms.total, "metric_loss": terms.metric, "embedding_loss": terms.embedding,
-                "valid_fraction": quads.valid_fraction(), "score_gap": mined["score_gap"]}
+        return pddm_quadruplet_terms(self.pddm, self.hinge_loss, embeddings, mined)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

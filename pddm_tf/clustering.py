@@ -1,0 +1,330 @@
+"""Divide-and-Conquer's data side: clustering the training set and per-cluster P x K batches.
+
+METHODS.md section 4. The training images are split into K clusters by k-means on their
+L2-normalised backbone features (or embeddings); each cluster feeds one learner (one slice of the
+embedding). The assignment lives in a `ClusterAssignment` (TF variables), which
+
+  * `cluster_balanced_dataset` reads inside its `tf.data` graph at every batch, so a new clustering
+    reaches the running `fit` without rebuilding or restarting anything (only the few batches
+    already prefetched come from the previous clustering), and
+  * the `DivideAndConquer` callback rewrites: initial clustering when training starts, re-clustering
+    every T epochs with cluster ids matched to the previous ones (Hungarian algorithm on membership
+    overlap), and the final "conquer" epochs in which all images form one cluster that trains the
+    whole embedding.
+
+Being a `tf.Module`, the assignment is saved by `tf.train.Checkpoint` like any other state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pddm_tf.data import ImageFiles, _read, evaluation_dataset
+
+#: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
+CONQUER = -1
+#: Cluster id of an image dropped from every cluster (its class has a single image in its cluster).
+DROPPED = -1
+CLUSTER_ON = ("features", "embeddings")
+
+
+class ClusterAssignment(tf.Module):
+    """The current clustering of a training set, shared by the sampler and the callback.
+
+    Attributes:
+      num_clusters: K.
+      ids: [N] int32 variable, each image's cluster in 0..K-1, or `DROPPED`.
+      conquer: bool variable; when true every image is in one cluster (the conquer phase).
+      initialized: bool variable; false until the first clustering is assigned.
+    """
+
+    def __init__(self, num_images: int, num_clusters: int, name: str = "cluster_assignment") -> None:
+        super().__init__(name=name)
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be positive, got {num_clusters}")
+        if num_images < 1:
+            raise ValueError(f"a clustering needs images, got num_images={num_images}")
+        self.num_clusters = int(num_clusters)
+        self.ids = tf.Variable(tf.zeros([num_images], tf.int32), trainable=False, name="ids")
+        self.conquer = tf.Variable(False, trainable=False, name="conquer")
+        self.initialized = tf.Variable(False, trainable=False, name="initialized")
+
+    def assign(self, ids: np.ndarray) -> None:
+        """Sets the clustering: ids [N] in {DROPPED, 0..K-1}."""
+        ids = np.asarray(ids)
+        if ids.shape != tuple(self.ids.shape):
+            raise ValueError(f"cluster ids must have shape {tuple(self.ids.shape)}, got {ids.shape}")
+        if ids.size and (ids.min() < DROPPED or ids.max() >= self.num_clusters):
+            raise ValueError(f"cluster ids must lie in [{DROPPED}, {self.num_clusters}), "
+                             f"got [{ids.min()}, {ids.max()}]")
+        self.ids.assign(ids.astype(np.int32))
+        self.initialized.assign(True)
+
+    def numpy(self) -> np.ndarray:
+        """The current ids [N] as numpy."""
+        return self.ids.numpy()
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def kmeans_clusters(features: np.ndarray, num_clusters: int, seed: int = 0) -> np.ndarray:
+    """k-means (scikit-learn, k-means++ initialisation) of the L2-normalised rows of features [N, f].
+
+    Returns the cluster ids [N] int32 in 0..K-1. Rows are normalised first (zero-safe), as the
+    authors cluster unit-length features.
+    """
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"features must have shape [N, f], got {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError("features to cluster contain NaN or inf")
+    if len(features) < num_clusters:
+        raise ValueError(f"cannot make {num_clusters} clusters of {len(features)} images")
+    if num_clusters == 1:
+        return np.zeros(len(features), np.int32)
+    norms = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    kmeans = KMeans(n_clusters=num_clusters, n_init=3, random_state=seed)
+    return kmeans.fit_predict(features / norms).astype(np.int32)
+
+
+def match_clusters(new_ids: np.ndarray, old_ids: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Renames the clusters of `new_ids` so they overlap most with `old_ids` (Hungarian algorithm).
+
+    The overlap matrix O[a, b] counts images in new cluster a and old cluster b (images that are
+    `DROPPED` in either are not counted); `scipy.optimize.linear_sum_assignment` finds the
+    one-to-one renaming a -> b of maximum total overlap, so learner k keeps training on (mostly)
+    the same images after a re-clustering. Returns the renamed ids [N]; `DROPPED` stays.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    new_ids, old_ids = np.asarray(new_ids), np.asarray(old_ids)
+    if new_ids.shape != old_ids.shape:
+        raise ValueError(f"clusterings differ in size: {new_ids.shape} and {old_ids.shape}")
+    both = (new_ids >= 0) & (old_ids >= 0)
+    overlap = np.zeros((num_clusters, num_clusters), np.int64)
+    np.add.at(overlap, (new_ids[both], old_ids[both]), 1)
+    rows, columns = linear_sum_assignment(overlap, maximize=True)
+    rename = np.empty(num_clusters, np.int32)
+    rename[rows] = columns
+    return np.where(new_ids >= 0, rename[np.maximum(new_ids, 0)], DROPPED).astype(np.int32)
+
+
+def drop_singleton_classes(ids: np.ndarray, labels: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Marks `DROPPED` every image that is the only one of its class in its cluster.
+
+    Such an image has no positive partner in its cluster's batches (METHODS.md section 4: the
+    class is dropped from that cluster). ids [N], labels [N] -> ids [N].
+    """
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    kept = ids >= 0
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    counts = np.zeros((num_clusters, num_classes), np.int64)
+    np.add.at(counts, (ids[kept], labels[kept]), 1)
+    single = np.zeros_like(kept)
+    single[kept] = counts[ids[kept], labels[kept]] == 1
+    return np.where(single, DROPPED, ids).astype(np.int32)
+
+
+def check_clusters(ids: np.ndarray, labels: np.ndarray, num_clusters: int) -> None:
+    """Raises a clear error if a cluster cannot make batches: fewer than 2 classes with >= 2 images."""
+    for cluster in range(num_clusters):
+        members = labels[ids == cluster]
+        classes = np.unique(members, return_counts=True)[1]
+        if (classes >= 2).sum() < 2:
+            raise ValueError(
+                f"cluster {cluster} has {(classes >= 2).sum()} classes with two or more images; a learner needs "
+                f"at least 2 (positives and negatives). Use fewer learners than {num_clusters} or cluster "
+                "on other features")
+
+
+def cluster_features(model: keras.Model, files: ImageFiles, image_size: int, channels: int,
+                     on: str = "features", batch_size: int = 256) -> np.ndarray:
+    """What k-means clusters: one batched forward pass over `files` (no per-image Python loop).
+
+    on="features": the backbone's pooled features [N, k]; on="embeddings": the full embeddings [N, d].
+    """
+    if on not in CLUSTER_ON:
+        raise ValueError(f"unknown cluster_on {on!r}; expected one of {CLUSTER_ON}")
+    images = evaluation_dataset(files, image_size, channels, batch_size).map(lambda x, y: x)
+    network = model.backbone if on == "features" else model
+    return network.predict(images, verbose=0)
+
+
+def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int,
+                     previous: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """One (re-)clustering: k-means, Hungarian renaming to `previous`, singleton classes dropped.
+
+    features [N, f], labels [N] -> ids [N] in {DROPPED, 0..K-1}; raises if a cluster cannot make batches.
+    """
+    ids = kmeans_clusters(features, num_clusters, seed)
+    if previous is not None:
+        ids = match_clusters(ids, previous, num_clusters)
+    ids = drop_singleton_classes(ids, labels, num_clusters)
+    check_clusters(ids, np.asarray(labels), num_clusters)
+    return ids
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def cluster_batch_indices(labels: tf.Tensor, num_classes: int, member: tf.Tensor, batch_classes: int,
+                          batch_per_class: int, seed: tf.Tensor) -> tf.Tensor:
+    """File indices [P*K] of one class-balanced batch drawn from the images where `member` holds.
+
+    Eligible classes are those with >= 2 member images. P of them are drawn at random (cycled when
+    fewer than P are eligible, so a class may then fill several groups), and each contributes K of
+    its member images: a random order of them, cycled when the class has fewer than K. Rows k*K ..
+    k*K+K-1 belong to the k-th class. Fully in-graph: labels [N] int32, member [N] bool, seed [2].
+    """
+    num_images = tf.size(labels, out_type=tf.int64)
+    class_seed, image_seed = tf.unstack(tf.random.experimental.stateless_split(seed))
+    ranks = tf.random.experimental.stateless_shuffle(tf.range(num_images), seed=image_seed)
+    # Sorting by (label, random rank) with non-members pushed past every class lays out each class's
+    # members as a contiguous, freshly shuffled run.
+    labels64 = tf.cast(labels, tf.int64)
+    key = tf.where(member, labels64, num_classes) * num_images + ranks
+    order = tf.argsort(key)
+    counts = tf.math.unsorted_segment_sum(tf.cast(member, tf.int64), labels64, num_classes)
+    starts = tf.cumsum(counts, exclusive=True)
+    eligible = counts >= 2
+    num_eligible = tf.reduce_sum(tf.cast(eligible, tf.int32))
+    check = tf.debugging.assert_greater_equal(
+        num_eligible, 2, message="a cluster has fewer than 2 classes with two or more images")
+    with tf.control_dependencies([check]):
+        class_keys = tf.where(eligible, tf.random.stateless_uniform([num_classes], class_seed), 2.0)
+    shuffled = tf.argsort(class_keys)
+    chosen = tf.gather(shuffled, tf.range(batch_classes) % num_eligible)
+    offsets = tf.range(batch_per_class, dtype=tf.int64)[None, :] % tf.gather(counts, chosen)[:, None]
+    return tf.reshape(tf.gather(order, tf.gather(starts, chosen)[:, None] + offsets), [-1])
+
+
+def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, batch_classes: int,
+                             batch_per_class: int, image_size: int, channels: int,
+                             seed: int = 0) -> tf.data.Dataset:
+    """Infinite P x K batches, each from one cluster, clusters visited round-robin (METHODS.md 4).
+
+    Step t draws from cluster t mod K. The clustering is read from `assignment` when the batch is
+    drawn, so changing it (re-clustering, the conquer phase) takes effect in the running pipeline;
+    in the conquer phase every batch is drawn from all images and tagged `CONQUER`. Deterministic
+    given `seed` and the sequence of assignments.
+
+    Returns:
+      A dataset of (images [P*K, s, s, c] float32, labels [P*K] int32, tags [P*K] int32): tags holds
+      the batch's cluster id in every row (every replica's shard of a batch carries it).
+    """
+    if batch_classes < 2:
+        raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
+    if batch_per_class < 1:
+        raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
+    if len(files) != assignment.ids.shape[0]:
+        raise ValueError(f"the assignment covers {assignment.ids.shape[0]} images but files has {len(files)}")
+    paths = tf.constant(files.paths)
+    labels = tf.constant(files.labels)
+    rotations = tf.constant(files.rotations)
+    num_clusters = assignment.num_clusters
+    batch_size = batch_classes * batch_per_class
+
+    def batch_indices(step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        conquer = assignment.conquer.read_value()
+        cluster = tf.where(conquer, CONQUER, tf.cast(step % num_clusters, tf.int32))
+        member = tf.logical_or(conquer, tf.equal(assignment.ids.read_value(), cluster))
+        indices = cluster_batch_indices(labels, files.num_classes, member, batch_classes, batch_per_class,
+                                        tf.stack([tf.constant(seed, tf.int64), step]))
+        return indices, tf.fill([batch_size], cluster)
+
+    def load(index: tf.Tensor, tag: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        return _read(paths[index], rotations[index], image_size, channels), labels[index], tag
+
+    return (
+        tf.data.Dataset.counter()
+        .map(batch_indices)
+        .flat_map(lambda indices, tags: tf.data.Dataset.from_tensor_slices((indices, tags)))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(2)
+    )
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+class DivideAndConquer(keras.callbacks.Callback):
+    """The Divide-and-Conquer schedule of METHODS.md section 4, as a Keras callback.
+
+    * training begins: cluster the training set (unless `assignment` already holds a clustering,
+      e.g. restored from a checkpoint);
+    * after every `recluster_every` epochs of the divide phase: re-cluster with the current network,
+      ids matched to the previous clustering;
+    * the last `conquer_epochs` epochs of `fit`: conquer (all images, whole embedding).
+
+    Attributes:
+      timings: seconds spent in each (re-)clustering, for the wall-time overhead.
+      epochs_clustered: the epoch index after which each clustering was made (-1: before training).
+
+    Args:
+      assignment: the state `cluster_balanced_dataset` reads.
+      files, image_size, channels: the training images and how to decode them.
+      recluster_every: T epochs (0 = cluster once).
+      conquer_epochs: epochs at the end of `fit` trained on all data as one cluster.
+      cluster_on: "features" (backbone, the authors' choice) or "embeddings".
+      seed: k-means seed.
+    """
+
+    def __init__(self, assignment: ClusterAssignment, files: ImageFiles, image_size: int, channels: int,
+                 recluster_every: int = 2, conquer_epochs: int = 1, cluster_on: str = "features",
+                 batch_size: int = 256, seed: int = 0) -> None:
+        super().__init__()
+        if recluster_every < 0 or conquer_epochs < 0:
+            raise ValueError(f"recluster_every and conquer_epochs must be >= 0, got {recluster_every}, "
+                             f"{conquer_epochs}")
+        if cluster_on not in CLUSTER_ON:
+            raise ValueError(f"unknown cluster_on {cluster_on!r}; expected one of {CLUSTER_ON}")
+        self.assignment = assignment
+        self.files = files
+        self.image_size = image_size
+        self.channels = channels
+        self.recluster_every = int(recluster_every)
+        self.conquer_epochs = int(conquer_epochs)
+        self.cluster_on = cluster_on
+        self.batch_size = batch_size
+        self.seed = seed
+        self.timings: list[float] = []
+        self.epochs_clustered: list[int] = []
+
+    def recluster(self, epoch: int = -1) -> np.ndarray:
+        """Clusters the training set with the current network and stores it; returns the ids [N]."""
+        start = time.perf_counter()
+        features = cluster_features(self.model, self.files, self.image_size, self.channels, self.cluster_on,
+                                    self.batch_size)
+        previous = self.assignment.numpy() if bool(self.assignment.initialized.numpy()) else None
+        ids = compute_clusters(features, self.files.labels, self.assignment.num_clusters, previous,
+                               self.seed + len(self.timings))
+        self.assignment.assign(ids)
+        self.timings.append(time.perf_counter() - start)
+        self.epochs_clustered.append(epoch)
+        return ids
+
+    def _conquer_from(self) -> int:
+        """The first epoch of the conquer phase (`epochs` when there is none)."""
+        return max(int(self.params.get("epochs", 0)) - self.conquer_epochs, 0)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if not bool(self.assignment.initialized.numpy()):
+            self.recluster()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.assignment.conquer.assign(epoch >= self._conquer_from())
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # Only re-cluster when another divide epoch follows: conquer ignores the clusters.
+        following = epoch + 1
+        if self.recluster_every and following % self.recluster_every == 0 and following < self._conquer_from():
+            self.recluster(epoch)
