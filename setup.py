@@ -30,6 +30,10 @@ setup(
         "numpy>=1.26",
         "scikit-learn>=1.3",
         "absl-py>=1.4",
+        # Divide-and-Conquer's Hungarian re-matching of clusters (linear_sum_assignment).
+        "scipy>=1.10",
+        # tensorflow-datasets' download_and_prepare (manual Cars196 / ImageNet files) needs it, but does not declare it.
+        "importlib_resources>=5",
     ],
     extras_require={
         "test": ["pytest>=7", "pillow>=10", "matplotlib>=3.7"],

@@ -11,6 +11,10 @@ the same disjoint-class split; each runs with several seeds. Output (in --out_di
 
   python benchmarks/paper_table.py                # the full run (about 40 minutes on 2 cores)
   python benchmarks/paper_table.py --quick        # a few steps, one seed: checks the pipeline
+
+Divide-and-Conquer methods (dc_margin, dc_pddm) run once per --num_learners value K, as rows
+"dc_margin_k1", "dc_margin_k2", ...; K = 1 is the base loss without Divide-and-Conquer. Their rows
+also report the seconds spent clustering (recluster_s).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ flags.DEFINE_float("embedding_weight", 0.5, "PDDM methods: lambda, weight of the
 flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"], "PDDM methods: quadruplets per batch.")
 flags.DEFINE_integer("rerank", 20, "Shortlist size R for the PDDM-ranking row.")
 flags.DEFINE_string("out_dir", "benchmarks/results/paper_table", "Where results and plots go.")
+flags.DEFINE_list("num_learners", ["1", "2", "4"], "Divide-and-Conquer methods: the values of K to run.")
+flags.DEFINE_integer("recluster_every", 2, "Divide-and-Conquer: re-cluster every T curve epochs (of eval_every steps).")
+flags.DEFINE_integer("conquer_epochs", 1, "Divide-and-Conquer: final curve epochs trained on all data.")
 flags.DEFINE_bool("quick", False, "CI mode: 10 steps, seed 0, one curve point after step 10.")
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
@@ -69,28 +76,44 @@ class _RecallCurve(keras.callbacks.Callback):
             self.hardness.append((step, float(logs["lambda0"])))
 
 
-def _run(method: str, seed: int, split: data.DatasetSplit, held_out) -> dict:
+def _runs() -> list[tuple[str, str, dict]]:
+    """(row name, method, extra options) of every configuration to run."""
+    runs = []
+    for method in FLAGS.methods:
+        if method.startswith("dc_"):
+            runs += [(f"{method}_k{k}", method, {"num_learners": int(k)}) for k in FLAGS.num_learners]
+        else:
+            runs.append((method, method, {}))
+    return runs
+
+
+def _run(name: str, method: str, options: dict, seed: int, split: data.DatasetSplit, held_out) -> dict:
     keras.utils.set_random_seed(seed)
     size = FLAGS.image_size
     model = methods.build_model(method, small_convnet(size, split.channels), FLAGS.embedding_dim,
                                 num_classes=split.train.num_classes, alpha=FLAGS.alpha, beta=FLAGS.beta,
-                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining)
+                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining, **options)
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
-    train = data.class_balanced_dataset(split.train, FLAGS.batch_classes, FLAGS.batch_per_class, size,
-                                        split.channels, seed=seed)
+    train, callbacks = methods.training_pipeline(model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class,
+                                                 size, split.channels, seed=seed,
+                                                 recluster_every=FLAGS.recluster_every,
+                                                 conquer_epochs=FLAGS.conquer_epochs)
     curve = _RecallCurve(held_out, FLAGS.eval_every)
     curve.set_model(model)
     curve.on_epoch_end(-1)  # step 0: the untrained model
     curve.points[0] = (0, curve.points[0][1])
     start = time.perf_counter()
     model.fit(train, epochs=FLAGS.steps // FLAGS.eval_every, steps_per_epoch=FLAGS.eval_every,
-              callbacks=[curve], verbose=0)
+              callbacks=[*callbacks, curve], verbose=0)
     wall = time.perf_counter() - start
     embeddings, labels = evaluation.embed_dataset(model, held_out)
-    runs = {method: {**evaluation.evaluate_retrieval(embeddings, labels, seed=seed),
-                     "wall_s": wall, "curve": curve.points}}
+    runs = {name: {**evaluation.evaluate_retrieval(embeddings, labels, seed=seed),
+                   "wall_s": wall, "curve": curve.points}}
     if curve.hardness:
-        runs[method]["hardness"] = curve.hardness
+        runs[name]["hardness"] = curve.hardness
+    for schedule in callbacks:  # Divide-and-Conquer: time spent (re-)clustering
+        runs[name]["recluster_s"] = float(sum(schedule.timings))
+        runs[name]["clusterings"] = len(schedule.timings)
     if isinstance(model, PDDMModel) and method == "pddm_quadruplet":
         # PDDM ranking re-uses the quadruplet model: same training, Euclidean shortlist re-ranked.
         def pair_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -133,13 +156,15 @@ def overlap(positive: np.ndarray, negative: np.ndarray, bins: int = 100) -> floa
 
 
 def _summarise(results: dict[str, list[dict]]) -> str:
-    header = "| method | " + " | ".join(METRICS) + " | wall (s) |"
-    rows = [header, "|" + "---|" * (len(METRICS) + 2)]
+    clustering = any("recluster_s" in runs[0] for runs in results.values())
+    timings = ("wall_s", "recluster_s") if clustering else ("wall_s",)
+    header = "| method | " + " | ".join(METRICS) + " | wall (s) |" + (" clustering (s) |" if clustering else "")
+    rows = [header, "|" + "---|" * (len(METRICS) + 1 + len(timings))]
     for method, runs in results.items():
         cells = []
-        for key in (*METRICS, "wall_s"):
-            values = np.array([r[key] for r in runs])
-            fmt = "{:.1f} ± {:.1f}" if key == "wall_s" else "{:.3f} ± {:.3f}"
+        for key in (*METRICS, *timings):
+            values = np.array([r.get(key, np.nan) for r in runs])
+            fmt = "{:.1f} ± {:.1f}" if key in timings else "{:.3f} ± {:.3f}"
             cells.append(fmt.format(values.mean(), values.std()))
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + f"\n\n{len(next(iter(results.values())))} seed(s) per method; mean ± std (population).\n"
@@ -209,13 +234,14 @@ def main(argv: list[str]) -> None:
     held_out = data.evaluation_dataset(split.test, FLAGS.image_size, split.channels)
     results: dict[str, list[dict]] = {}
     similarity = None
-    progress = keras.utils.Progbar(len(FLAGS.methods) * len(FLAGS.seeds), unit_name="run")
-    for method in FLAGS.methods:
+    configurations = _runs()
+    progress = keras.utils.Progbar(len(configurations) * len(FLAGS.seeds), unit_name="run")
+    for row, method, options in configurations:
         for seed in map(int, FLAGS.seeds):
-            for name, run in _run(method, seed, split, held_out).items():
+            for name, run in _run(row, method, options, seed, split, held_out).items():
                 similarity = run.pop("similarity", similarity)
                 results.setdefault(name, []).append(run)
-            progress.add(1, values=[("R@1", results[method][-1]["recall@1"])])
+            progress.add(1, values=[("R@1", results[row][-1]["recall@1"])])
     table = _summarise(results)
     overlaps = _plots(results, similarity, out)
     if overlaps:
@@ -223,7 +249,8 @@ def main(argv: list[str]) -> None:
                   f"PDDM score {overlaps['pddm']:.3f}, Euclidean distance {overlaps['euclidean']:.3f}.\n")
     config = {k: getattr(FLAGS, k) for k in ("steps", "eval_every", "image_size", "embedding_dim",
                                               "batch_classes", "batch_per_class", "learning_rate", "rerank",
-                                              "alpha", "beta", "embedding_weight", "mining")}
+                                              "alpha", "beta", "embedding_weight", "mining", "num_learners",
+                                              "recluster_every", "conquer_epochs")}
     payload = {"config": {**config, "seeds": FLAGS.seeds}, "runs": results, "overlap": overlaps}
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=1))

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf.data import ImageFiles, _read, evaluation_dataset
+from pddm_tf.data import ImageFiles, balanced_batch_indices, evaluation_dataset, read_image
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
 CONQUER = -1
@@ -133,16 +133,16 @@ def drop_singleton_classes(ids: np.ndarray, labels: np.ndarray, num_clusters: in
     return np.where(single, DROPPED, ids).astype(np.int32)
 
 
-def check_clusters(ids: np.ndarray, labels: np.ndarray, num_clusters: int) -> None:
-    """Raises a clear error if a cluster cannot make batches: fewer than 2 classes with >= 2 images."""
+def check_clusters(ids: np.ndarray, labels: np.ndarray, num_clusters: int, batch_classes: int = 2) -> None:
+    """Raises a clear error if a cluster cannot make P x K batches: fewer than P = `batch_classes`
+    classes with two or more images in it."""
     for cluster in range(num_clusters):
         members = labels[ids == cluster]
-        classes = np.unique(members, return_counts=True)[1]
-        if (classes >= 2).sum() < 2:
+        eligible = int((np.unique(members, return_counts=True)[1] >= 2).sum())
+        if eligible < max(batch_classes, 2):
             raise ValueError(
-                f"cluster {cluster} has {(classes >= 2).sum()} classes with two or more images; a learner needs "
-                f"at least 2 (positives and negatives). Use fewer learners than {num_clusters} or cluster "
-                "on other features")
+                f"cluster {cluster} has {eligible} classes with two or more images, but its batches need "
+                f"batch_classes={batch_classes}; use fewer learners than {num_clusters} or fewer classes per batch")
 
 
 def cluster_features(model: keras.Model, files: ImageFiles, image_size: int, channels: int,
@@ -159,51 +159,21 @@ def cluster_features(model: keras.Model, files: ImageFiles, image_size: int, cha
 
 
 def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int,
-                     previous: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+                     previous: np.ndarray | None = None, seed: int = 0, batch_classes: int = 2) -> np.ndarray:
     """One (re-)clustering: k-means, Hungarian renaming to `previous`, singleton classes dropped.
 
-    features [N, f], labels [N] -> ids [N] in {DROPPED, 0..K-1}; raises if a cluster cannot make batches.
+    features [N, f], labels [N] -> ids [N] in {DROPPED, 0..K-1}; raises if a cluster cannot make
+    batches of `batch_classes` classes.
     """
     ids = kmeans_clusters(features, num_clusters, seed)
     if previous is not None:
         ids = match_clusters(ids, previous, num_clusters)
     ids = drop_singleton_classes(ids, labels, num_clusters)
-    check_clusters(ids, np.asarray(labels), num_clusters)
+    check_clusters(ids, np.asarray(labels), num_clusters, batch_classes)
     return ids
 
 
 # --------------------------------------------------------------------------- batches
-
-
-def cluster_batch_indices(labels: tf.Tensor, num_classes: int, member: tf.Tensor, batch_classes: int,
-                          batch_per_class: int, seed: tf.Tensor) -> tf.Tensor:
-    """File indices [P*K] of one class-balanced batch drawn from the images where `member` holds.
-
-    Eligible classes are those with >= 2 member images. P of them are drawn at random (cycled when
-    fewer than P are eligible, so a class may then fill several groups), and each contributes K of
-    its member images: a random order of them, cycled when the class has fewer than K. Rows k*K ..
-    k*K+K-1 belong to the k-th class. Fully in-graph: labels [N] int32, member [N] bool, seed [2].
-    """
-    num_images = tf.size(labels, out_type=tf.int64)
-    class_seed, image_seed = tf.unstack(tf.random.experimental.stateless_split(seed))
-    ranks = tf.random.experimental.stateless_shuffle(tf.range(num_images), seed=image_seed)
-    # Sorting by (label, random rank) with non-members pushed past every class lays out each class's
-    # members as a contiguous, freshly shuffled run.
-    labels64 = tf.cast(labels, tf.int64)
-    key = tf.where(member, labels64, num_classes) * num_images + ranks
-    order = tf.argsort(key)
-    counts = tf.math.unsorted_segment_sum(tf.cast(member, tf.int64), labels64, num_classes)
-    starts = tf.cumsum(counts, exclusive=True)
-    eligible = counts >= 2
-    num_eligible = tf.reduce_sum(tf.cast(eligible, tf.int32))
-    check = tf.debugging.assert_greater_equal(
-        num_eligible, 2, message="a cluster has fewer than 2 classes with two or more images")
-    with tf.control_dependencies([check]):
-        class_keys = tf.where(eligible, tf.random.stateless_uniform([num_classes], class_seed), 2.0)
-    shuffled = tf.argsort(class_keys)
-    chosen = tf.gather(shuffled, tf.range(batch_classes) % num_eligible)
-    offsets = tf.range(batch_per_class, dtype=tf.int64)[None, :] % tf.gather(counts, chosen)[:, None]
-    return tf.reshape(tf.gather(order, tf.gather(starts, chosen)[:, None] + offsets), [-1])
 
 
 def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, batch_classes: int,
@@ -211,7 +181,9 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
                              seed: int = 0) -> tf.data.Dataset:
     """Infinite P x K batches, each from one cluster, clusters visited round-robin (METHODS.md 4).
 
-    Step t draws from cluster t mod K. The clustering is read from `assignment` when the batch is
+    Step t draws from cluster t mod K: P of its classes with two or more images in it (drawn afresh
+    at every step), K of their images in the cluster each, cycled when a class has fewer there
+    (`pddm_tf.data.balanced_batch_indices`). The clustering is read from `assignment` when the batch is
     drawn, so changing it (re-clustering, the conquer phase) takes effect in the running pipeline;
     in the conquer phase every batch is drawn from all images and tagged `CONQUER`. Deterministic
     given `seed` and the sequence of assignments.
@@ -236,12 +208,13 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
         conquer = assignment.conquer.read_value()
         cluster = tf.where(conquer, CONQUER, tf.cast(step % num_clusters, tf.int32))
         member = tf.logical_or(conquer, tf.equal(assignment.ids.read_value(), cluster))
-        indices = cluster_batch_indices(labels, files.num_classes, member, batch_classes, batch_per_class,
-                                        tf.stack([tf.constant(seed, tf.int64), step]))
+        # The first batch of a fresh pass over the cluster: P random eligible classes, K images each.
+        indices = balanced_batch_indices(labels, files.num_classes, batch_classes, batch_per_class,
+                                         tf.stack([tf.constant(seed, tf.int64), step]), member_mask=member)[0]
         return indices, tf.fill([batch_size], cluster)
 
     def load(index: tf.Tensor, tag: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        return _read(paths[index], rotations[index], image_size, channels), labels[index], tag
+        return read_image(paths[index], image_size, channels, rotations[index]), labels[index], tag
 
     return (
         tf.data.Dataset.counter()
@@ -272,6 +245,7 @@ class DivideAndConquer(keras.callbacks.Callback):
     Args:
       assignment: the state `cluster_balanced_dataset` reads.
       files, image_size, channels: the training images and how to decode them.
+      batch_classes: P of the batches; every cluster must hold P classes with two or more images.
       recluster_every: T epochs (0 = cluster once).
       conquer_epochs: epochs at the end of `fit` trained on all data as one cluster.
       cluster_on: "features" (backbone, the authors' choice) or "embeddings".
@@ -279,7 +253,7 @@ class DivideAndConquer(keras.callbacks.Callback):
     """
 
     def __init__(self, assignment: ClusterAssignment, files: ImageFiles, image_size: int, channels: int,
-                 recluster_every: int = 2, conquer_epochs: int = 1, cluster_on: str = "features",
+                 batch_classes: int = 2, recluster_every: int = 2, conquer_epochs: int = 1, cluster_on: str = "features",
                  batch_size: int = 256, seed: int = 0) -> None:
         super().__init__()
         if recluster_every < 0 or conquer_epochs < 0:
@@ -291,6 +265,7 @@ class DivideAndConquer(keras.callbacks.Callback):
         self.files = files
         self.image_size = image_size
         self.channels = channels
+        self.batch_classes = batch_classes
         self.recluster_every = int(recluster_every)
         self.conquer_epochs = int(conquer_epochs)
         self.cluster_on = cluster_on
@@ -302,11 +277,15 @@ class DivideAndConquer(keras.callbacks.Callback):
     def recluster(self, epoch: int = -1) -> np.ndarray:
         """Clusters the training set with the current network and stores it; returns the ids [N]."""
         start = time.perf_counter()
-        features = cluster_features(self.model, self.files, self.image_size, self.channels, self.cluster_on,
-                                    self.batch_size)
+        if self.assignment.num_clusters == 1:
+            # One cluster needs no features: every image is in it (minus single-image classes).
+            features = np.zeros((len(self.files), 1), np.float32)
+        else:
+            features = cluster_features(self.model, self.files, self.image_size, self.channels, self.cluster_on,
+                                        self.batch_size)
         previous = self.assignment.numpy() if bool(self.assignment.initialized.numpy()) else None
         ids = compute_clusters(features, self.files.labels, self.assignment.num_clusters, previous,
-                               self.seed + len(self.timings))
+                               self.seed + len(self.timings), self.batch_classes)
         self.assignment.assign(ids)
         self.timings.append(time.perf_counter() - start)
         self.epochs_clustered.append(epoch)

@@ -206,26 +206,33 @@ def load_folder(
     return DatasetSplit(train=train, test=test, channels=channels)
 
 
-# Named datasets; "folder:PATH" is handled apart since its name carries an argument.
-# TFDS datasets (caltech_birds2011, cars196, ...) belong here too.
+# Named datasets; "folder:PATH" is handled apart since its name carries an argument. The TFDS
+# datasets ("cub200", "cars196", "sop", ...) are `pddm_tf.datasets.TFDS_LOADERS`, looked up lazily
+# by `load_dataset`: that module imports this one, and importing TFDS is slow.
 _DATASETS: dict[str, Callable[..., DatasetSplit]] = {"omniglot": load_omniglot}
 _FOLDER_PREFIX = "folder:"
 
 
 def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) -> DatasetSplit:
-    """Loads a dataset by name: "omniglot" or "folder:PATH".
+    """Loads a dataset by name: "omniglot", "folder:PATH" or a TFDS dataset of `pddm_tf.datasets`
+    ("cub200", "cars196", "sop", "tfds_omniglot", "imagenet2012" and their aliases).
 
-    `kwargs` go to the loader (`load_omniglot` / `load_folder`).
+    `kwargs` go to the loader (`load_omniglot` / `load_folder` / the `pddm_tf.datasets` loader).
 
     Raises:
       ValueError: an unknown name (the message lists the known ones).
     """
     if name.startswith(_FOLDER_PREFIX) and name[len(_FOLDER_PREFIX) :]:
         return load_folder(name[len(_FOLDER_PREFIX) :], test_fraction, seed, **kwargs)
-    if name not in _DATASETS:
-        known = ", ".join(repr(n) for n in [*_DATASETS, _FOLDER_PREFIX + "PATH"])
+    loaders = _DATASETS
+    if name not in loaders:
+        from pddm_tf.datasets import TFDS_LOADERS  # Lazy: pddm_tf.datasets imports this module.
+
+        loaders = {**_DATASETS, **TFDS_LOADERS}
+    if name not in loaders:
+        known = ", ".join(repr(n) for n in [*loaders, _FOLDER_PREFIX + "PATH"])
         raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
-    return _DATASETS[name](test_fraction=test_fraction, seed=seed, **kwargs)
+    return loaders[name](test_fraction=test_fraction, seed=seed, **kwargs)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -276,12 +283,99 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int) -> tf.Tens
     )
 
 
+def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0) -> tf.Tensor:
+    """Reads and decodes one image file: scalar path -> [s, s, c] float32 in [0, 1] (`decode_image`)."""
+    return decode_image(tf.io.read_file(path), image_size, channels, rotation)
+
+
 def _decode(encoded: tf.Tensor, channels: int) -> tf.Tensor:
     """Scalar file bytes -> [h, w, channels] uint8/uint16 (first frame of an animation)."""
     return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
 
 
 # --------------------------------------------------------------------------- pipelines
+
+
+# Which classes class_balanced_dataset samples (see its `small_classes` argument).
+_SMALL_CLASSES = ("error", "cycle")
+# Folded into the sampling seed to derive per-image augmentation seeds, so that these differ
+# from the seeds of the passes' class and image shuffles.
+_AUGMENT_STREAM = 0x5EED
+
+
+def balanced_batch_indices(
+    labels: tf.Tensor,
+    num_classes: int,
+    batch_classes: int,
+    batch_per_class: int,
+    seed: tf.Tensor,
+    member_mask: tf.Tensor | None = None,
+    min_class_size: int = 2,
+) -> tf.Tensor:
+    """Row indices of the P x K batches of one sampling pass, computed in-graph.
+
+    A class is *eligible* when it has at least `min_class_size` member rows (the rows where
+    `member_mask` is True; every row without a mask). The eligible classes are shuffled and
+    cut into B = E // P groups of P consecutive classes (E eligible classes; the E % P left
+    over sit this pass out), so a pass visits every eligible class at most once, and
+    exactly once when P divides E. Each class of a group contributes K rows: its member
+    rows in a fresh random order, taken cyclically. The K rows are distinct when the class
+    has at least K members and repeat only when it has fewer (each member then appears
+    floor(K / n) or ceil(K / n) times).
+
+    Costs one sort of the N rows, O(N log N), per call and touches no image. The result
+    depends only on the arguments (stateless random ops), so it is reproducible given
+    `seed`; it is traceable (tf.function, tf.data) and holds no Python loop per row.
+
+    Args:
+      labels: [N] int32/int64 class ids in [0, num_classes).
+      num_classes: C, the number of class ids.
+      batch_classes: P >= 1, classes per batch.
+      batch_per_class: K >= 1, rows per class.
+      seed: [2] int32/int64 stateless seed of this pass, e.g. `tf.stack([seed, pass_index])`.
+      member_mask: optional [N] bool: only rows where it is True are sampled (e.g. the
+        images of one cluster); eligibility counts member rows only.
+      min_class_size: classes with fewer member rows are never sampled. 2 (default): a
+        class with a single image has no positive pair. 1 admits single-image classes.
+
+    Returns:
+      [B, P*K] int64 row indices into `labels`: row b is one batch, its entries
+      k*K .. k*K+K-1 the rows of its k-th class.
+
+    Raises:
+      tf.errors.InvalidArgumentError: fewer than P eligible classes (when run, also in a graph).
+      ValueError: P, K or `min_class_size` below 1.
+    """
+    for name, value in (("batch_classes", batch_classes), ("batch_per_class", batch_per_class),
+                        ("min_class_size", min_class_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    labels = tf.cast(labels, tf.int64)
+    num_rows = tf.size(labels, out_type=tf.int64)
+    if member_mask is not None:
+        # Non-members get the spare id C: they sort after every class and are never sampled.
+        labels = tf.where(tf.cast(member_mask, tf.bool), labels, tf.constant(num_classes, tf.int64))
+    class_seed, pool_seed = tf.unstack(tf.random.experimental.stateless_split(seed))
+    # Sorting by (label, random rank) lays every class out as a contiguous, freshly shuffled
+    # run: its first K rows are K distinct images drawn without replacement.
+    ranks = tf.random.experimental.stateless_shuffle(tf.range(num_rows), seed=pool_seed)
+    by_class = tf.argsort(labels * num_rows + ranks)
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(labels), labels, num_classes + 1)[:num_classes]
+    starts = tf.cumsum(counts, exclusive=True)  # Where each class's run starts in `by_class`.
+    classes = tf.random.experimental.stateless_shuffle(tf.range(num_classes), seed=class_seed)
+    classes = tf.boolean_mask(classes, tf.gather(counts, classes) >= min_class_size)
+    num_batches = tf.size(classes) // batch_classes
+    enough = tf.debugging.assert_greater_equal(
+        num_batches, 1,
+        message=f"fewer than batch_classes={batch_classes} classes have >= {min_class_size} member rows",
+    )
+    with tf.control_dependencies([enough]):
+        classes = classes[: num_batches * batch_classes]
+    # Cycling through the run: distinct rows while the class has enough, repeats after.
+    class_counts = tf.gather(counts, classes)[:, None]
+    offsets = tf.math.floormod(tf.range(batch_per_class, dtype=tf.int64)[None, :], class_counts)
+    rows = tf.gather(by_class, tf.gather(starts, classes)[:, None] + offsets)  # [B*P, K]
+    return tf.reshape(tf.cast(rows, tf.int64), [-1, batch_classes * batch_per_class])
 
 
 def class_balanced_dataset(
@@ -291,114 +385,217 @@ def class_balanced_dataset(
     image_size: int,
     channels: int,
     seed: int = 0,
+    *,
+    small_classes: str = "error",
+    augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
-    """Infinite P x K batches: P distinct classes, K distinct images of each.
+    """Infinite P x K batches: P distinct classes, K images of each.
 
-    Sampling goes by passes. Pass p shuffles the classes (seeded by `(seed, p)`) and cuts
-    the permutation into `steps_per_pass` groups of P consecutive classes, dropping the
-    incomplete tail group; every class of a group contributes K distinct images drawn
-    from its pool, reshuffled each pass. The pipeline only holds file indices: files are
+    Sampling goes by passes (an epoch is a pass). Pass p shuffles the eligible classes
+    (seeded by `(seed, p)`) and cuts the permutation into `steps_per_pass` groups of P
+    consecutive classes, dropping the incomplete tail group; every class of a group
+    contributes K images drawn from its pool, reshuffled each pass
+    (`balanced_batch_indices`, in-graph). The pipeline only streams file indices: files are
     read and decoded per image in parallel (order preserved), so the dataset is
-    deterministic given `seed` and never loads the images into memory.
+    deterministic given `seed` and never holds the images. The paths, labels and rotations
+    are tensors created once here and captured by reference, so the traced functions stay
+    small whatever the number of files (a serialised dataset graph holds them once).
 
     Args:
-      files: the images to sample; every class needs at least K of them.
+      files: the images to sample.
       batch_classes: P >= 2, classes per batch.
       batch_per_class: K >= 1, images per class.
       image_size: side s of the decoded images.
       channels: channels c of the decoded images.
-      seed: sampling seed.
+      seed: sampling (and augmentation) seed.
+      small_classes: what classes with fewer than K images do.
+        "error" (default): every class needs K images (ValueError naming the first that
+        has fewer); every class is eligible, the K images of a class are always distinct.
+        "cycle": for datasets with small classes (Stanford Online Products: 2 to 12 images
+        per class). Classes with at least 2 images are eligible; one with n < K images
+        contributes its n images in a shuffled order taken cyclically (repeats only
+        there). Classes with a single image are never sampled (no positive pair).
+      augment: None (default): `decode_image`, the whole image resized to s x s.
+        Otherwise a `pddm_tf.pipeline.Transform` applied to each decoded full-size image
+        (after its rotation) with a per-image seed derived from `seed` and the image's
+        position in the stream, e.g. `pipeline.train_transform(s)`; it must return
+        [s, s, c] float32.
 
     Returns:
-      A dataset of (images [P*K, s, s, c] float32, labels [P*K] int32); rows are grouped
-      by class: rows k*K .. k*K+K-1 hold the k-th class of the batch.
+      A dataset of (images [P*K, s, s, c] float32 in [0, 1], labels [P*K] int32); rows are
+      grouped by class: rows k*K .. k*K+K-1 hold the k-th class of the batch.
 
     Raises:
-      ValueError: P < 2, K < 1, fewer than 2 or fewer than P classes, or a class with fewer
-        than K images.
+      ValueError: P < 2, K < 1, fewer than 2 classes, fewer than P eligible classes, an
+        unknown `small_classes`, or (with "error") a class with fewer than K images.
     """
-    num_classes = files.num_classes
     if batch_classes < 2:
         raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
     if batch_per_class < 1:
         raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
+    _check_balanced_batches(files, batch_classes, batch_per_class, small_classes)
+    num_classes = files.num_classes
+    min_class_size = 1 if small_classes == "error" else 2
+    # Created once, eagerly: the dataset functions capture these by reference.
+    paths = tf.constant(files.paths)
+    labels = tf.constant(files.labels)
+    # Only rotated copies (Omniglot) need a rotation per file; the others skip the tensor.
+    rotations = tf.constant(files.rotations) if files.rotations.any() else None
+    seed_tensor = tf.constant(seed, tf.int64)
+
+    def rotation(row: tf.Tensor) -> tf.Tensor | int:
+        return rotations[row] if rotations is not None else 0
+
+    def pass_rows(pass_index: tf.Tensor) -> tf.data.Dataset:
+        """The (file index, label) rows of one pass, batch after batch."""
+        pass_seed = tf.stack([seed_tensor, pass_index])
+        rows = tf.reshape(balanced_batch_indices(labels, num_classes, batch_classes, batch_per_class,
+                                                 pass_seed, min_class_size=min_class_size), [-1])
+        return tf.data.Dataset.from_tensor_slices((rows, tf.gather(labels, rows)))
+
+    rows = tf.data.Dataset.counter().flat_map(pass_rows)
+    if augment is None:
+        images = rows.map(
+            lambda row, label: (_read(paths[row], rotation(row), image_size, channels), label),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        def load_augmented(position: tf.Tensor, row_label: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            row, label = row_label
+            # A seed per image position, so the augmentation does not depend on parallelism.
+            image_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed_tensor, position]), _AUGMENT_STREAM)
+            image = _read_transformed(paths[row], rotation(row), augment, image_seed, image_size, channels)
+            return image, label
+
+        images = rows.enumerate().map(load_augmented, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    return (
+        # A pass holds whole batches, so batch boundaries stay aligned with class groups.
+        images.batch(batch_classes * batch_per_class, drop_remainder=True)
+        .prefetch(_AUTOTUNE)
+    )
+
+
+def evaluation_dataset(
+    files: ImageFiles,
+    image_size: int,
+    channels: int,
+    batch_size: int = 256,
+    *,
+    transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    cache: bool | str = False,
+) -> tf.data.Dataset:
+    """One pass over `files` in order: (images [b, s, s, c] float32 in [0, 1], labels [b] int32).
+
+    b = `batch_size` except for a smaller last batch; decoding runs in parallel, order kept.
+
+    Args:
+      files: the images.
+      image_size: side s of the images.
+      channels: channels c of the images.
+      batch_size: b >= 1.
+      transform: None (default): `decode_image`, the whole image resized to s x s.
+        Otherwise a `pddm_tf.pipeline.Transform` applied to each decoded full-size image
+        (after its rotation), e.g. `pipeline.eval_transform(s)` (shorter side to 8/7 s,
+        centre s x s crop); it must return [s, s, c] float32 and is given a zero seed.
+      cache: False (default) decodes on every pass. True keeps the decoded images in
+        memory after the first complete pass (n * s * s * c * 4 bytes); a string caches
+        them in files with that path prefix (reusable across runs with the same files and
+        transform; a partial first pass leaves no usable cache).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    no_seed = tf.zeros([2], tf.int64)
+
+    def load(path: tf.Tensor, rotation: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if transform is None:
+            return _read(path, rotation, image_size, channels), label
+        return _read_transformed(path, rotation, transform, no_seed, image_size, channels), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((files.paths, files.rotations, files.labels)).map(
+        load, num_parallel_calls=_AUTOTUNE, deterministic=True
+    )
+    if cache is not False:
+        dataset = dataset.cache("" if cache is True else str(cache))  # "": in memory.
+    return dataset.batch(batch_size).prefetch(_AUTOTUNE)
+
+
+def steps_per_pass(files: ImageFiles, batch_classes: int, small_classes: str = "error") -> int:
+    """Batches in one pass of `class_balanced_dataset`: E // batch_classes, E the eligible
+    classes (every class with small_classes="error", those with >= 2 images with "cycle")."""
+    if batch_classes < 1:
+        raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
+    if small_classes not in _SMALL_CLASSES:
+        raise ValueError(f"small_classes must be one of {_SMALL_CLASSES}, got {small_classes!r}")
+    if small_classes == "error":
+        return files.num_classes // batch_classes
+    counts = np.bincount(files.labels, minlength=files.num_classes)
+    return int((counts >= 2).sum()) // batch_classes
+
+
+def _read(path: tf.Tensor, rotation: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
+    """Scalar path -> decoded [s, s, c] float32 image."""
+    return decode_image(tf.io.read_file(path), image_size, channels, rotation)
+
+
+def _read_transformed(
+    path: tf.Tensor,
+    rotation: tf.Tensor,
+    transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    seed: tf.Tensor,
+    image_size: int,
+    channels: int,
+) -> tf.Tensor:
+    """Scalar path -> `transform(full-size decoded image, seed)`, checked to be [s, s, c]."""
+    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation), seed)
+    return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
+
+
+def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int = 0) -> tf.Tensor:
+    """Scalar file bytes -> [h, w, c] uint8 at full size, rotated by k x 90 degrees
+    counter-clockwise: `decode_image` before its resize."""
+    if channels == 1:
+        # TF's GIF and BMP decoders only emit RGB(A): decode those as RGB, then convert.
+        is_rgb_only = tf.logical_or(
+            tf.strings.substr(encoded, 0, 3) == "GIF", tf.strings.substr(encoded, 0, 2) == "BM"
+        )
+        image = tf.cond(
+            is_rgb_only,
+            lambda: tf.image.rgb_to_grayscale(_decode(encoded, channels=3)),
+            lambda: _decode(encoded, channels=1),
+        )
+    else:
+        image = _decode(encoded, channels)
+    return tf.image.rot90(image, k=rotation)
+
+
+def _check_balanced_batches(files: ImageFiles, batch_classes: int, batch_per_class: int, small_classes: str) -> None:
+    """Raises ValueError if `class_balanced_dataset` cannot build P x K batches from `files`."""
+    if small_classes not in _SMALL_CLASSES:
+        raise ValueError(f"small_classes must be one of {_SMALL_CLASSES}, got {small_classes!r}")
+    num_classes = files.num_classes
     if num_classes < 2:
         raise ValueError(f"class-balanced batches need at least 2 classes, got {num_classes}")
+    counts = np.bincount(files.labels, minlength=num_classes)
+    if small_classes == "cycle":
+        num_eligible = int((counts >= 2).sum())
+        if num_eligible < batch_classes:
+            raise ValueError(
+                f"only {num_eligible} classes have at least 2 images but batch_classes={batch_classes}"
+            )
+        skipped, cycled = int((counts < 2).sum()), int(((counts >= 2) & (counts < batch_per_class)).sum())
+        if skipped or cycled:
+            _logger.info("class-balanced sampling: %d single-image classes never sampled, %d classes with "
+                         "fewer than %d images cycled", skipped, cycled, batch_per_class)
+        return
     if num_classes < batch_classes:
         raise ValueError(f"only {num_classes} classes but batch_classes={batch_classes}")
-    counts = np.bincount(files.labels, minlength=num_classes)
     if (counts < batch_per_class).any():
         small = int(np.argmax(counts < batch_per_class))
         raise ValueError(
             f"class {files.class_names[small]!r} has {counts[small]} "
             f"image{'' if counts[small] == 1 else 's'} but batch_per_class={batch_per_class}"
         )
-
-    paths = tf.constant(files.paths)
-    labels = tf.constant(files.labels)
-    rotations = tf.constant(files.rotations)
-    # Row where each class's run starts once the files are sorted by label.
-    class_starts = tf.constant(np.cumsum(counts) - counts, tf.int64)
-    num_files = tf.constant(len(files), tf.int64)
-    classes_per_pass = steps_per_pass(files, batch_classes) * batch_classes
-
-    def pass_indices(pass_index: tf.Tensor) -> tf.Tensor:
-        """[classes_per_pass * K] int64 file indices of one pass, grouped by class."""
-        class_seed, pool_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), pass_index]))
-        )
-        # Sorting by (label, random rank) lays every class out as a contiguous, freshly
-        # shuffled run; its first K rows are K distinct images drawn without replacement.
-        ranks = tf.random.experimental.stateless_shuffle(tf.range(num_files), seed=pool_seed)
-        by_class = tf.argsort(tf.cast(labels, tf.int64) * num_files + ranks)
-        picks = tf.gather(by_class, class_starts[:, None] + tf.range(batch_per_class, dtype=tf.int64))
-        classes = tf.random.experimental.stateless_shuffle(tf.range(num_classes), seed=class_seed)
-        return tf.reshape(tf.gather(picks, classes[:classes_per_pass]), [-1])
-
-    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return _read(paths[index], rotations[index], image_size, channels), labels[index]
-
-    return (
-        tf.data.Dataset.counter()
-        .flat_map(lambda p: tf.data.Dataset.from_tensor_slices(pass_indices(p)))
-        .map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
-        # A pass holds whole batches, so batch boundaries stay aligned with class groups.
-        .batch(batch_classes * batch_per_class, drop_remainder=True)
-        .prefetch(_AUTOTUNE)
-    )
-
-
-def evaluation_dataset(
-    files: ImageFiles, image_size: int, channels: int, batch_size: int = 256
-) -> tf.data.Dataset:
-    """One pass over `files` in order: (images [b, s, s, c] float32, labels [b] int32).
-
-    b = `batch_size` except for a smaller last batch; decoding runs in parallel, order kept.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return (
-        tf.data.Dataset.from_tensor_slices((files.paths, files.rotations, files.labels))
-        .map(
-            lambda path, rotation, label: (_read(path, rotation, image_size, channels), label),
-            num_parallel_calls=_AUTOTUNE,
-            deterministic=True,
-        )
-        .batch(batch_size)
-        .prefetch(_AUTOTUNE)
-    )
-
-
-def steps_per_pass(files: ImageFiles, batch_classes: int) -> int:
-    """Batches in one pass of `class_balanced_dataset`: num_classes // batch_classes."""
-    if batch_classes < 1:
-        raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
-    return files.num_classes // batch_classes
-
-
-def _read(path: tf.Tensor, rotation: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-    """Scalar path -> decoded [s, s, c] float32 image."""
-    return decode_image(tf.io.read_file(path), image_size, channels, rotation)
 
 
 # --------------------------------------------------------------------------- helpers

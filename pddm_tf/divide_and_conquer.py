@@ -14,7 +14,7 @@ the conquer learner's loss, so the model reduces exactly to `MetricLossModel` / 
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from typing import Any
 
 import keras
@@ -84,7 +84,7 @@ class DivideAndConquerModel(EmbeddingModel):
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
         if self.uses_pddm:
-            # Built here, not lazily: variables cannot be created inside the branches of `switch_case`.
+            # Built here, not lazily inside a traced train step.
             for k in range(self.num_learners + 1):
                 if not self._pddm_of(k).built:
                     dim = self.embedding_dim if k == self.num_learners else self.head.slice_dim
@@ -102,33 +102,45 @@ class DivideAndConquerModel(EmbeddingModel):
             return l2_normalize(projection)
         return self.head.slice(projection, learner)
 
-    def _learner_terms(self, learner: int, projection: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
-        embeddings = self.learner_embedding(projection, learner)
-        loss = self.learner_losses[learner]
-        if not self.uses_pddm:
-            return {"loss": loss(labels, embeddings)}
-        pddm = self._pddm_of(learner)
-        # Mining needs no gradient: stopping it keeps the branch's backward pass to the loss terms.
-        mined = mine_with_pddm(pddm, loss, self.mining_score, tf.stop_gradient(embeddings), labels)
-        return pddm_quadruplet_terms(pddm, loss, embeddings, mined)
+    def _learners(self) -> list[int]:
+        """The learners whose losses differ: 0..K-1 and K (the whole embedding); just 0 when K = 1."""
+        return [0] if self.num_learners == 1 else list(range(self.num_learners + 1))
 
     def _forward(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None,
                  tags: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         projection = self.head.project(self.backbone(images, training=training), training=training)
         projection = check_embeddings(projection, labels)
         projection, labels = gather_global_batch(projection, labels)
-        whole = tf.constant(self.num_learners, tf.int32)
+        learner = self._learner_of(tags)
+        embeddings = [self.learner_embedding(projection, k) for k in self._learners()]
+        mined: list[Any] = [None] * len(embeddings)
+        if self.uses_pddm:
+            with tape.stop_recording() if tape is not None else contextlib.nullcontext():
+                mined = [mine_with_pddm(self._pddm_of(k), self.learner_losses[k], self.mining_score,
+                                        tf.stop_gradient(e), labels) for k, e in zip(self._learners(), embeddings)]
+        # Every learner's loss is evaluated (a few small [m, m] computations each) and the batch's one is
+        # picked: gathering passes exact zeros back to the others, so only the batch's slice (and its
+        # loss parameters / PDDM unit) is trained, with one graph and no branches to compile.
+        terms = [self._learner_terms(k, e, labels, m) for k, e, m in zip(self._learners(), embeddings, mined)]
+        return {name: tf.gather(tf.stack([t[name] for t in terms]), learner) for name in self.metric_names}
+
+    def _learner_of(self, tags: tf.Tensor | None) -> tf.Tensor:
+        """Index into `_learners()` of the learner a batch trains: its cluster tag, or K for CONQUER/untagged."""
+        whole = 0 if self.num_learners == 1 else self.num_learners
         if tags is None:
-            learner = whole
-        else:
-            tag = tf.cast(tf.reshape(tags, [-1])[0], tf.int32)
-            checks = [tf.debugging.assert_less(tag, self.num_learners, message="a batch's cluster tag is >= K"),
-                      tf.debugging.assert_greater_equal(tag, CONQUER, message="a batch's cluster tag is < -1")]
-            with tf.control_dependencies(checks):
-                learner = tf.where(tf.equal(tag, CONQUER), whole, tag)
-        branches = [functools.partial(self._learner_terms, k, projection, labels)
-                    for k in range(self.num_learners + 1)]
-        return tf.switch_case(learner, branches)
+            return tf.constant(whole, tf.int32)
+        tag = tf.cast(tf.reshape(tags, [-1])[0], tf.int32)
+        checks = [tf.debugging.assert_less(tag, self.num_learners, message="a batch's cluster tag is >= K"),
+                  tf.debugging.assert_greater_equal(tag, CONQUER, message="a batch's cluster tag is < -1")]
+        with tf.control_dependencies(checks):
+            return tf.where(tf.equal(tag, CONQUER), whole, tag)
+
+    def _learner_terms(self, learner: int, embeddings: tf.Tensor, labels: tf.Tensor,
+                       mined: Any) -> dict[str, tf.Tensor]:
+        loss = self.learner_losses[learner]
+        if not self.uses_pddm:
+            return {"loss": loss(labels, embeddings)}
+        return pddm_quadruplet_terms(self._pddm_of(learner), loss, embeddings, mined)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -132,6 +132,7 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
         return data.class_balanced_dataset(files, batch_classes, batch_per_class, image_size, channels, seed=seed), []
     assignment = ClusterAssignment(len(files), model.num_learners)
     dataset = cluster_balanced_dataset(files, assignment, batch_classes, batch_per_class, image_size, channels, seed)
-    schedule = DivideAndConquer(assignment, files, image_size, channels, recluster_every=recluster_every,
+    schedule = DivideAndConquer(assignment, files, image_size, channels, batch_classes=batch_classes,
+                                recluster_every=recluster_every,
                                 conquer_epochs=conquer_epochs, cluster_on=cluster_on, seed=seed)
     return dataset, [schedule]
