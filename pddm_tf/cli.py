@@ -24,12 +24,23 @@ FLAGS = flags.FLAGS
 
 _COMMANDS = ("train", "evaluate")
 
-flags.DEFINE_string("dataset", "omniglot", "Dataset: 'omniglot' (embedded) or 'folder:PATH'.")
+flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.recipes (e.g. pddm_cub, hdml_sop, dc_cars): sets "
+                    "the flags below; flags given on the command line win.")
+flags.DEFINE_string("dataset", "omniglot", "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
+                    "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
+flags.DEFINE_string("data_dir", None, "TFDS datasets: the tensorflow-datasets data directory.")
+flags.DEFINE_string("cache_dir", None, "TFDS datasets: where the extracted image files go (default under data_dir).")
+flags.DEFINE_bool("download", False, "TFDS datasets: download and prepare the data if it is not there yet.")
+flags.DEFINE_string("manual_dir", None, "TFDS datasets: directory with manually downloaded files (Cars196, ImageNet).")
 flags.DEFINE_float("test_fraction", 0.5, "Fraction of classes held out for testing (0 = train on all).")
 flags.DEFINE_enum("split_by", "character", ["character", "alphabet"], "Omniglot split unit.")
 flags.DEFINE_bool("rotations", False, "Omniglot: add 90/180/270-degree rotations as new classes.")
 flags.DEFINE_integer("seed", 0, "Seed for the class split, sampling and initialisation.")
 flags.DEFINE_integer("image_size", 32, "Images are resized to image_size x image_size.")
+flags.DEFINE_bool("augment", False, "The papers' pipeline: random resized crop + horizontal flip for training, "
+                  "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
+flags.DEFINE_enum("small_classes", "error", ["error", "cycle"],
+                  "Classes with fewer than batch_per_class images: refuse them, or cycle their images (SOP).")
 flags.DEFINE_integer("channels", None, "Image channels (default: 1 for omniglot, 3 for folders).")
 flags.DEFINE_string("json", None, "Write the final held-out metrics to this JSON file.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size for embedding the evaluation images.")
@@ -47,15 +58,23 @@ flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
                   "PDDM methods: similarity that mining ranks pairs by (default: the method's own; "
                   "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
+flags.DEFINE_string("backbone", "small_convnet", "Backbone: small_convnet or a keras.applications network "
+                    "(ResNet50, InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")
+flags.DEFINE_enum("weights", "none", ["none", "imagenet"], "Backbone initialisation (imagenet: downloaded by Keras).")
+flags.DEFINE_enum("pooling", "avg", ["avg", "max", "gem"], "Global pooling of the backbone's feature map.")
+flags.DEFINE_bool("freeze_batchnorm", False, "Keep the backbone's BatchNorm statistics (and gamma, beta) fixed.")
+flags.DEFINE_float("dropout", 0.0, "Dropout before the embedding projection.")
 flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
 flags.DEFINE_integer("epochs", 10, "Training epochs (0 = evaluate and export the untrained model).")
-flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch.")
+flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch (0 = one pass over the training images).")
 flags.DEFINE_integer("batch_classes", 16, "P: classes per batch.")
 flags.DEFINE_integer("batch_per_class", 4, "K: images per class in a batch.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
+flags.DEFINE_float("hdml_alpha", 90.0, "HDML: hardness temperature alpha.")
+flags.DEFINE_float("hdml_beta", 1e4, "HDML: weighting temperature beta.")
 flags.DEFINE_integer("num_learners", 4, "Divide-and-Conquer: K clusters / embedding slices (embedding_dim "
                      "must be divisible by it).")
 flags.DEFINE_integer("recluster_every", 2, "Divide-and-Conquer: re-cluster every T epochs (0 = cluster once).")
@@ -80,14 +99,31 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
+def _apply_recipe() -> None:
+    """Sets the recipe's flag values, except those given on the command line."""
+    from pddm_tf.recipes import get_recipe
+
+    if not FLAGS.recipe:
+        return
+    recipe = get_recipe(FLAGS.recipe)
+    for name, value in recipe.flags.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+    print(f"recipe {recipe.name}: {recipe.paper}")
+
+
 def _load_split():
     from pddm_tf import data
+    from pddm_tf.datasets import TFDS_LOADERS
 
     kwargs: dict[str, Any] = {}
     if FLAGS.dataset == "omniglot":
         kwargs.update(split_by=FLAGS.split_by, rotations=FLAGS.rotations)
     elif FLAGS.channels is not None:
         kwargs.update(channels=FLAGS.channels)
+    if FLAGS.dataset in TFDS_LOADERS:
+        kwargs.update(data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, download=FLAGS.download,
+                      manual_dir=FLAGS.manual_dir)
     split = data.load_dataset(FLAGS.dataset, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed, **kwargs)
     channels = FLAGS.channels or split.channels
     return split, channels
@@ -106,13 +142,16 @@ def build_model(channels: int, num_classes: int):
     """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML)."""
     import keras
 
-    from pddm_tf import small_convnet
+    from pddm_tf import backbone
 
-    model = build_method_model(FLAGS.method, small_convnet(FLAGS.image_size, channels, width=FLAGS.backbone_width),
-                               FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
+    options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
+    network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
+                       pooling=FLAGS.pooling, freeze_batchnorm=FLAGS.freeze_batchnorm, **options)
+    model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
                                mining_score=FLAGS.mining_score, num_classes=num_classes,
-                               num_learners=FLAGS.num_learners)
+                               num_learners=FLAGS.num_learners, dropout=FLAGS.dropout,
+                               hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
     return model
@@ -121,10 +160,11 @@ def build_model(channels: int, num_classes: int):
 def train() -> dict[str, float]:
     import keras
 
-    from pddm_tf import data, evaluation
+    from pddm_tf import data, evaluation, pipeline
     from pddm_tf.export import export_saved_model
     from pddm_tf.methods import training_pipeline
 
+    _apply_recipe()
     keras.utils.set_random_seed(FLAGS.seed)
     split, channels = _load_split()
     print(f"dataset {FLAGS.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
@@ -132,19 +172,23 @@ def train() -> dict[str, float]:
     model = build_model(channels, split.train.num_classes)
     evaluation_data = None
     if split.test is not None:
-        evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size)
+        transform = pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None
+        evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
+                                                  transform=transform)
     if FLAGS.epochs > 0:
         train_data, callbacks = training_pipeline(
             model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class, FLAGS.image_size, channels,
             seed=FLAGS.seed, recluster_every=FLAGS.recluster_every, conquer_epochs=FLAGS.conquer_epochs,
-            cluster_on=FLAGS.cluster_on)
+            cluster_on=FLAGS.cluster_on, small_classes=FLAGS.small_classes,
+            augment=pipeline.train_transform(FLAGS.image_size) if FLAGS.augment else None)
+        steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
         if evaluation_data is not None and FLAGS.eval_every > 0:
             callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
         start = time.perf_counter()
-        model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, callbacks=callbacks,
+        model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
         seconds = time.perf_counter() - start
-        images = FLAGS.epochs * FLAGS.steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
+        images = FLAGS.epochs * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
         print(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
     metrics: dict[str, float] = {}
     if evaluation_data is not None:

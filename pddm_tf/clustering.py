@@ -18,19 +18,21 @@ Being a `tf.Module`, the assignment is saved by `tf.train.Checkpoint` like any o
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf.data import ImageFiles, balanced_batch_indices, evaluation_dataset, read_image
+from pddm_tf.data import ImageFiles, balanced_batch_indices, evaluation_dataset, read_image, read_transformed_image
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
 CONQUER = -1
 #: Cluster id of an image dropped from every cluster (its class has a single image in its cluster).
 DROPPED = -1
 CLUSTER_ON = ("features", "embeddings")
+# Offset of the augmentation seeds from the sampling seed, so the two random streams differ.
+_AUGMENT_STREAM = 0x5EED
 
 
 class ClusterAssignment(tf.Module):
@@ -177,8 +179,8 @@ def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int
 
 
 def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, batch_classes: int,
-                             batch_per_class: int, image_size: int, channels: int,
-                             seed: int = 0) -> tf.data.Dataset:
+                             batch_per_class: int, image_size: int, channels: int, seed: int = 0,
+                             augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
     """Infinite P x K batches, each from one cluster, clusters visited round-robin (METHODS.md 4).
 
     Step t draws from cluster t mod K: P of its classes with two or more images in it (drawn afresh
@@ -186,7 +188,9 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
     (`pddm_tf.data.balanced_batch_indices`). The clustering is read from `assignment` when the batch is
     drawn, so changing it (re-clustering, the conquer phase) takes effect in the running pipeline;
     in the conquer phase every batch is drawn from all images and tagged `CONQUER`. Deterministic
-    given `seed` and the sequence of assignments.
+    given `seed` and the sequence of assignments. `augment(image, seed [2])` (e.g.
+    `pddm_tf.pipeline.train_transform(...)`) replaces the plain resize of every image, with a
+    stateless seed per image position.
 
     Returns:
       A dataset of (images [P*K, s, s, c] float32, labels [P*K] int32, tags [P*K] int32): tags holds
@@ -213,13 +217,21 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
                                          tf.stack([tf.constant(seed, tf.int64), step]), member_mask=member)[0]
         return indices, tf.fill([batch_size], cluster)
 
-    def load(index: tf.Tensor, tag: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        return read_image(paths[index], image_size, channels, rotations[index]), labels[index], tag
+    def load(position: tf.Tensor, item: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        index, tag = item
+        if augment is None:
+            image = read_image(paths[index], image_size, channels, rotations[index])
+        else:
+            # Seeded by the image's position in the stream, so parallel decoding stays deterministic.
+            image_seed = tf.stack([tf.constant(seed, tf.int64) + _AUGMENT_STREAM, position])
+            image = read_transformed_image(paths[index], rotations[index], augment, image_seed, image_size, channels)
+        return image, labels[index], tag
 
     return (
         tf.data.Dataset.counter()
         .map(batch_indices)
         .flat_map(lambda indices, tags: tf.data.Dataset.from_tensor_slices((indices, tags)))
+        .enumerate()
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
         .prefetch(2)

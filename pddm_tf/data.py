@@ -465,7 +465,7 @@ def class_balanced_dataset(
             row, label = row_label
             # A seed per image position, so the augmentation does not depend on parallelism.
             image_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed_tensor, position]), _AUGMENT_STREAM)
-            image = _read_transformed(paths[row], rotation(row), augment, image_seed, image_size, channels)
+            image = read_transformed_image(paths[row], rotation(row), augment, image_seed, image_size, channels)
             return image, label
 
         images = rows.enumerate().map(load_augmented, num_parallel_calls=_AUTOTUNE, deterministic=True)
@@ -510,7 +510,7 @@ def evaluation_dataset(
     def load(path: tf.Tensor, rotation: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if transform is None:
             return _read(path, rotation, image_size, channels), label
-        return _read_transformed(path, rotation, transform, no_seed, image_size, channels), label
+        return read_transformed_image(path, rotation, transform, no_seed, image_size, channels), label
 
     dataset = tf.data.Dataset.from_tensor_slices((files.paths, files.rotations, files.labels)).map(
         load, num_parallel_calls=_AUTOTUNE, deterministic=True
@@ -538,7 +538,7 @@ def _read(path: tf.Tensor, rotation: tf.Tensor, image_size: int, channels: int) 
     return decode_image(tf.io.read_file(path), image_size, channels, rotation)
 
 
-def _read_transformed(
+def read_transformed_image(
     path: tf.Tensor,
     rotation: tf.Tensor,
     transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],

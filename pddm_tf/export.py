@@ -1,26 +1,65 @@
 """SavedModel export in TF Serving's layout (`export_dir/<version>/`), written atomically.
 
-The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) and has signatures:
+The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) and has signatures
+(n queries, d the embedding size; every signature's method name is `tensorflow/serving/predict`):
 
 * `serving_default`: `images` [n] tf.string (PNG/JPEG/GIF/BMP bytes) -> `embeddings` [n, d],
   decoded, resized and scaled exactly as in training (`pddm_tf.data.decode_image`).
 * `embed_pixels`: `pixels` [n, s, s, c] float32 in [0, 1] -> `embeddings` [n, d].
 * `pddm_similarity` (models with a PDDM unit): `embeddings_a`, `embeddings_b` [n, d] ->
   `scores` [n], the learned PDDM similarity of each pair (for client-side re-ranking).
+* `search` (when a `Gallery` is given): `images` [n] tf.string -> the k nearest gallery items of
+  each query by exact squared Euclidean search over the g gallery embeddings, which are stored
+  in the SavedModel as variables (`gallery_embeddings` [g, d], `gallery_ids` [g] tf.string):
+  `ids` [n, k] tf.string, `indices` [n, k] int64 (gallery rows), `distances` [n, k] float32
+  (squared Euclidean) and `scores` [n, k] float32, the ranking score: -distance, or with
+  PDDM re-ranking (`rerank` = R > 0) the PDDM score of the pair, after the Euclidean top-R
+  shortlist was re-ordered by it (`pddm_tf.evaluation.rerank_shortlist`). k and R are fixed at
+  export time (so REST and gRPC requests carry only the images); ties go to the lower gallery
+  row (Euclidean) or keep the shortlist order (PDDM), as in `pddm_tf.evaluation`.
+
+`save_keras_model` / `load_keras_model` write and read the `.keras` file that `pddm-tf train
+--save_model` produces and `pddm-tf export` consumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from pddm_tf import data, evaluation
 from pddm_tf.data import decode_images
 from pddm_tf.models import EmbeddingModel
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Gallery:
+    """The items `search` retrieves: g embeddings and their string ids.
+
+    Attributes:
+      embeddings: [g, d] float32, the model's embeddings of the gallery images.
+      ids: [g] str, user-supplied ids (e.g. file paths or product names) that `search` returns.
+    """
+
+    embeddings: np.ndarray
+    ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        ids = np.asarray(self.ids, dtype=str)
+        if embeddings.ndim != 2 or ids.ndim != 1 or len(ids) != len(embeddings) or len(ids) == 0:
+            raise ValueError(f"a gallery needs [g, d] embeddings and [g] ids with g >= 1, got shapes "
+                             f"{embeddings.shape} and {ids.shape}")
+        object.__setattr__(self, "embeddings", embeddings)
+        object.__setattr__(self, "ids", ids)
 
 
 def next_version(export_dir: str | os.PathLike) -> int:
@@ -30,13 +69,134 @@ def next_version(export_dir: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
+def image_geometry(model: keras.Model) -> tuple[int, int]:
+    """(image size s, channels c) of a built `EmbeddingModel`, read from its backbone's input."""
+    shape = model.backbone.input_shape
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] is None:
+        raise ValueError(f"cannot infer a square image size from the backbone input shape {shape}; "
+                         "pass image_size and channels")
+    return int(shape[1]), int(shape[3])
+
+
+def save_keras_model(model: keras.Model, path: str | os.PathLike) -> str:
+    """Saves `model` as a `.keras` file, atomically: `path` is either the old file or the whole new one.
+
+    The file is written under a temporary `.keras` name in the same folder (Keras requires the
+    extension) and renamed over `path`, so a reader never sees a half-written archive.
+    """
+    target = pathlib.Path(path)
+    if target.suffix != ".keras":
+        raise ValueError(f"a Keras model file must end in .keras, got {str(target)!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".keras", dir=target.parent)
+    os.close(fd)
+    try:
+        model.save(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return str(target)
+
+
+def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
+    """Loads a `.keras` file written by `save_keras_model` (or `model.save`), without its optimizer state."""
+    import pddm_tf  # noqa: F401  (registers the library's layers and models for deserialisation)
+
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], image_size: int, channels: int,
+                  batch_size: int = 256) -> Gallery:
+    """Embeds image files with the training pipeline's decoding: a `Gallery` of [g, d] embeddings and `ids`."""
+    paths = np.asarray(paths, dtype=str)
+    files = data.ImageFiles(paths, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
+    embeddings, _ = evaluation.embed_dataset(model, data.evaluation_dataset(files, image_size, channels, batch_size))
+    return Gallery(embeddings, np.asarray(ids, dtype=str))
+
+
+def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, *, test_fraction: float = 0.5,
+                 seed: int = 0, batch_size: int = 256, **dataset_kwargs) -> Gallery:
+    """The gallery named by `spec`, embedded by `model`.
+
+    Args:
+      spec: "folder:PATH": every image file below PATH (any depth, sorted), id = its path relative
+        to PATH; or a dataset name of `pddm_tf.data.load_dataset`: its held-out images (all of
+        them when it has no held-out side), id = "<class name>/<file name>".
+      test_fraction, seed, dataset_kwargs: for `load_dataset`.
+    """
+    if spec.startswith("folder:"):
+        root = pathlib.Path(spec[len("folder:"):])
+        if not root.is_dir():
+            raise ValueError(f"gallery folder {str(root)!r} does not exist or is not a directory")
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in data._IMAGE_EXTENSIONS)
+        if not paths:
+            raise ValueError(f"no images in gallery folder {str(root)!r}")
+        return embed_gallery(model, [str(p) for p in paths], [p.relative_to(root).as_posix() for p in paths],
+                             image_size, channels, batch_size)
+    split = data.load_dataset(spec, test_fraction=test_fraction, seed=seed, **dataset_kwargs)
+    files = split.test if split.test is not None else split.train
+    ids = [f"{files.class_names[label]}/{os.path.basename(path)}" for path, label in zip(files.paths, files.labels)]
+    embeddings, _ = evaluation.embed_dataset(model, data.evaluation_dataset(files, image_size, channels, batch_size))
+    return Gallery(embeddings, ids)
+
+
+class _GalleryIndex(tf.Module):
+    """The gallery as SavedModel variables, so `search` needs no side file (and no 2 GB graph constant)."""
+
+    def __init__(self, gallery: Gallery) -> None:
+        super().__init__(name="gallery")
+        self.embeddings = tf.Variable(gallery.embeddings, trainable=False, name="gallery_embeddings")
+        self.ids = tf.Variable(np.char.encode(gallery.ids, "utf-8"), trainable=False, name="gallery_ids")
+        self.sq_norms = tf.Variable(np.sum(np.square(gallery.embeddings), axis=1), trainable=False,
+                                    name="gallery_sq_norms")
+
+
+def _search_fn(embed, pddm: keras.layers.Layer | None, index: _GalleryIndex, k: int, rerank: int):
+    """queries [n, d] -> the `search` outputs (see the module docstring)."""
+
+    def search(queries: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Same ranking score as pddm_tf.evaluation.nearest_neighbors: 2 q.g - ||g||^2 orders the
+        # gallery by distance, and top_k breaks ties towards the lower gallery row.
+        ranking = 2.0 * tf.matmul(queries, index.embeddings, transpose_b=True) - index.sq_norms  # [n, g]
+        top, indices = tf.math.top_k(ranking, k=max(k, rerank), sorted=True)  # [n, k or R]
+        distances = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True) - top, 0.0)
+        if rerank > 0:
+            dim = tf.shape(queries)[1]
+            a = tf.reshape(tf.repeat(queries[:, None, :], rerank, axis=1), [-1, dim])  # [n*R, d]
+            b = tf.reshape(tf.gather(index.embeddings, indices), [-1, dim])  # [n*R, d]
+            pair_scores = tf.reshape(pddm((a, b)), [-1, rerank])  # [n, R]
+            # Stable sort: equal scores keep their Euclidean order, as rerank_shortlist does.
+            order = tf.argsort(-pair_scores, axis=1, stable=True)[:, :k]
+            indices = tf.gather(indices, order, batch_dims=1)
+            distances = tf.gather(distances, order, batch_dims=1)
+            scores = tf.gather(pair_scores, order, batch_dims=1)
+        else:
+            scores = -distances
+        return {"ids": tf.gather(index.ids, indices), "indices": tf.cast(indices, tf.int64),
+                "distances": distances, "scores": scores}
+
+    return lambda images: search(embed(images))
+
+
 def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, image_size: int, channels: int,
-                       version: int | None = None) -> str:
+                       version: int | None = None, gallery: Gallery | None = None, search_k: int = 10,
+                       rerank: int = 0) -> str:
     """Writes `model` as version `version` (default: the next one) of a TF Serving model directory.
 
     The SavedModel is written into a temporary folder next to its destination and renamed into
     place, so a serving process polling `export_dir` never sees a half-written version, and an
     existing version is never overwritten.
+
+    Args:
+      model: a built embedding model.
+      export_dir: the TF Serving base folder; the version folder is created inside it.
+      image_size, channels: the decoding of `serving_default` and `search`, and `embed_pixels`' input.
+      version: the version number (default: `next_version(export_dir)`).
+      gallery: when given, adds the `search` signature over it.
+      search_k: k, the neighbours `search` returns (clamped to the gallery size).
+      rerank: R, re-rank the Euclidean top-R shortlist by the PDDM score (0 = off; needs a PDDM
+        unit; clamped to the gallery size, and at least k).
 
     Returns:
       The path of the new version folder.
@@ -49,16 +209,18 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
         raise FileExistsError(f"export version {target} already exists; versions are never overwritten")
 
     pixel_spec = tf.TensorSpec([None, image_size, image_size, channels], tf.float32, name="pixels")
+    images_spec = tf.TensorSpec([None], tf.string, name="images")
 
     def embed(pixels: tf.Tensor) -> tf.Tensor:
         return model(pixels, training=False)
 
+    def embed_images(images: tf.Tensor) -> tf.Tensor:
+        return embed(decode_images(images, image_size, channels))
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda images: {"embeddings": embed(decode_images(images, image_size, channels))},
-        input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint("serving_default", lambda images: {"embeddings": embed_images(images)},
+                         input_signature=[images_spec])
     archive.add_endpoint("embed_pixels", lambda pixels: {"embeddings": embed(pixels)},
                          input_signature=[pixel_spec])
     pddm = getattr(model, "pddm", None)
@@ -68,6 +230,18 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
             lambda embeddings_a, embeddings_b: {"scores": pddm((embeddings_a, embeddings_b))},
             input_signature=[tf.TensorSpec([None, model.embedding_dim], tf.float32, name=name)
                              for name in ("embeddings_a", "embeddings_b")])
+    if gallery is not None:
+        size = len(gallery.ids)
+        if search_k < 1 or rerank < 0:
+            raise ValueError(f"search needs search_k >= 1 and rerank >= 0, got {search_k} and {rerank}")
+        if rerank > 0 and pddm is None:
+            raise ValueError("rerank > 0 needs a model with a PDDM unit")
+        k = min(search_k, size)
+        shortlist = max(min(rerank, size), k) if rerank > 0 else 0
+        index = _GalleryIndex(gallery)
+        archive.track(index)
+        archive.add_endpoint("search", _search_fn(embed_images, pddm, index, k, shortlist),
+                             input_signature=[images_spec])
 
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=root))
     try:

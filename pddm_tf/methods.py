@@ -22,18 +22,18 @@ from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:
     def build(backbone: keras.Model, embedding_dim: int, alpha: float = 1.0, beta: float = 0.5,
               embedding_weight: float = 0.5, mining: str = "per_pair", mining_score: str | None = None,
-              **_: Any) -> EmbeddingModel:
+              dropout: float = 0.0, **_: Any) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                             heads=heads, mining=mining)
         return PDDMModel(backbone, embedding_dim=embedding_dim, pddm=PDDM(name="pddm"), loss=loss,
-                         mining_score=mining_score or default_mining_score)
+                         mining_score=mining_score or default_mining_score, dropout=dropout)
 
     return build
 
 
 def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, **_: Any) -> EmbeddingModel:
-        return MetricLossModel(backbone, make_loss(), embedding_dim=embedding_dim)
+    def build(backbone: keras.Model, embedding_dim: int, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
+        return MetricLossModel(backbone, make_loss(), embedding_dim=embedding_dim, dropout=dropout)
 
     return build
 
@@ -41,7 +41,7 @@ def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., Embed
 def _hdml(base: str) -> Callable[..., EmbeddingModel]:
     def build(backbone: keras.Model, embedding_dim: int, num_classes: int | None = None, alpha: float = 1.0,
               beta: float = 0.5, embedding_weight: float = 0.5, hdml_alpha: float = 90.0, hdml_beta: float = 1e4,
-              **_: Any) -> EmbeddingModel:
+              dropout: float = 0.0, **_: Any) -> EmbeddingModel:
         if num_classes is None:
             raise ValueError(f"method hdml_{base} needs num_classes (the number of training classes)")
         # alpha/beta stay the PDDM margins, as for the other methods; HDML's own are hdml_alpha/hdml_beta.
@@ -49,7 +49,7 @@ def _hdml(base: str) -> Callable[..., EmbeddingModel]:
         if base == "pddm":
             pddm_loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight)
         return HDMLModel(backbone, embedding_dim, num_classes=num_classes, base=base, alpha=hdml_alpha,
-                         beta=hdml_beta, pddm_loss=pddm_loss)
+                         beta=hdml_beta, pddm_loss=pddm_loss, dropout=dropout)
 
     return build
 
@@ -57,7 +57,7 @@ def _hdml(base: str) -> Callable[..., EmbeddingModel]:
 def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
     def build(backbone: keras.Model, embedding_dim: int, num_learners: int = 4, alpha: float = 1.0,
               beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
-              mining_score: str | None = None, **_: Any) -> EmbeddingModel:
+              mining_score: str | None = None, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
         if base == "margin":
             # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4).
             loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False)
@@ -65,7 +65,7 @@ def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
             loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                                 mining=mining)
         return DivideAndConquerModel(backbone, embedding_dim=embedding_dim, num_learners=num_learners, loss=loss,
-                                     mining_score=mining_score or "pddm")
+                                     mining_score=mining_score or "pddm", dropout=dropout)
 
     return build
 
@@ -102,7 +102,7 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         beta as the authors) or the PDDM quadruplet loss ("dc_pddm").
       backbone: images -> features.
       embedding_dim: d.
-      options: PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
+      options: dropout (before the embedding projection, every method); PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
         baselines. HDML methods require num_classes (training classes) and take hdml_alpha and
         hdml_beta (its hardness and weighting temperatures); hdml_pddm uses alpha, beta and
         embedding_weight for its double-header loss. Other methods ignore num_classes. The
@@ -116,7 +116,8 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
 
 def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_classes: int, batch_per_class: int,
                       image_size: int, channels: int, seed: int = 0, recluster_every: int = 2,
-                      conquer_epochs: int = 1, cluster_on: str = "features"
+                      conquer_epochs: int = 1, cluster_on: str = "features", small_classes: str = "error",
+                      augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
                       ) -> tuple[tf.data.Dataset, list[keras.callbacks.Callback]]:
     """The training batches and callbacks that `model.fit` needs for `model`'s method.
 
@@ -124,14 +125,19 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
     `DivideAndConquerModel` trains on per-cluster batches (`cluster_balanced_dataset`) under the
     `DivideAndConquer` schedule: cluster at the start, re-cluster every `recluster_every` epochs,
     and the last `conquer_epochs` epochs on all data; the other arguments are then used.
+    `augment` (e.g. `pipeline.train_transform(...)`) transforms every training image; `small_classes`
+    says what plain P x K batches do with classes of fewer than K images (see
+    `data.class_balanced_dataset`; clusters always cycle such classes' images).
 
     Returns:
       (dataset, callbacks) to pass to `fit`.
     """
     if not isinstance(model, DivideAndConquerModel):
-        return data.class_balanced_dataset(files, batch_classes, batch_per_class, image_size, channels, seed=seed), []
+        return data.class_balanced_dataset(files, batch_classes, batch_per_class, image_size, channels, seed=seed,
+                                           small_classes=small_classes, augment=augment), []
     assignment = ClusterAssignment(len(files), model.num_learners)
-    dataset = cluster_balanced_dataset(files, assignment, batch_classes, batch_per_class, image_size, channels, seed)
+    dataset = cluster_balanced_dataset(files, assignment, batch_classes, batch_per_class, image_size, channels, seed,
+                                       augment=augment)
     schedule = DivideAndConquer(assignment, files, image_size, channels, batch_classes=batch_classes,
                                 recluster_every=recluster_every,
                                 conquer_epochs=conquer_epochs, cluster_on=cluster_on, seed=seed)

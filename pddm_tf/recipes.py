@@ -1,0 +1,112 @@
+"""Named training configurations: one per paper setting, for `pddm-tf train --recipe=NAME`.
+
+A recipe is a set of `pddm-tf train` flag values. Flags given on the command line win over the
+recipe, so `--recipe=pddm_cub --weights=none --epochs=1` is the recipe without pretrained weights,
+trained for one epoch. Values come from METHODS.md where it states them (section numbers in
+`source`); the rest are this library's documented choices, listed in `choices`.
+
+The papers' figures (`reported`) are what the authors report with their own backbones and
+training; they were not reproduced here (the data cannot be downloaded on our machines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A paper setting.
+
+    Attributes:
+      name: the recipe's name.
+      paper: the paper and setting it follows.
+      flags: `pddm-tf train` flag name -> value.
+      reported: the paper's reported figures (e.g. {"recall@1": 58.3}), in percent.
+      source: where the values come from.
+      choices: the values that neither METHODS.md nor the abstracts give, chosen here.
+    """
+
+    name: str
+    paper: str
+    flags: dict[str, Any]
+    reported: dict[str, float]
+    source: str
+    choices: str
+
+
+# Shared by every recipe: ImageNet-pretrained backbones, the papers' augmentation, one pass of the
+# training images per epoch (steps_per_epoch=0), evaluation every 5 epochs.
+_COMMON: dict[str, Any] = {"weights": "imagenet", "augment": True, "image_size": 224, "steps_per_epoch": 0,
+                           "eval_every": 5, "small_classes": "cycle"}
+
+_PDDM = {**_COMMON, "method": "pddm_quadruplet", "backbone": "InceptionV3", "embedding_dim": 64,
+         "batch_classes": 16, "batch_per_class": 4, "learning_rate": 1e-5, "epochs": 60, "alpha": 1.0,
+         "beta": 0.5, "embedding_weight": 0.5, "freeze_batchnorm": True, "image_size": 227}
+_PDDM_CHOICES = ("InceptionV3 stands in for GoogLeNet (not in keras.applications); d = 64, 16 x 4 batches, "
+                 "Adam 1e-5, 60 epochs and the margins (this library's measured defaults) are not confirmed.")
+
+_HDML = {**_COMMON, "method": "hdml_npair", "backbone": "InceptionV3", "embedding_dim": 512,
+         "batch_classes": 60, "batch_per_class": 2, "learning_rate": 7e-5, "epochs": 60, "hdml_alpha": 90.0,
+         "hdml_beta": 1e4, "freeze_batchnorm": True, "image_size": 227}
+_HDML_CHOICES = ("InceptionV3 stands in for GoogLeNet; d = 512, N-pair batches of 60 classes x 2 and 60 epochs "
+                 "are not confirmed.")
+
+_DC = {**_COMMON, "method": "dc_margin", "backbone": "ResNet50", "embedding_dim": 128, "batch_classes": 20,
+       "batch_per_class": 4, "learning_rate": 1e-5, "epochs": 120, "num_learners": 4, "recluster_every": 2,
+       "conquer_epochs": 20, "freeze_batchnorm": True, "dropout": 0.01, "cluster_on": "features"}
+_DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of which 20 conquer, and dropout 0.01 "
+               "are not given in METHODS.md.")
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("pddm_cub", "PDDM + quadruplet, CUB-200-2011 (Huang et al., NIPS 2016)",
+               {**_PDDM, "dataset": "cub200"}, {"recall@1": 58.3, "recall@2": 69.2, "recall@4": 79.0,
+                                                "recall@8": 88.4},
+               "METHODS.md sections 1, 2 (R@1 confirmed, R@2-8 recalled), 5", _PDDM_CHOICES),
+        Recipe("pddm_cars", "PDDM + quadruplet, Cars196 (Huang et al., NIPS 2016)",
+               {**_PDDM, "dataset": "cars196"}, {"recall@1": 57.4, "recall@2": 68.6, "recall@4": 80.1,
+                                                 "recall@8": 89.4},
+               "METHODS.md sections 1, 2 (figures recalled, not confirmed), 5", _PDDM_CHOICES),
+        Recipe("hdml_cub", "HDML + N-pair, CUB-200-2011 (Zheng et al., CVPR 2019)",
+               {**_HDML, "dataset": "cub200", "hdml_beta": 5e3}, {"recall@1": 53.7},
+               "METHODS.md section 3 (beta = 5e3 suggested for CUB), 5", _HDML_CHOICES),
+        Recipe("hdml_cars", "HDML + N-pair, Cars196 (Zheng et al., CVPR 2019)",
+               {**_HDML, "dataset": "cars196"}, {"recall@1": 79.1, "nmi": 69.7},
+               "METHODS.md sections 3, 5", _HDML_CHOICES),
+        Recipe("hdml_sop", "HDML + N-pair, Stanford Online Products (Zheng et al., CVPR 2019)",
+               {**_HDML, "dataset": "sop"}, {"recall@1": 68.7},
+               "METHODS.md sections 3, 5", _HDML_CHOICES),
+        Recipe("dc_cub", "Divide-and-Conquer, margin loss, CUB-200-2011 (Sanakoyeu et al., CVPR 2019)",
+               {**_DC, "dataset": "cub200", "embedding_dim": 256}, {"recall@1": 65.9, "nmi": 69.6},
+               "METHODS.md section 4 (d = 256 suggested for CUB, 20 x 4 batches, re-cluster every 2 epochs), 5",
+               _DC_CHOICES),
+        Recipe("dc_cars", "Divide-and-Conquer, margin loss, Cars196 (Sanakoyeu et al., CVPR 2019)",
+               {**_DC, "dataset": "cars196"}, {"recall@1": 84.6},
+               "METHODS.md sections 4, 5", _DC_CHOICES),
+        Recipe("dc_sop", "Divide-and-Conquer, margin loss, Stanford Online Products (Sanakoyeu et al., CVPR 2019)",
+               {**_DC, "dataset": "sop", "num_learners": 8, "batch_per_class": 2}, {"recall@1": 75.9},
+               "METHODS.md sections 4, 5 (SOP classes have 2-12 images: 2 per class per batch)", _DC_CHOICES),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`; a ValueError listing the known ones otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+def recipes_table() -> str:
+    """A markdown table of every recipe and the figures its paper reports (not measured here)."""
+    rows = ["| recipe | paper setting | dataset | method | backbone | d | batch | reported by the paper |",
+            "|---|---|---|---|---|---|---|---|"]
+    for recipe in RECIPES.values():
+        f = recipe.flags
+        reported = ", ".join(f"{k} {v:.1f}" for k, v in recipe.reported.items())
+        rows.append(f"| `{recipe.name}` | {recipe.paper} | {f['dataset']} | {f['method']} | {f['backbone']} | "
+                    f"{f['embedding_dim']} | {f['batch_classes']} x {f['batch_per_class']} | {reported} |")
+    return "\n".join(rows) + "\n"
