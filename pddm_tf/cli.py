@@ -14,11 +14,13 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags, logging
 
-from pddm_tf.methods import METHODS, build_model as build_method_model
+from pddm_tf.methods import METHODS
+from pddm_tf.methods import build_model as build_method_model
 
 FLAGS = flags.FLAGS
 

@@ -18,7 +18,8 @@ Being a `tf.Module`, the assignment is saved by `tf.train.Checkpoint` like any o
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np

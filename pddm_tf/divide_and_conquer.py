@@ -149,7 +149,7 @@ class DivideAndConquerModel(EmbeddingModel):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "DivideAndConquerModel":
+    def from_config(cls, config: dict[str, Any]) -> DivideAndConquerModel:
         config = dict(config)
         config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return super().from_config(config)

@@ -92,11 +92,19 @@ def save_keras_model(model: keras.Model, path: str | os.PathLike) -> str:
     os.close(fd)
     try:
         model.save(tmp, overwrite=True)
+        _make_readable(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return str(target)
+
+
+def _make_readable(path: str) -> None:
+    """Gives a `mkstemp` file (created 0600) the permissions of a normally created file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:

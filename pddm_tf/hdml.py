@@ -383,7 +383,7 @@ class HDMLModel(EmbeddingModel):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "HDMLModel":
+    def from_config(cls, config: dict[str, Any]) -> HDMLModel:
         config = dict(config)
         for key in ("pddm", "pddm_loss"):
             if config.get(key) is not None:

@@ -6,7 +6,8 @@ way around the same backbone and embedding size.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf

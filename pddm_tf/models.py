@@ -163,7 +163,7 @@ class EmbeddingModel(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "EmbeddingModel":
+    def from_config(cls, config: dict[str, Any]) -> EmbeddingModel:
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
@@ -256,7 +256,7 @@ class PDDMModel(EmbeddingModel):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PDDMModel":
+    def from_config(cls, config: dict[str, Any]) -> PDDMModel:
         config = dict(config)
         config["pddm"] = keras.saving.deserialize_keras_object(config["pddm"])
         config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
@@ -293,7 +293,7 @@ class MetricLossModel(EmbeddingModel):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "MetricLossModel":
+    def from_config(cls, config: dict[str, Any]) -> MetricLossModel:
         config = dict(config)
         config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return super().from_config(config)

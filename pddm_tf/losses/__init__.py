@@ -15,6 +15,7 @@ from pddm_tf.losses.pddm import DoubleHeaderHingeLoss, LossTerms, double_header_
 from pddm_tf.losses.triplet import TRIPLET_MINING, TripletLoss
 
 __all__ = [
+    "TRIPLET_MINING",
     "ContrastiveLoss",
     "DoubleHeaderHingeLoss",
     "EmbeddingLoss",
@@ -23,7 +24,6 @@ __all__ = [
     "MarginLoss",
     "MultiSimilarityLoss",
     "NPairLoss",
-    "TRIPLET_MINING",
     "TripletLoss",
     "check_embeddings",
     "double_header_hinge",
