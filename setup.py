@@ -36,7 +36,9 @@ setup(
         "importlib_resources>=5",
     ],
     extras_require={
-        "test": ["pytest>=7", "pillow>=10", "matplotlib>=3.7"],
+        # tensorflow-serving-api: the gRPC PredictRequest of examples/serve_client.py (tests/test_serving.py).
+        "test": ["pytest>=7", "pillow>=10", "matplotlib>=3.7", "tensorflow-serving-api"],
+        "serving": ["tensorflow-serving-api", "requests"],
         "bench": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["pddm-tf=pddm_tf.cli:run"]},

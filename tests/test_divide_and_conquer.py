@@ -268,5 +268,6 @@ def test_short_divide_and_conquer_training_improves_held_out_recall():
                                            conquer_epochs=1)
     model.fit(dataset, epochs=3, steps_per_epoch=40, callbacks=callbacks, verbose=0)
     after = held_out_recall_1(model)
-    # Measured: 0.22 -> 0.36 on this split; a gain of 0.08 leaves room for platform noise.
+    # Measured: 0.217 -> 0.331 on this split (120 steps, 2 learners); a gain of 0.08 leaves room for platform noise.
+    print(f"held-out R@1 {before:.3f} -> {after:.3f}")
     assert after >= before + 0.08, (before, after)

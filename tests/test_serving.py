@@ -245,3 +245,30 @@ def test_client_requests_decode_to_the_same_inputs(served, tmp_path):
     for inputs in (client.rest_inputs(body), client.grpc_inputs(request)):
         outputs = client.run_in_process(str(served["root"]), "search", inputs)  # base folder: latest = v2
         np.testing.assert_array_equal(outputs["ids"], served["out"]["2/search/ids"][:5])
+
+
+def test_cli_train_saves_keras_and_export_adds_a_searchable_version(served, tmp_path):
+    gallery = tmp_path / "catalog"
+    paths = served["query_paths"][:6]
+    for i, path in enumerate(paths):
+        (gallery / f"shelf{i % 2}").mkdir(parents=True, exist_ok=True)
+        (gallery / f"shelf{i % 2}" / f"item{i}.png").write_bytes(pathlib.Path(path).read_bytes())
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    keras_file = tmp_path / "trained.keras"
+    subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", "--epochs=0", "--test_fraction=0",
+                    f"--image_size={SIZE}", "--backbone_width=8", "--embedding_dim=8", f"--save_model={keras_file}"],
+                   check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    assert os.listdir(tmp_path / "catalog") and sorted(os.listdir(tmp_path)) == ["catalog", "trained.keras"]
+    root = tmp_path / "serving"
+    for expected_version in ("1", "2"):
+        shown = subprocess.run([sys.executable, "-m", "pddm_tf.cli", "export", f"--keras_model={keras_file}",
+                                f"--export_dir={root}", f"--gallery=folder:{gallery}", "--search_k=3"],
+                               check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
+        assert str(root / expected_version) in shown.stdout
+    search = tf.saved_model.load(str(root / "2")).signatures["search"]
+    names = sorted(p.relative_to(gallery).as_posix() for p in gallery.rglob("*.png"))
+    found = search(images=tf.constant([(gallery / name).read_bytes() for name in names]))
+    # Each gallery image finds itself first, at distance 0, under its path relative to the folder.
+    assert [row[0].decode() for row in found["ids"].numpy()] == names
+    np.testing.assert_allclose(found["distances"].numpy()[:, 0], 0.0, atol=1e-5)
+    assert found["ids"].shape == (6, 3)
