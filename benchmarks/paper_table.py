@@ -143,18 +143,6 @@ def _similarity_distributions(model: PDDMModel, embeddings: np.ndarray, labels: 
     return out
 
 
-def overlap(positive: np.ndarray, negative: np.ndarray, bins: int = 100) -> float:
-    """Overlap coefficient of two empirical distributions: sum over bins of min(p_pos, p_neg), in [0, 1].
-
-    0 = perfectly separated, 1 = identical. Bins span the pooled range, so the figure is invariant
-    to any monotone-affine rescaling of the similarity (PDDM scores and distances are comparable).
-    """
-    edges = np.linspace(min(positive.min(), negative.min()), max(positive.max(), negative.max()), bins + 1)
-    p = np.histogram(positive, edges)[0] / len(positive)
-    n = np.histogram(negative, edges)[0] / len(negative)
-    return float(np.minimum(p, n).sum())
-
-
 def _summarise(results: dict[str, list[dict]]) -> str:
     clustering = any("recluster_s" in runs[0] for runs in results.values())
     timings = ("wall_s", "recluster_s") if clustering else ("wall_s",)
@@ -209,7 +197,7 @@ def _plots(results: dict[str, list[dict]], similarity: dict | None, out: pathlib
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, kind, title in zip(axes, ("pddm", "euclidean"), ("PDDM score", "-squared Euclidean distance")):
         pos, neg = similarity["positive"][kind], similarity["negative"][kind]
-        overlaps[kind] = overlap(pos, neg)
+        overlaps[kind] = evaluation.distribution_overlap(pos, neg)
         ax.hist(neg, bins=100, density=True, alpha=0.6, label="negative pairs")
         ax.hist(pos, bins=100, density=True, alpha=0.6, label="positive pairs")
         ax.set(title=f"{title} (overlap {overlaps[kind]:.3f})", xlabel="similarity")

@@ -325,6 +325,18 @@ def _validate_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
+def distribution_overlap(positive: np.ndarray, negative: np.ndarray, bins: int = 100) -> float:
+    """Overlap coefficient of two empirical distributions: sum over bins of min(p_pos, p_neg), in [0, 1].
+
+    0 = perfectly separated, 1 = identical. Bins span the pooled range, so the figure is invariant
+    to any monotone-affine rescaling of the similarity (PDDM scores and distances are comparable).
+    """
+    edges = np.linspace(min(positive.min(), negative.min()), max(positive.max(), negative.max()), bins + 1)
+    p = np.histogram(positive, edges)[0] / len(positive)
+    n = np.histogram(negative, edges)[0] / len(negative)
+    return float(np.minimum(p, n).sum())
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Render {"metric": value} as an aligned two-column text table, values to 4 decimals."""
     width = max(len("metric"), *map(len, metrics))

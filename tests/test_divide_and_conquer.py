@@ -240,7 +240,7 @@ def test_schedule_clusters_reclusters_and_conquers():
     files = _files(num_classes=16)
     model = build_model("dc_margin", small_convnet(SIZE, 1, width=8), 8, num_learners=2)
     model.compile(optimizer="adam")
-    dataset, callbacks = training_pipeline(model, files, 4, 2, SIZE, 1, seed=0, recluster_every=1, conquer_epochs=2)
+    dataset, callbacks = training_pipeline(model, files, 2, 2, SIZE, 1, seed=0, recluster_every=1, conquer_epochs=2)
     schedule = callbacks[0]
     assert isinstance(schedule, DivideAndConquer)
     phases = []
