@@ -2,6 +2,8 @@
 
   pddm-tf train [flags]      train on a dataset, print held-out retrieval metrics, export
   pddm-tf evaluate [flags]   evaluate an exported SavedModel on a dataset's held-out classes
+  pddm-tf export [flags]     a `.keras` model (train --save_model) -> the next TF Serving version, with an
+                             optional `search` gallery (BUILD.md, "Serving with TF Serving")
 
 `pddm-tf train --epochs=0` evaluates and exports the untrained model: the baseline to compare with.
 """
@@ -24,7 +26,7 @@ from pddm_tf.methods import build_model as build_method_model
 
 FLAGS = flags.FLAGS
 
-_COMMANDS = ("train", "evaluate")
+_COMMANDS = ("train", "evaluate", "export")
 
 flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.recipes (e.g. pddm_cub, hdml_sop, dc_cars): sets "
                     "the flags below; flags given on the command line win.")
@@ -89,6 +91,16 @@ flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under th
 
 # evaluate
 flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, or a base folder (latest version).")
+
+# train --save_model, export
+flags.DEFINE_string("save_model", None, "train: also save the trained Keras model to this .keras file (atomically), "
+                    "the input of `pddm-tf export`.")
+flags.DEFINE_string("keras_model", None, "export: the .keras model file to export (from train --save_model).")
+flags.DEFINE_string("gallery", None, "export: add a `search` signature over this gallery: 'folder:PATH' (every image "
+                    "below PATH, id = its relative path) or a dataset name (its held-out images, id = class/file).")
+flags.DEFINE_integer("search_k", 10, "export: neighbours returned by `search` (fixed in the SavedModel).")
+flags.DEFINE_integer("search_rerank", 0, "export: `search` re-ranks the Euclidean top-R by the PDDM score "
+                     "(R, fixed in the SavedModel; 0 = off).")
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
@@ -199,9 +211,46 @@ def train() -> dict[str, float]:
                                                 pair_scores=lambda a, b: model.pddm((a, b)).numpy())
         _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
     if FLAGS.export_dir:
-        path = export_saved_model(model, FLAGS.export_dir, FLAGS.image_size, channels)
+        path = export_saved_model(model, FLAGS.export_dir, FLAGS.image_size, channels,
+                                  transform=pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None)
         print(f"SavedModel exported to {path}")
+    if FLAGS.save_model:
+        from pddm_tf.export import save_keras_model
+
+        print(f"Keras model saved to {save_keras_model(model, FLAGS.save_model)}")
     return metrics
+
+
+def export() -> dict[str, float]:
+    """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
+    from pddm_tf import pipeline
+    from pddm_tf.datasets import TFDS_LOADERS
+    from pddm_tf.export import export_saved_model, image_geometry, load_gallery, load_keras_model
+
+    if not FLAGS.keras_model or not FLAGS.export_dir:
+        raise app.UsageError("export needs --keras_model (a .keras file, e.g. from train --save_model) and "
+                             "--export_dir (the TF Serving base folder)")
+    model = load_keras_model(FLAGS.keras_model)
+    size, channels = image_geometry(model)
+    # A model trained with --augment was evaluated on resized, centre-cropped images: serve the same.
+    transform = pipeline.eval_transform(size) if FLAGS.augment else None
+    gallery = None
+    if FLAGS.gallery:
+        kwargs: dict[str, Any] = {}
+        if FLAGS.gallery == "omniglot":
+            kwargs.update(split_by=FLAGS.split_by)
+        elif not FLAGS.gallery.startswith("folder:"):
+            kwargs.update(channels=channels)
+        if FLAGS.gallery in TFDS_LOADERS:
+            kwargs.update(data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, download=FLAGS.download,
+                          manual_dir=FLAGS.manual_dir)
+        gallery = load_gallery(model, FLAGS.gallery, size, channels, test_fraction=FLAGS.test_fraction,
+                               seed=FLAGS.seed, batch_size=FLAGS.eval_batch_size, transform=transform, **kwargs)
+        print(f"gallery {FLAGS.gallery}: {len(gallery.ids)} images embedded")
+    path = export_saved_model(model, FLAGS.export_dir, size, channels, gallery=gallery, search_k=FLAGS.search_k,
+                              rerank=FLAGS.search_rerank, transform=transform)
+    print(f"SavedModel exported to {path}")
+    return {}
 
 
 def _resolve_model_dir(path: str) -> pathlib.Path:
@@ -217,7 +266,7 @@ def _resolve_model_dir(path: str) -> pathlib.Path:
 def evaluate() -> dict[str, float]:
     import tensorflow as tf
 
-    from pddm_tf import data, evaluation
+    from pddm_tf import data, evaluation, pipeline
 
     if not FLAGS.model_dir:
         raise app.UsageError("evaluate needs --model_dir")
@@ -237,7 +286,8 @@ def evaluate() -> dict[str, float]:
     _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
     split, _ = _load_split()
     files = split.test if split.test is not None else split.train
-    pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size)
+    transform = pipeline.eval_transform(size) if FLAGS.augment else None
+    pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size, transform=transform)
     embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in pixels], axis=0).numpy()
     metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
                                             pair_scores=pair_scores)
@@ -246,7 +296,7 @@ def evaluate() -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate}
+    commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
     try:

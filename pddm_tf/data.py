@@ -255,32 +255,28 @@ def decode_image(
     Returns:
       [s, s, c] float32 in [0, 1].
     """
-    if channels == 1:
-        # TF's GIF and BMP decoders only emit RGB(A): decode those as RGB, then convert.
-        is_rgb_only = tf.logical_or(
-            tf.strings.substr(encoded, 0, 3) == "GIF", tf.strings.substr(encoded, 0, 2) == "BM"
-        )
-        image = tf.cond(
-            is_rgb_only,
-            lambda: tf.image.rgb_to_grayscale(_decode(encoded, channels=3)),
-            lambda: _decode(encoded, channels=1),
-        )
-    else:
-        image = _decode(encoded, channels)
-    image = tf.image.rot90(image, k=rotation)
-    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.convert_image_dtype(_decode_pixels(encoded, channels, rotation), tf.float32)
     image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
     # The resampling weights sum to 1 only up to float rounding: keep the promised range.
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def decode_images(encoded: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-    """Decodes a batch of image files: [n] tf.string -> [n, s, s, c] float32 in [0, 1]."""
-    return tf.map_fn(
-        lambda one: decode_image(one, image_size, channels),
-        encoded,
-        fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.float32),
-    )
+def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
+                  transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> tf.Tensor:
+    """Decodes a batch of image files: [n] tf.string -> [n, s, s, c] float32 in [0, 1].
+
+    Without `transform`, each image is `decode_image`d (plain resize); with one (a deterministic
+    evaluation transform such as `pipeline.eval_transform(s)`), it is applied to the full-size
+    decoded image, as `evaluation_dataset(..., transform=...)` does.
+    """
+    def one(image_bytes: tf.Tensor) -> tf.Tensor:
+        if transform is None:
+            return decode_image(image_bytes, image_size, channels)
+        image = transform(_decode_pixels(image_bytes, channels), tf.zeros([2], tf.int64))
+        return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
+
+    return tf.map_fn(one, encoded,
+                     fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.float32))
 
 
 def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0) -> tf.Tensor:

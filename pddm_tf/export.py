@@ -29,7 +29,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -115,16 +115,19 @@ def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
 
 
 def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], image_size: int, channels: int,
-                  batch_size: int = 256) -> Gallery:
-    """Embeds image files with the training pipeline's decoding: a `Gallery` of [g, d] embeddings and `ids`."""
+                  batch_size: int = 256, transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> Gallery:
+    """Embeds image files with the training pipeline's decoding (and evaluation `transform`, if any):
+    a `Gallery` of [g, d] embeddings and `ids`."""
     paths = np.asarray(paths, dtype=str)
     files = data.ImageFiles(paths, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
-    embeddings, _ = evaluation.embed_dataset(model, data.evaluation_dataset(files, image_size, channels, batch_size))
+    embeddings, _ = evaluation.embed_dataset(
+        model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
     return Gallery(embeddings, np.asarray(ids, dtype=str))
 
 
 def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, *, test_fraction: float = 0.5,
-                 seed: int = 0, batch_size: int = 256, **dataset_kwargs) -> Gallery:
+                 seed: int = 0, batch_size: int = 256,
+                 transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None, **dataset_kwargs) -> Gallery:
     """The gallery named by `spec`, embedded by `model`.
 
     Args:
@@ -132,6 +135,7 @@ def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, 
         to PATH; or a dataset name of `pddm_tf.data.load_dataset`: its held-out images (all of
         them when it has no held-out side), id = "<class name>/<file name>".
       test_fraction, seed, dataset_kwargs: for `load_dataset`.
+      transform: the evaluation transform (as in `export_saved_model`), None = plain resize.
     """
     if spec.startswith("folder:"):
         root = pathlib.Path(spec[len("folder:"):])
@@ -141,11 +145,12 @@ def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, 
         if not paths:
             raise ValueError(f"no images in gallery folder {str(root)!r}")
         return embed_gallery(model, [str(p) for p in paths], [p.relative_to(root).as_posix() for p in paths],
-                             image_size, channels, batch_size)
+                             image_size, channels, batch_size, transform)
     split = data.load_dataset(spec, test_fraction=test_fraction, seed=seed, **dataset_kwargs)
     files = split.test if split.test is not None else split.train
     ids = [f"{files.class_names[label]}/{os.path.basename(path)}" for path, label in zip(files.paths, files.labels)]
-    embeddings, _ = evaluation.embed_dataset(model, data.evaluation_dataset(files, image_size, channels, batch_size))
+    embeddings, _ = evaluation.embed_dataset(
+        model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
     return Gallery(embeddings, ids)
 
 
@@ -189,7 +194,7 @@ def _search_fn(embed, pddm: keras.layers.Layer | None, index: _GalleryIndex, k: 
 
 def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, image_size: int, channels: int,
                        version: int | None = None, gallery: Gallery | None = None, search_k: int = 10,
-                       rerank: int = 0) -> str:
+                       rerank: int = 0, transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> str:
     """Writes `model` as version `version` (default: the next one) of a TF Serving model directory.
 
     The SavedModel is written into a temporary folder next to its destination and renamed into
@@ -205,6 +210,9 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
       search_k: k, the neighbours `search` returns (clamped to the gallery size).
       rerank: R, re-rank the Euclidean top-R shortlist by the PDDM score (0 = off; needs a PDDM
         unit; clamped to the gallery size, and at least k).
+      transform: the evaluation transform the model was evaluated with (e.g.
+        `pipeline.eval_transform(image_size)` after `--augment` training), applied by
+        `serving_default` and `search` after decoding; None = plain resize (`decode_image`).
 
     Returns:
       The path of the new version folder.
@@ -223,7 +231,7 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
         return model(pixels, training=False)
 
     def embed_images(images: tf.Tensor) -> tf.Tensor:
-        return embed(decode_images(images, image_size, channels))
+        return embed(decode_images(images, image_size, channels, transform))
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -93,3 +93,26 @@ def test_failed_write_leaves_no_version(model, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_saved_model(model, tmp_path / "serving", SIZE, 1)
     assert os.listdir(tmp_path / "serving") == []
+
+
+def test_serving_default_applies_the_evaluation_transform(model, tmp_path):
+    """After --augment training, serving must crop like evaluation: a non-square photo shows the difference."""
+    import tensorflow as tf
+
+    from pddm_tf import pipeline
+
+    rng = np.random.default_rng(1)
+    photo = (rng.random((48, 80, 1)) * 255).astype(np.uint8)
+    photo[:, :20] = 255  # a bright band that the centre crop removes and the plain resize keeps
+    path = tmp_path / "photo.png"
+    path.write_bytes(tf.io.encode_png(photo).numpy())
+    files = data.ImageFiles([str(path)], [0], ("c",), [0])
+    transform = pipeline.eval_transform(SIZE)
+    cropped = next(iter(data.evaluation_dataset(files, SIZE, 1, transform=transform)))[0].numpy()
+    resized = next(iter(data.evaluation_dataset(files, SIZE, 1)))[0].numpy()
+    assert np.abs(cropped - resized).max() > 0.1  # the two decodings differ, so the check below can fail
+
+    loaded = tf.saved_model.load(export_saved_model(model, tmp_path / "export", SIZE, 1, transform=transform))
+    served = loaded.signatures["serving_default"](images=tf.constant([path.read_bytes()]))["embeddings"].numpy()
+    np.testing.assert_allclose(served, model.predict(cropped, verbose=0), atol=ATOL)
+    assert not np.allclose(served, model.predict(resized, verbose=0), atol=1e-3)

@@ -247,24 +247,34 @@ def test_client_requests_decode_to_the_same_inputs(served, tmp_path):
         np.testing.assert_array_equal(outputs["ids"], served["out"]["2/search/ids"][:5])
 
 
-def test_cli_train_saves_keras_and_export_adds_a_searchable_version(served, tmp_path):
+def _cli(*args: str) -> None:
+    """Runs `pddm-tf <args>` in this process (a subprocess would re-import TensorFlow: ~10 s each)."""
+    from absl import flags
+
+    from pddm_tf import cli
+
+    try:
+        flags.FLAGS(["pddm-tf", *args])
+        cli.main(["pddm-tf", args[0]])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_cli_train_saves_keras_and_export_adds_a_searchable_version(served, tmp_path, capsys):
     gallery = tmp_path / "catalog"
     paths = served["query_paths"][:6]
     for i, path in enumerate(paths):
         (gallery / f"shelf{i % 2}").mkdir(parents=True, exist_ok=True)
         (gallery / f"shelf{i % 2}" / f"item{i}.png").write_bytes(pathlib.Path(path).read_bytes())
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     keras_file = tmp_path / "trained.keras"
-    subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", "--epochs=0", "--test_fraction=0",
-                    f"--image_size={SIZE}", "--backbone_width=8", "--embedding_dim=8", f"--save_model={keras_file}"],
-                   check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
-    assert os.listdir(tmp_path / "catalog") and sorted(os.listdir(tmp_path)) == ["catalog", "trained.keras"]
+    _cli("train", "--epochs=0", "--test_fraction=0", f"--image_size={SIZE}", "--backbone_width=8",
+         "--embedding_dim=8", f"--save_model={keras_file}")
+    assert sorted(os.listdir(tmp_path)) == ["catalog", "trained.keras"]  # no temporary file left
     root = tmp_path / "serving"
     for expected_version in ("1", "2"):
-        shown = subprocess.run([sys.executable, "-m", "pddm_tf.cli", "export", f"--keras_model={keras_file}",
-                                f"--export_dir={root}", f"--gallery=folder:{gallery}", "--search_k=3"],
-                               check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
-        assert str(root / expected_version) in shown.stdout
+        _cli("export", f"--keras_model={keras_file}", f"--export_dir={root}", f"--gallery=folder:{gallery}",
+             "--search_k=3")
+        assert f"SavedModel exported to {root / expected_version}" in capsys.readouterr().out
     search = tf.saved_model.load(str(root / "2")).signatures["search"]
     names = sorted(p.relative_to(gallery).as_posix() for p in gallery.rglob("*.png"))
     found = search(images=tf.constant([(gallery / name).read_bytes() for name in names]))
@@ -272,3 +282,67 @@ def test_cli_train_saves_keras_and_export_adds_a_searchable_version(served, tmp_
     assert [row[0].decode() for row in found["ids"].numpy()] == names
     np.testing.assert_allclose(found["distances"].numpy()[:, 0], 0.0, atol=1e-5)
     assert found["ids"].shape == (6, 3)
+
+
+def test_client_talks_to_rest_and_grpc_servers(served, tmp_path):
+    """The client's --server path against stand-in servers that decode requests the way TF Serving does."""
+    import base64 as b64
+    import http.server
+    import threading
+    from concurrent import futures
+
+    import grpc
+    from absl import flags
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    search = tf.saved_model.load(served["v2"]).signatures["search"]
+
+    class Rest(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # the http.server API names it so
+            assert self.path == "/v1/models/pddm:predict"
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert body["signature_name"] == "search"
+            outputs = search(images=tf.constant([b64.b64decode(row["images"]["b64"]) for row in body["instances"]]))
+            rows = [{name: (value.numpy()[i].astype(str) if value.dtype == tf.string else value.numpy()[i]).tolist()
+                     for name, value in outputs.items()} for i in range(len(body["instances"]))]
+            payload = json.dumps({"predictions": rows}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    class Grpc(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # the gRPC API names it so
+            assert (request.model_spec.name, request.model_spec.signature_name) == ("pddm", "search")
+            response = predict_pb2.PredictResponse()
+            for name, value in search(images=tf.constant(tf.make_ndarray(request.inputs["images"]))).items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    rest = http.server.HTTPServer(("127.0.0.1", 0), Rest)
+    threading.Thread(target=rest.serve_forever, daemon=True).start()
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Grpc(), grpc_server)
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    grpc_server.start()
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for i, path in enumerate(served["query_paths"][:4]):
+        (folder / f"q{i}.png").write_bytes(pathlib.Path(path).read_bytes())
+    try:
+        client = _client()
+        flag_values = flags.FlagValues()
+        client.define_flags(flag_values)
+        flag_values(["serve_client", f"--images={folder}", f"--server=127.0.0.1:{rest.server_port}",
+                     f"--grpc_server=127.0.0.1:{grpc_port}", "--protocol=both", "--model_name=pddm"])
+        results = client.run(flag_values)
+    finally:
+        rest.shutdown()
+        grpc_server.stop(None)
+    expected = served["out"]["2/search/ids"][:4].astype(str)
+    np.testing.assert_array_equal(results["rest"]["ids"].astype(str), expected)
+    np.testing.assert_array_equal(results["grpc"]["ids"].astype(str), expected)
+    np.testing.assert_allclose(results["rest"]["scores"], results["grpc"]["scores"], atol=1e-6)
