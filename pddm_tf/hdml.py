@@ -295,6 +295,10 @@ class HDMLModel(EmbeddingModel):
         The losses are global-batch losses (see `gather_global_batch`); gradients are taken by the
         caller, each w.r.t. its own parameter group.
         """
+        if self.generator is None:
+            # Its generator's width is the backbone's feature size, known only once built; Keras' fit
+            # does not build a subclassed model before tracing the step.
+            raise ValueError("build the HDMLModel before fit/evaluate: model.build((None, height, width, channels))")
         features = self.backbone(images, training=training)
         embeddings = check_embeddings(self.head(features, training=training), labels)
         width = features.shape[-1]

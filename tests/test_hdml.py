@@ -282,3 +282,11 @@ def test_hdml_npair_learns_on_omniglot():
     chance = 1.0 / num_classes
     assert np.mean(history["synthetic_accuracy"][-20:]) > SYNTHETIC_ACCURACY_MIN > 4 * chance
     assert after > before + RECALL_GAIN, (before, after)
+
+
+def test_unbuilt_model_says_to_build_it():
+    model = HDMLModel(small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, generator_units=16)
+    model.compile(optimizer="adam")
+    images = np.zeros((4, SIZE, SIZE, 1), np.float32)
+    with pytest.raises(ValueError, match=r"build the HDMLModel before fit"):
+        model.fit(images, np.array([0, 0, 1, 1], np.int32), epochs=1, verbose=0)
