@@ -37,9 +37,11 @@ setup(
     ],
     extras_require={
         # tensorflow-serving-api: the gRPC PredictRequest of examples/serve_client.py (tests/test_serving.py).
-        "test": ["pytest>=7", "pillow>=10", "matplotlib>=3.7", "tensorflow-serving-api"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "pillow>=10", "matplotlib>=3.7", "tensorflow-serving-api"],
         "serving": ["tensorflow-serving-api", "requests"],
-        "bench": ["matplotlib>=3.7"],
+        # faiss-cpu: the optional exact-search backend, nearest_neighbors(backend="faiss"|"auto").
+        "faiss": ["faiss-cpu"],
+        "bench": ["matplotlib>=3.7", "faiss-cpu"],
     },
     entry_points={"console_scripts": ["pddm-tf=pddm_tf.cli:run"]},
 )

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import data, evaluation, methods, small_convnet  # noqa: E402
+from pddm_tf.clustering import DivideAndConquer  # noqa: E402
 from pddm_tf.models import PDDMModel  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -97,7 +98,8 @@ def _run(name: str, method: str, options: dict, seed: int, split: data.DatasetSp
     train, callbacks = methods.training_pipeline(model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class,
                                                  size, split.channels, seed=seed,
                                                  recluster_every=FLAGS.recluster_every,
-                                                 conquer_epochs=FLAGS.conquer_epochs)
+                                                 conquer_epochs=FLAGS.conquer_epochs,
+                                                 steps_per_epoch=FLAGS.eval_every)
     curve = _RecallCurve(held_out, FLAGS.eval_every)
     curve.set_model(model)
     curve.on_epoch_end(-1)  # step 0: the untrained model
@@ -111,7 +113,7 @@ def _run(name: str, method: str, options: dict, seed: int, split: data.DatasetSp
                    "wall_s": wall, "curve": curve.points}}
     if curve.hardness:
         runs[name]["hardness"] = curve.hardness
-    for schedule in callbacks:  # Divide-and-Conquer: time spent (re-)clustering
+    for schedule in (c for c in callbacks if isinstance(c, DivideAndConquer)):  # time spent (re-)clustering
         runs[name]["recluster_s"] = float(sum(schedule.timings))
         runs[name]["clusterings"] = len(schedule.timings)
     if isinstance(model, PDDMModel) and method == "pddm_quadruplet":

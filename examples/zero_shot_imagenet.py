@@ -284,7 +284,7 @@ def _train(f: flags.FlagValues, split, channels: int):
     if f.epochs > 0 and steps > 0:
         dataset, callbacks = methods.training_pipeline(model, split.train, f.batch_classes, f.batch_per_class,
                                                        f.image_size, channels, seed=f.seed,
-                                                       small_classes=f.small_classes)
+                                                       small_classes=f.small_classes, steps_per_epoch=steps)
         start = time.perf_counter()
         model.fit(dataset, epochs=f.epochs, steps_per_epoch=steps, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +91,20 @@ flags.DEFINE_enum("cluster_on", "features", ["features", "embeddings"],
                   "Divide-and-Conquer: cluster the backbone features (the authors) or the embeddings.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate held-out retrieval every N epochs during training (0 = off).")
 flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).")
+flags.DEFINE_bool("backup", True, "Fault tolerance (keras BackupAndRestore): back up the whole training state between "
+                  "epochs and, when the same command is run again after an interruption, resume from it exactly.")
+flags.DEFINE_string("backup_dir", None, "Where the backups go (deleted when training completes). Default: a folder "
+                    "under the system temp dir named by a hash of the flags, so the same command finds it. "
+                    "Multi-worker runs must give one on storage every worker sees.")
+
+# distribution
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "default: one device; mirrored: every local device; multi_worker: one worker of a cluster "
+                  "(MultiWorkerMirroredStrategy; the cluster comes from --worker_hosts or TF_CONFIG).")
+flags.DEFINE_list("worker_hosts", None, "multi_worker: host:port of every worker, the same list for every worker "
+                  "(sets TF_CONFIG). Without it TF_CONFIG must be set, e.g. by a scheduler.")
+flags.DEFINE_integer("task_index", 0, "multi_worker with --worker_hosts: this worker's index in the list (0 = chief).")
+flags.DEFINE_enum("communication", "auto", ["auto", "ring", "nccl"], "multi_worker: collective implementation.")
 
 # evaluate
 flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, or a base folder (latest version).")
@@ -171,7 +188,40 @@ def build_model(channels: int, num_classes: int):
     return model
 
 
+def _backup_dir() -> str:
+    """--backup_dir, or a folder named by the flags that define the run (the same command finds it again)."""
+    if FLAGS.backup_dir:
+        return FLAGS.backup_dir
+    if FLAGS.strategy == "multi_worker":
+        raise ValueError("a multi_worker run needs --backup_dir on storage every worker sees (or --nobackup)")
+    ignored = {"backup_dir", "task_index", "json"}
+    defining = sorted(f"{name}={FLAGS[name].value!r}" for name in FLAGS if name not in ignored
+                      and FLAGS.find_module_defining_flag(name) == __name__)
+    digest = hashlib.sha1("\n".join(defining).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "pddm_tf_backup", digest)
+
+
+@contextlib.contextmanager
+def _output_dir(path: str, chief: bool):
+    """`path` on the chief; elsewhere a temporary folder, deleted after: under a multi-worker strategy
+    every worker runs the same saving code (it may take part in collectives), only the chief keeps it."""
+    if chief:
+        yield path
+        return
+    scratch = tempfile.mkdtemp(prefix="pddm_tf_worker_")
+    try:
+        yield os.path.join(scratch, os.path.basename(os.path.normpath(path)) or "out")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def train() -> dict[str, float]:
+    from pddm_tf import distributed
+
+    # A multi-worker strategy must exist before any other TensorFlow operation runs.
+    strategy = distributed.make_strategy(FLAGS.strategy, FLAGS.worker_hosts, FLAGS.task_index, FLAGS.communication)
+    chief = distributed.is_chief(strategy)
+
     import keras
 
     from pddm_tf import data, evaluation, pipeline
@@ -181,43 +231,57 @@ def train() -> dict[str, float]:
     _apply_recipe()
     keras.utils.set_random_seed(FLAGS.seed)
     split, channels = _load_split()
-    print(f"dataset {FLAGS.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
-          + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
-    model = build_model(channels, split.train.num_classes)
-    evaluation_data = None
-    if split.test is not None:
-        transform = pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None
-        evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
-                                                  transform=transform)
+    say = print if chief else (lambda *args, **kwargs: None)
+    say(f"dataset {FLAGS.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
+        + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
+    if strategy.num_replicas_in_sync > 1:
+        index, workers = distributed.worker_info(strategy)
+        say(f"strategy {FLAGS.strategy}: {strategy.num_replicas_in_sync} replicas on {workers} worker(s); "
+            f"this is worker {index}")
+    with strategy.scope():
+        model = build_model(channels, split.train.num_classes)
+    transform = pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None
     if FLAGS.epochs > 0:
+        steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
+        backup_dir = _backup_dir() if FLAGS.backup else None
         train_data, callbacks = training_pipeline(
             model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class, FLAGS.image_size, channels,
             seed=FLAGS.seed, recluster_every=FLAGS.recluster_every, conquer_epochs=FLAGS.conquer_epochs,
             cluster_on=FLAGS.cluster_on, small_classes=FLAGS.small_classes,
-            augment=pipeline.train_transform(FLAGS.image_size) if FLAGS.augment else None)
-        steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
-        if evaluation_data is not None and FLAGS.eval_every > 0:
+            augment=pipeline.train_transform(FLAGS.image_size) if FLAGS.augment else None,
+            steps_per_epoch=steps_per_epoch, backup_dir=backup_dir)
+        if backup_dir:
+            say(f"backing up to {backup_dir} between epochs (run the same command again to resume)")
+        if split.test is not None and FLAGS.eval_every > 0:
+            evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
+                                                      transform=transform)
             callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
         start = time.perf_counter()
         model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
+                  verbose=0 if not chief else 1 if sys.stdout.isatty() else 2)
         seconds = time.perf_counter() - start
         images = FLAGS.epochs * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
-        print(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
+        say(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
     metrics: dict[str, float] = {}
-    if evaluation_data is not None:
-        embeddings, labels = evaluation.embed_dataset(model, evaluation_data)
+    if split.test is not None:
+        # Sharded over every replica of every worker, gathered on all of them.
+        embeddings = distributed.embed_files(model, split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
+                                             transform=transform)
+        labels = split.test.labels
         metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
                                                 pair_scores=lambda a, b: model.pddm((a, b)).numpy())
-        _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
+        if chief:
+            _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
     if FLAGS.export_dir:
-        path = export_saved_model(model, FLAGS.export_dir, FLAGS.image_size, channels,
-                                  transform=pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None)
-        print(f"SavedModel exported to {path}")
+        with _output_dir(FLAGS.export_dir, chief) as export_dir:
+            path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform)
+        say(f"SavedModel exported to {path}")
     if FLAGS.save_model:
         from pddm_tf.export import save_keras_model
 
-        print(f"Keras model saved to {save_keras_model(model, FLAGS.save_model)}")
+        with _output_dir(FLAGS.save_model, chief) as save_path:
+            path = save_keras_model(model, save_path)
+        say(f"Keras model saved to {path}")
     return metrics
 
 

@@ -25,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf.data import ImageFiles, balanced_batch_indices, evaluation_dataset, read_image, read_transformed_image
+from pddm_tf.data import (ImageFiles, _from_step, _shard_size, balanced_batch_indices, evaluation_dataset, read_image,
+                          read_transformed_image)
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
 CONQUER = -1
@@ -181,8 +182,10 @@ def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int
 
 def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, batch_classes: int,
                              batch_per_class: int, image_size: int, channels: int, seed: int = 0,
-                             augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
-    """Infinite P x K batches, each from one cluster, clusters visited round-robin (METHODS.md 4).
+                             augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                             start_step: tf.Variable | None = None, steps_per_epoch: int | None = None,
+                             shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+    """P x K batches, each from one cluster, clusters visited round-robin (METHODS.md 4).
 
     Step t draws from cluster t mod K: P of its classes with two or more images in it (drawn afresh
     at every step), K of their images in the cluster each, cycled when a class has fewer there
@@ -193,9 +196,19 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
     `pddm_tf.pipeline.train_transform(...)`) replaces the plain resize of every image, with a
     stateless seed per image position.
 
+    Args:
+      start_step: as in `pddm_tf.data.class_balanced_dataset`: a variable (the optimiser's
+        `iterations`) read when an iterator starts; its batches are steps t, t+1, ... from its value.
+      steps_per_epoch: None: infinite. S: every iterator yields S batches, one epoch (it should start
+        at an epoch boundary, as `fit` and `fault_tolerance` do). Keras then starts a new iterator for each epoch, after the epoch-end
+        re-clustering, so no batch of an epoch is drawn (prefetched) before the clustering it
+        belongs to: the batches depend on the step and the clustering only, which a resumed run
+        reproduces exactly.
+      shard: (i, n): only the i-th of n equal slices of every batch (a worker's share).
+
     Returns:
-      A dataset of (images [P*K, s, s, c] float32, labels [P*K] int32, tags [P*K] int32): tags holds
-      the batch's cluster id in every row (every replica's shard of a batch carries it).
+      A dataset of (images [P*K/n, s, s, c] float32, labels [P*K/n] int32, tags [P*K/n] int32): tags
+      holds the batch's cluster id in every row (every replica's shard of a batch carries it).
     """
     if batch_classes < 2:
         raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
@@ -203,11 +216,14 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
         raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
     if len(files) != assignment.ids.shape[0]:
         raise ValueError(f"the assignment covers {assignment.ids.shape[0]} images but files has {len(files)}")
+    if steps_per_epoch is not None and steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     paths = tf.constant(files.paths)
     labels = tf.constant(files.labels)
     rotations = tf.constant(files.rotations)
     num_clusters = assignment.num_clusters
     batch_size = batch_classes * batch_per_class
+    shard_size = _shard_size(batch_size, shard)
 
     def batch_indices(step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         conquer = assignment.conquer.read_value()
@@ -217,6 +233,14 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
         indices = balanced_batch_indices(labels, files.num_classes, batch_classes, batch_per_class,
                                          tf.stack([tf.constant(seed, tf.int64), step]), member_mask=member)[0]
         return indices, tf.fill([batch_size], cluster)
+
+    def steps_from(first_step: tf.Tensor) -> tf.data.Dataset:
+        steps = tf.data.Dataset.counter(start=first_step)
+        if steps_per_epoch is not None:
+            steps = steps.take(steps_per_epoch)
+        return (steps.map(batch_indices)
+                .flat_map(lambda indices, tags: tf.data.Dataset.from_tensor_slices((indices, tags)))
+                .enumerate(start=first_step * batch_size))
 
     def load(position: tf.Tensor, item: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         index, tag = item
@@ -228,15 +252,15 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
             image = read_transformed_image(paths[index], rotations[index], augment, image_seed, image_size, channels)
         return image, labels[index], tag
 
-    return (
-        tf.data.Dataset.counter()
-        .map(batch_indices)
-        .flat_map(lambda indices, tags: tf.data.Dataset.from_tensor_slices((indices, tags)))
-        .enumerate()
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(2)
-    )
+    rows = _from_step(start_step, steps_from)
+    if shard[1] > 1:
+        rows = rows.filter(lambda position, _: (position % batch_size) // shard_size == shard[0])
+    batches = rows.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(shard_size,
+                                                                                          drop_remainder=True)
+    if steps_per_epoch is not None:
+        # Known to Keras, which then starts a fresh iterator for every epoch.
+        batches = batches.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    return batches.prefetch(2)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -298,7 +322,8 @@ class DivideAndConquer(keras.callbacks.Callback):
                                         self.batch_size)
         previous = self.assignment.numpy() if bool(self.assignment.initialized.numpy()) else None
         ids = compute_clusters(features, self.files.labels, self.assignment.num_clusters, previous,
-                               self.seed + len(self.timings), self.batch_classes)
+                               # Seeded by the epoch, not a count of calls, so a resumed run clusters alike.
+                               self.seed + epoch + 1, self.batch_classes)
         self.assignment.assign(ids)
         self.timings.append(time.perf_counter() - start)
         self.epochs_clustered.append(epoch)

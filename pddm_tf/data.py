@@ -384,6 +384,8 @@ def class_balanced_dataset(
     *,
     small_classes: str = "error",
     augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    start_step: tf.Variable | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Infinite P x K batches: P distinct classes, K images of each.
 
@@ -416,20 +418,31 @@ def class_balanced_dataset(
         (after its rotation) with a per-image seed derived from `seed` and the image's
         position in the stream, e.g. `pipeline.train_transform(s)`; it must return
         [s, s, c] float32.
+      start_step: None (default): every iterator starts at batch 0. Otherwise a scalar integer
+        variable, read when an iterator starts: the iterator yields batches t, t+1, ... of the
+        same sequence, from t = its value. With `model.optimizer.iterations` a fresh iterator
+        (a resumed `fit`) continues exactly where training stopped (`fault_tolerance`).
+      shard: (i, n): keep the i-th of n equal slices of every batch (rows i*P*K/n onwards),
+        read and decode only those: worker i of n under a multi-worker strategy. Sampling
+        and augmentation seeds are those of the whole batch, so the n shards together are the
+        unsharded batch.
 
     Returns:
-      A dataset of (images [P*K, s, s, c] float32 in [0, 1], labels [P*K] int32); rows are
-      grouped by class: rows k*K .. k*K+K-1 hold the k-th class of the batch.
+      A dataset of (images [P*K/n, s, s, c] float32 in [0, 1], labels [P*K/n] int32); rows
+      are grouped by class: rows k*K .. k*K+K-1 of the whole batch hold its k-th class.
 
     Raises:
       ValueError: P < 2, K < 1, fewer than 2 classes, fewer than P eligible classes, an
-        unknown `small_classes`, or (with "error") a class with fewer than K images.
+        unknown `small_classes`, (with "error") a class with fewer than K images, or a `shard`
+        that does not cut P*K into equal slices.
     """
     if batch_classes < 2:
         raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
     if batch_per_class < 1:
         raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
     _check_balanced_batches(files, batch_classes, batch_per_class, small_classes)
+    batch_size = batch_classes * batch_per_class
+    shard_size = _shard_size(batch_size, shard)
     num_classes = files.num_classes
     min_class_size = 1 if small_classes == "error" else 2
     # Created once, eagerly: the dataset functions capture these by reference.
@@ -449,10 +462,21 @@ def class_balanced_dataset(
                                                  pass_seed, min_class_size=min_class_size), [-1])
         return tf.data.Dataset.from_tensor_slices((rows, tf.gather(labels, rows)))
 
-    rows = tf.data.Dataset.counter().flat_map(pass_rows)
+    def rows_from(first_step: tf.Tensor) -> tf.data.Dataset:
+        """(global row position, (file index, label)) from batch `first_step` on."""
+        passes = steps_per_pass(files, batch_classes, small_classes)
+        first_pass, offset = first_step // passes, first_step % passes
+        return (tf.data.Dataset.counter(start=first_pass).flat_map(pass_rows)
+                .skip(offset * batch_size)  # indices only: nothing is read for skipped rows
+                .enumerate(start=first_step * batch_size))
+
+    rows = _from_step(start_step, rows_from)
+    if shard[1] > 1:
+        rows = rows.filter(lambda position, _: (position % batch_size) // shard_size == shard[0])
     if augment is None:
         images = rows.map(
-            lambda row, label: (_read(paths[row], rotation(row), image_size, channels), label),
+            lambda _, row_label: (_read(paths[row_label[0]], rotation(row_label[0]), image_size, channels),
+                                  row_label[1]),
             num_parallel_calls=_AUTOTUNE,
             deterministic=True,
         )
@@ -464,12 +488,34 @@ def class_balanced_dataset(
             image = read_transformed_image(paths[row], rotation(row), augment, image_seed, image_size, channels)
             return image, label
 
-        images = rows.enumerate().map(load_augmented, num_parallel_calls=_AUTOTUNE, deterministic=True)
+        images = rows.map(load_augmented, num_parallel_calls=_AUTOTUNE, deterministic=True)
     return (
         # A pass holds whole batches, so batch boundaries stay aligned with class groups.
-        images.batch(batch_classes * batch_per_class, drop_remainder=True)
+        images.batch(shard_size, drop_remainder=True)
         .prefetch(_AUTOTUNE)
     )
+
+
+def _shard_size(batch_size: int, shard: tuple[int, int]) -> int:
+    """Rows per shard of a batch; checks that `shard` = (i, n) cuts it into n equal slices."""
+    index, count = shard
+    if count < 1 or not 0 <= index < count or batch_size % count:
+        raise ValueError(f"shard (index, count) = {shard} must have 0 <= index < count and count dividing the "
+                         f"batch size {batch_size}")
+    return batch_size // count
+
+
+def _from_step(start_step: tf.Variable | None, dataset_from: Callable[[tf.Tensor], tf.data.Dataset]
+               ) -> tf.data.Dataset:
+    """`dataset_from(t)`, with t read from `start_step` each time an iterator starts (0 if None).
+
+    The read sits inside a flat_map function, which runs when the iterator asks for its first
+    element: a dataset built once still starts where the variable says at every new iterator.
+    """
+    if start_step is None:
+        return dataset_from(tf.constant(0, tf.int64))
+    return tf.data.Dataset.from_tensors(0).flat_map(
+        lambda _: dataset_from(tf.cast(tf.convert_to_tensor(start_step), tf.int64)))
 
 
 def evaluation_dataset(

@@ -41,20 +41,49 @@ PairScores = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # ----------------------------------------------------------------------------------------
 
 
+BACKENDS = ("tf", "faiss", "auto")
+# Gallery rows per distance block: [chunk_size, gallery_chunk_size] float32 scores, 64 MB at the
+# defaults (1024 x 16384); on 200k x 512 it was faster than 8192, 32768 or 65536 in one loaded-machine run.
+DEFAULT_GALLERY_CHUNK_SIZE = 16384
+
+
 def nearest_neighbors(
     queries: ArrayLike,
     gallery: ArrayLike | None = None,
     k: int = 8,
     chunk_size: int = 1024,
     exclude_self: bool = True,
+    gallery_chunk_size: int = DEFAULT_GALLERY_CHUNK_SIZE,
+    backend: str = "tf",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by squared Euclidean distance.
+    """Exact k nearest neighbours by squared Euclidean distance, in bounded memory.
 
-    Distances are expanded as ||q||^2 - 2 q.g + ||g||^2 and computed `chunk_size` queries at
-    a time, so memory stays at one [chunk_size, n_gallery] block rather than a full
-    [n_queries, n_gallery] matrix. Neighbours with equal computed distance come out in
-    ascending gallery index order, so exact ties (duplicates, integer-valued data) are
-    deterministic; float32 rounding may still separate distances that are equal in theory.
+    Backend "tf" (the default): distances are expanded as ||q||^2 - 2 q.g + ||g||^2 and computed
+    block by block, `chunk_size` queries against `gallery_chunk_size` gallery rows at a time. Each
+    query keeps a running top k that is merged with the top k of every new gallery block, so no
+    [n_queries, n_gallery] matrix, nor even a [chunk_size, n_gallery] row block, is ever built.
+    Beyond the inputs and the [n_queries, k] results (12 bytes per entry), memory is
+    O(chunk_size * gallery_chunk_size + (chunk_size + gallery_chunk_size) * dim) floats,
+    independent of the gallery size: one float32 score block and its transient copy (the matmul
+    output, then minus the norms), one gallery chunk and one query chunk, i.e. about
+    4 * (2 * chunk_size * gallery_chunk_size + (chunk_size + gallery_chunk_size) * dim) bytes:
+    ~170 MB at the defaults with dim = 512 (143 MB peak RSS increase measured on a 200,000 x 512
+    gallery, tests/test_knn_search.py). That is with TensorFlow's default Eigen matmul; with oneDNN
+    (TF_ENABLE_ONEDNN_OPTS=1, the default on CPUs with AVX-512/AMX) the same search peaked at 486 MB,
+    about 7.5 score blocks (124 MB with gallery_chunk_size=4096, at the same speed), but its matmul
+    was about 3x faster on this project's AMD EPYC (BENCHMARKS.md section 8).
+
+    Neighbours with equal computed distance come out in ascending gallery index order, so exact
+    ties (duplicates, integer-valued data) are deterministic and independent of the chunk sizes;
+    float32 rounding may still separate distances that are equal in theory.
+
+    Backend "faiss": `faiss.IndexFlatL2` (exact, brute force; `pip install faiss-cpu`, or the
+    `pddm-tf[faiss]` extra). It computes the same distances with a different summation order,
+    so on float data its neighbours agree with the "tf" backend except where two distances
+    differ by float32 rounding only; among exactly tied distances (integer-valued data) faiss
+    1.15 was observed to return ascending gallery index order as well, but faiss does not
+    document that. "auto" uses faiss when it is importable and "tf" otherwise; because results
+    may then depend on what is installed, "tf" is the default.
 
     Args:
         queries: [n_queries, dim] float array.
@@ -62,16 +91,23 @@ def nearest_neighbors(
         k: number of neighbours per query.
         chunk_size: number of queries per distance block.
         exclude_self: when `gallery` is None, drop each query's own index from its
-            neighbours. Ignored with a separate gallery, which has no "self" in it.
+            neighbours (by index, so exact duplicates of a query still count). Ignored with a
+            separate gallery, which has no "self" in it.
+        gallery_chunk_size: number of gallery rows per distance block ("tf" backend).
+        backend: "tf", "faiss" or "auto", see above.
 
     Returns:
         (indices, distances): [n_queries, k] int64 gallery indices and [n_queries, k]
         float32 squared distances (clamped at 0), by ascending distance.
 
     Raises:
-        ValueError: on malformed inputs, or if `k` exceeds the number of candidates
-            (n_gallery, minus one when the query itself is excluded).
+        ValueError: on malformed inputs (not 2-D, empty, NaN or inf, mismatched dimensions),
+            chunk sizes below 1, an unknown backend, or if `k` exceeds the number of
+            candidates (n_gallery, minus one when the query itself is excluded).
+        ImportError: backend="faiss" without faiss installed.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     queries = _as_matrix(queries, "queries")
     self_search = gallery is None
     gallery = queries if self_search else _as_matrix(gallery, "gallery embeddings")
@@ -85,30 +121,109 @@ def nearest_neighbors(
         raise ValueError(f"k must be in [1, {n_candidates}] for this gallery, got {k}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if gallery_chunk_size < 1:
+        raise ValueError(f"gallery_chunk_size must be positive, got {gallery_chunk_size}")
+    faiss = _import_faiss(required=backend == "faiss") if backend != "tf" else None
+    if faiss is not None:
+        return _faiss_search(faiss, queries, gallery, int(k), exclude_self)
+    return _tf_search(queries, gallery, int(k), exclude_self, int(chunk_size), int(gallery_chunk_size))
+
+
+def _import_faiss(required: bool):
+    """The faiss module, or None when it is not installed and not `required`."""
+    try:
+        import faiss
+    except ImportError as error:
+        if required:
+            raise ImportError(
+                'backend="faiss" needs faiss: pip install faiss-cpu (or pip install "pddm-tf[faiss]")'
+            ) from error
+        return None
+    return faiss
+
+
+def _tf_search(
+    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, chunk_size: int, gallery_chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chunked exact search of `nearest_neighbors` for validated float32 inputs."""
+    n_queries, dim = queries.shape
+    n_gallery = gallery.shape[0]
+    chunk_size = min(chunk_size, n_queries)
+    # Running top k of every query: best scores so far and their gallery indices. The initial
+    # -inf entries lose to every real candidate, and there are at least k of those.
+    best_scores = np.full((n_queries, k), -np.inf, np.float32)
+    best_indices = np.full((n_queries, k), -1, np.int64)
 
     # For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
     # 2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction per
-    # block. ||q||^2 is added back only for the k winners.
-    gallery_t = tf.constant(gallery)
-    gallery_sq_norms = tf.reduce_sum(tf.square(gallery_t), axis=1)  # [n_g]
-    gallery_x2 = 2.0 * gallery_t  # exact: scaling by 2 only shifts the exponent
-    all_indices, all_distances = [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        chunk = tf.constant(queries[start : start + chunk_size])  # [m, dim]
-        scores = tf.matmul(chunk, gallery_x2, transpose_b=True) - gallery_sq_norms  # [m, n_g]
-        if exclude_self:
-            # Exclude by index, not by zero distance, so duplicates of a query still count.
-            rows = tf.range(chunk.shape[0])
-            self_ids = tf.stack([rows, rows + start], axis=1)  # [m, 2]
-            scores = tf.tensor_scatter_nd_update(scores, self_ids, tf.fill([chunk.shape[0]], -np.inf))
+    # block. ||q||^2 is added back only for the k winners. 2 q is exact (an exponent shift).
+    # A fresh tf.function per call: traced once per distinct gallery-block width (at most two:
+    # full blocks and the last one), queries are padded to `chunk_size` rows.
+    @tf.function
+    def merge_block(queries_x2, block, offset, query_ids, running_scores, running_indices):
+        block_sq_norms = tf.reduce_sum(tf.square(block), axis=1)  # [g]
+        scores = tf.matmul(queries_x2, block, transpose_b=True) - block_sq_norms  # [m, g]
+        # The k best of a block without the query itself are among its k + 1 best, so self is
+        # masked in the small [m, k + 1] result rather than the [m, g] block, by index, not by
+        # zero distance, so duplicates of a query still count.
+        block_k = min(k + int(exclude_self), block.shape[0])
         # top_k is documented to put the lower index first among equal values: that is our
         # tie-breaking rule.
-        top_scores, indices = tf.math.top_k(scores, k=k, sorted=True)  # [m, k]
-        distances = tf.reduce_sum(tf.square(chunk), axis=1, keepdims=True) - top_scores
-        # The expansion cancels catastrophically for near-identical points and can dip below 0.
-        all_distances.append(tf.maximum(distances, 0.0).numpy())
-        all_indices.append(indices.numpy().astype(np.int64))
-    return np.concatenate(all_indices), np.concatenate(all_distances)
+        top_scores, top_indices = tf.math.top_k(scores, k=block_k, sorted=True)  # [m, block_k]
+        top_indices = tf.cast(top_indices, tf.int64) + offset
+        if exclude_self:
+            top_scores = tf.where(top_indices == query_ids[:, None], -np.inf, top_scores)
+        # Earlier blocks hold lower gallery indices and come first in the concatenation, and
+        # top_k keeps the earlier position first among equal values: ties stay in index order.
+        merged_scores, positions = tf.math.top_k(tf.concat([running_scores, top_scores], axis=1), k=k, sorted=True)
+        merged_indices = tf.gather(tf.concat([running_indices, top_indices], axis=1), positions, batch_dims=1)
+        return merged_scores, merged_indices
+
+    for g_start in range(0, n_gallery, gallery_chunk_size):
+        block = tf.constant(gallery[g_start : g_start + gallery_chunk_size])  # one gallery chunk at a time
+        offset = tf.constant(g_start, tf.int64)
+        for start in range(0, n_queries, chunk_size):
+            stop = min(start + chunk_size, n_queries)
+            rows = stop - start
+            chunk = queries[start:stop]
+            if rows < chunk_size:  # pad the last chunk so that every call has the same shapes
+                chunk = np.concatenate([chunk, np.zeros((chunk_size - rows, dim), np.float32)])
+                pad = ((0, chunk_size - rows), (0, 0))
+                running = (np.pad(best_scores[start:stop], pad, constant_values=-np.inf),
+                           np.pad(best_indices[start:stop], pad, constant_values=-1))
+            else:
+                running = (best_scores[start:stop], best_indices[start:stop])
+            query_ids = tf.range(start, start + chunk_size, dtype=tf.int64)
+            scores, indices = merge_block(tf.constant(2.0 * chunk), block, offset, query_ids,
+                                          tf.constant(running[0]), tf.constant(running[1]))
+            best_scores[start:stop] = scores.numpy()[:rows]
+            best_indices[start:stop] = indices.numpy()[:rows]
+        del block
+    # The expansion cancels catastrophically for near-identical points and can dip below 0.
+    query_sq_norms = np.empty((n_queries, 1), np.float32)
+    for start in range(0, n_queries, chunk_size):
+        query_sq_norms[start : start + chunk_size] = tf.reduce_sum(
+            tf.square(queries[start : start + chunk_size]), axis=1, keepdims=True).numpy()
+    distances = np.maximum(query_sq_norms - best_scores, np.float32(0.0))
+    return best_indices, distances
+
+
+def _faiss_search(faiss, queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """`nearest_neighbors` with faiss.IndexFlatL2 for validated float32 inputs."""
+    index = faiss.IndexFlatL2(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery))
+    k_search = k + int(exclude_self)
+    distances, indices = index.search(np.ascontiguousarray(queries), k_search)
+    if exclude_self:
+        # Drop each query's own index. With more than k duplicates of a query at distance 0, self
+        # may be missing from its k + 1 results; then the last result goes instead. A stable sort
+        # that moves self to the end does both.
+        is_self = indices == np.arange(len(queries))[:, None]
+        order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
+        indices = np.take_along_axis(indices, order, axis=1)
+        distances = np.take_along_axis(distances, order, axis=1)
+    return indices.astype(np.int64), np.maximum(distances, 0.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,6 +236,7 @@ def recall_at_k(
     labels: ArrayLike,
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
+    backend: str = "tf",
 ) -> dict[str, float]:
     """Recall@K over all queries that have at least one other item of their class.
 
@@ -129,17 +245,19 @@ def recall_at_k(
         labels: [n] class labels (any hashable dtype numpy can sort).
         ks: the K values to report.
         chunk_size: queries per distance block, see `nearest_neighbors`.
+        backend: nearest-neighbour search backend, see `nearest_neighbors`.
 
     Returns:
         {"recall@K": fraction of queries with a same-class item among their K nearest}.
     """
     embeddings, class_ids, r = _validate(embeddings, labels)
     ks = _validate_ks(ks)
-    indices, _ = nearest_neighbors(embeddings, k=max(ks), chunk_size=chunk_size)
+    indices, _ = nearest_neighbors(embeddings, k=max(ks), chunk_size=chunk_size, backend=backend)
     return _recall_from_hits(class_ids[indices] == class_ids[:, None], r, ks)
 
 
-def map_at_r(embeddings: ArrayLike, labels: ArrayLike, chunk_size: int = 1024) -> dict[str, float]:
+def map_at_r(embeddings: ArrayLike, labels: ArrayLike, chunk_size: int = 1024, backend: str = "tf"
+             ) -> dict[str, float]:
     """MAP@R and R-Precision (Musgrave et al., 2020).
 
     For a query with R > 0 other items of its class and its R nearest neighbours:
@@ -150,12 +268,13 @@ def map_at_r(embeddings: ArrayLike, labels: ArrayLike, chunk_size: int = 1024) -
         embeddings: [n, dim] float array.
         labels: [n] class labels.
         chunk_size: queries per distance block, see `nearest_neighbors`.
+        backend: nearest-neighbour search backend, see `nearest_neighbors`.
 
     Returns:
         {"map@r": ..., "r_precision": ...}, each averaged over queries with R > 0.
     """
     embeddings, class_ids, r = _validate(embeddings, labels)
-    indices, _ = nearest_neighbors(embeddings, k=int(r.max()), chunk_size=chunk_size)
+    indices, _ = nearest_neighbors(embeddings, k=int(r.max()), chunk_size=chunk_size, backend=backend)
     return _map_at_r_from_hits(class_ids[indices] == class_ids[:, None], r)
 
 
@@ -190,6 +309,7 @@ def evaluate_retrieval(
     seed: int = 0,
     pair_scores: PairScores | None = None,
     rerank: int = 0,
+    backend: str = "tf",
 ) -> dict[str, float]:
     """Recall@K, NMI, MAP@R and R-Precision from a single nearest-neighbour search.
 
@@ -205,6 +325,7 @@ def evaluate_retrieval(
         seed: k-means seed for NMI.
         pair_scores: similarity of row-aligned pairs, ([p, dim], [p, dim]) -> [p]; higher = closer.
         rerank: shortlist size R for re-ranking by `pair_scores` (0 = off).
+        backend: nearest-neighbour search backend, see `nearest_neighbors`.
 
     Returns:
         {"recall@K" for K in ks, "nmi", "map@r", "r_precision"}.
@@ -216,7 +337,7 @@ def evaluate_retrieval(
         raise ValueError(f"rerank={rerank} needs rerank >= 0 and, when positive, a pair_scores function")
     # A shortlist longer than the gallery is just the whole gallery.
     k = max(max(ks), int(r.max()), min(rerank, len(embeddings) - 1))
-    indices, _ = nearest_neighbors(embeddings, k=k, chunk_size=chunk_size)
+    indices, _ = nearest_neighbors(embeddings, k=k, chunk_size=chunk_size, backend=backend)
     if rerank > 0:
         shortlist = min(rerank, k)
         indices = np.concatenate([
@@ -358,7 +479,9 @@ def embed_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndar
     dataset reshuffles on every iteration.
 
     Args:
-        model: a model whose `predict_on_batch` returns [batch, dim] embeddings.
+        model: a model whose call returns [batch, dim] embeddings; under a strategy it runs on
+            this process's default device (`pddm_tf.distributed.embed_files` shards the work over
+            every replica instead).
         dataset: finite tf.data.Dataset yielding (images, labels) batches.
 
     Returns:
@@ -366,7 +489,9 @@ def embed_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndar
     """
     embeddings, labels = [], []
     for images, batch_labels in dataset:
-        embeddings.append(np.asarray(model.predict_on_batch(images)))
+        # A direct call, not predict_on_batch: under a strategy with R replicas that would hand the
+        # whole batch to every replica and concatenate R copies of its embeddings.
+        embeddings.append(np.asarray(model(images, training=False)))
         labels.append(np.asarray(batch_labels))
     if not embeddings:
         raise ValueError("dataset is empty")

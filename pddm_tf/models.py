@@ -38,14 +38,19 @@ def gather_global_batch(embeddings: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Te
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return embeddings, labels
     replicas = ctx.num_replicas_in_sync
-    all_labels = ctx.all_gather(labels, axis=0)
-    gathered = ctx.all_gather(tf.stop_gradient(embeddings), axis=0)
-    sizes = ctx.all_gather(tf.shape(embeddings)[:1], axis=0)
+    rows = tf.shape(embeddings)[0]
+    # Gathered as a sum of zero-padded blocks: all_reduce works under every strategy, while
+    # ReplicaContext.all_gather fails under MultiWorkerMirroredStrategy inside tf.function (TF 2.21:
+    # "destinations can not be empty"). Adding zeros is exact, so the values are the replicas' own.
+    sizes = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.one_hot(ctx.replica_id_in_sync_group, replicas,
+                                                                  dtype=tf.int32) * rows)
     offset = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
-    after = tf.reduce_sum(sizes) - offset - tf.shape(embeddings)[0]
+    placement = [[offset, tf.reduce_sum(sizes) - offset - rows]]
+    all_labels = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.pad(labels, placement))
+    gathered = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.pad(tf.stop_gradient(embeddings), placement + [[0, 0]]))
     # Zero in value, identity (times R) in gradient: routes dL/df of our rows back to our backbone.
     local_path = float(replicas) * (embeddings - tf.stop_gradient(embeddings))
-    return gathered + tf.pad(local_path, [[offset, after], [0, 0]]), all_labels
+    return gathered + tf.pad(local_path, placement + [[0, 0]]), all_labels
 
 
 class EmbeddingModel(keras.Model):
@@ -109,6 +114,17 @@ class EmbeddingModel(keras.Model):
     def metrics(self) -> list[keras.metrics.Metric]:
         return list(self._trackers.values())
 
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        # Under a strategy, Keras (3.15) peeks at a training batch and averages it over the replicas
+        # only to trace an unbuilt model; under MultiWorkerMirroredStrategy that average fails on
+        # (images, labels) tuples. A built model needs no batch: build the optimiser in scope, as Keras would.
+        if self.built and all(layer.built for layer in self._flatten_layers()) and self._compile_metrics is None \
+                and self._compile_loss is None:
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=None)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _unpack(self, data: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """(images, labels[, tags]) -> the three; tags (e.g. a batch's cluster id per row) or None."""
         if not isinstance(data, (tuple, list)) or len(data) < 2:
@@ -152,7 +168,12 @@ class EmbeddingModel(keras.Model):
     def _record(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self._trackers.items():
             tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras (3.15) reduces the logs of a multi-worker step with reduce(MEAN, axis=0), which
+            # rejects scalars; [1] values reduce to the (replica-identical) scalar.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def get_config(self) -> dict[str, Any]:
         return {
