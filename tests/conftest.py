@@ -35,3 +35,19 @@ def two_replicas():
     if len(cpus) < 2:
         pytest.skip("needs two logical CPU devices (set up at the top of conftest.py)")
     return tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+
+
+# Test files from the longest to the shortest (measured on 2 cores). CI runs the files in two
+# processes (pytest-xdist, --dist loadfile), which take files in collection order: starting with
+# the long ones keeps one process from finishing a long file alone at the end.
+_LONGEST_FIRST = ("test_baseline_learning", "test_hdml", "test_divide_and_conquer", "test_distributed",
+                  "test_learning", "test_serving", "test_cli", "test_recipes", "test_backbones", "test_benchmarks",
+                  "test_zero_shot", "test_knn_search", "test_models", "test_export")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        return _LONGEST_FIRST.index(module) if module in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file, and among the short files, is kept
