@@ -179,11 +179,12 @@ def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["hdml_triplet", "dc_pddm"])
+@pytest.mark.parametrize("method", ["hdml_triplet", "dc_margin"])
 def test_every_state_of_a_method_is_restored(method, tmp_path):
-    """HDML (running means, three optimisers, step-seeded synthesis) and Divide-and-Conquer (cluster
-    assignment, re-clustering every epoch, conquer phase): interrupted mid-epoch 2 and resumed, they
-    end exactly where an uninterrupted run does, with the same clustering."""
+    """HDML (running means, three optimisers, step-seeded synthesis) and Divide-and-Conquer over the
+    margin loss (cluster assignment, re-clustering every epoch, conquer phase, the margin loss's
+    sampler seed): interrupted mid-epoch 2 and resumed, they end exactly where an uninterrupted run
+    does, with the same clustering."""
     files = data.load_dataset("omniglot").train
     reference, reference_callbacks = _method_run(method, files)
     interrupted, _ = _method_run(method, files, tmp_path / "backup", interrupt=2)
@@ -199,7 +200,7 @@ def test_every_state_of_a_method_is_restored(method, tmp_path):
     assert int(resumed.optimizer.iterations.numpy()) == 12
     for a, b in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
-    if method == "dc_pddm":
+    if method == "dc_margin":
         np.testing.assert_array_equal(callbacks[-1].assignment.numpy(), reference_callbacks[-1].assignment.numpy())
     assert not (tmp_path / "backup").exists()
 

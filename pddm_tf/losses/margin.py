@@ -38,8 +38,9 @@ class MarginLoss(EmbeddingLoss):
         anchor's label (labels must lie in [0, num_classes)).
       nu: weight of the beta regulariser.
       cutoff, nonzero_loss_cutoff: of the distance-weighted sampling.
-      seed: None draws with TensorFlow's stateful sampler; an int makes the draws reproducible
-        (stateless sampling with seeds from a `keras.random.SeedGenerator`, advanced every call).
+      seed: None draws with TensorFlow's stateful sampler, whose position cannot be saved; an int
+        makes the draws reproducible (stateless sampling with seeds from a
+        `keras.random.SeedGenerator`, advanced every call, whose state is listed in `variables`).
     """
 
     def __init__(self, alpha: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
@@ -68,8 +69,10 @@ class MarginLoss(EmbeddingLoss):
 
     @property
     def variables(self) -> list[keras.Variable]:
-        """The loss's parameters, [beta], for the model to track (and train if `learn_beta`)."""
-        return [self.beta]
+        """The loss's state, for the model to track: [beta] (trained if `learn_beta`), then, with a
+        seed, the sampler's seed state, so that it is saved and restored with the model's weights
+        (a resumed run draws the negatives an uninterrupted one would)."""
+        return [self.beta] + ([self._seed_generator.state] if self._seed_generator is not None else [])
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
         d = pairwise_distances(embeddings)
