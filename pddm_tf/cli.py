@@ -24,6 +24,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from pddm_tf import cli_validation
 from pddm_tf.methods import METHODS
 from pddm_tf.methods import build_model as build_method_model
 
@@ -93,9 +94,12 @@ flags.DEFINE_integer("eval_every", 0, "Evaluate held-out retrieval every N epoch
 flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).")
 flags.DEFINE_bool("backup", True, "Fault tolerance (keras BackupAndRestore): back up the whole training state between "
                   "epochs and, when the same command is run again after an interruption, resume from it exactly.")
-flags.DEFINE_string("backup_dir", None, "Where the backups go (deleted when training completes). Default: a folder "
-                    "under the system temp dir named by a hash of the flags, so the same command finds it. "
-                    "Multi-worker runs must give one on storage every worker sees.")
+flags.DEFINE_string("backup_dir", None, "Where the backups go (deleted once training has completed and every output "
+                    "is written). Default: a folder under the system temp dir named by a hash of the flags that "
+                    "define the training, so the same command finds it. Multi-worker runs must give one on storage "
+                    "every worker sees.")
+flags.DEFINE_bool("strict", False, "Fail, rather than warn, after an epoch that learned nothing (valid_fraction 0, "
+                  "or a loss of exactly 0 at every step).")
 
 # distribution
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
@@ -125,9 +129,13 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _apply_recipe() -> None:
@@ -141,6 +149,11 @@ def _apply_recipe() -> None:
         if not FLAGS[name].present:
             FLAGS[name].value = value
     print(f"recipe {recipe.name}: {recipe.paper}")
+
+
+def _check_flags(command: str) -> None:
+    """Refuses bad flag values before any work starts (`cli_validation.FlagError`, exit code 2)."""
+    cli_validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
 
 
 def _load_split():
@@ -194,7 +207,8 @@ def _backup_dir() -> str:
         return FLAGS.backup_dir
     if FLAGS.strategy == "multi_worker":
         raise ValueError("a multi_worker run needs --backup_dir on storage every worker sees (or --nobackup)")
-    ignored = {"backup_dir", "task_index", "json"}
+    # Flags that do not change the training: a rerun that only fixes an output path still resumes.
+    ignored = {"backup_dir", "task_index", "json", "export_dir", "save_model", "strict", "rerank", "eval_batch_size"}
     defining = sorted(f"{name}={FLAGS[name].value!r}" for name in FLAGS if name not in ignored
                       and FLAGS.find_module_defining_flag(name) == __name__)
     digest = hashlib.sha1("\n".join(defining).encode()).hexdigest()[:16]
@@ -215,7 +229,14 @@ def _output_dir(path: str, chief: bool):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# The backup of the running `train` command, for the message of an interrupted or failed run.
+_RUN: dict[str, Any] = {}
+
+
 def train() -> dict[str, float]:
+    _apply_recipe()
+    _check_flags("train")
+    _RUN.clear()
     from pddm_tf import distributed
 
     # A multi-worker strategy must exist before any other TensorFlow operation runs.
@@ -227,8 +248,8 @@ def train() -> dict[str, float]:
     from pddm_tf import data, evaluation, pipeline
     from pddm_tf.export import export_saved_model
     from pddm_tf.methods import training_pipeline
+    from pddm_tf.training_checks import LearningCheck
 
-    _apply_recipe()
     keras.utils.set_random_seed(FLAGS.seed)
     split, channels = _load_split()
     say = print if chief else (lambda *args, **kwargs: None)
@@ -241,27 +262,45 @@ def train() -> dict[str, float]:
     with strategy.scope():
         model = build_model(channels, split.train.num_classes)
     transform = pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None
+    backup = None
     if FLAGS.epochs > 0:
         steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
         backup_dir = _backup_dir() if FLAGS.backup else None
+        # The backup is kept when fit completes, and deleted only once every output is written.
         train_data, callbacks = training_pipeline(
             model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class, FLAGS.image_size, channels,
             seed=FLAGS.seed, recluster_every=FLAGS.recluster_every, conquer_epochs=FLAGS.conquer_epochs,
             cluster_on=FLAGS.cluster_on, small_classes=FLAGS.small_classes,
             augment=pipeline.train_transform(FLAGS.image_size) if FLAGS.augment else None,
-            steps_per_epoch=steps_per_epoch, backup_dir=backup_dir)
+            steps_per_epoch=steps_per_epoch, backup_dir=backup_dir, delete_backup=False)
+        callbacks.append(LearningCheck(strict=FLAGS.strict))
         if backup_dir:
-            say(f"backing up to {backup_dir} between epochs (run the same command again to resume)")
-        if split.test is not None and FLAGS.eval_every > 0:
-            evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
-                                                      transform=transform)
-            callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
-        start = time.perf_counter()
-        model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                  verbose=0 if not chief else 1 if sys.stdout.isatty() else 2)
-        seconds = time.perf_counter() - start
-        images = FLAGS.epochs * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
-        say(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
+            backup = callbacks[0]
+            _RUN.update(backup_dir=backup_dir, epochs=FLAGS.epochs)
+        trained = backup.restore_completed(model) if backup is not None else None
+        if trained is not None:
+            say(f"training had completed ({trained} epochs, backed up in {backup_dir}): no training step, "
+                "writing the outputs")
+        else:
+            if backup_dir:
+                say(f"backing up to {backup_dir} between epochs (run the same command again to resume)")
+            if split.test is not None and FLAGS.eval_every > 0:
+                evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels,
+                                                          FLAGS.eval_batch_size, transform=transform)
+                callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every,
+                                                                seed=FLAGS.seed))
+            start = time.perf_counter()
+            history = model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch,
+                                callbacks=callbacks, verbose=0 if not chief else 1 if sys.stdout.isatty() else 2)
+            seconds = max(time.perf_counter() - start, 1e-9)
+            # Only what this run trained: a resumed run starts after the backed-up epochs.
+            epochs_run = len(history.epoch)
+            images = epochs_run * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
+            resumed = backup.restored_epoch if backup is not None else None
+            say(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.1f} s "
+                f"({images / seconds:.0f} images/s)"
+                + (f", resumed after epoch {resumed} ({FLAGS.epochs} epochs in all)" if resumed else ""))
+        _RUN["trained"] = backup is not None
     metrics: dict[str, float] = {}
     if split.test is not None:
         # Sharded over every replica of every worker, gathered on all of them.
@@ -282,19 +321,24 @@ def train() -> dict[str, float]:
         with _output_dir(FLAGS.save_model, chief) as save_path:
             path = save_keras_model(model, save_path)
         say(f"Keras model saved to {path}")
+    if backup is not None and chief:
+        # Every output is written: only now may the trained state go.
+        shutil.rmtree(backup.backup_dir, ignore_errors=True)
+    _RUN.clear()
     return metrics
 
 
 def export() -> dict[str, float]:
     """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
+    _check_flags("export")
     from pddm_tf import pipeline
     from pddm_tf.datasets import TFDS_LOADERS
     from pddm_tf.export import export_saved_model, image_geometry, load_gallery, load_keras_model
 
-    if not FLAGS.keras_model or not FLAGS.export_dir:
-        raise app.UsageError("export needs --keras_model (a .keras file, e.g. from train --save_model) and "
-                             "--export_dir (the TF Serving base folder)")
     model = load_keras_model(FLAGS.keras_model)
+    if FLAGS.search_rerank > 0 and getattr(model, "pddm", None) is None:
+        raise cli_validation.FlagError(f"--search_rerank={FLAGS.search_rerank} re-ranks by a learned PDDM score, but "
+                                       f"{FLAGS.keras_model} is a model without a PDDM unit")
     size, channels = image_geometry(model)
     # A model trained with --augment was evaluated on resized, centre-cropped images: serve the same.
     transform = pipeline.eval_transform(size) if FLAGS.augment else None
@@ -317,31 +361,21 @@ def export() -> dict[str, float]:
     return {}
 
 
-def _resolve_model_dir(path: str) -> pathlib.Path:
-    root = pathlib.Path(path)
-    if (root / "saved_model.pb").exists():
-        return root
-    versions = sorted((int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()), reverse=True)
-    if not versions:
-        raise app.UsageError(f"--model_dir={path} holds neither a saved_model.pb nor version folders")
-    return root / str(versions[0])
-
-
 def evaluate() -> dict[str, float]:
     import tensorflow as tf
 
     from pddm_tf import data, evaluation, pipeline
+    from pddm_tf.export import load_saved_model
 
-    if not FLAGS.model_dir:
-        raise app.UsageError("evaluate needs --model_dir")
-    model_dir = _resolve_model_dir(FLAGS.model_dir)
-    signatures = tf.saved_model.load(str(model_dir)).signatures
+    _check_flags("evaluate")
+    model_dir, signatures = load_saved_model(FLAGS.model_dir)
     embed = signatures["embed_pixels"]
     pair_scores = None
     if FLAGS.rerank > 0:
         if "pddm_similarity" not in signatures:
-            raise ValueError(f"--rerank needs a model exported with a PDDM unit; {model_dir} has no "
-                             "pddm_similarity signature")
+            raise cli_validation.FlagError(f"--rerank={FLAGS.rerank} re-ranks by a learned PDDM score, but {model_dir} "
+                                           "was exported from a model without a PDDM unit (no pddm_similarity "
+                                           "signature)")
         similarity = signatures["pddm_similarity"]
 
         def pair_scores(a, b):
@@ -359,22 +393,51 @@ def evaluate() -> dict[str, float]:
     return metrics
 
 
+#: The exit code after Ctrl-C: 128 + SIGINT, as shells report it (usage errors: `cli_validation.EXIT_USAGE`).
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted_message() -> str:
+    """The one line printed on Ctrl-C: how to carry on, from what the backup on disk holds."""
+    from pddm_tf.fault_tolerance import backup_status
+
+    if not _RUN.get("backup_dir"):
+        return "interrupted"
+    status = backup_status(_RUN["backup_dir"])
+    if status is not None and status.get("complete"):
+        return (f"interrupted; run the same command again to write the outputs (training completed: "
+                f"{status['epoch']} epochs backed up in {_RUN['backup_dir']})")
+    epoch = (status["epoch"] if status else 0) + 1
+    return (f"interrupted; run the same command again to resume from epoch {epoch} of {_RUN['epochs']} "
+            f"(backed up in {_RUN['backup_dir']})")
+
+
 def main(argv: list[str]) -> None:
     commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
-    if len(argv) != 2 or argv[1] not in commands:
-        raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
     try:
+        if len(argv) != 2 or argv[1] not in commands:
+            raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
         commands[argv[1]]()
-    except (ValueError, FileNotFoundError) as error:
+    except (app.UsageError, cli_validation.FlagError) as error:
+        cli_validation.usage_exit(str(error))
+    except KeyboardInterrupt:
+        print(f"pddm-tf: {_interrupted_message()}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (ValueError, OSError) as error:
         # Bad data or arguments: a one-line message is more useful than a traceback.
-        logging.error("%s", error)
-        sys.exit(f"pddm-tf: error: {error}")
+        message = str(error)
+        if _RUN.get("trained"):
+            message += (f"; the trained model is kept in {_RUN['backup_dir']}: run the same command again to "
+                        "write the outputs without training")
+        logging.error("%s", message)
+        sys.exit(f"pddm-tf: error: {message}")
 
 
 def run() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    # One line and exit code 2 for a flag absl cannot parse, as for every other usage error.
+    app.run(main, flags_parser=cli_validation.parse_flags)
 
 
 if __name__ == "__main__":

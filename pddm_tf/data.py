@@ -268,6 +268,9 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
     Without `transform`, each image is `decode_image`d (plain resize); with one (a deterministic
     evaluation transform such as `pipeline.eval_transform(s)`), it is applied to the full-size
     decoded image, as `evaluation_dataset(..., transform=...)` does.
+
+    A batch holding bytes of no known image format fails as a whole with an InvalidArgumentError
+    naming the index of the first such image ("image 2 of the batch ...").
     """
     def one(image_bytes: tf.Tensor) -> tf.Tensor:
         if transform is None:
@@ -275,8 +278,29 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
         image = transform(_decode_pixels(image_bytes, channels), tf.zeros([2], tf.int64))
         return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
 
+    known = image_format_known(encoded)
+    first_unknown = tf.argmin(tf.cast(known, tf.int32), output_type=tf.int32)
+    check = tf.debugging.Assert(tf.reduce_all(known), [tf.strings.format(
+        "image {} of the batch (counting from 0) is not a PNG, JPEG, GIF or BMP file", first_unknown)])
+    with tf.control_dependencies([check]):
+        encoded = tf.identity(encoded)
     return tf.map_fn(one, encoded,
                      fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.float32))
+
+
+def image_format_known(encoded: tf.Tensor) -> tf.Tensor:
+    """Whether each of a batch of files starts like a PNG, JPEG, GIF or BMP file: [n] tf.string -> [n] bool.
+
+    The signatures are those that folder datasets accept (`_MAGIC_NUMBERS`). A file can start
+    right and still be damaged further on; that one fails in its decoder.
+    """
+    length = max(len(magic) for magic in _MAGIC_NUMBERS)
+    # Padded so that every prefix below lies inside the string (substr refuses one past the end).
+    prefixes = tf.strings.substr(tf.strings.join([encoded, tf.fill(tf.shape(encoded), "\0" * length)]), 0, length)
+    known = tf.zeros(tf.shape(encoded), tf.bool)
+    for magic in _MAGIC_NUMBERS:
+        known |= tf.equal(tf.strings.substr(prefixes, 0, len(magic)), magic)
+    return known
 
 
 def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0) -> tf.Tensor:

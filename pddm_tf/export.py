@@ -108,10 +108,59 @@ def _make_readable(path: str) -> None:
 
 
 def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
-    """Loads a `.keras` file written by `save_keras_model` (or `model.save`), without its optimizer state."""
+    """Loads a `.keras` file written by `save_keras_model` (or `model.save`), without its optimizer state.
+
+    Raises:
+      FileNotFoundError: no such path.
+      ValueError: the file is not a readable `.keras` archive, or holds a model that is not a pddm_tf
+        embedding model.
+    """
     import pddm_tf  # noqa: F401  (registers the library's layers and models for deserialisation)
 
-    return keras.saving.load_model(str(path), compile=False)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such path: {os.fspath(path)}")
+    try:
+        model = keras.saving.load_model(str(path), compile=False)
+    except Exception as error:  # Keras raises ValueError, OSError, zipfile.BadZipFile, ... for a bad file
+        raise ValueError(f"cannot load the Keras model {os.fspath(path)}: {_first_line(error)}") from None
+    if not isinstance(model, EmbeddingModel):
+        raise ValueError(f"{os.fspath(path)} is not a pddm-tf model (it holds a {type(model).__name__}); "
+                         "pddm-tf export needs the .keras file of pddm-tf train --save_model")
+    return model
+
+
+def load_saved_model(path: str | os.PathLike) -> tuple[pathlib.Path, dict[str, Callable]]:
+    """The signatures of a pddm_tf SavedModel: `path` is a version folder or a TF Serving base folder
+    (then its highest version is loaded). Returns (version folder, signature name -> function).
+
+    Raises:
+      FileNotFoundError: no such path, or no SavedModel in it.
+      ValueError: a corrupt SavedModel, or one without an `embed_pixels` signature (not a pddm-tf export).
+    """
+    root = pathlib.Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"no such path: {root}")
+    folder = root
+    if not (root / "saved_model.pb").exists():
+        versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+        if not versions:
+            raise FileNotFoundError(f"{root} holds neither a saved_model.pb nor version folders")
+        folder = root / str(max(versions))
+        if not (folder / "saved_model.pb").exists():
+            raise FileNotFoundError(f"no saved_model.pb in {folder}, the latest version of {root}")
+    try:
+        signatures = tf.saved_model.load(str(folder)).signatures
+    except Exception as error:  # a bad protobuf or missing variables surface as several error types
+        raise ValueError(f"corrupt SavedModel at {folder}: {_first_line(error)}") from None
+    if "embed_pixels" not in signatures:
+        raise ValueError(f"not a pddm-tf export (no embed_pixels signature): {folder} has "
+                         f"{sorted(signatures) or 'no signatures'}")
+    return folder, dict(signatures)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], image_size: int, channels: int,

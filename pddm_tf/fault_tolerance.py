@@ -26,6 +26,11 @@ previous one in force. Under a multi-worker strategy every worker performs the s
 on-read synchronised variables can take part in collectives), the chief into `backup_dir` and
 the others into a temporary folder they delete; every worker restores from `backup_dir`, which
 must therefore be on storage all workers see.
+
+With `delete_checkpoint=False` the backup outlives `fit`: when `fit` completes, a last backup marked
+complete is written, so a caller can keep the trained state until everything it derives from the
+model (exports, metrics) is safely written, and, when that fails, restore the trained model with
+`restore_completed` instead of training again (`pddm-tf train` does this).
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
       state: extra trackable state, name -> `tf.Module` or `tf.Variable` (e.g.
         {"clusters": assignment}); `methods.training_pipeline` returns what its method needs.
       delete_checkpoint: delete `backup_dir` when `fit` completes (Keras' default), so the same
-        command starts afresh next time; an interrupted run keeps it.
+        command starts afresh next time; an interrupted run keeps it. False: keep it, and back up the
+        completed state when `fit` ends (see `restore_completed`); deleting it is then the caller's.
     """
 
     def __init__(self, backup_dir: str | os.PathLike, state: dict[str, tf.Module | tf.Variable] | None = None,
@@ -68,11 +74,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self.state = dict(state or {})
         self.restored_epoch: int | None = None
+        self._epochs_done: int | None = None
 
     # -- Keras hooks -----------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.restored_epoch = None
+        self._epochs_done = None
         self._running = False
         folder = self._latest()
         if folder is not None:
@@ -86,7 +94,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._running = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        pass  # see on_epoch_begin
+        self._epochs_done = epoch + 1  # backed up in on_epoch_begin (see there) or on_train_end
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         pass  # epoch-end backups only (see the module docstring)
@@ -94,16 +102,37 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         # Keras' callback leaves the resume epoch set, so a later `fit` of the same model would skip epochs.
         self.model._initial_epoch = None
-        if self.delete_checkpoint and self._chief():
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+        if self.delete_checkpoint:
+            if self._chief():
+                shutil.rmtree(self.backup_dir, ignore_errors=True)
+        elif self._epochs_done is not None:
+            self._save(self._epochs_done, complete=True)
+
+    # -- after fit -------------------------------------------------------------------------------
+
+    def restore_completed(self, model: keras.Model) -> int | None:
+        """Restores the state of a completed `fit` from the latest backup into `model` (built and compiled).
+
+        Returns the epochs that `fit` trained, or None when the latest backup is not that of a
+        completed `fit` (none, or one made between epochs), in which case nothing is restored.
+        """
+        folder = self._latest()
+        if folder is None or not json.loads((folder / _METADATA).read_text()).get("complete", False):
+            return None
+        self.set_model(model)
+        with model.distribute_strategy.scope():
+            self._restore(folder)
+        model._initial_epoch = None  # no fit follows that would consume it
+        return self.restored_epoch
 
     # -- saving ----------------------------------------------------------------------------------
 
     def _chief(self) -> bool:
         return is_chief(self.model.distribute_strategy)
 
-    def _save(self, epochs_done: int) -> None:
-        """Backs up the state at the start of epoch `epochs_done` (= epochs completed)."""
+    def _save(self, epochs_done: int, complete: bool = False) -> None:
+        """Backs up the state after `epochs_done` epochs (at the start of the next one, or, `complete`, at
+        the end of `fit`)."""
         root = pathlib.Path(self.backup_dir)
         if self._chief():
             root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +145,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.state:
             tf.train.Checkpoint(**self.state).write(str(target / _STATE))
         metadata = {"epoch": epochs_done, "step": int(self.model.optimizer.iterations.numpy()),
-                    "steps_per_epoch": self.params.get("steps")}
+                    "steps_per_epoch": (self.params or {}).get("steps"), "complete": complete}
         (target / _METADATA).write_text(json.dumps(metadata))
         if not self._chief():
             shutil.rmtree(target, ignore_errors=True)
@@ -142,7 +171,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if not self.model.built:
             raise ValueError("BackupAndRestore needs a built model: call model.build(input_shape) before fit")
         metadata = json.loads((folder / _METADATA).read_text())
-        steps = self.params.get("steps")
+        steps = (self.params or {}).get("steps")
         if metadata["steps_per_epoch"] is not None and steps is not None and metadata["steps_per_epoch"] != steps:
             raise ValueError(f"the backup in {self.backup_dir} was made with {metadata['steps_per_epoch']} steps per "
                              f"epoch but this fit runs {steps}: resume with the same settings, or delete the backup")
@@ -160,6 +189,16 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = metadata["epoch"]  # the mechanism of Keras' own BackupAndRestore
         self.restored_epoch = metadata["epoch"]
         print(f"resumed from {folder} at epoch {metadata['epoch']} (step {metadata['step']})", flush=True)
+
+
+def backup_status(backup_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What the latest backup in `backup_dir` holds: {"epoch": epochs trained, "step": optimiser step,
+    "complete": whether `fit` had completed, ...}; None when there is no usable backup."""
+    latest = pathlib.Path(backup_dir) / _LATEST
+    try:
+        return json.loads((latest.parent / latest.read_text().strip() / _METADATA).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class SamplerPosition(keras.callbacks.Callback):

@@ -123,7 +123,7 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
                       conquer_epochs: int = 1, cluster_on: str = "features", small_classes: str = "error",
                       augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
                       steps_per_epoch: int | None = None, backup_dir: str | None = None,
-                      ) -> tuple[tf.data.Dataset | tf.distribute.DistributedDataset, list[keras.callbacks.Callback]]:
+                      delete_backup: bool = True) -> tuple[tf.data.Dataset | tf.distribute.DistributedDataset, list[keras.callbacks.Callback]]:
     """The training batches and callbacks that `model.fit` needs for `model`'s method.
 
     Every method trains on P x K class-balanced batches of `files`. A `DivideAndConquerModel`
@@ -146,6 +146,9 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
         epoch); the other methods ignore it.
       backup_dir: if given, the callbacks start with a `fault_tolerance.BackupAndRestore` there,
         covering the model, its optimisers, the sampler position and the clustering.
+      delete_backup: delete the backup when `fit` completes; False keeps it, with the completed
+        state (`BackupAndRestore(delete_checkpoint=False)`), for the caller to delete once its
+        outputs are written.
 
     Returns:
       (dataset, callbacks) to pass to `fit`; the callbacks are the pipeline's: without them the
@@ -173,5 +176,5 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
                                       cluster_on=cluster_on, seed=seed)]
         state["clusters"] = assignment
     if backup_dir:
-        callbacks.insert(0, BackupAndRestore(backup_dir, state=state))
+        callbacks.insert(0, BackupAndRestore(backup_dir, state=state, delete_checkpoint=delete_backup))
     return dataset, callbacks
