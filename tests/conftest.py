@@ -41,8 +41,8 @@ def two_replicas():
 # processes (pytest-xdist, --dist loadfile), which take files in collection order: starting with
 # the long ones keeps one process from finishing a long file alone at the end.
 _LONGEST_FIRST = ("test_baseline_learning", "test_hdml", "test_divide_and_conquer", "test_distributed",
-                  "test_learning", "test_serving", "test_cli", "test_recipes", "test_backbones", "test_benchmarks",
-                  "test_zero_shot", "test_knn_search", "test_models", "test_export")
+                  "test_learning", "test_serving", "test_cli", "test_cli_errors", "test_recipes", "test_backbones",
+                  "test_benchmarks", "test_zero_shot", "test_knn_search", "test_models", "test_export")
 
 
 def pytest_collection_modifyitems(session, config, items):

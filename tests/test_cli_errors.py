@@ -1,0 +1,393 @@
+"""`pddm-tf` when things go wrong: refused flags, failed or interrupted outputs, foreign models, Ctrl-C."""
+
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from pddm_tf import cli, cli_validation, export
+from pddm_tf.cli_validation import BOUNDS, FlagError, check_flags
+from pddm_tf.fault_tolerance import backup_status
+
+FLAGS = flags.FLAGS
+NAN = float("nan")
+
+
+def _defaults(**overrides):
+    """Every flag of `pddm-tf` at its default, with `overrides`: the values `check_flags` sees."""
+    values = {name: FLAGS[name].default for name in FLAGS}
+    values.update(overrides)
+    return values
+
+
+# --------------------------------------------------------------------------- every flag's range
+
+# (flag, value, allowed), written from each flag's meaning: the edges and one step past them.
+BOUND_CASES = [
+    ("test_fraction", -0.01, False), ("test_fraction", 0.0, True), ("test_fraction", 0.99, True),
+    ("test_fraction", 1.0, False), ("test_fraction", NAN, False),
+    ("seed", -1, False), ("seed", 0, True), ("seed", 2**32 - 1, True), ("seed", 2**32, False),
+    ("image_size", 0, False), ("image_size", 1, True),
+    ("channels", 0, False), ("channels", 1, True), ("channels", 2, False), ("channels", 3, True),
+    ("channels", 4, False),
+    ("eval_batch_size", 0, False), ("eval_batch_size", 1, True),
+    ("rerank", -1, False), ("rerank", 0, True),
+    ("embedding_dim", 0, False), ("embedding_dim", 1, True),
+    ("dropout", -0.1, False), ("dropout", 0.0, True), ("dropout", 0.9, True), ("dropout", 1.0, False),
+    ("backbone_width", 0, False), ("backbone_width", 1, True),
+    ("epochs", -1, False), ("epochs", 0, True),
+    ("steps_per_epoch", -3, False), ("steps_per_epoch", 0, True),
+    ("batch_classes", 1, False), ("batch_classes", 2, True),
+    ("batch_per_class", 1, False), ("batch_per_class", 2, True),
+    ("learning_rate", 0.0, False), ("learning_rate", 1e-6, True), ("learning_rate", math.inf, False),
+    ("learning_rate", NAN, False),
+    ("alpha", -0.1, False), ("alpha", 0.0, True), ("alpha", math.inf, False),
+    ("beta", -0.1, False), ("beta", 0.0, True),
+    ("embedding_weight", -0.1, False), ("embedding_weight", 0.0, True),
+    ("hdml_alpha", 0.0, False), ("hdml_alpha", 0.1, True),
+    ("hdml_beta", 0.0, False), ("hdml_beta", 0.1, True),
+    ("num_learners", 0, False), ("num_learners", 1, True),
+    ("recluster_every", -1, False), ("recluster_every", 0, True),
+    ("conquer_epochs", -1, False), ("conquer_epochs", 0, True),
+    ("eval_every", -1, False), ("eval_every", 0, True),
+    ("task_index", -1, False), ("task_index", 0, True),
+    ("search_k", 0, False), ("search_k", 1, True),
+    ("search_rerank", -1, False), ("search_rerank", 0, True),
+]
+
+
+def test_every_numeric_flag_has_a_range_and_a_case():
+    numeric = {name for name in FLAGS if FLAGS.find_module_defining_flag(name) == cli.__name__
+               and FLAGS[name].flag_type() in ("int", "float")}
+    assert numeric == set(BOUNDS), "give every int/float flag a range in cli_validation.BOUNDS"
+    tested = {name for name, _, allowed in BOUND_CASES if not allowed}
+    assert numeric == tested, "give every int/float flag a refused case in BOUND_CASES"
+
+
+@pytest.mark.parametrize("name,value,allowed", BOUND_CASES)
+def test_flag_range(name, value, allowed):
+    values = _defaults(**{name: value})
+    if allowed:
+        check_flags("train", values)
+        return
+    with pytest.raises(FlagError) as error:
+        check_flags("train", values)
+    message = str(error.value)
+    assert message.startswith(f"--{name}={value} is out of range: allowed ") and "\n" not in message
+
+
+# --------------------------------------------------------------------------- combinations and paths
+
+COMBINATION_CASES = [
+    ("train", {"method": "contrastive", "rerank": 5}, "--rerank=5 re-ranks by a learned PDDM score, but "
+                                                      "--method=contrastive has no PDDM unit"),
+    ("train", {"method": "hdml_npair", "rerank": 5}, "--method=hdml_npair has no PDDM unit"),
+    ("train", {"method": "pddm_triplet", "rerank": 5}, None),
+    ("train", {"method": "dc_pddm", "embedding_dim": 10, "num_learners": 4}, "--embedding_dim=10 is not divisible"),
+    ("train", {"method": "dc_pddm", "embedding_dim": 12, "num_learners": 4}, None),
+    ("train", {"worker_hosts": ["a:1", "b:2"]}, "--worker_hosts is for --strategy=multi_worker"),
+    ("train", {"strategy": "multi_worker", "worker_hosts": ["a:1", "b:2"], "task_index": 2,
+               "backup_dir": "/tmp/b"}, "--task_index=2 is out of range: allowed 0 to 1"),
+    ("train", {"strategy": "multi_worker", "epochs": 1}, "--strategy=multi_worker needs --backup_dir"),
+    ("train", {"strategy": "multi_worker", "epochs": 1, "backup": False}, None),
+    ("train", {"save_model": "model.h5"}, "--save_model=model.h5 must end in .keras"),
+    ("train", {"dataset": "folder:/no/such/folder"}, "no such path"),
+    ("evaluate", {}, "evaluate needs --model_dir"),
+    ("evaluate", {"model_dir": "/no/such/model"}, "--model_dir=/no/such/model: no such path"),
+    ("export", {"export_dir": "/tmp/x"}, "export needs --keras_model"),
+]
+
+
+@pytest.mark.parametrize("command,overrides,refused", COMBINATION_CASES)
+def test_flag_combination(command, overrides, refused):
+    if refused is None:
+        check_flags(command, _defaults(**overrides))
+    else:
+        with pytest.raises(FlagError, match=re.escape(refused)):
+            check_flags(command, _defaults(**overrides))
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    a_folder = tmp_path / "folder"
+    a_folder.mkdir()
+    keras_file = tmp_path / "m.keras"
+    keras_file.write_text("x")
+    (tmp_path / "dir.keras").mkdir()
+    cases = [
+        ("train", {"export_dir": str(a_file)}, "is a file; a folder is expected"),
+        ("train", {"export_dir": str(a_file / "sub")}, f"{str(a_file)!r} is a file; a folder is expected"),
+        ("train", {"export_dir": str(tmp_path / "new" / "deeper")}, None),
+        ("train", {"json": str(a_folder)}, "is a folder; a file is expected"),
+        ("train", {"json": str(a_file / "m.json")}, "is a file; a folder is expected"),
+        ("train", {"json": str(tmp_path / "new" / "m.json")}, None),
+        ("train", {"save_model": str(tmp_path / "dir.keras")}, "is a folder; a file is expected"),
+        ("train", {"save_model": str(tmp_path / "new" / "m.keras")}, None),
+        ("train", {"epochs": 1, "backup_dir": str(a_file)}, "is a file; a folder is expected"),
+        ("train", {"epochs": 1, "backup_dir": str(a_file), "backup": False}, None),  # no backup made
+        ("train", {"epochs": 0, "backup_dir": str(a_file)}, None),  # nothing to back up
+        ("evaluate", {"model_dir": str(a_folder), "json": str(a_folder)}, "--json"),
+        ("export", {"keras_model": str(a_folder), "export_dir": str(a_folder)}, "is a folder; a file is expected"),
+        ("export", {"keras_model": str(keras_file), "export_dir": str(a_file)}, "is a file; a folder is expected"),
+        ("export", {"keras_model": str(keras_file), "export_dir": str(a_folder)}, None),
+        ("export", {"keras_model": str(keras_file), "export_dir": str(a_folder), "search_rerank": 3},
+         "--search_rerank=3 re-ranks the results of `search`, which needs --gallery"),
+    ]
+    for command, overrides, refused in cases:
+        if refused is None:
+            check_flags(command, _defaults(**overrides))
+        else:
+            with pytest.raises(FlagError, match=re.escape(refused)):
+                check_flags(command, _defaults(**overrides))
+
+    # A folder that cannot be written in, whether it exists or is to be created in one.
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(cli_validation.os, "access",
+                        lambda path, mode: False if pathlib.Path(path) == readonly else real_access(path, mode))
+    for overrides in ({"export_dir": str(readonly)}, {"export_dir": str(readonly / "a" / "b")},
+                      {"json": str(readonly / "m.json")}, {"save_model": str(readonly / "m.keras")}):
+        with pytest.raises(FlagError, match=re.escape(f"cannot write in {str(readonly)!r} (permission denied)")):
+            check_flags("train", _defaults(**overrides))
+    check_flags("train", _defaults(export_dir=str(tmp_path / "writable")))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write in any folder")
+def test_a_folder_without_write_permission_is_refused(tmp_path):
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        with pytest.raises(FlagError, match="permission denied"):
+            check_flags("train", _defaults(export_dir=str(readonly / "export")))
+    finally:
+        readonly.chmod(0o700)
+
+
+def test_every_recipe_passes_the_checks():
+    from pddm_tf.recipes import RECIPES
+
+    for recipe in RECIPES.values():
+        check_flags("train", _defaults(**recipe.flags))
+
+
+def test_pddm_methods_are_the_methods_with_a_pddm_unit():
+    from pddm_tf import small_convnet
+    from pddm_tf.methods import METHODS, build_model
+
+    with_pddm = {name for name in METHODS if getattr(build_model(name, small_convnet(16, 1, width=4), 8, num_classes=3,
+                                                                 num_learners=2), "pddm", None) is not None}
+    assert with_pddm == cli_validation.PDDM_METHODS
+
+
+# --------------------------------------------------------------------------- one line, exit code 2
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Runs `pddm-tf <args>` in this process; returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        code = 0
+        try:
+            cli_validation.parse_flags(["pddm-tf", *args])
+            cli.main(["pddm-tf", *[a for a in args if not a.startswith("--")]])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            if isinstance(exit_.code, str):  # what the interpreter prints when it exits
+                print(exit_.code, file=sys.stderr)
+        finally:
+            FLAGS.unparse_flags()
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--steps_per_epoch=-3"], "--steps_per_epoch=-3 is out of range: allowed >= 0"),
+    (["train", "--method=contrastive", "--rerank=5"], "has no PDDM unit"),
+    (["train", "--epochs=abc"], "flag --epochs=abc: invalid literal for int()"),
+    (["train", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    (["frobnicate"], "usage: pddm-tf {train|evaluate|export}"),
+    (["evaluate", "--model_dir=/no/such/path"], "--model_dir=/no/such/path: no such path"),
+])
+def test_usage_errors_are_one_line_and_exit_code_2(run_cli, args, message):
+    code, out, err = run_cli(*args)
+    assert code == 2
+    assert err == f"pddm-tf: error: {err.split('pddm-tf: error: ', 1)[-1]}" and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert out == ""  # refused before anything was loaded or printed
+
+
+# --------------------------------------------------------------------------- evaluate and export inputs
+
+
+def test_evaluate_and_export_recognise_what_they_were_given(tmp_path, run_cli):
+    # A SavedModel that pddm-tf did not make.
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "foreign"), signatures={"serving_default": module.f})
+    with pytest.raises(ValueError, match=re.escape(f"not a pddm-tf export (no embed_pixels signature): "
+                                                   f"{tmp_path / 'foreign'} has ['serving_default']")):
+        export.load_saved_model(tmp_path / "foreign")
+    # A corrupt saved_model.pb, reached through the base folder's latest version.
+    (tmp_path / "base" / "3").mkdir(parents=True)
+    (tmp_path / "base" / "3" / "saved_model.pb").write_bytes(b"\x00 not a protocol buffer \xff")
+    (tmp_path / "base" / "1").mkdir()
+    with pytest.raises(ValueError, match=re.escape(f"corrupt SavedModel at {tmp_path / 'base' / '3'}: ")):
+        export.load_saved_model(tmp_path / "base")
+    # A version folder without a SavedModel.
+    (tmp_path / "base" / "4").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no saved_model.pb in {tmp_path / 'base' / '4'}")):
+        export.load_saved_model(tmp_path / "base")
+    with pytest.raises(FileNotFoundError, match="holds neither a saved_model.pb nor version folders"):
+        export.load_saved_model(tmp_path / "base" / "1")
+    # Through the command: one line, exit code 1, no chained tracebacks.
+    code, _, err = run_cli("evaluate", f"--model_dir={tmp_path / 'foreign'}")
+    assert code == 1 and "not a pddm-tf export (no embed_pixels signature)" in err and "Traceback" not in err
+
+    # export: a .keras file that is not a pddm-tf model, and one that is not a .keras archive.
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "plain.keras")
+    with pytest.raises(ValueError, match="plain.keras is not a pddm-tf model \\(it holds a Functional\\)"):
+        export.load_keras_model(tmp_path / "plain.keras")
+    (tmp_path / "broken.keras").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="cannot load the Keras model .*broken.keras"):
+        export.load_keras_model(tmp_path / "broken.keras")
+    code, _, err = run_cli("export", f"--keras_model={tmp_path / 'plain.keras'}", f"--export_dir={tmp_path / 'out'}")
+    assert code == 1 and "is not a pddm-tf model" in err and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- outputs outlive failures
+
+# A tiny folder dataset (6 classes of 3 distinct images) and model: a training run takes ~2 s.
+TINY = ["--method=contrastive", "--image_size=16", "--backbone_width=4", "--embedding_dim=8", "--batch_classes=2",
+        "--batch_per_class=2", "--test_fraction=0.5", "--eval_batch_size=64"]
+
+
+def _folder_dataset(root):
+    rng = np.random.default_rng(0)
+    for label in range(6):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            (root / f"class{label}" / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    return f"--dataset=folder:{root}"
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("fit was called: the rerun trained again")
+
+
+def test_a_failed_or_interrupted_export_is_redone_without_training(tmp_path, run_cli, monkeypatch):
+    backup = tmp_path / "backup"
+    outputs = [f"--export_dir={tmp_path / 'export'}", f"--json={tmp_path / 'metrics.json'}",
+               f"--save_model={tmp_path / 'model.keras'}"]
+    args = ["train", _folder_dataset(tmp_path / "data"), *TINY, "--epochs=2", "--steps_per_epoch=2",
+            f"--backup_dir={backup}", *outputs]
+    real_export = export.export_saved_model
+
+    # 1. Training completes, then the export fails: the trained state stays, and the message says so.
+    def failing_export(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(export, "export_saved_model", failing_export)
+    code, out, err = run_cli(*args)
+    assert code == 1, err
+    assert "trained 2 epochs" in out
+    assert f"the trained model is kept in {backup}: run the same command again" in err
+    status = backup_status(backup)
+    assert status["complete"] and status["epoch"] == 2 and status["step"] == 4  # 2 epochs x 2 steps
+    trained_metrics = json.loads((tmp_path / "metrics.json").read_text())
+    trained_weights = tmp_path / "trained.weights.h5"  # the weights training ended with, before the backup goes
+    shutil.copy(backup / f"backup-{status['epoch']}" / "model.weights.h5", trained_weights)
+    assert not (tmp_path / "model.keras").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    # The .keras file is written after the export: the failure left it unwritten.
+
+    # 2. Ctrl-C during the export of the rerun: one line, exit code 130, and still no training step.
+    monkeypatch.setattr(keras.Model, "fit", _no_training)
+
+    def interrupted_export(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_saved_model", interrupted_export)
+    code, out, err = run_cli(*args)
+    assert code == 130
+    assert err == (f"pddm-tf: interrupted; run the same command again to write the outputs (training completed: "
+                   f"2 epochs backed up in {backup})\n")
+    assert "no training step" in out
+
+    # 3. The same command again writes every output from the trained state, then deletes the backup.
+    monkeypatch.setattr(export, "export_saved_model", real_export)
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert "no training step" in out and "trained" not in out.replace("training had completed", "")
+    assert not backup.exists()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == trained_metrics
+    saved = keras.saving.load_model(tmp_path / "model.keras")
+    reference = keras.saving.load_model(tmp_path / "model.keras")
+    reference.load_weights(trained_weights)
+    for got, want in zip(saved.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["1"]
+
+
+# --------------------------------------------------------------------------- Ctrl-C and resuming
+
+
+def test_ctrl_c_prints_one_line_and_the_rerun_counts_only_its_own_epochs(tmp_path, run_cli):
+    """A real SIGINT to `pddm-tf train` during training (after its first backup), then the same
+    command again: it resumes, and its summary counts only the epochs it trained."""
+    backup = tmp_path / "backup"
+    args = ["train", _folder_dataset(tmp_path / "data"), *TINY, "--epochs=3", "--steps_per_epoch=12",
+            f"--backup_dir={backup}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen([sys.executable, "-m", "pddm_tf.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (backup / "latest").exists():  # written when epoch 2 begins
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err[-3000:]
+    status = backup_status(backup)  # what the backup on disk holds: 1 or 2 epochs of 3
+    assert not status["complete"], "training ended before the interrupt arrived"
+    done = status["epoch"]
+    assert err.splitlines()[-1] == (f"pddm-tf: interrupted; run the same command again to resume from epoch "
+                                    f"{done + 1} of 3 (backed up in {backup})")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert f"resumed from {backup / f'backup-{done}'} at epoch {done}" in out
+    epochs, images = 3 - done, (3 - done) * 12 * 2 * 2
+    line = re.search(r"^trained .*$", out, re.M).group(0)
+    assert re.fullmatch(rf"trained {epochs} epochs? in [\d.]+ s \((\d+) images/s\), resumed after epoch {done} "
+                        r"\(3 epochs in all\)", line), line
+    seconds = float(re.search(r"in ([\d.]+) s", line).group(1))
+    rate = int(re.search(r"\((\d+) images/s\)", line).group(1))
+    assert rate == pytest.approx(images / seconds, rel=0.1, abs=2)  # the images of this run only
+    assert not backup.exists()
