@@ -12,6 +12,7 @@ from pddm_tf.losses import (ContrastiveLoss, DoubleHeaderHingeLoss, EmbeddingLos
                             MarginLoss, MultiSimilarityLoss, NPairLoss, TripletLoss, double_header_hinge)
 from pddm_tf.mining import Quadruplets, euclidean_scores, mine_quadruplets, pair_masks
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel, gather_global_batch
+from pddm_tf.training_checks import LearningCheck, NothingLearnedError
 
 __version__ = "0.1.0"
 
@@ -31,12 +32,14 @@ __all__ = [
     "GeMPooling",
     "HDMLModel",
     "L2Normalize",
+    "LearningCheck",
     "LiftedStructuredLoss",
     "LossTerms",
     "MarginLoss",
     "MetricLossModel",
     "MultiSimilarityLoss",
     "NPairLoss",
+    "NothingLearnedError",
     "PDDM",
     "PDDMModel",
     "Quadruplets",

@@ -180,6 +180,24 @@ def test_saved_model_cli_lists_predict_signatures(served):
     assert "outputs['ids'] tensor_info:" in blocks["search"] and "dtype: DT_STRING" in blocks["search"]
 
 
+def test_a_batch_with_undecodable_images_names_the_first(served):
+    """serving_default and search refuse bad bytes with InvalidArgumentError naming the first bad image's index."""
+    signatures = tf.saved_model.load(served["v2"]).signatures
+    good = [pathlib.Path(p).read_bytes() for p in served["query_paths"][:3]]
+    truncated_gif = b"GIF"  # shorter than any image signature
+    for batch, first_bad in (([good[0], b"not an image", good[1], b""], 1),
+                             ([good[0], good[1], good[2], truncated_gif, b"junk"], 3),
+                             ([b"", *good], 0)):
+        for name in ("serving_default", "search"):
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match=f"image {first_bad} of the batch \\(counting from 0\\) is not a PNG, JPEG, GIF "
+                                     "or BMP file"):
+                signatures[name](images=tf.constant(batch))
+    # A batch of good images still decodes, to the embeddings of the model.
+    embeddings = signatures["serving_default"](images=tf.constant(good))["embeddings"].numpy()
+    np.testing.assert_allclose(embeddings, served["model"].predict(served["pixels"][:3], verbose=0), atol=ATOL)
+
+
 def test_second_version_leaves_the_first_intact_and_interrupted_export_leaves_nothing(served, monkeypatch):
     root = pathlib.Path(served["root"])
     assert (os.path.basename(served["v1"]), os.path.basename(served["v2"])) == ("1", "2")
