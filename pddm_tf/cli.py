@@ -207,8 +207,7 @@ def _backup_dir() -> str:
         return FLAGS.backup_dir
     if FLAGS.strategy == "multi_worker":
         raise ValueError("a multi_worker run needs --backup_dir on storage every worker sees (or --nobackup)")
-    # Flags that do not change the training: a rerun that only fixes an output path still resumes.
-    ignored = {"backup_dir", "task_index", "json", "export_dir", "save_model", "strict", "rerank", "eval_batch_size"}
+    ignored = {"backup_dir", "task_index", "json", "strict"}
     defining = sorted(f"{name}={FLAGS[name].value!r}" for name in FLAGS if name not in ignored
                       and FLAGS.find_module_defining_flag(name) == __name__)
     digest = hashlib.sha1("\n".join(defining).encode()).hexdigest()[:16]
