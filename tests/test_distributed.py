@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from pddm_tf import backbones, data, distributed, methods
 from pddm_tf.clustering import ClusterAssignment, cluster_balanced_dataset
-from pddm_tf.fault_tolerance import BackupAndRestore
+from pddm_tf.fault_tolerance import BackupAndRestore, backup_status
 
 SIZE = 16
 # A small run every process below trains: 4 classes x 2 images per batch, 16-d embeddings.
@@ -219,19 +219,38 @@ def test_backup_is_atomic_and_checked(tmp_path):
     backup = BackupAndRestore(tmp_path, state={"clusters": clusters}, delete_checkpoint=False)
     clusters.assign(np.array([0, 1, 1, 0, -1]))
     model.fit(x, y, epochs=3, batch_size=4, callbacks=[backup], verbose=0)
-    assert (tmp_path / "latest").read_text() == "backup-2" and not (tmp_path / "backup-1").exists()
+    # Kept (delete_checkpoint=False), the completed state as the last backup, the older ones gone.
+    assert (tmp_path / "latest").read_text() == "backup-3" and not (tmp_path / "backup-2").exists()
+    assert backup_status(tmp_path) == {"epoch": 3, "step": 6, "steps_per_epoch": 2, "complete": True}
     # A later backup killed half-way: its folder exists, `latest` still names the previous one.
-    (tmp_path / "backup-3").mkdir()
-    (tmp_path / "backup-3" / "model.weights.h5").write_bytes(b"partial")
+    (tmp_path / "backup-4").mkdir()
+    (tmp_path / "backup-4" / "model.weights.h5").write_bytes(b"partial")
     fresh, restored_clusters = _tiny_model(), ClusterAssignment(5, 2)
     restore = BackupAndRestore(tmp_path, state={"clusters": restored_clusters}, delete_checkpoint=False)
     restore.set_model(fresh)
     restore.set_params({"steps": 2, "epochs": 3})
     restore.on_train_begin()
-    assert restore.restored_epoch == 2 and int(fresh.optimizer.iterations.numpy()) == 4
+    assert restore.restored_epoch == 3 and int(fresh.optimizer.iterations.numpy()) == 6
     np.testing.assert_array_equal(restored_clusters.numpy(), [0, 1, 1, 0, -1])
-    # The weights restored are those the first model had when epoch 2 began (it trained one more epoch).
-    assert fresh._initial_epoch == 2
+    for restored, trained in zip(fresh.get_weights(), model.get_weights()):  # those fit ended with
+        np.testing.assert_array_equal(restored, trained)
+    assert fresh._initial_epoch == 3
+    # Outside fit: the completed state restored as it is, with no epoch left for a fit to skip.
+    again = _tiny_model()
+    assert BackupAndRestore(tmp_path, state={"clusters": ClusterAssignment(5, 2)}).restore_completed(again) == 3
+    for restored, trained in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(restored, trained)
+    assert again._initial_epoch is None and int(again.optimizer.iterations.numpy()) == 6
+    # A backup made between epochs (an interrupted fit) is not a completed one: nothing restored.
+    interrupted = BackupAndRestore(tmp_path / "interrupted", delete_checkpoint=False)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_model().fit(x, y, epochs=3, batch_size=4, callbacks=[interrupted, _Interrupt(1)], verbose=0)
+    assert backup_status(tmp_path / "interrupted")["epoch"] == 1
+    untouched = _tiny_model()
+    initial = untouched.get_weights()
+    assert BackupAndRestore(tmp_path / "interrupted").restore_completed(untouched) is None
+    for kept, before in zip(untouched.get_weights(), initial):
+        np.testing.assert_array_equal(kept, before)
     # Other settings than the backup's: a clear error rather than a silently different run.
     mismatched = BackupAndRestore(tmp_path, state={"clusters": ClusterAssignment(5, 2)})
     mismatched.set_model(_tiny_model())
