@@ -391,3 +391,13 @@ def test_ctrl_c_prints_one_line_and_the_rerun_counts_only_its_own_epochs(tmp_pat
     rate = int(re.search(r"\((\d+) images/s\)", line).group(1))
     assert rate == pytest.approx(images / seconds, rel=0.1, abs=2)  # the images of this run only
     assert not backup.exists()
+
+
+def test_json_written_atomically_leaves_no_temporary_file_when_it_fails(tmp_path):
+    (tmp_path / "taken").mkdir()  # a folder where the file should go (what the checks refuse up front)
+    with pytest.raises(IsADirectoryError):
+        cli._write_json(str(tmp_path / "taken"), {"recall@1": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and not any((tmp_path / "taken").iterdir())
+    cli._write_json(str(tmp_path / "m.json"), {"recall@1": 0.5})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"recall@1": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "taken"]
