@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -111,6 +111,7 @@ def load_omniglot(
     rotations: bool = False,
     seed: int = 0,
     root: str | None = None,
+    test_groups: Sequence[str] | None = None,
 ) -> DatasetSplit:
     """Omniglot characters as classes, split into disjoint train / test classes.
 
@@ -129,30 +130,24 @@ def load_omniglot(
         together with their character, so no glyph appears on both sides.
       seed: seed of the class split.
       root: dataset folder; None for the embedded subset.
+      test_groups: names of the alphabets to hold out, e.g. ("Greek", "Latin"); overrides
+        `test_fraction` and `split_by` (the cross-validation folds of `benchmarks/few_shot.py`).
 
     Returns:
       A `DatasetSplit` with `channels=1`; class names are "<alphabet>/<characterNN>".
 
     Raises:
-      ValueError: bad `test_fraction` or `split_by`, a missing `root`, or a split that
-        leaves one side without classes.
+      ValueError: bad `test_fraction`, `split_by` or `test_groups`, a missing `root`, or a
+        split that leaves one side without classes.
     """
-    _check_test_fraction(test_fraction)
-    if split_by not in _SPLIT_BY:
-        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
     paths, labels, class_names = _scan_class_folders(
         pathlib.Path(root) if root is not None else _OMNIGLOT_ROOT, class_depth=2
     )
-    rng = np.random.default_rng(seed)
-    if split_by == "character":
-        test_mask = _random_class_mask(len(class_names), test_fraction, rng)
-    else:
-        alphabets = np.array([name.split("/")[0] for name in class_names])
-        test_mask = _random_group_mask(alphabets, test_fraction, rng)
-    train, test = _split(paths, labels, class_names, test_mask, test_fraction)
+    test_mask = _test_class_mask(class_names, test_fraction, split_by, test_groups, seed)
+    train, test = _split(paths, labels, class_names, test_mask, test_fraction if test_groups is None else 1.0)
     if rotations:
-        train = _with_rotations(train)
-        test = _with_rotations(test) if test is not None else None
+        train = with_rotations(train)
+        test = with_rotations(test) if test is not None else None
     return DatasetSplit(train=train, test=test, channels=1)
 
 
@@ -162,6 +157,8 @@ def load_folder(
     seed: int = 0,
     channels: int = 3,
     validate: bool = True,
+    split_by: str = "character",
+    test_groups: Sequence[str] | None = None,
 ) -> DatasetSplit:
     """Any folder with one sub-folder per class, split into disjoint train / test classes.
 
@@ -169,7 +166,9 @@ def load_folder(
     named by its parent folder relative to `path`, so nested layouts work:
     `path/birds/finch/1.jpg` is class "birds/finch". Images directly in `path` have no
     class and are ignored. Classes are sorted by name; the split shuffles them with
-    `np.random.default_rng(seed)` and sends `round(test_fraction * C)` to test.
+    `np.random.default_rng(seed)` and sends `round(test_fraction * C)` to test. With
+    `split_by="alphabet"` whole top-level folders ("birds", an Omniglot alphabet) go to
+    test instead, as `load_omniglot` does.
 
     Args:
       path: the dataset folder.
@@ -182,6 +181,8 @@ def load_folder(
         failing the whole load: one bad download should not cost a dataset, while a
         training pipeline hitting it later would crash mid-run. This costs one decode
         per image at load time; pass False for trusted data.
+      split_by: "character" (each class on its own) or "alphabet" (top-level folders).
+      test_groups: names of top-level folders to hold out; overrides `test_fraction`.
 
     Returns:
       A `DatasetSplit` with the given `channels`.
@@ -190,8 +191,10 @@ def load_folder(
       ValueError: (naming `path`) the folder is missing, holds no images, or fewer than 2
         classes (after skipping corrupt files); or bad `test_fraction` / `channels`.
     """
-    _check_test_fraction(test_fraction)
     _check_channels(channels)
+    if split_by not in _SPLIT_BY:  # Checked before the (slow) validation.
+        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
+    _check_test_fraction(test_fraction)
     paths, labels, class_names = _scan_class_folders(pathlib.Path(path), class_depth=None)
     if validate:
         ok = np.array([_is_decodable(p, channels) for p in paths], dtype=bool)
@@ -201,8 +204,8 @@ def load_folder(
             f"dataset folder {str(path)!r} has {len(class_names)} class(es) with valid images; "
             "metric learning needs at least 2"
         )
-    test_mask = _random_class_mask(len(class_names), test_fraction, np.random.default_rng(seed))
-    train, test = _split(paths, labels, class_names, test_mask, test_fraction)
+    test_mask = _test_class_mask(class_names, test_fraction, split_by, test_groups, seed)
+    train, test = _split(paths, labels, class_names, test_mask, test_fraction if test_groups is None else 1.0)
     return DatasetSplit(train=train, test=test, channels=channels)
 
 
@@ -709,6 +712,26 @@ def _drop_classless(
     return paths, labels.astype(np.int32), tuple(class_names[i] for i in present)
 
 
+def _test_class_mask(class_names: tuple[str, ...], test_fraction: float, split_by: str,
+                     test_groups: Sequence[str] | None, seed: int) -> np.ndarray:
+    """[C] bool, True for the held-out classes: `test_groups` by name, else a seeded random
+    `test_fraction` of the classes (`split_by="character"`) or of whole groups ("alphabet")."""
+    _check_test_fraction(test_fraction)
+    if split_by not in _SPLIT_BY:
+        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
+    groups = np.array([name.split("/")[0] for name in class_names])
+    if test_groups is not None:
+        unknown = sorted(set(test_groups) - set(groups))
+        if unknown:
+            raise ValueError(f"unknown test group(s) {unknown}; the groups (top-level folders) are "
+                             f"{sorted(set(groups))}")
+        return np.isin(groups, list(test_groups))
+    rng = np.random.default_rng(seed)
+    if split_by == "character":
+        return _random_class_mask(len(class_names), test_fraction, rng)
+    return _random_group_mask(groups, test_fraction, rng)
+
+
 def _random_class_mask(num_classes: int, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """[C] bool, True for the `round(test_fraction * C)` classes first in a random order."""
     mask = np.zeros(num_classes, dtype=bool)
@@ -760,11 +783,14 @@ def _subset(
     )
 
 
-def _with_rotations(files: ImageFiles) -> ImageFiles:
-    """Each class c becomes classes 4c+k, its copies rotated by k * 90 degrees (k = 0..3).
+def with_rotations(files: ImageFiles) -> ImageFiles:
+    """Each class c becomes classes 4c+k, its copies rotated by k * 90 degrees (k = 0..3),
+    named "<class>/rot<90k>": the usual way to make more training classes from characters.
 
     Expects unrotated files; rows stay grouped by class.
     """
+    if files.rotations.any():
+        raise ValueError("with_rotations expects unrotated files; these are rotated already")
     k = np.repeat(np.arange(4, dtype=np.int32), len(files))
     labels = np.tile(files.labels, 4) * 4 + k
     order = np.argsort(labels, kind="stable")

@@ -22,23 +22,31 @@ def pddm_tf(*args, cwd=None, timeout=600):
 
 
 def test_train_then_evaluate_export_gives_same_metrics(tmp_path):
-    small = ["--image_size=16", "--backbone_width=16", "--embedding_dim=16", "--batch_classes=8",
-             "--test_fraction=0.2"]
+    # Greek held out (24 characters: 20-way episodes fit), the 7 other alphabets rotated for training.
+    held_out = ["--split_by=alphabet", "--test_groups=Greek", "--episodes=20way1shot,5way1shot",
+                "--num_episodes=50"]
+    small = ["--image_size=16", "--backbone_width=16", "--embedding_dim=16", "--batch_classes=8", *held_out]
     trained = pddm_tf("train", *small, "--epochs=1", "--steps_per_epoch=3", f"--export_dir={tmp_path}/export",
-                      f"--json={tmp_path}/train.json")
+                      "--rotations", "--affine", "--lr_schedule=cosine", "--warmup_fraction=0.3",
+                      "--weight_decay=1e-4", f"--json={tmp_path}/train.json")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "recall@1" in trained.stdout and "SavedModel exported" in trained.stdout
+    # 218 characters of the other alphabets, each in 4 rotations; 24 upright Greek ones held out.
+    assert "872 training classes" in trained.stdout and "24 held-out classes" in trained.stdout
     train_metrics = json.loads((tmp_path / "train.json").read_text())
-    assert set(train_metrics) == KEYS
+    few_shot_keys = {"oneshot_20way", "oneshot_20way_ci95", "oneshot_5way", "oneshot_5way_ci95"}
+    assert set(train_metrics) == KEYS | few_shot_keys
 
-    evaluated = pddm_tf("evaluate", "--test_fraction=0.2", f"--model_dir={tmp_path}/export",
-                        f"--json={tmp_path}/eval.json")
+    evaluated = pddm_tf("evaluate", *held_out, f"--model_dir={tmp_path}/export", f"--json={tmp_path}/eval.json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     eval_metrics = json.loads((tmp_path / "eval.json").read_text())
-    # Keras model in training vs SavedModel in a new process, same held-out classes.
+    # Keras model in training vs SavedModel in a new process, same held-out classes and episodes.
     for key in KEYS - {"nmi"}:
         np.testing.assert_allclose(eval_metrics[key], train_metrics[key], atol=1e-3, err_msg=key)
     np.testing.assert_allclose(eval_metrics["nmi"], train_metrics["nmi"], atol=0.02)
+    for key in few_shot_keys:  # a float near-tie may flip one query of the 50 x N
+        np.testing.assert_allclose(eval_metrics[key], train_metrics[key], atol=0.01, err_msg=key)
+    assert 1 / 20 < train_metrics["oneshot_20way"] < 1 and 1 / 5 < train_metrics["oneshot_5way"] < 1
 
 
 def test_unknown_dataset_is_a_clear_error():
