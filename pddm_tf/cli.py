@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from pddm_tf.methods import METHODS
-from pddm_tf.methods import build_model as build_method_model
+# Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
+from pddm_tf import logs
+from pddm_tf.method_names import METHOD_NAMES
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +56,7 @@ flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean 
                      "learned PDDM score (0 = plain Euclidean retrieval).")
 
 # train
-flags.DEFINE_enum("method", "pddm_quadruplet", list(METHODS),
+flags.DEFINE_enum("method", "pddm_quadruplet", list(METHOD_NAMES),
                   "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
                   "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
                   "over the margin or PDDM loss (dc_margin, dc_pddm).")
@@ -174,6 +175,7 @@ def build_model(channels: int, num_classes: int):
     import keras
 
     from pddm_tf import backbone
+    from pddm_tf.methods import build_model as build_method_model
 
     options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
     network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
@@ -363,17 +365,16 @@ def main(argv: list[str]) -> None:
     commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
+    logs.import_tensorflow(FLAGS.verbosity)
     try:
         commands[argv[1]]()
     except (ValueError, FileNotFoundError) as error:
         # Bad data or arguments: a one-line message is more useful than a traceback.
-        logging.error("%s", error)
         sys.exit(f"pddm-tf: error: {error}")
 
 
 def run() -> None:
     """Console-script entry point."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main)
 
 

@@ -28,6 +28,8 @@ from numpy.typing import ArrayLike
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
+from pddm_tf import progress
+
 DEFAULT_KS = (1, 2, 4, 8)
 # One k-means++ run, scikit-learn's own default for k-means++: restarts multiply the cost,
 # which is already high with thousands of test classes.
@@ -129,6 +131,32 @@ def nearest_neighbors(
     return _tf_search(queries, gallery, int(k), exclude_self, int(chunk_size), int(gallery_chunk_size))
 
 
+def exact_top_k(queries: tf.Tensor, gallery: tf.Tensor, k: int, gallery_sq_norms: tf.Tensor | None = None
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The k gallery rows nearest to each query by squared Euclidean distance: the one exact search
+    kernel of `nearest_neighbors` (block by block), `Index` and the SavedModel's `search` signature.
+
+    For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
+    2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction. 2 q is
+    exact (an exponent shift). `tf.math.top_k` is documented to put the lower index first among
+    equal values: ties go to the lower gallery row. Graph-friendly (no Python loop).
+
+    Args:
+      queries: [n, d] float32; gallery: [g, d] float32.
+      k: neighbours per query, 1 <= k <= g.
+      gallery_sq_norms: [g], ||g||^2 of every gallery row, when already known.
+
+    Returns:
+      (scores [n, k] float32, indices [n, k] int32) by descending score (ascending distance); the
+      squared distance is ||q||^2 - score (clamp it at 0: the expansion can dip below for near
+      duplicates).
+    """
+    if gallery_sq_norms is None:
+        gallery_sq_norms = tf.reduce_sum(tf.square(gallery), axis=1)  # [g]
+    scores = tf.matmul(2.0 * queries, gallery, transpose_b=True) - gallery_sq_norms  # [n, g]
+    return tf.math.top_k(scores, k=k, sorted=True)
+
+
 def _import_faiss(required: bool):
     """The faiss module, or None when it is not installed and not `required`."""
     try:
@@ -154,22 +182,15 @@ def _tf_search(
     best_scores = np.full((n_queries, k), -np.inf, np.float32)
     best_indices = np.full((n_queries, k), -1, np.int64)
 
-    # For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
-    # 2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction per
-    # block. ||q||^2 is added back only for the k winners. 2 q is exact (an exponent shift).
     # A fresh tf.function per call: traced once per distinct gallery-block width (at most two:
     # full blocks and the last one), queries are padded to `chunk_size` rows.
     @tf.function
-    def merge_block(queries_x2, block, offset, query_ids, running_scores, running_indices):
-        block_sq_norms = tf.reduce_sum(tf.square(block), axis=1)  # [g]
-        scores = tf.matmul(queries_x2, block, transpose_b=True) - block_sq_norms  # [m, g]
+    def merge_block(queries, block, offset, query_ids, running_scores, running_indices):
         # The k best of a block without the query itself are among its k + 1 best, so self is
         # masked in the small [m, k + 1] result rather than the [m, g] block, by index, not by
         # zero distance, so duplicates of a query still count.
         block_k = min(k + int(exclude_self), block.shape[0])
-        # top_k is documented to put the lower index first among equal values: that is our
-        # tie-breaking rule.
-        top_scores, top_indices = tf.math.top_k(scores, k=block_k, sorted=True)  # [m, block_k]
+        top_scores, top_indices = exact_top_k(queries, block, block_k)  # [m, block_k]
         top_indices = tf.cast(top_indices, tf.int64) + offset
         if exclude_self:
             top_scores = tf.where(top_indices == query_ids[:, None], -np.inf, top_scores)
@@ -179,6 +200,8 @@ def _tf_search(
         merged_indices = tf.gather(tf.concat([running_indices, top_indices], axis=1), positions, batch_dims=1)
         return merged_scores, merged_indices
 
+    blocks = -(-n_gallery // gallery_chunk_size) * -(-n_queries // chunk_size)
+    bar = progress.bar(total=blocks, desc=f"kNN of {n_queries} queries in {n_gallery}", unit="block")
     for g_start in range(0, n_gallery, gallery_chunk_size):
         block = tf.constant(gallery[g_start : g_start + gallery_chunk_size])  # one gallery chunk at a time
         offset = tf.constant(g_start, tf.int64)
@@ -194,11 +217,13 @@ def _tf_search(
             else:
                 running = (best_scores[start:stop], best_indices[start:stop])
             query_ids = tf.range(start, start + chunk_size, dtype=tf.int64)
-            scores, indices = merge_block(tf.constant(2.0 * chunk), block, offset, query_ids,
+            scores, indices = merge_block(tf.constant(chunk), block, offset, query_ids,
                                           tf.constant(running[0]), tf.constant(running[1]))
             best_scores[start:stop] = scores.numpy()[:rows]
             best_indices[start:stop] = indices.numpy()[:rows]
+            bar.update(1)
         del block
+    bar.close()
     # The expansion cancels catastrophically for near-identical points and can dip below 0.
     query_sq_norms = np.empty((n_queries, 1), np.float32)
     for start in range(0, n_queries, chunk_size):
@@ -298,7 +323,9 @@ def _nmi(embeddings: np.ndarray, class_ids: np.ndarray, seed: int, n_init: int) 
     """NMI for validated inputs: class ids [n] are 0..n_classes-1."""
     n_clusters = int(class_ids.max()) + 1
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
-    return float(normalized_mutual_info_score(class_ids, kmeans.fit_predict(embeddings)))
+    with progress.step(f"NMI: k-means of {len(embeddings)} embeddings into {n_clusters} clusters"):
+        clusters = kmeans.fit_predict(embeddings)
+    return float(normalized_mutual_info_score(class_ids, clusters))
 
 
 def evaluate_retrieval(
@@ -488,7 +515,9 @@ def embed_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndar
         (embeddings [n, dim], labels [n]) as numpy arrays.
     """
     embeddings, labels = [], []
-    for images, batch_labels in dataset:
+    batches = int(dataset.cardinality())
+    for images, batch_labels in progress.bar(dataset, total=batches if batches >= 0 else None, desc="embedding",
+                                             unit="batch"):
         # A direct call, not predict_on_batch: under a strategy with R replicas that would hand the
         # whole batch to every replica and concatenate R copies of its embeddings.
         embeddings.append(np.asarray(model(images, training=False)))
