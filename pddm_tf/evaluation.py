@@ -181,25 +181,6 @@ def _tf_search(
     # -inf entries lose to every real candidate, and there are at least k of those.
     best_scores = np.full((n_queries, k), -np.inf, np.float32)
     best_indices = np.full((n_queries, k), -1, np.int64)
-
-    # A fresh tf.function per call: traced once per distinct gallery-block width (at most two:
-    # full blocks and the last one), queries are padded to `chunk_size` rows.
-    @tf.function
-    def merge_block(queries, block, offset, query_ids, running_scores, running_indices):
-        # The k best of a block without the query itself are among its k + 1 best, so self is
-        # masked in the small [m, k + 1] result rather than the [m, g] block, by index, not by
-        # zero distance, so duplicates of a query still count.
-        block_k = min(k + int(exclude_self), block.shape[0])
-        top_scores, top_indices = exact_top_k(queries, block, block_k)  # [m, block_k]
-        top_indices = tf.cast(top_indices, tf.int64) + offset
-        if exclude_self:
-            top_scores = tf.where(top_indices == query_ids[:, None], -np.inf, top_scores)
-        # Earlier blocks hold lower gallery indices and come first in the concatenation, and
-        # top_k keeps the earlier position first among equal values: ties stay in index order.
-        merged_scores, positions = tf.math.top_k(tf.concat([running_scores, top_scores], axis=1), k=k, sorted=True)
-        merged_indices = tf.gather(tf.concat([running_indices, top_indices], axis=1), positions, batch_dims=1)
-        return merged_scores, merged_indices
-
     blocks = -(-n_gallery // gallery_chunk_size) * -(-n_queries // chunk_size)
     bar = progress.bar(total=blocks, desc=f"kNN of {n_queries} queries in {n_gallery}", unit="block")
     for g_start in range(0, n_gallery, gallery_chunk_size):
@@ -217,8 +198,8 @@ def _tf_search(
             else:
                 running = (best_scores[start:stop], best_indices[start:stop])
             query_ids = tf.range(start, start + chunk_size, dtype=tf.int64)
-            scores, indices = merge_block(tf.constant(chunk), block, offset, query_ids,
-                                          tf.constant(running[0]), tf.constant(running[1]))
+            scores, indices = _merge_block(tf.constant(chunk), block, offset, query_ids,
+                                           tf.constant(running[0]), tf.constant(running[1]), k, exclude_self)
             best_scores[start:stop] = scores.numpy()[:rows]
             best_indices[start:stop] = indices.numpy()[:rows]
             bar.update(1)
@@ -231,6 +212,27 @@ def _tf_search(
             tf.square(queries[start : start + chunk_size]), axis=1, keepdims=True).numpy()
     distances = np.maximum(query_sq_norms - best_scores, np.float32(0.0))
     return best_indices, distances
+
+
+# One tf.function for every search (not one per call, which retraces at each call and makes TensorFlow
+# warn about retracing): traced once per distinct (block shapes, k, exclude_self), at most two block
+# widths per search (full blocks and the last one); queries are padded to `chunk_size` rows.
+@tf.function
+def _merge_block(queries, block, offset, query_ids, running_scores, running_indices, k: int, exclude_self: bool):
+    """Merges one gallery block into the running top k of a query chunk (see `_tf_search`)."""
+    # The k best of a block without the query itself are among its k + 1 best, so self is
+    # masked in the small [m, k + 1] result rather than the [m, g] block, by index, not by
+    # zero distance, so duplicates of a query still count.
+    block_k = min(k + int(exclude_self), block.shape[0])
+    top_scores, top_indices = exact_top_k(queries, block, block_k)  # [m, block_k]
+    top_indices = tf.cast(top_indices, tf.int64) + offset
+    if exclude_self:
+        top_scores = tf.where(top_indices == query_ids[:, None], -np.inf, top_scores)
+    # Earlier blocks hold lower gallery indices and come first in the concatenation, and
+    # top_k keeps the earlier position first among equal values: ties stay in index order.
+    merged_scores, positions = tf.math.top_k(tf.concat([running_scores, top_scores], axis=1), k=k, sorted=True)
+    merged_indices = tf.gather(tf.concat([running_indices, top_indices], axis=1), positions, batch_dims=1)
+    return merged_scores, merged_indices
 
 
 def _faiss_search(faiss, queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool
@@ -546,6 +548,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     Attributes:
         history: list of (epoch, metrics) for every evaluated epoch; epochs are 0-based,
             as Keras numbers them.
+        last_embeddings, last_labels: the embeddings [n, d] and labels [n] of the latest evaluation.
     """
 
     def __init__(
@@ -567,6 +570,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.chunk_size = chunk_size
         self.seed = seed
         self.history: list[tuple[int, dict[str, float]]] = []
+        # The latest evaluation's embeddings [n, d] and labels [n] (e.g. for pddm_tf.tensorboard's pictures).
+        self.last_embeddings: np.ndarray | None = None
+        self.last_labels: np.ndarray | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         is_last = epoch + 1 == (self.params or {}).get("epochs")
@@ -577,5 +583,6 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             embeddings, labels, ks=self.ks, chunk_size=self.chunk_size, seed=self.seed
         )
         self.history.append((epoch, metrics))
+        self.last_embeddings, self.last_labels = embeddings, labels
         if logs is not None:
             logs.update({self.prefix + name: value for name, value in metrics.items()})
