@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import re
 import sys
@@ -100,9 +101,31 @@ def import_tensorflow(verbosity: int = 0) -> None:
     physical devices runs the GPU probe here; it does not initialise the runtime, so a
     multi-worker strategy can still be created afterwards. Does nothing if TensorFlow is already
     imported (its start-up lines are then long printed).
+
+    Below `verbosity` 1, TensorFlow's Python logging (the "tensorflow" logger, and "absl", which
+    TensorFlow's SavedModel code logs to) also shows warnings and errors only: its INFO lines (e.g.
+    "Writing fingerprint to ..." at every export) say nothing a user acts on. This library's own
+    loggers ("pddm_tf.*") keep the level of --verbosity.
     """
-    if "tensorflow" in sys.modules:
-        return
+    if "tensorflow" not in sys.modules:
+        _import_tensorflow_quietly(verbosity)
+    # A filter, not a level: TensorFlow's SavedModel code resets absl's level at every save.
+    for name in ("tensorflow", "absl"):
+        logger = logging.getLogger(name)
+        logger.removeFilter(_WARNINGS_ONLY)
+        if verbosity < 1:
+            logger.addFilter(_WARNINGS_ONLY)
+
+
+def _warnings_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+_WARNINGS_ONLY = _warnings_only
+
+
+def _import_tensorflow_quietly(verbosity: int) -> None:
+    """Imports TensorFlow and Keras with fd 2 captured, then replays what the C++ log level keeps."""
     level = cpp_log_level(verbosity)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(level))
     with _captured_stderr() as captured:

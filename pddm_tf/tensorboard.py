@@ -104,11 +104,15 @@ class TensorBoard(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.projector and self.evaluation is not None and self.evaluation.last_embeddings is not None:
-            write_projector(self.log_dir, self.evaluation.last_embeddings, self.evaluation.last_labels,
-                            self.load_images, self.class_names, self.max_points, self.seed)
+            self.write_projector_of(self.evaluation.last_embeddings, self.evaluation.last_labels)
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+    def write_projector_of(self, embeddings: np.ndarray, labels: np.ndarray) -> list[int]:
+        """`write_projector` into this callback's log folder, with its images, class names and limits."""
+        return write_projector(self.log_dir, embeddings, labels, self.load_images, self.class_names,
+                               self.max_points, self.seed)
 
 
 def _metadata(plugin: str, data_class: int) -> summary_pb2.SummaryMetadata:
