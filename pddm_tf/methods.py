@@ -94,7 +94,8 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "dc_pddm": _divide_and_conquer("pddm"),
 }
 # The command line lists METHOD_NAMES without importing this module (and TensorFlow): keep them equal.
-assert tuple(METHODS) == METHOD_NAMES, "pddm_tf.method_names.METHOD_NAMES is out of date"
+if tuple(METHODS) != METHOD_NAMES:
+    raise ImportError("pddm_tf.method_names.METHOD_NAMES is out of date: it must list the keys of METHODS")
 
 
 def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **options: Any) -> EmbeddingModel:
