@@ -23,7 +23,7 @@ def pddm_tf(*args, cwd=None, timeout=600):
 
 def test_train_then_evaluate_export_gives_same_metrics(tmp_path):
     small = ["--image_size=16", "--backbone_width=16", "--embedding_dim=16", "--batch_classes=8",
-             "--test_fraction=0.2"]
+             "--test_fraction=0.1"]
     trained = pddm_tf("train", *small, "--epochs=1", "--steps_per_epoch=3", f"--export_dir={tmp_path}/export",
                       f"--json={tmp_path}/train.json", f"--log_dir={tmp_path}/tb")
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -33,7 +33,7 @@ def test_train_then_evaluate_export_gives_same_metrics(tmp_path):
     train_metrics = json.loads((tmp_path / "train.json").read_text())
     assert set(train_metrics) == KEYS
 
-    evaluated = pddm_tf("evaluate", "--test_fraction=0.2", f"--model_dir={tmp_path}/export",
+    evaluated = pddm_tf("evaluate", "--test_fraction=0.1", f"--model_dir={tmp_path}/export",
                         f"--json={tmp_path}/eval.json", f"--plots={tmp_path}/plots")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
