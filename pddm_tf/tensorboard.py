@@ -29,7 +29,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-
 from tensorflow.core.framework import summary_pb2
 
 from pddm_tf import visualize

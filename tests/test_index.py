@@ -1,8 +1,7 @@
 """In-memory P x K batches, the `Index`, `model.index` / `model.lookup`, and the README's TF Similarity example."""
 
-import os
-import re
 import pathlib
+import re
 
 import keras
 import numpy as np
