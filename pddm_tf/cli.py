@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from pddm_tf.methods import METHODS
-from pddm_tf.methods import build_model as build_method_model
+# Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
+from pddm_tf import logs
+from pddm_tf.method_names import METHOD_NAMES
 
 FLAGS = flags.FLAGS
 
@@ -65,7 +66,7 @@ flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean 
                      "learned PDDM score (0 = plain Euclidean retrieval).")
 
 # train
-flags.DEFINE_enum("method", "pddm_quadruplet", list(METHODS),
+flags.DEFINE_enum("method", "pddm_quadruplet", list(METHOD_NAMES),
                   "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
                   "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
                   "over the margin or PDDM loss (dc_margin, dc_pddm).")
@@ -121,6 +122,22 @@ flags.DEFINE_enum("communication", "auto", ["auto", "ring", "nccl"], "multi_work
 
 # evaluate
 flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, or a base folder (latest version).")
+flags.DEFINE_string("plots", None, "evaluate: write PNG pictures of the result into this folder: a retrieval grid, "
+                    "the positive/negative pair-distance histogram, a t-SNE map and the Recall@K curve "
+                    "(needs matplotlib: pip install \"pddm-tf[plots]\").")
+
+# output
+flags.DEFINE_bool("progress", True, "Progress bars for long steps (folder checks, TFDS extraction, embedding, "
+                  "k-means, kNN); drawn only when the output is a terminal. --noprogress turns them off.")
+# absl.logging defines --log_dir (for log files this tool never writes) and --verbosity: reused here.
+FLAGS["log_dir"].help = ("train: write TensorBoard logs here: training scalars, held-out metrics and a retrieval "
+                         "grid at each evaluation (--eval_every, else the end), and the Embedding Projector "
+                         "files of the held-out set.")
+FLAGS["verbosity"].help = ("Logging verbosity: -1 warnings, 0 (default) also pddm_tf's info, 1 debug and every "
+                           "TensorFlow log (otherwise TensorFlow shows warnings and errors only, its C++ code "
+                           "errors only unless TF_CPP_MIN_LOG_LEVEL is set).")
+flags.declare_key_flag("log_dir")
+flags.declare_key_flag("verbosity")
 
 # train --save_model, export
 flags.DEFINE_string("save_model", None, "train: also save the trained Keras model to this .keras file (atomically), "
@@ -219,6 +236,7 @@ def build_model(channels: int, num_classes: int, total_steps: int | None = None)
     """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML),
     `total_steps` the length of the run (for the learning-rate schedule)."""
     from pddm_tf import backbone
+    from pddm_tf.methods import build_model as build_method_model
     from pddm_tf.optimizers import make_optimizer
 
     options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
@@ -299,13 +317,16 @@ def train() -> dict[str, float]:
             augment=_training_transform(), steps_per_epoch=steps_per_epoch, backup_dir=backup_dir)
         if backup_dir:
             say(f"backing up to {backup_dir} between epochs (run the same command again to resume)")
-        if split.test is not None and FLAGS.eval_every > 0:
+        if split.test is not None and (FLAGS.eval_every > 0 or _log_dir()):
             evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
                                                       transform=transform)
-            callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
+            callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every or FLAGS.epochs,
+                                                            seed=FLAGS.seed))
+        if _log_dir() and chief:
+            callbacks.append(_tensorboard(split.test, channels, transform, callbacks))
         start = time.perf_counter()
         model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                  verbose=0 if not chief else 1 if sys.stdout.isatty() else 2)
+                  verbose=0 if not chief else 1 if sys.stdout.isatty() and FLAGS.progress else 2)
         seconds = time.perf_counter() - start
         images = FLAGS.epochs * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
         say(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
@@ -320,6 +341,8 @@ def train() -> dict[str, float]:
         metrics.update(_few_shot(embeddings, split.test, say))
         if chief:
             _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
+            if _log_dir() and FLAGS.epochs == 0:  # no fit, so no TensorBoard callback: the projector only
+                _tensorboard(split.test, channels, transform, []).write_projector_of(embeddings, labels)
     if FLAGS.export_dir:
         with _output_dir(FLAGS.export_dir, chief) as export_dir:
             path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform)
@@ -365,6 +388,22 @@ def export() -> dict[str, float]:
     return {}
 
 
+def _log_dir() -> str | None:
+    """--log_dir when given on the command line (absl's default may come from TEST_TMPDIR)."""
+    return FLAGS.log_dir if FLAGS["log_dir"].present and FLAGS.log_dir else None
+
+
+def _tensorboard(files, channels: int, transform, callbacks: list):
+    """The TensorBoard callback of --log_dir, reading the RetrievalEvaluation among `callbacks`."""
+    from pddm_tf import evaluation, visualize
+    from pddm_tf.tensorboard import TensorBoard
+
+    retrieval = next((c for c in callbacks if isinstance(c, evaluation.RetrievalEvaluation)), None)
+    load_images = visualize.load_file_images(files, FLAGS.image_size, channels, transform) if files else None
+    return TensorBoard(_log_dir(), retrieval, load_images, class_names=files.class_names if files else None,
+                       seed=FLAGS.seed)
+
+
 def _resolve_model_dir(path: str) -> pathlib.Path:
     root = pathlib.Path(path)
     if (root / "saved_model.pb").exists():
@@ -400,11 +439,22 @@ def evaluate() -> dict[str, float]:
     files = split.test if split.test is not None else split.train
     transform = pipeline.eval_transform(size) if FLAGS.augment else None
     pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size, transform=transform)
-    embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in pixels], axis=0).numpy()
+    from pddm_tf import progress
+
+    batches = progress.bar(pixels, total=-(-len(files) // FLAGS.eval_batch_size), desc="embedding", unit="batch")
+    embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in batches], axis=0).numpy()
     metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
                                             pair_scores=pair_scores)
     metrics.update(_few_shot(embeddings, files))
     _report(metrics, f"{model_dir} on {FLAGS.dataset} ({files.num_classes} classes, {len(files)} images)")
+    if FLAGS.plots:
+        from pddm_tf import progress, visualize
+
+        written = visualize.save_plots(FLAGS.plots, embeddings, files.labels,
+                                       visualize.load_file_images(files, size, channels, transform),
+                                       files.class_names, seed=FLAGS.seed,
+                                       progress=lambda names: progress.bar(names, desc="plots", unit="plot"))
+        print(f"plots written to {FLAGS.plots}: {', '.join(os.path.basename(p) for p in written.values())}")
     return metrics
 
 
@@ -412,17 +462,19 @@ def main(argv: list[str]) -> None:
     commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
+    logs.import_tensorflow(FLAGS.verbosity)
+    from pddm_tf import progress
+
+    progress.set_enabled(None if FLAGS.progress else False)
     try:
         commands[argv[1]]()
     except (ValueError, FileNotFoundError) as error:
         # Bad data or arguments: a one-line message is more useful than a traceback.
-        logging.error("%s", error)
         sys.exit(f"pddm-tf: error: {error}")
 
 
 def run() -> None:
     """Console-script entry point."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main)
 
 

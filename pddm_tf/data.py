@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from pddm_tf import progress
+
 _logger = logging.getLogger(__name__)
 
 _OMNIGLOT_ROOT = pathlib.Path(__file__).parent / "_data" / "omniglot_background_small"
@@ -197,7 +199,8 @@ def load_folder(
     _check_test_fraction(test_fraction)
     paths, labels, class_names = _scan_class_folders(pathlib.Path(path), class_depth=None)
     if validate:
-        ok = np.array([_is_decodable(p, channels) for p in paths], dtype=bool)
+        ok = np.array([_is_decodable(p, channels)
+                       for p in progress.bar(paths, desc=f"checking {path}", unit="file")], dtype=bool)
         paths, labels, class_names = _drop_classless(paths[ok], labels[ok], class_names)
     if len(class_names) < 2:
         raise ValueError(
@@ -446,11 +449,8 @@ def class_balanced_dataset(
     _check_balanced_batches(files, batch_classes, batch_per_class, small_classes)
     batch_size = batch_classes * batch_per_class
     shard_size = _shard_size(batch_size, shard)
-    num_classes = files.num_classes
-    min_class_size = 1 if small_classes == "error" else 2
     # Created once, eagerly: the dataset functions capture these by reference.
     paths = tf.constant(files.paths)
-    labels = tf.constant(files.labels)
     # Only rotated copies (Omniglot) need a rotation per file; the others skip the tensor.
     rotations = tf.constant(files.rotations) if files.rotations.any() else None
     seed_tensor = tf.constant(seed, tf.int64)
@@ -458,22 +458,8 @@ def class_balanced_dataset(
     def rotation(row: tf.Tensor) -> tf.Tensor | int:
         return rotations[row] if rotations is not None else 0
 
-    def pass_rows(pass_index: tf.Tensor) -> tf.data.Dataset:
-        """The (file index, label) rows of one pass, batch after batch."""
-        pass_seed = tf.stack([seed_tensor, pass_index])
-        rows = tf.reshape(balanced_batch_indices(labels, num_classes, batch_classes, batch_per_class,
-                                                 pass_seed, min_class_size=min_class_size), [-1])
-        return tf.data.Dataset.from_tensor_slices((rows, tf.gather(labels, rows)))
-
-    def rows_from(first_step: tf.Tensor) -> tf.data.Dataset:
-        """(global row position, (file index, label)) from batch `first_step` on."""
-        passes = steps_per_pass(files, batch_classes, small_classes)
-        first_pass, offset = first_step // passes, first_step % passes
-        return (tf.data.Dataset.counter(start=first_pass).flat_map(pass_rows)
-                .skip(offset * batch_size)  # indices only: nothing is read for skipped rows
-                .enumerate(start=first_step * batch_size))
-
-    rows = _from_step(start_step, rows_from)
+    rows = _balanced_rows(files.labels, files.num_classes, batch_classes, batch_per_class, seed, small_classes,
+                          start_step)
     if shard[1] > 1:
         rows = rows.filter(lambda position, _: (position % batch_size) // shard_size == shard[0])
     if augment is None:
@@ -497,6 +483,90 @@ def class_balanced_dataset(
         images.batch(shard_size, drop_remainder=True)
         .prefetch(_AUTOTUNE)
     )
+
+
+def _balanced_rows(labels: np.ndarray, num_classes: int, batch_classes: int, batch_per_class: int, seed: int,
+                   small_classes: str, start_step: tf.Variable | None) -> tf.data.Dataset:
+    """The row stream of `class_balanced_dataset`: (global row position, (row index, label)), pass after
+    pass of `balanced_batch_indices`, from the batch `start_step` holds (0 if None)."""
+    batch_size = batch_classes * batch_per_class
+    min_class_size = 1 if small_classes == "error" else 2
+    passes = _steps_per_pass(np.bincount(labels, minlength=num_classes), batch_classes, small_classes)
+    labels_tensor = tf.constant(labels)
+    seed_tensor = tf.constant(seed, tf.int64)
+
+    def pass_rows(pass_index: tf.Tensor) -> tf.data.Dataset:
+        """The (row index, label) rows of one pass, batch after batch."""
+        pass_seed = tf.stack([seed_tensor, pass_index])
+        rows = tf.reshape(balanced_batch_indices(labels_tensor, num_classes, batch_classes, batch_per_class,
+                                                 pass_seed, min_class_size=min_class_size), [-1])
+        return tf.data.Dataset.from_tensor_slices((rows, tf.gather(labels_tensor, rows)))
+
+    def rows_from(first_step: tf.Tensor) -> tf.data.Dataset:
+        first_pass, offset = first_step // passes, first_step % passes
+        return (tf.data.Dataset.counter(start=first_pass).flat_map(pass_rows)
+                .skip(offset * batch_size)  # indices only: nothing is read for skipped rows
+                .enumerate(start=first_step * batch_size))
+
+    return _from_step(start_step, rows_from)
+
+
+def class_balanced_dataset_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_classes: int,
+    batch_per_class: int,
+    seed: int = 0,
+    *,
+    small_classes: str = "error",
+    start_step: tf.Variable | None = None,
+) -> tf.data.Dataset:
+    """Infinite P x K batches of in-memory arrays: P distinct classes, K rows of each.
+
+    The in-memory counterpart of `class_balanced_dataset` (TF Similarity's `MultiShotMemorySampler`,
+    pytorch-metric-learning's `MPerClassSampler`): the same sampling (`balanced_batch_indices`, pass
+    after pass, deterministic given `seed`, resumable from `start_step`), but rows are gathered from
+    `x` instead of decoded from files. Pass the result to `model.fit` with `steps_per_epoch`.
+
+    Args:
+      x: [N, ...] rows (images [N, s, s, c] float32 in [0, 1], or any features); kept as one tensor.
+      y: [N] integer class labels (any values; they are returned as given, as int32).
+      batch_classes: P >= 2; batch_per_class: K >= 1.
+      seed: sampling seed.
+      small_classes: "error" (every class needs K rows) or "cycle" (classes with 2 to K-1 rows are
+        cycled, single-row classes never sampled), as in `class_balanced_dataset`.
+      start_step: as in `class_balanced_dataset`.
+
+    Returns:
+      A dataset of (x batch [P*K, ...], labels [P*K] int32), rows k*K .. k*K+K-1 from the k-th class.
+
+    Raises:
+      ValueError: mismatched or empty arrays, non-integer labels, or classes that cannot make P x K
+        batches (the message names the class).
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"x [N, ...] and y [N] must have the same N >= 1, got shapes {x.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if batch_classes < 2:
+        raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
+    if batch_per_class < 1:
+        raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
+    classes, class_ids = np.unique(y, return_inverse=True)
+    class_ids = class_ids.astype(np.int32)
+    _check_balanced_counts(np.bincount(class_ids, minlength=len(classes)), tuple(str(c) for c in classes),
+                           batch_classes, batch_per_class, small_classes)
+    rows = _balanced_rows(class_ids, len(classes), batch_classes, batch_per_class, seed, small_classes, start_step)
+    features = tf.constant(x)
+    labels = tf.constant(y.astype(np.int32))
+    return (rows.map(lambda _, row_label: row_label[0])
+            .batch(batch_classes * batch_per_class, drop_remainder=True)
+            # One gather per batch, not per row.
+            .map(lambda batch_rows: (tf.gather(features, batch_rows), tf.gather(labels, batch_rows)),
+                 num_parallel_calls=_AUTOTUNE, deterministic=True)
+            .prefetch(_AUTOTUNE))
 
 
 def _shard_size(batch_size: int, shard: tuple[int, int]) -> int:
@@ -568,13 +638,17 @@ def evaluation_dataset(
 def steps_per_pass(files: ImageFiles, batch_classes: int, small_classes: str = "error") -> int:
     """Batches in one pass of `class_balanced_dataset`: E // batch_classes, E the eligible
     classes (every class with small_classes="error", those with >= 2 images with "cycle")."""
+    return _steps_per_pass(np.bincount(files.labels, minlength=files.num_classes), batch_classes, small_classes)
+
+
+def _steps_per_pass(counts: np.ndarray, batch_classes: int, small_classes: str) -> int:
+    """`steps_per_pass` from the images per class, counts [C]."""
     if batch_classes < 1:
         raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
     if small_classes not in _SMALL_CLASSES:
         raise ValueError(f"small_classes must be one of {_SMALL_CLASSES}, got {small_classes!r}")
     if small_classes == "error":
-        return files.num_classes // batch_classes
-    counts = np.bincount(files.labels, minlength=files.num_classes)
+        return len(counts) // batch_classes
     return int((counts >= 2).sum()) // batch_classes
 
 
@@ -616,12 +690,18 @@ def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int 
 
 def _check_balanced_batches(files: ImageFiles, batch_classes: int, batch_per_class: int, small_classes: str) -> None:
     """Raises ValueError if `class_balanced_dataset` cannot build P x K batches from `files`."""
+    _check_balanced_counts(np.bincount(files.labels, minlength=files.num_classes), files.class_names,
+                           batch_classes, batch_per_class, small_classes)
+
+
+def _check_balanced_counts(counts: np.ndarray, class_names: tuple[str, ...], batch_classes: int,
+                           batch_per_class: int, small_classes: str) -> None:
+    """`_check_balanced_batches` from the images per class, counts [C], and the class names."""
     if small_classes not in _SMALL_CLASSES:
         raise ValueError(f"small_classes must be one of {_SMALL_CLASSES}, got {small_classes!r}")
-    num_classes = files.num_classes
+    num_classes = len(counts)
     if num_classes < 2:
         raise ValueError(f"class-balanced batches need at least 2 classes, got {num_classes}")
-    counts = np.bincount(files.labels, minlength=num_classes)
     if small_classes == "cycle":
         num_eligible = int((counts >= 2).sum())
         if num_eligible < batch_classes:
@@ -638,7 +718,7 @@ def _check_balanced_batches(files: ImageFiles, batch_classes: int, batch_per_cla
     if (counts < batch_per_class).any():
         small = int(np.argmax(counts < batch_per_class))
         raise ValueError(
-            f"class {files.class_names[small]!r} has {counts[small]} "
+            f"class {class_names[small]!r} has {counts[small]} "
             f"image{'' if counts[small] == 1 else 's'} but batch_per_class={batch_per_class}"
         )
 
