@@ -96,7 +96,10 @@ BOUNDS: dict[str, Bound] = {
     "steps_per_epoch": Bound(0, note="0 = one pass over the training images"),
     "batch_classes": Bound(2, note="a batch needs two classes for a negative"),
     "batch_per_class": Bound(2, note="a class needs two images in a batch for a positive pair"),
+    "num_episodes": Bound(1),
     "learning_rate": Bound(0, low_open=True),
+    "weight_decay": Bound(0, note="0 = plain Adam"),
+    "warmup_fraction": Bound(0, 1, high_open=True, note="0 = no warm-up"),
     "alpha": Bound(0),
     "beta": Bound(0),
     "embedding_weight": Bound(0),
@@ -136,9 +139,12 @@ def _check_train(values: Mapping[str, Any]) -> None:
     if method in DC_METHODS and values.get("embedding_dim", 1) % values.get("num_learners", 1):
         raise FlagError(f"--embedding_dim={values['embedding_dim']} is not divisible by --num_learners="
                         f"{values['num_learners']}: Divide-and-Conquer cuts the embedding into equal slices")
+    if values.get("augment") and values.get("affine"):
+        raise FlagError("--augment and --affine are two different training augmentations; choose one")
     _check_cluster(values)
     _check_dataset(values.get("dataset"), "dataset")
     _check_output_dir(values, "export_dir")
+    _check_output_dir(values, "log_dir")
     _check_output_file(values, "json")
     _check_output_file(values, "save_model", suffix=".keras")
     if values.get("backup", True) and values.get("epochs", 0) > 0:
@@ -153,6 +159,7 @@ def _check_evaluate(values: Mapping[str, Any]) -> None:
     _check_input(values, "model_dir")
     _check_dataset(values.get("dataset"), "dataset")
     _check_output_file(values, "json")
+    _check_output_dir(values, "plots")
 
 
 def _check_export(values: Mapping[str, Any]) -> None:

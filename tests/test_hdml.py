@@ -148,7 +148,10 @@ def test_each_group_moves_by_its_own_loss_only(base):
     model.train_on_batch(images[0], labels[0])
     for group, variables in groups.items():
         for v, old, g in zip(variables, before[group], gradients[group, group]):
-            np.testing.assert_allclose(v.numpy() - old, -rates[group] * g.numpy(), rtol=1e-3, atol=1e-6,
+            # `new - old` carries the float32 rounding of the weights themselves (and oneDNN may order
+            # the update's arithmetic differently): allow a few units in the last place of the largest one.
+            atol = 1e-6 + 4 * float(np.spacing(np.abs(old).max()))
+            np.testing.assert_allclose(v.numpy() - old, -rates[group] * g.numpy(), rtol=1e-3, atol=atol,
                                        err_msg=f"{group}: {v.path}")
     def size(grads):
         return sum(float(tf.reduce_sum(tf.abs(g))) for g in grads if g is not None)
