@@ -286,7 +286,7 @@ def test_evaluate_and_export_recognise_what_they_were_given(tmp_path, run_cli):
 
 # A tiny folder dataset (6 classes of 3 distinct images) and model: a training run takes ~2 s.
 TINY = ["--method=contrastive", "--image_size=16", "--backbone_width=4", "--embedding_dim=8", "--batch_classes=2",
-        "--batch_per_class=2", "--test_fraction=0.5", "--eval_batch_size=64"]
+        "--batch_per_class=2", "--test_fraction=0.5", "--eval_batch_size=64", "--episodes="]
 
 
 def _folder_dataset(root):
@@ -360,28 +360,36 @@ def test_a_failed_or_interrupted_export_is_redone_without_training(tmp_path, run
 # --------------------------------------------------------------------------- Ctrl-C and resuming
 
 
-def test_ctrl_c_prints_one_line_and_the_rerun_counts_only_its_own_epochs(tmp_path, run_cli):
-    """A real SIGINT to `pddm-tf train` during training (after its first backup), then the same
-    command again: it resumes, and its summary counts only the epochs it trained."""
-    backup = tmp_path / "backup"
-    args = ["train", _folder_dataset(tmp_path / "data"), *TINY, "--epochs=3", "--steps_per_epoch=12",
-            f"--backup_dir={backup}"]
+def _run_until(args, condition, sig):
+    """Runs `pddm-tf <args>` in a fresh process, sends it `sig` once `condition()` holds; (code, stdout, stderr)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     process = subprocess.Popen([sys.executable, "-m", "pddm_tf.cli", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 300
-        while not (backup / "latest").exists():  # written when epoch 2 begins
+        while not condition():
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        process.send_signal(sig)
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130, err[-3000:]
+    return process.returncode, out, err
+
+
+def test_ctrl_c_then_a_kill_during_the_export_then_the_outputs_without_training(tmp_path, run_cli, monkeypatch):
+    """A real SIGINT during training (after the first backup): one line, exit code 130. The same
+    command resumes, counts only the epochs it trains, and is killed (SIGKILL) during the export.
+    The same command again writes every output with no training step."""
+    backup, exported = tmp_path / "backup", tmp_path / "export"
+    args = ["train", _folder_dataset(tmp_path / "data"), *TINY, "--epochs=3", "--steps_per_epoch=12",
+            f"--backup_dir={backup}", f"--export_dir={exported}", f"--save_model={tmp_path / 'model.keras'}"]
+
+    code, out, err = _run_until(args, lambda: (backup / "latest").exists(), signal.SIGINT)  # epoch 2 began
+    assert code == 130, err[-3000:]
     status = backup_status(backup)  # what the backup on disk holds: 1 or 2 epochs of 3
     assert not status["complete"], "training ended before the interrupt arrived"
     done = status["epoch"]
@@ -389,16 +397,25 @@ def test_ctrl_c_prints_one_line_and_the_rerun_counts_only_its_own_epochs(tmp_pat
                                     f"{done + 1} of 3 (backed up in {backup})")
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
-    code, out, err = run_cli(*args)
-    assert code == 0, err
+    # Resumed; killed once the export has begun writing (its staging folder exists).
+    code, out, err = _run_until(args, lambda: exported.is_dir() and any(exported.iterdir()), signal.SIGKILL)
+    assert code == -signal.SIGKILL, err[-3000:]
     assert f"resumed from {backup / f'backup-{done}'} at epoch {done}" in out
     epochs, images = 3 - done, (3 - done) * 12 * 2 * 2
     line = re.search(r"^trained .*$", out, re.M).group(0)
-    assert re.fullmatch(rf"trained {epochs} epochs? in [\d.]+ s \((\d+) images/s\), resumed after epoch {done} "
-                        r"\(3 epochs in all\)", line), line
-    seconds = float(re.search(r"in ([\d.]+) s", line).group(1))
-    rate = int(re.search(r"\((\d+) images/s\)", line).group(1))
-    assert rate == pytest.approx(images / seconds, rel=0.1, abs=2)  # the images of this run only
+    match = re.fullmatch(rf"trained {epochs} epochs? in ([\d.]+) s \((\d+) images/s\), resumed after epoch {done} "
+                         r"\(3 epochs in all\)", line)
+    assert match, line
+    seconds, rate = float(match.group(1)), int(match.group(2))  # seconds printed to 0.1 s
+    assert images / (seconds + 0.05) - 1 <= rate <= images / max(seconds - 0.05, 1e-3) + 1  # this run's only
+    assert not (exported / "1").exists() and not (tmp_path / "model.keras").exists()
+    assert backup_status(backup) == {"epoch": 3, "step": 36, "steps_per_epoch": 12, "complete": True}
+
+    monkeypatch.setattr(keras.Model, "fit", _no_training)
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert "no training step" in out
+    assert (exported / "1" / "saved_model.pb").exists() and (tmp_path / "model.keras").exists()
     assert not backup.exists()
 
 
