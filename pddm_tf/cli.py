@@ -6,6 +6,8 @@
                              optional `search` gallery (BUILD.md, "Serving with TF Serving")
 
 `pddm-tf train --epochs=0` evaluates and exports the untrained model: the baseline to compare with.
+An interrupted or failed `train` is carried on by running the same command again (README, "When things go wrong").
+Exit codes: 0 done, 1 an error while running, 2 a flag refused before any work started, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under th
 flags.DEFINE_bool("backup", True, "Fault tolerance (keras BackupAndRestore): back up the whole training state between "
                   "epochs and, when the same command is run again after an interruption, resume from it exactly.")
 flags.DEFINE_string("backup_dir", None, "Where the backups go (deleted once training has completed and every output "
-                    "is written). Default: a folder under the system temp dir named by a hash of the flags that "
-                    "define the training, so the same command finds it. Multi-worker runs must give one on storage "
+                    "is written). Default: a folder under the system temp dir named by a hash of the flags, so the "
+                    "same command finds it. Multi-worker runs must give one on storage "
                     "every worker sees.")
 flags.DEFINE_bool("strict", False, "Fail, rather than warn, after an epoch that learned nothing (valid_fraction 0, "
                   "or a loss of exactly 0 at every step).")
