@@ -54,7 +54,8 @@ class DivideAndConquerModel(EmbeddingModel):
       num_learners: K; each learner owns d / K dimensions.
       loss: the per-learner loss, copied for each learner and for the whole embedding: any
         embedding loss of `pddm_tf.losses` called as `loss(labels, embeddings)` (default: the margin
-        loss with the authors' sampler, `MarginLoss(sampler="authors")`, and their fixed beta = 1.2), or a
+        loss with the authors' sampler and fixed beta = 1.2,
+        `MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")`), or a
         `DoubleHeaderHingeLoss`, in which case each learner gets its own PDDM unit scoring its slice
         (hard-quadruplet mining on that slice) and `model.pddm` scores the whole embedding.
       mining_score: with a `DoubleHeaderHingeLoss`, "pddm" or "euclidean" (see `PDDMModel`).
@@ -75,7 +76,9 @@ class DivideAndConquerModel(EmbeddingModel):
         head = SlicedEmbeddingHead(embedding_dim, num_slices=num_learners, dropout=dropout, name="embedding_head")
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, head=head, **kwargs)
         self.num_learners = int(num_learners)
-        self.prototype_loss = loss if loss is not None else MarginLoss(learn_beta=False)
+        if loss is None:
+            loss = MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
+        self.prototype_loss = loss
         self.mining_score = mining_score
         self.uses_pddm = isinstance(self.prototype_loss, DoubleHeaderHingeLoss)
         # Index K is the whole embedding (conquer); with K = 1 it is learner 0 itself.

@@ -62,9 +62,10 @@ def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
               beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
               mining_score: str | None = None, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
         if base == "margin":
-            # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4).
-            # Seeded: the sampler's state is then part of the weights, so a resumed run is exact.
-            loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False, seed=0)
+            # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4)
+            # and their released sampler, each anchor's closest negatives beyond 0.5 (section 7). It is
+            # deterministic, so a resumed run draws the same triplets.
+            loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
         else:
             loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                                 mining=mining)
@@ -102,8 +103,10 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         "euclidean_quadruplet" (the ablation: quadruplets mined by Euclidean distance), or a
         baseline loss ("contrastive", "triplet_semihard", "triplet_batchhard", "lifted_structured",
         "npair", "margin", "multi_similarity"), or HDML around a base loss ("hdml_npair",
-        "hdml_triplet", "hdml_pddm"), or Divide-and-Conquer around the margin loss ("dc_margin", fixed
-        beta as the authors) or the PDDM quadruplet loss ("dc_pddm").
+        "hdml_triplet", "hdml_pddm"), or Divide-and-Conquer around the margin loss ("dc_margin": fixed
+        beta and the authors' closest-beyond-cutoff negatives, as their code) or the PDDM
+        quadruplet loss ("dc_pddm", PDDM hard-quadruplet mining on each slice). The plain "margin"
+        method samples negatives by distance weighting (the margin-loss paper's sampler).
       backbone: images -> features.
       embedding_dim: d.
       options: dropout (before the embedding projection, every method); PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
