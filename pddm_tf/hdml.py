@@ -23,14 +23,17 @@ negative, 0 = as close as the positive) and the real-sample weight w = exp(-beta
   alpha / J_avg >= 90 / log N and e is below 1e-9 as soon as the first block is averaged: every
   synthetic negative is as hard as the positive from step 64 on. No fixed alpha works across
   losses, batch sizes and backbones, so alpha is calibrated on the run itself: at the end of the
-  first 64-step block, alpha = -ln(e_0) * J_avg,1 (e_0 = `initial_easiness`, 0.9), which gives
+  first 64-step block, alpha = -ln(e_0) * J_avg,1 (e_0 = `initial_easiness`, 0.5), which gives
 
       e(t) = e_0 ^ (J_avg,1 / J_avg(t)):
 
-  0.9 while the weighted loss stays at its first-block value, 0.35 once it has fallen ten-fold,
-  0.04 at thirty-fold. The hardness then follows training progress gradually, driven mostly by
-  w (the classifier learning) and partly by J_m. Before the first block ends, J_avg is its
-  initial value (`initial_running_mean`, large) and e = 1: easy synthetics, as in the original.
+  synthetic negatives halfway between the positive's and the negative's distance after the first
+  block, and the factor squares each time the weighted loss halves (0.25 at half, 0.125 at a
+  third). The hardness then follows training progress gradually, driven mostly by w (the
+  classifier learning) and partly by J_m. (Measured on Omniglot, BENCHMARKS.md section 3: the
+  weighted loss falls about two-fold in 640 steps, so e_0 = 0.9 would only reach 0.82.) Before
+  the first block ends, J_avg is its initial value (`initial_running_mean`, large) and e = 1:
+  easy synthetics, as in the original.
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ class HDMLModel(EmbeddingModel):
                     "j_gen_avg", "j_avg", "alpha", "easiness", "lambda0", "classifier_loss", "synthetic_accuracy")
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, *, num_classes: int, base: str = "npair",
-                 alpha: float | None = None, initial_easiness: float = 0.9, beta: float = 1e4,
+                 alpha: float | None = None, initial_easiness: float = 0.5, beta: float = 1e4,
                  soft_weight: float = 0.5, softmax_scale: float = 1e4, generator_input: str = "single",
                  generator_units: int = 512, window: int = 64, initial_running_mean: float = 1e6,
                  triplet_margin: float = 0.2, pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
