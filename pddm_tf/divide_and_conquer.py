@@ -134,6 +134,12 @@ class DivideAndConquerModel(EmbeddingModel):
         if self.built:
             self._build_optimizers()
 
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        # Keras skips a custom `compile` when loading a model; this one only adds the learners' copies.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self._build_optimizers()
+
     def learner_variables(self, learner: int) -> list[keras.Variable]:
         """Learner k's own trainable variables: its projection layer, PDDM unit and loss variables
         (k = K: the whole embedding's PDDM unit and loss variables)."""

@@ -190,7 +190,9 @@ def test_mirrored_two_replicas_equal_one_device(two_replicas):
 
 def test_save_and_load_round_trip(tmp_path):
     model = _dc(loss=DoubleHeaderHingeLoss(alpha=0.7))
-    images, _ = _batch()
+    images, labels = _batch()
+    model.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.3))
+    model.train_on_batch(images, labels, sample_weight=np.full(len(labels), 2, np.int32))
     path = str(tmp_path / "dc.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -198,6 +200,11 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.learner_losses[0].alpha == 0.7 and loaded.uses_pddm
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
     np.testing.assert_array_equal(loaded.learner_pddms[3].s_kernel.numpy(), model.learner_pddms[3].s_kernel.numpy())
+    # The learners' optimisers come back with their settings and state (learner 2 took the one step).
+    assert [int(o.iterations.numpy()) for o in loaded.learner_optimizers] == [0, 0, 1, 0, 0]
+    assert all(isinstance(o, keras.optimizers.AdamW) and o.weight_decay == 0.3 for o in loaded.learner_optimizers)
+    for a, b in zip(loaded.learner_optimizers[2].variables, model.learner_optimizers[2].variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 # --------------------------------------------------------------------------- clustering
