@@ -34,6 +34,8 @@ setup(
         "scipy>=1.10",
         # tensorflow-datasets' download_and_prepare (manual Cars196 / ImageNet files) needs it, but does not declare it.
         "importlib_resources>=5",
+        # Progress bars of the long steps (pddm_tf.progress); tensorflow-datasets depends on it too.
+        "tqdm>=4.58",
     ],
     extras_require={
         # tensorflow-serving-api: the gRPC PredictRequest of examples/serve_client.py (tests/test_serving.py).
@@ -41,6 +43,10 @@ setup(
         "serving": ["tensorflow-serving-api", "requests"],
         # faiss-cpu: the optional exact-search backend, nearest_neighbors(backend="faiss"|"auto").
         "faiss": ["faiss-cpu"],
+        # pddm_tf.visualize and `pddm-tf evaluate --plots`.
+        "plots": ["matplotlib>=3.7"],
+        # Viewing the `pddm-tf train --log_dir` logs (writing them needs only TensorFlow).
+        "tensorboard": ["tensorboard"],
         "bench": ["matplotlib>=3.7", "faiss-cpu"],
     },
     entry_points={"console_scripts": ["pddm-tf=pddm_tf.cli:run"]},

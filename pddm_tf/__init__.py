@@ -1,61 +1,90 @@
-"""pddm_tf: deep metric learning for Keras 3 around the Position-Dependent Deep Metric (PDDM)."""
+"""pddm_tf: deep metric learning for Keras 3 around the Position-Dependent Deep Metric (PDDM).
 
-from pddm_tf.backbones import BACKBONES, Backbone, backbone, small_convnet
-from pddm_tf.clustering import ClusterAssignment, DivideAndConquer, cluster_balanced_dataset
-from pddm_tf.datasets import DatasetNotPreparedError, load_tfds
-from pddm_tf.distributed import distribute_training_data, embed_files, is_chief, make_strategy, worker_info
-from pddm_tf.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.fault_tolerance import BackupAndRestore, SamplerPosition
-from pddm_tf.hdml import HDMLModel, hardness_aware_negatives
-from pddm_tf.layers import PDDM, EmbeddingHead, GeMPooling, L2Normalize, SlicedEmbeddingHead
-from pddm_tf.losses import (ContrastiveLoss, DoubleHeaderHingeLoss, EmbeddingLoss, LiftedStructuredLoss, LossTerms,
-                            MarginLoss, MultiSimilarityLoss, NPairLoss, TripletLoss, double_header_hinge)
-from pddm_tf.mining import Quadruplets, euclidean_scores, mine_quadruplets, pair_masks
-from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel, gather_global_batch
+`import pddm_tf` is light: TensorFlow and the library's modules are imported when a name is
+first used (PEP 562), so `pddm-tf --help` answers at once. The first use of any name below
+imports every module that holds one, which also registers the library's Keras classes for
+`keras.saving.load_model` (a bare `import pddm_tf` does not: use `pddm_tf.export.load_keras_model`,
+or touch any name, e.g. `pddm_tf.EmbeddingModel`, before loading).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "BackupAndRestore",
-    "ClusterAssignment",
-    "ContrastiveLoss",
-    "DatasetNotPreparedError",
-    "DivideAndConquer",
-    "DivideAndConquerModel",
-    "DoubleHeaderHingeLoss",
-    "EmbeddingHead",
-    "EmbeddingLoss",
-    "EmbeddingModel",
-    "GeMPooling",
-    "HDMLModel",
-    "L2Normalize",
-    "LiftedStructuredLoss",
-    "LossTerms",
-    "MarginLoss",
-    "MetricLossModel",
-    "MultiSimilarityLoss",
-    "NPairLoss",
-    "PDDM",
-    "PDDMModel",
-    "Quadruplets",
-    "SamplerPosition",
-    "SlicedEmbeddingHead",
-    "TripletLoss",
-    "backbone",
-    "cluster_balanced_dataset",
-    "distribute_training_data",
-    "double_header_hinge",
-    "embed_files",
-    "euclidean_scores",
-    "gather_global_batch",
-    "hardness_aware_negatives",
-    "is_chief",
-    "load_tfds",
-    "make_strategy",
-    "mine_quadruplets",
-    "pair_masks",
-    "small_convnet",
-    "worker_info",
-]
+# Public name -> the module that holds it.
+_EXPORTS: dict[str, str] = {
+    "BACKBONES": "pddm_tf.backbones",
+    "Backbone": "pddm_tf.backbones",
+    "BackupAndRestore": "pddm_tf.fault_tolerance",
+    "ClusterAssignment": "pddm_tf.clustering",
+    "ContrastiveLoss": "pddm_tf.losses",
+    "DatasetNotPreparedError": "pddm_tf.datasets",
+    "DivideAndConquer": "pddm_tf.clustering",
+    "DivideAndConquerModel": "pddm_tf.divide_and_conquer",
+    "DoubleHeaderHingeLoss": "pddm_tf.losses",
+    "EmbeddingHead": "pddm_tf.layers",
+    "EmbeddingLoss": "pddm_tf.losses",
+    "EmbeddingModel": "pddm_tf.models",
+    "FewShotResult": "pddm_tf.few_shot",
+    "GeMPooling": "pddm_tf.layers",
+    "HDMLModel": "pddm_tf.hdml",
+    "Index": "pddm_tf.index",
+    "L2Normalize": "pddm_tf.layers",
+    "Lookup": "pddm_tf.index",
+    "LiftedStructuredLoss": "pddm_tf.losses",
+    "LossTerms": "pddm_tf.losses",
+    "MarginLoss": "pddm_tf.losses",
+    "MetricLossModel": "pddm_tf.models",
+    "MultiSimilarityLoss": "pddm_tf.losses",
+    "NPairLoss": "pddm_tf.losses",
+    "PDDM": "pddm_tf.layers",
+    "PDDMModel": "pddm_tf.models",
+    "Quadruplets": "pddm_tf.mining",
+    "SamplerPosition": "pddm_tf.fault_tolerance",
+    "SlicedEmbeddingHead": "pddm_tf.layers",
+    "TripletLoss": "pddm_tf.losses",
+    "WarmupCosine": "pddm_tf.optimizers",
+    "backbone": "pddm_tf.backbones",
+    "class_balanced_dataset_from_arrays": "pddm_tf.data",
+    "cluster_balanced_dataset": "pddm_tf.clustering",
+    "distribute_training_data": "pddm_tf.distributed",
+    "double_header_hinge": "pddm_tf.losses",
+    "embed_files": "pddm_tf.distributed",
+    "euclidean_scores": "pddm_tf.mining",
+    "evaluate_few_shot": "pddm_tf.few_shot",
+    "few_shot_accuracy": "pddm_tf.few_shot",
+    "gather_global_batch": "pddm_tf.models",
+    "hardness_aware_negatives": "pddm_tf.hdml",
+    "is_chief": "pddm_tf.distributed",
+    "load_tfds": "pddm_tf.datasets",
+    "make_optimizer": "pddm_tf.optimizers",
+    "make_strategy": "pddm_tf.distributed",
+    "mine_quadruplets": "pddm_tf.mining",
+    "pair_masks": "pddm_tf.mining",
+    "small_convnet": "pddm_tf.backbones",
+    "worker_info": "pddm_tf.distributed",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def _import_all() -> None:
+    """Imports every module with a public name; registers all the library's Keras classes."""
+    for module in sorted(set(_EXPORTS.values())):
+        importlib.import_module(module)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pddm_tf' has no attribute {name!r}")
+    _import_all()  # all of them at once, so any use registers every Keras class
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

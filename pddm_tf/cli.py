@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from pddm_tf.methods import METHODS
-from pddm_tf.methods import build_model as build_method_model
+# Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
+from pddm_tf import logs
+from pddm_tf.method_names import METHOD_NAMES
 
 FLAGS = flags.FLAGS
 
@@ -40,22 +41,32 @@ flags.DEFINE_string("cache_dir", None, "TFDS datasets: where the extracted image
 flags.DEFINE_bool("download", False, "TFDS datasets: download and prepare the data if it is not there yet.")
 flags.DEFINE_string("manual_dir", None, "TFDS datasets: directory with manually downloaded files (Cars196, ImageNet).")
 flags.DEFINE_float("test_fraction", 0.5, "Fraction of classes held out for testing (0 = train on all).")
-flags.DEFINE_enum("split_by", "character", ["character", "alphabet"], "Omniglot split unit.")
-flags.DEFINE_bool("rotations", False, "Omniglot: add 90/180/270-degree rotations as new classes.")
+flags.DEFINE_enum("split_by", "character", ["character", "alphabet"], "Split unit: single classes, or whole "
+                  "alphabets (Omniglot) / top-level folders (folder:PATH), so no group is on both sides.")
+flags.DEFINE_list("test_groups", None, "Hold out these alphabets / top-level folders (e.g. Greek,Latin); overrides "
+                  "--test_fraction and --split_by.")
+flags.DEFINE_bool("rotations", False, "Add 90/180/270-degree rotations of the training classes as new classes "
+                  "(any dataset; held-out classes stay upright).")
 flags.DEFINE_integer("seed", 0, "Seed for the class split, sampling and initialisation.")
 flags.DEFINE_integer("image_size", 32, "Images are resized to image_size x image_size.")
 flags.DEFINE_bool("augment", False, "The papers' pipeline: random resized crop + horizontal flip for training, "
                   "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
+flags.DEFINE_bool("affine", False, "Small random affine distortions of training images (rotation, shear, scale, "
+                  "shift; Koch et al. 2015), for characters and drawings; no flip.")
 flags.DEFINE_enum("small_classes", "error", ["error", "cycle"],
                   "Classes with fewer than batch_per_class images: refuse them, or cycle their images (SOP).")
 flags.DEFINE_integer("channels", None, "Image channels (default: 1 for omniglot, 3 for folders).")
 flags.DEFINE_string("json", None, "Write the final held-out metrics to this JSON file.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size for embedding the evaluation images.")
+flags.DEFINE_list("episodes", ["20way1shot", "5way1shot", "20way5shot"],
+                  "Few-shot settings <N>way<K>shot evaluated on the held-out classes (N classes of one alphabet / "
+                  "top-level folder, support and query by different drawers); empty to skip.")
+flags.DEFINE_integer("num_episodes", 400, "Episodes per few-shot setting.")
 flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean top-R shortlist by the "
                      "learned PDDM score (0 = plain Euclidean retrieval).")
 
 # train
-flags.DEFINE_enum("method", "pddm_quadruplet", list(METHODS),
+flags.DEFINE_enum("method", "pddm_quadruplet", list(METHOD_NAMES),
                   "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
                   "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
                   "over the margin or PDDM loss (dc_margin, dc_pddm).")
@@ -76,7 +87,10 @@ flags.DEFINE_integer("epochs", 10, "Training epochs (0 = evaluate and export the
 flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch (0 = one pass over the training images).")
 flags.DEFINE_integer("batch_classes", 16, "P: classes per batch.")
 flags.DEFINE_integer("batch_per_class", 4, "K: images per class in a batch.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the peak of a schedule).")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate schedule over the whole run.")
+flags.DEFINE_float("warmup_fraction", 0.0, "Fraction of the steps with a linear learning-rate warm-up.")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
@@ -111,6 +125,22 @@ flags.DEFINE_enum("communication", "auto", ["auto", "ring", "nccl"], "multi_work
 
 # evaluate
 flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, or a base folder (latest version).")
+flags.DEFINE_string("plots", None, "evaluate: write PNG pictures of the result into this folder: a retrieval grid, "
+                    "the positive/negative pair-distance histogram, a t-SNE map and the Recall@K curve "
+                    "(needs matplotlib: pip install \"pddm-tf[plots]\").")
+
+# output
+flags.DEFINE_bool("progress", True, "Progress bars for long steps (folder checks, TFDS extraction, embedding, "
+                  "k-means, kNN); drawn only when the output is a terminal. --noprogress turns them off.")
+# absl.logging defines --log_dir (for log files this tool never writes) and --verbosity: reused here.
+FLAGS["log_dir"].help = ("train: write TensorBoard logs here: training scalars, held-out metrics and a retrieval "
+                         "grid at each evaluation (--eval_every, else the end), and the Embedding Projector "
+                         "files of the held-out set.")
+FLAGS["verbosity"].help = ("Logging verbosity: -1 warnings, 0 (default) also pddm_tf's info, 1 debug and every "
+                           "TensorFlow log (otherwise TensorFlow shows warnings and errors only, its C++ code "
+                           "errors only unless TF_CPP_MIN_LOG_LEVEL is set).")
+flags.declare_key_flag("log_dir")
+flags.declare_key_flag("verbosity")
 
 # train --save_model, export
 flags.DEFINE_string("save_model", None, "train: also save the trained Keras model to this .keras file (atomically), "
@@ -146,19 +176,25 @@ def _apply_recipe() -> None:
     print(f"recipe {recipe.name}: {recipe.paper}")
 
 
-def _load_split():
+def _load_split(rotate_training: bool = True):
+    """The dataset split of the flags; with --rotations (and `rotate_training`) its training classes
+    get their rotated copies as new classes."""
+    import dataclasses
+
     from pddm_tf import data
     from pddm_tf.datasets import TFDS_LOADERS
 
     kwargs: dict[str, Any] = {}
-    if FLAGS.dataset == "omniglot":
-        kwargs.update(split_by=FLAGS.split_by, rotations=FLAGS.rotations)
-    elif FLAGS.channels is not None:
+    if FLAGS.dataset == "omniglot" or FLAGS.dataset.startswith("folder:"):
+        kwargs.update(split_by=FLAGS.split_by, test_groups=FLAGS.test_groups)
+    if FLAGS.dataset != "omniglot" and FLAGS.channels is not None:
         kwargs.update(channels=FLAGS.channels)
     if FLAGS.dataset in TFDS_LOADERS:
         kwargs.update(data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, download=FLAGS.download,
                       manual_dir=FLAGS.manual_dir)
     split = data.load_dataset(FLAGS.dataset, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed, **kwargs)
+    if FLAGS.rotations and rotate_training:
+        split = dataclasses.replace(split, train=data.with_rotations(split.train))
     channels = FLAGS.channels or split.channels
     return split, channels
 
@@ -172,11 +208,39 @@ def _report(metrics: dict[str, float], header: str) -> None:
         print(f"metrics written to {FLAGS.json}")
 
 
-def build_model(channels: int, num_classes: int):
-    """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML)."""
-    import keras
+def _training_transform():
+    """The training augmentation of the flags: --augment (crop + flip), --affine, or none."""
+    from pddm_tf import pipeline
 
+    if FLAGS.augment and FLAGS.affine:
+        raise ValueError("--augment and --affine are two different training augmentations; choose one")
+    if FLAGS.augment:
+        return pipeline.train_transform(FLAGS.image_size)
+    return pipeline.affine_transform(FLAGS.image_size) if FLAGS.affine else None
+
+
+def _few_shot(embeddings, files, say: Callable[..., None] = print) -> dict[str, float]:
+    """The --episodes few-shot accuracies of held-out `files`; a setting the classes cannot fill
+    (fewer than N classes in every group) is skipped with a note."""
+    from pddm_tf import few_shot
+
+    metrics: dict[str, float] = {}
+    for setting in FLAGS.episodes or ():
+        try:
+            metrics.update(few_shot.evaluate_few_shot(embeddings, files, (setting,), FLAGS.num_episodes, FLAGS.seed))
+        except ValueError as error:
+            if "no group has" not in str(error):
+                raise
+            say(f"few-shot {setting} skipped: {error}")
+    return metrics
+
+
+def build_model(channels: int, num_classes: int, total_steps: int | None = None):
+    """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML),
+    `total_steps` the length of the run (for the learning-rate schedule)."""
     from pddm_tf import backbone
+    from pddm_tf.methods import build_model as build_method_model
+    from pddm_tf.optimizers import make_optimizer
 
     options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
     network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
@@ -188,7 +252,9 @@ def build_model(channels: int, num_classes: int):
                                hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
                                hdml_generator_input=FLAGS.hdml_generator_input)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
-    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
+    total_steps = max(total_steps or 1, 1)
+    model.compile(optimizer=make_optimizer(FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.lr_schedule,
+                                           total_steps, round(FLAGS.warmup_fraction * total_steps)))
     return model
 
 
@@ -242,27 +308,29 @@ def train() -> dict[str, float]:
         index, workers = distributed.worker_info(strategy)
         say(f"strategy {FLAGS.strategy}: {strategy.num_replicas_in_sync} replicas on {workers} worker(s); "
             f"this is worker {index}")
+    steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
     with strategy.scope():
-        model = build_model(channels, split.train.num_classes)
+        model = build_model(channels, split.train.num_classes, total_steps=FLAGS.epochs * steps_per_epoch)
     transform = pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None
     if FLAGS.epochs > 0:
-        steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
         backup_dir = _backup_dir() if FLAGS.backup else None
         train_data, callbacks = training_pipeline(
             model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class, FLAGS.image_size, channels,
             seed=FLAGS.seed, recluster_every=FLAGS.recluster_every, conquer_epochs=FLAGS.conquer_epochs,
             cluster_on=FLAGS.cluster_on, small_classes=FLAGS.small_classes,
-            augment=pipeline.train_transform(FLAGS.image_size) if FLAGS.augment else None,
-            steps_per_epoch=steps_per_epoch, backup_dir=backup_dir)
+            augment=_training_transform(), steps_per_epoch=steps_per_epoch, backup_dir=backup_dir)
         if backup_dir:
             say(f"backing up to {backup_dir} between epochs (run the same command again to resume)")
-        if split.test is not None and FLAGS.eval_every > 0:
+        if split.test is not None and (FLAGS.eval_every > 0 or _log_dir()):
             evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
                                                       transform=transform)
-            callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every, seed=FLAGS.seed))
+            callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=FLAGS.eval_every or FLAGS.epochs,
+                                                            seed=FLAGS.seed))
+        if _log_dir() and chief:
+            callbacks.append(_tensorboard(split.test, channels, transform, callbacks))
         start = time.perf_counter()
         model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                  verbose=0 if not chief else 1 if sys.stdout.isatty() else 2)
+                  verbose=0 if not chief else 1 if sys.stdout.isatty() and FLAGS.progress else 2)
         seconds = time.perf_counter() - start
         images = FLAGS.epochs * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
         say(f"trained {FLAGS.epochs} epochs in {seconds:.1f} s ({images / seconds:.0f} images/s)")
@@ -274,8 +342,11 @@ def train() -> dict[str, float]:
         labels = split.test.labels
         metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
                                                 pair_scores=lambda a, b: model.pddm((a, b)).numpy())
+        metrics.update(_few_shot(embeddings, split.test, say))
         if chief:
             _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
+            if _log_dir() and FLAGS.epochs == 0:  # no fit, so no TensorBoard callback: the projector only
+                _tensorboard(split.test, channels, transform, []).write_projector_of(embeddings, labels)
     if FLAGS.export_dir:
         with _output_dir(FLAGS.export_dir, chief) as export_dir:
             path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform)
@@ -321,6 +392,22 @@ def export() -> dict[str, float]:
     return {}
 
 
+def _log_dir() -> str | None:
+    """--log_dir when given on the command line (absl's default may come from TEST_TMPDIR)."""
+    return FLAGS.log_dir if FLAGS["log_dir"].present and FLAGS.log_dir else None
+
+
+def _tensorboard(files, channels: int, transform, callbacks: list):
+    """The TensorBoard callback of --log_dir, reading the RetrievalEvaluation among `callbacks`."""
+    from pddm_tf import evaluation, visualize
+    from pddm_tf.tensorboard import TensorBoard
+
+    retrieval = next((c for c in callbacks if isinstance(c, evaluation.RetrievalEvaluation)), None)
+    load_images = visualize.load_file_images(files, FLAGS.image_size, channels, transform) if files else None
+    return TensorBoard(_log_dir(), retrieval, load_images, class_names=files.class_names if files else None,
+                       seed=FLAGS.seed)
+
+
 def _resolve_model_dir(path: str) -> pathlib.Path:
     root = pathlib.Path(path)
     if (root / "saved_model.pb").exists():
@@ -352,14 +439,26 @@ def evaluate() -> dict[str, float]:
             return similarity(embeddings_a=tf.constant(a), embeddings_b=tf.constant(b))["scores"].numpy()
 
     _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
-    split, _ = _load_split()
+    split, _ = _load_split(rotate_training=False)
     files = split.test if split.test is not None else split.train
     transform = pipeline.eval_transform(size) if FLAGS.augment else None
     pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size, transform=transform)
-    embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in pixels], axis=0).numpy()
+    from pddm_tf import progress
+
+    batches = progress.bar(pixels, total=-(-len(files) // FLAGS.eval_batch_size), desc="embedding", unit="batch")
+    embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in batches], axis=0).numpy()
     metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
                                             pair_scores=pair_scores)
+    metrics.update(_few_shot(embeddings, files))
     _report(metrics, f"{model_dir} on {FLAGS.dataset} ({files.num_classes} classes, {len(files)} images)")
+    if FLAGS.plots:
+        from pddm_tf import progress, visualize
+
+        written = visualize.save_plots(FLAGS.plots, embeddings, files.labels,
+                                       visualize.load_file_images(files, size, channels, transform),
+                                       files.class_names, seed=FLAGS.seed,
+                                       progress=lambda names: progress.bar(names, desc="plots", unit="plot"))
+        print(f"plots written to {FLAGS.plots}: {', '.join(os.path.basename(p) for p in written.values())}")
     return metrics
 
 
@@ -367,17 +466,19 @@ def main(argv: list[str]) -> None:
     commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
+    logs.import_tensorflow(FLAGS.verbosity)
+    from pddm_tf import progress
+
+    progress.set_enabled(None if FLAGS.progress else False)
     try:
         commands[argv[1]]()
     except (ValueError, FileNotFoundError) as error:
         # Bad data or arguments: a one-line message is more useful than a traceback.
-        logging.error("%s", error)
         sys.exit(f"pddm-tf: error: {error}")
 
 
 def run() -> None:
     """Console-script entry point."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main)
 
 

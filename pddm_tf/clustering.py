@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pddm_tf import progress
 from pddm_tf.data import (ImageFiles, _from_step, _shard_size, balanced_batch_indices, evaluation_dataset, read_image,
                           read_transformed_image)
 
@@ -96,7 +97,8 @@ def kmeans_clusters(features: np.ndarray, num_clusters: int, seed: int = 0) -> n
         return np.zeros(len(features), np.int32)
     norms = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     kmeans = KMeans(n_clusters=num_clusters, n_init=3, random_state=seed)
-    return kmeans.fit_predict(features / norms).astype(np.int32)
+    with progress.step(f"k-means of {len(features)} images into {num_clusters} clusters"):
+        return kmeans.fit_predict(features / norms).astype(np.int32)
 
 
 def match_clusters(new_ids: np.ndarray, old_ids: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -159,7 +161,7 @@ def cluster_features(model: keras.Model, files: ImageFiles, image_size: int, cha
         raise ValueError(f"unknown cluster_on {on!r}; expected one of {CLUSTER_ON}")
     images = evaluation_dataset(files, image_size, channels, batch_size).map(lambda x, y: x)
     network = model.backbone if on == "features" else model
-    return network.predict(images, verbose=0)
+    return network.predict(images, verbose=progress.keras_verbose())
 
 
 def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int,

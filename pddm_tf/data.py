@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from pddm_tf import progress
 
 _logger = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def load_omniglot(
     rotations: bool = False,
     seed: int = 0,
     root: str | None = None,
+    test_groups: Sequence[str] | None = None,
 ) -> DatasetSplit:
     """Omniglot characters as classes, split into disjoint train / test classes.
 
@@ -129,30 +132,24 @@ def load_omniglot(
         together with their character, so no glyph appears on both sides.
       seed: seed of the class split.
       root: dataset folder; None for the embedded subset.
+      test_groups: names of the alphabets to hold out, e.g. ("Greek", "Latin"); overrides
+        `test_fraction` and `split_by` (the cross-validation folds of `benchmarks/few_shot.py`).
 
     Returns:
       A `DatasetSplit` with `channels=1`; class names are "<alphabet>/<characterNN>".
 
     Raises:
-      ValueError: bad `test_fraction` or `split_by`, a missing `root`, or a split that
-        leaves one side without classes.
+      ValueError: bad `test_fraction`, `split_by` or `test_groups`, a missing `root`, or a
+        split that leaves one side without classes.
     """
-    _check_test_fraction(test_fraction)
-    if split_by not in _SPLIT_BY:
-        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
     paths, labels, class_names = _scan_class_folders(
         pathlib.Path(root) if root is not None else _OMNIGLOT_ROOT, class_depth=2
     )
-    rng = np.random.default_rng(seed)
-    if split_by == "character":
-        test_mask = _random_class_mask(len(class_names), test_fraction, rng)
-    else:
-        alphabets = np.array([name.split("/")[0] for name in class_names])
-        test_mask = _random_group_mask(alphabets, test_fraction, rng)
-    train, test = _split(paths, labels, class_names, test_mask, test_fraction)
+    test_mask = _test_class_mask(class_names, test_fraction, split_by, test_groups, seed)
+    train, test = _split(paths, labels, class_names, test_mask, test_fraction if test_groups is None else 1.0)
     if rotations:
-        train = _with_rotations(train)
-        test = _with_rotations(test) if test is not None else None
+        train = with_rotations(train)
+        test = with_rotations(test) if test is not None else None
     return DatasetSplit(train=train, test=test, channels=1)
 
 
@@ -162,6 +159,8 @@ def load_folder(
     seed: int = 0,
     channels: int = 3,
     validate: bool = True,
+    split_by: str = "character",
+    test_groups: Sequence[str] | None = None,
 ) -> DatasetSplit:
     """Any folder with one sub-folder per class, split into disjoint train / test classes.
 
@@ -169,7 +168,9 @@ def load_folder(
     named by its parent folder relative to `path`, so nested layouts work:
     `path/birds/finch/1.jpg` is class "birds/finch". Images directly in `path` have no
     class and are ignored. Classes are sorted by name; the split shuffles them with
-    `np.random.default_rng(seed)` and sends `round(test_fraction * C)` to test.
+    `np.random.default_rng(seed)` and sends `round(test_fraction * C)` to test. With
+    `split_by="alphabet"` whole top-level folders ("birds", an Omniglot alphabet) go to
+    test instead, as `load_omniglot` does.
 
     Args:
       path: the dataset folder.
@@ -182,6 +183,8 @@ def load_folder(
         failing the whole load: one bad download should not cost a dataset, while a
         training pipeline hitting it later would crash mid-run. This costs one decode
         per image at load time; pass False for trusted data.
+      split_by: "character" (each class on its own) or "alphabet" (top-level folders).
+      test_groups: names of top-level folders to hold out; overrides `test_fraction`.
 
     Returns:
       A `DatasetSplit` with the given `channels`.
@@ -190,19 +193,22 @@ def load_folder(
       ValueError: (naming `path`) the folder is missing, holds no images, or fewer than 2
         classes (after skipping corrupt files); or bad `test_fraction` / `channels`.
     """
-    _check_test_fraction(test_fraction)
     _check_channels(channels)
+    if split_by not in _SPLIT_BY:  # Checked before the (slow) validation.
+        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
+    _check_test_fraction(test_fraction)
     paths, labels, class_names = _scan_class_folders(pathlib.Path(path), class_depth=None)
     if validate:
-        ok = np.array([_is_decodable(p, channels) for p in paths], dtype=bool)
+        ok = np.array([_is_decodable(p, channels)
+                       for p in progress.bar(paths, desc=f"checking {path}", unit="file")], dtype=bool)
         paths, labels, class_names = _drop_classless(paths[ok], labels[ok], class_names)
     if len(class_names) < 2:
         raise ValueError(
             f"dataset folder {str(path)!r} has {len(class_names)} class(es) with valid images; "
             "metric learning needs at least 2"
         )
-    test_mask = _random_class_mask(len(class_names), test_fraction, np.random.default_rng(seed))
-    train, test = _split(paths, labels, class_names, test_mask, test_fraction)
+    test_mask = _test_class_mask(class_names, test_fraction, split_by, test_groups, seed)
+    train, test = _split(paths, labels, class_names, test_mask, test_fraction if test_groups is None else 1.0)
     return DatasetSplit(train=train, test=test, channels=channels)
 
 
@@ -443,11 +449,8 @@ def class_balanced_dataset(
     _check_balanced_batches(files, batch_classes, batch_per_class, small_classes)
     batch_size = batch_classes * batch_per_class
     shard_size = _shard_size(batch_size, shard)
-    num_classes = files.num_classes
-    min_class_size = 1 if small_classes == "error" else 2
     # Created once, eagerly: the dataset functions capture these by reference.
     paths = tf.constant(files.paths)
-    labels = tf.constant(files.labels)
     # Only rotated copies (Omniglot) need a rotation per file; the others skip the tensor.
     rotations = tf.constant(files.rotations) if files.rotations.any() else None
     seed_tensor = tf.constant(seed, tf.int64)
@@ -455,22 +458,8 @@ def class_balanced_dataset(
     def rotation(row: tf.Tensor) -> tf.Tensor | int:
         return rotations[row] if rotations is not None else 0
 
-    def pass_rows(pass_index: tf.Tensor) -> tf.data.Dataset:
-        """The (file index, label) rows of one pass, batch after batch."""
-        pass_seed = tf.stack([seed_tensor, pass_index])
-        rows = tf.reshape(balanced_batch_indices(labels, num_classes, batch_classes, batch_per_class,
-                                                 pass_seed, min_class_size=min_class_size), [-1])
-        return tf.data.Dataset.from_tensor_slices((rows, tf.gather(labels, rows)))
-
-    def rows_from(first_step: tf.Tensor) -> tf.data.Dataset:
-        """(global row position, (file index, label)) from batch `first_step` on."""
-        passes = steps_per_pass(files, batch_classes, small_classes)
-        first_pass, offset = first_step // passes, first_step % passes
-        return (tf.data.Dataset.counter(start=first_pass).flat_map(pass_rows)
-                .skip(offset * batch_size)  # indices only: nothing is read for skipped rows
-                .enumerate(start=first_step * batch_size))
-
-    rows = _from_step(start_step, rows_from)
+    rows = _balanced_rows(files.labels, files.num_classes, batch_classes, batch_per_class, seed, small_classes,
+                          start_step)
     if shard[1] > 1:
         rows = rows.filter(lambda position, _: (position % batch_size) // shard_size == shard[0])
     if augment is None:
@@ -494,6 +483,90 @@ def class_balanced_dataset(
         images.batch(shard_size, drop_remainder=True)
         .prefetch(_AUTOTUNE)
     )
+
+
+def _balanced_rows(labels: np.ndarray, num_classes: int, batch_classes: int, batch_per_class: int, seed: int,
+                   small_classes: str, start_step: tf.Variable | None) -> tf.data.Dataset:
+    """The row stream of `class_balanced_dataset`: (global row position, (row index, label)), pass after
+    pass of `balanced_batch_indices`, from the batch `start_step` holds (0 if None)."""
+    batch_size = batch_classes * batch_per_class
+    min_class_size = 1 if small_classes == "error" else 2
+    passes = _steps_per_pass(np.bincount(labels, minlength=num_classes), batch_classes, small_classes)
+    labels_tensor = tf.constant(labels)
+    seed_tensor = tf.constant(seed, tf.int64)
+
+    def pass_rows(pass_index: tf.Tensor) -> tf.data.Dataset:
+        """The (row index, label) rows of one pass, batch after batch."""
+        pass_seed = tf.stack([seed_tensor, pass_index])
+        rows = tf.reshape(balanced_batch_indices(labels_tensor, num_classes, batch_classes, batch_per_class,
+                                                 pass_seed, min_class_size=min_class_size), [-1])
+        return tf.data.Dataset.from_tensor_slices((rows, tf.gather(labels_tensor, rows)))
+
+    def rows_from(first_step: tf.Tensor) -> tf.data.Dataset:
+        first_pass, offset = first_step // passes, first_step % passes
+        return (tf.data.Dataset.counter(start=first_pass).flat_map(pass_rows)
+                .skip(offset * batch_size)  # indices only: nothing is read for skipped rows
+                .enumerate(start=first_step * batch_size))
+
+    return _from_step(start_step, rows_from)
+
+
+def class_balanced_dataset_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_classes: int,
+    batch_per_class: int,
+    seed: int = 0,
+    *,
+    small_classes: str = "error",
+    start_step: tf.Variable | None = None,
+) -> tf.data.Dataset:
+    """Infinite P x K batches of in-memory arrays: P distinct classes, K rows of each.
+
+    The in-memory counterpart of `class_balanced_dataset` (TF Similarity's `MultiShotMemorySampler`,
+    pytorch-metric-learning's `MPerClassSampler`): the same sampling (`balanced_batch_indices`, pass
+    after pass, deterministic given `seed`, resumable from `start_step`), but rows are gathered from
+    `x` instead of decoded from files. Pass the result to `model.fit` with `steps_per_epoch`.
+
+    Args:
+      x: [N, ...] rows (images [N, s, s, c] float32 in [0, 1], or any features); kept as one tensor.
+      y: [N] integer class labels (any values; they are returned as given, as int32).
+      batch_classes: P >= 2; batch_per_class: K >= 1.
+      seed: sampling seed.
+      small_classes: "error" (every class needs K rows) or "cycle" (classes with 2 to K-1 rows are
+        cycled, single-row classes never sampled), as in `class_balanced_dataset`.
+      start_step: as in `class_balanced_dataset`.
+
+    Returns:
+      A dataset of (x batch [P*K, ...], labels [P*K] int32), rows k*K .. k*K+K-1 from the k-th class.
+
+    Raises:
+      ValueError: mismatched or empty arrays, non-integer labels, or classes that cannot make P x K
+        batches (the message names the class).
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"x [N, ...] and y [N] must have the same N >= 1, got shapes {x.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if batch_classes < 2:
+        raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
+    if batch_per_class < 1:
+        raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
+    classes, class_ids = np.unique(y, return_inverse=True)
+    class_ids = class_ids.astype(np.int32)
+    _check_balanced_counts(np.bincount(class_ids, minlength=len(classes)), tuple(str(c) for c in classes),
+                           batch_classes, batch_per_class, small_classes)
+    rows = _balanced_rows(class_ids, len(classes), batch_classes, batch_per_class, seed, small_classes, start_step)
+    features = tf.constant(x)
+    labels = tf.constant(y.astype(np.int32))
+    return (rows.map(lambda _, row_label: row_label[0])
+            .batch(batch_classes * batch_per_class, drop_remainder=True)
+            # One gather per batch, not per row.
+            .map(lambda batch_rows: (tf.gather(features, batch_rows), tf.gather(labels, batch_rows)),
+                 num_parallel_calls=_AUTOTUNE, deterministic=True)
+            .prefetch(_AUTOTUNE))
 
 
 def _shard_size(batch_size: int, shard: tuple[int, int]) -> int:
@@ -565,13 +638,17 @@ def evaluation_dataset(
 def steps_per_pass(files: ImageFiles, batch_classes: int, small_classes: str = "error") -> int:
     """Batches in one pass of `class_balanced_dataset`: E // batch_classes, E the eligible
     classes (every class with small_classes="error", those with >= 2 images with "cycle")."""
+    return _steps_per_pass(np.bincount(files.labels, minlength=files.num_classes), batch_classes, small_classes)
+
+
+def _steps_per_pass(counts: np.ndarray, batch_classes: int, small_classes: str) -> int:
+    """`steps_per_pass` from the images per class, counts [C]."""
     if batch_classes < 1:
         raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
     if small_classes not in _SMALL_CLASSES:
         raise ValueError(f"small_classes must be one of {_SMALL_CLASSES}, got {small_classes!r}")
     if small_classes == "error":
-        return files.num_classes // batch_classes
-    counts = np.bincount(files.labels, minlength=files.num_classes)
+        return len(counts) // batch_classes
     return int((counts >= 2).sum()) // batch_classes
 
 
@@ -613,12 +690,18 @@ def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int 
 
 def _check_balanced_batches(files: ImageFiles, batch_classes: int, batch_per_class: int, small_classes: str) -> None:
     """Raises ValueError if `class_balanced_dataset` cannot build P x K batches from `files`."""
+    _check_balanced_counts(np.bincount(files.labels, minlength=files.num_classes), files.class_names,
+                           batch_classes, batch_per_class, small_classes)
+
+
+def _check_balanced_counts(counts: np.ndarray, class_names: tuple[str, ...], batch_classes: int,
+                           batch_per_class: int, small_classes: str) -> None:
+    """`_check_balanced_batches` from the images per class, counts [C], and the class names."""
     if small_classes not in _SMALL_CLASSES:
         raise ValueError(f"small_classes must be one of {_SMALL_CLASSES}, got {small_classes!r}")
-    num_classes = files.num_classes
+    num_classes = len(counts)
     if num_classes < 2:
         raise ValueError(f"class-balanced batches need at least 2 classes, got {num_classes}")
-    counts = np.bincount(files.labels, minlength=num_classes)
     if small_classes == "cycle":
         num_eligible = int((counts >= 2).sum())
         if num_eligible < batch_classes:
@@ -635,7 +718,7 @@ def _check_balanced_batches(files: ImageFiles, batch_classes: int, batch_per_cla
     if (counts < batch_per_class).any():
         small = int(np.argmax(counts < batch_per_class))
         raise ValueError(
-            f"class {files.class_names[small]!r} has {counts[small]} "
+            f"class {class_names[small]!r} has {counts[small]} "
             f"image{'' if counts[small] == 1 else 's'} but batch_per_class={batch_per_class}"
         )
 
@@ -709,6 +792,26 @@ def _drop_classless(
     return paths, labels.astype(np.int32), tuple(class_names[i] for i in present)
 
 
+def _test_class_mask(class_names: tuple[str, ...], test_fraction: float, split_by: str,
+                     test_groups: Sequence[str] | None, seed: int) -> np.ndarray:
+    """[C] bool, True for the held-out classes: `test_groups` by name, else a seeded random
+    `test_fraction` of the classes (`split_by="character"`) or of whole groups ("alphabet")."""
+    _check_test_fraction(test_fraction)
+    if split_by not in _SPLIT_BY:
+        raise ValueError(f"split_by must be one of {_SPLIT_BY}, got {split_by!r}")
+    groups = np.array([name.split("/")[0] for name in class_names])
+    if test_groups is not None:
+        unknown = sorted(set(test_groups) - set(groups))
+        if unknown:
+            raise ValueError(f"unknown test group(s) {unknown}; the groups (top-level folders) are "
+                             f"{sorted(set(groups))}")
+        return np.isin(groups, list(test_groups))
+    rng = np.random.default_rng(seed)
+    if split_by == "character":
+        return _random_class_mask(len(class_names), test_fraction, rng)
+    return _random_group_mask(groups, test_fraction, rng)
+
+
 def _random_class_mask(num_classes: int, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """[C] bool, True for the `round(test_fraction * C)` classes first in a random order."""
     mask = np.zeros(num_classes, dtype=bool)
@@ -760,11 +863,14 @@ def _subset(
     )
 
 
-def _with_rotations(files: ImageFiles) -> ImageFiles:
-    """Each class c becomes classes 4c+k, its copies rotated by k * 90 degrees (k = 0..3).
+def with_rotations(files: ImageFiles) -> ImageFiles:
+    """Each class c becomes classes 4c+k, its copies rotated by k * 90 degrees (k = 0..3),
+    named "<class>/rot<90k>": the usual way to make more training classes from characters.
 
     Expects unrotated files; rows stay grouped by class.
     """
+    if files.rotations.any():
+        raise ValueError("with_rotations expects unrotated files; these are rotated already")
     k = np.repeat(np.arange(4, dtype=np.int32), len(files))
     labels = np.tile(files.labels, 4) * 4 + k
     order = np.argsort(labels, kind="stable")

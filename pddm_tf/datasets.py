@@ -81,6 +81,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from pddm_tf import progress
 from pddm_tf.data import DatasetSplit, ImageFiles, _check_channels, _check_test_fraction, _random_class_mask
 
 _logger = logging.getLogger(__name__)
@@ -561,9 +562,12 @@ def _extract_split(builder: tfds.core.DatasetBuilder, source: _Source, split: st
     partial_index = root / f"{_INDEX}.{os.getpid()}.partial"
     names: dict[int, str] = {}  # TFDS label -> class name; at most one entry per class.
     count = 0
+    known = builder.info.splits[split].num_examples if split in builder.info.splits else None
     with open(partial_index, "w", encoding="utf-8") as index:
         index.write(_INDEX_HEADER)
-        for count, example in enumerate(dataset.as_numpy_iterator(), start=1):
+        examples = progress.bar(dataset.as_numpy_iterator(), total=known or None,
+                                desc=f"extracting {builder.info.full_name} {split}", unit="image")
+        for count, example in enumerate(examples, start=1):
             encoded = example[source.image_key]
             label = int(example[source.label_key])
             if label not in names:

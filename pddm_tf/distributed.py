@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pddm_tf import progress
 from pddm_tf.data import ImageFiles, read_image, read_transformed_image
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -155,7 +156,7 @@ def embed_files(network: keras.Model, files: ImageFiles, image_size: int, channe
 
     if replicas == 1:
         images = tf.data.Dataset.range(count).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        return network.predict(images.prefetch(tf.data.AUTOTUNE), verbose=0)
+        return network.predict(images.prefetch(tf.data.AUTOTUNE), verbose=progress.keras_verbose())
 
     chunk = -(-batch_size // replicas)
     steps = -(-count // (chunk * replicas))
@@ -174,7 +175,7 @@ def embed_files(network: keras.Model, files: ImageFiles, image_size: int, channe
         outputs = strategy.run(lambda x: network(x, training=False), args=(images,))
         return strategy.gather(outputs, axis=0)  # replica order = row order
 
-    outputs = [step(images).numpy() for images in batches]
+    outputs = [step(images).numpy() for images in progress.bar(batches, total=steps, desc="embedding", unit="step")]
     return np.concatenate(outputs)[:count]
 
 

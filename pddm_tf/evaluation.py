@@ -28,6 +28,9 @@ from numpy.typing import ArrayLike
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
+from pddm_tf import progress
+from pddm_tf.few_shot import evaluate_few_shot, few_shot_accuracy  # noqa: F401  (evaluation.few_shot_accuracy)
+
 DEFAULT_KS = (1, 2, 4, 8)
 # One k-means++ run, scikit-learn's own default for k-means++: restarts multiply the cost,
 # which is already high with thousands of test classes.
@@ -129,6 +132,32 @@ def nearest_neighbors(
     return _tf_search(queries, gallery, int(k), exclude_self, int(chunk_size), int(gallery_chunk_size))
 
 
+def exact_top_k(queries: tf.Tensor, gallery: tf.Tensor, k: int, gallery_sq_norms: tf.Tensor | None = None
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The k gallery rows nearest to each query by squared Euclidean distance: the one exact search
+    kernel of `nearest_neighbors` (block by block), `Index` and the SavedModel's `search` signature.
+
+    For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
+    2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction. 2 q is
+    exact (an exponent shift). `tf.math.top_k` is documented to put the lower index first among
+    equal values: ties go to the lower gallery row. Graph-friendly (no Python loop).
+
+    Args:
+      queries: [n, d] float32; gallery: [g, d] float32.
+      k: neighbours per query, 1 <= k <= g.
+      gallery_sq_norms: [g], ||g||^2 of every gallery row, when already known.
+
+    Returns:
+      (scores [n, k] float32, indices [n, k] int32) by descending score (ascending distance); the
+      squared distance is ||q||^2 - score (clamp it at 0: the expansion can dip below for near
+      duplicates).
+    """
+    if gallery_sq_norms is None:
+        gallery_sq_norms = tf.reduce_sum(tf.square(gallery), axis=1)  # [g]
+    scores = tf.matmul(2.0 * queries, gallery, transpose_b=True) - gallery_sq_norms  # [n, g]
+    return tf.math.top_k(scores, k=k, sorted=True)
+
+
 def _import_faiss(required: bool):
     """The faiss module, or None when it is not installed and not `required`."""
     try:
@@ -153,32 +182,8 @@ def _tf_search(
     # -inf entries lose to every real candidate, and there are at least k of those.
     best_scores = np.full((n_queries, k), -np.inf, np.float32)
     best_indices = np.full((n_queries, k), -1, np.int64)
-
-    # For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
-    # 2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction per
-    # block. ||q||^2 is added back only for the k winners. 2 q is exact (an exponent shift).
-    # A fresh tf.function per call: traced once per distinct gallery-block width (at most two:
-    # full blocks and the last one), queries are padded to `chunk_size` rows.
-    @tf.function
-    def merge_block(queries_x2, block, offset, query_ids, running_scores, running_indices):
-        block_sq_norms = tf.reduce_sum(tf.square(block), axis=1)  # [g]
-        scores = tf.matmul(queries_x2, block, transpose_b=True) - block_sq_norms  # [m, g]
-        # The k best of a block without the query itself are among its k + 1 best, so self is
-        # masked in the small [m, k + 1] result rather than the [m, g] block, by index, not by
-        # zero distance, so duplicates of a query still count.
-        block_k = min(k + int(exclude_self), block.shape[0])
-        # top_k is documented to put the lower index first among equal values: that is our
-        # tie-breaking rule.
-        top_scores, top_indices = tf.math.top_k(scores, k=block_k, sorted=True)  # [m, block_k]
-        top_indices = tf.cast(top_indices, tf.int64) + offset
-        if exclude_self:
-            top_scores = tf.where(top_indices == query_ids[:, None], -np.inf, top_scores)
-        # Earlier blocks hold lower gallery indices and come first in the concatenation, and
-        # top_k keeps the earlier position first among equal values: ties stay in index order.
-        merged_scores, positions = tf.math.top_k(tf.concat([running_scores, top_scores], axis=1), k=k, sorted=True)
-        merged_indices = tf.gather(tf.concat([running_indices, top_indices], axis=1), positions, batch_dims=1)
-        return merged_scores, merged_indices
-
+    blocks = -(-n_gallery // gallery_chunk_size) * -(-n_queries // chunk_size)
+    bar = progress.bar(total=blocks, desc=f"kNN of {n_queries} queries in {n_gallery}", unit="block")
     for g_start in range(0, n_gallery, gallery_chunk_size):
         block = tf.constant(gallery[g_start : g_start + gallery_chunk_size])  # one gallery chunk at a time
         offset = tf.constant(g_start, tf.int64)
@@ -194,11 +199,13 @@ def _tf_search(
             else:
                 running = (best_scores[start:stop], best_indices[start:stop])
             query_ids = tf.range(start, start + chunk_size, dtype=tf.int64)
-            scores, indices = merge_block(tf.constant(2.0 * chunk), block, offset, query_ids,
-                                          tf.constant(running[0]), tf.constant(running[1]))
+            scores, indices = _merge_block(tf.constant(chunk), block, offset, query_ids,
+                                           tf.constant(running[0]), tf.constant(running[1]), k, exclude_self)
             best_scores[start:stop] = scores.numpy()[:rows]
             best_indices[start:stop] = indices.numpy()[:rows]
+            bar.update(1)
         del block
+    bar.close()
     # The expansion cancels catastrophically for near-identical points and can dip below 0.
     query_sq_norms = np.empty((n_queries, 1), np.float32)
     for start in range(0, n_queries, chunk_size):
@@ -206,6 +213,27 @@ def _tf_search(
             tf.square(queries[start : start + chunk_size]), axis=1, keepdims=True).numpy()
     distances = np.maximum(query_sq_norms - best_scores, np.float32(0.0))
     return best_indices, distances
+
+
+# One tf.function for every search (not one per call, which retraces at each call and makes TensorFlow
+# warn about retracing): traced once per distinct (block shapes, k, exclude_self), at most two block
+# widths per search (full blocks and the last one); queries are padded to `chunk_size` rows.
+@tf.function
+def _merge_block(queries, block, offset, query_ids, running_scores, running_indices, k: int, exclude_self: bool):
+    """Merges one gallery block into the running top k of a query chunk (see `_tf_search`)."""
+    # The k best of a block without the query itself are among its k + 1 best, so self is
+    # masked in the small [m, k + 1] result rather than the [m, g] block, by index, not by
+    # zero distance, so duplicates of a query still count.
+    block_k = min(k + int(exclude_self), block.shape[0])
+    top_scores, top_indices = exact_top_k(queries, block, block_k)  # [m, block_k]
+    top_indices = tf.cast(top_indices, tf.int64) + offset
+    if exclude_self:
+        top_scores = tf.where(top_indices == query_ids[:, None], -np.inf, top_scores)
+    # Earlier blocks hold lower gallery indices and come first in the concatenation, and
+    # top_k keeps the earlier position first among equal values: ties stay in index order.
+    merged_scores, positions = tf.math.top_k(tf.concat([running_scores, top_scores], axis=1), k=k, sorted=True)
+    merged_indices = tf.gather(tf.concat([running_indices, top_indices], axis=1), positions, batch_dims=1)
+    return merged_scores, merged_indices
 
 
 def _faiss_search(faiss, queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool
@@ -298,7 +326,9 @@ def _nmi(embeddings: np.ndarray, class_ids: np.ndarray, seed: int, n_init: int) 
     """NMI for validated inputs: class ids [n] are 0..n_classes-1."""
     n_clusters = int(class_ids.max()) + 1
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
-    return float(normalized_mutual_info_score(class_ids, kmeans.fit_predict(embeddings)))
+    with progress.step(f"NMI: k-means of {len(embeddings)} embeddings into {n_clusters} clusters"):
+        clusters = kmeans.fit_predict(embeddings)
+    return float(normalized_mutual_info_score(class_ids, clusters))
 
 
 def evaluate_retrieval(
@@ -488,7 +518,9 @@ def embed_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndar
         (embeddings [n, dim], labels [n]) as numpy arrays.
     """
     embeddings, labels = [], []
-    for images, batch_labels in dataset:
+    batches = int(dataset.cardinality())
+    for images, batch_labels in progress.bar(dataset, total=batches if batches >= 0 else None, desc="embedding",
+                                             unit="batch"):
         # A direct call, not predict_on_batch: under a strategy with R replicas that would hand the
         # whole batch to every replica and concatenate R copies of its embeddings.
         embeddings.append(np.asarray(model(images, training=False)))
@@ -517,6 +549,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     Attributes:
         history: list of (epoch, metrics) for every evaluated epoch; epochs are 0-based,
             as Keras numbers them.
+        last_embeddings, last_labels: the embeddings [n, d] and labels [n] of the latest evaluation.
     """
 
     def __init__(
@@ -538,6 +571,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.chunk_size = chunk_size
         self.seed = seed
         self.history: list[tuple[int, dict[str, float]]] = []
+        # The latest evaluation's embeddings [n, d] and labels [n] (e.g. for pddm_tf.tensorboard's pictures).
+        self.last_embeddings: np.ndarray | None = None
+        self.last_labels: np.ndarray | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         is_last = epoch + 1 == (self.params or {}).get("epochs")
@@ -548,5 +584,6 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             embeddings, labels, ks=self.ks, chunk_size=self.chunk_size, seed=self.seed
         )
         self.history.append((epoch, metrics))
+        self.last_embeddings, self.last_labels = embeddings, labels
         if logs is not None:
             logs.update({self.prefix + name: value for name, value in metrics.items()})

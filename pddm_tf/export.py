@@ -109,8 +109,9 @@ def _make_readable(path: str) -> None:
 
 def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
     """Loads a `.keras` file written by `save_keras_model` (or `model.save`), without its optimizer state."""
-    import pddm_tf  # noqa: F401  (registers the library's layers and models for deserialisation)
+    import pddm_tf
 
+    pddm_tf._import_all()  # registers the library's layers and models for deserialisation
     return keras.saving.load_model(str(path), compile=False)
 
 
@@ -169,10 +170,8 @@ def _search_fn(embed, pddm: keras.layers.Layer | None, index: _GalleryIndex, k: 
     """queries [n, d] -> the `search` outputs (see the module docstring)."""
 
     def search(queries: tf.Tensor) -> dict[str, tf.Tensor]:
-        # Same ranking score as pddm_tf.evaluation.nearest_neighbors: 2 q.g - ||g||^2 orders the
-        # gallery by distance, and top_k breaks ties towards the lower gallery row.
-        ranking = 2.0 * tf.matmul(queries, index.embeddings, transpose_b=True) - index.sq_norms  # [n, g]
-        top, indices = tf.math.top_k(ranking, k=max(k, rerank), sorted=True)  # [n, k or R]
+        # The search kernel of pddm_tf.evaluation.nearest_neighbors; ties go to the lower gallery row.
+        top, indices = evaluation.exact_top_k(queries, index.embeddings, max(k, rerank), index.sq_norms)  # [n, k or R]
         distances = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True) - top, 0.0)
         if rerank > 0:
             dim = tf.shape(queries)[1]

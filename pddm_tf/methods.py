@@ -19,6 +19,7 @@ from pddm_tf.divide_and_conquer import DivideAndConquerModel
 from pddm_tf.fault_tolerance import BackupAndRestore, SamplerPosition
 from pddm_tf.hdml import HDMLModel
 from pddm_tf.layers import PDDM
+from pddm_tf.method_names import METHOD_NAMES
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 
 
@@ -94,6 +95,9 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "dc_margin": _divide_and_conquer("margin"),
     "dc_pddm": _divide_and_conquer("pddm"),
 }
+# The command line lists METHOD_NAMES without importing this module (and TensorFlow): keep them equal.
+if tuple(METHODS) != METHOD_NAMES:
+    raise ImportError("pddm_tf.method_names.METHOD_NAMES is out of date: it must list the keys of METHODS")
 
 
 def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **options: Any) -> EmbeddingModel:

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pddm_tf.index import Index, Lookup, lookups
 from pddm_tf.layers import PDDM, EmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
 from pddm_tf.mining import check_labels, euclidean_scores, mine_quadruplets, score_gap
@@ -98,6 +99,71 @@ class EmbeddingModel(keras.Model):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         return self.head(self.backbone(inputs, training=training), training=training)
+
+    def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
+        """`keras.Model.fit` with `shuffle=False` by default.
+
+        Metric learning trains on class-balanced batches (`pddm_tf.data.class_balanced_dataset`)
+        that are already sampled at random: Keras' default `shuffle=True` would be ignored for a
+        dataset (with a warning at every call) and would break the P x K batches of arrays.
+        """
+        kwargs.setdefault("shuffle", False)
+        return super().fit(*args, **kwargs)
+
+    # -- retrieval, in the style of TF Similarity ----------------------------------------------
+
+    @property
+    def search_index(self) -> Index | None:
+        """The `Index` that `index` fills and `lookup` searches (None before the first `index`); assign
+        one, e.g. `Index.load(path)`, to search a saved index."""
+        return getattr(self, "_search_index", None)
+
+    @search_index.setter
+    def search_index(self, index: Index | None) -> None:
+        self._search_index = index
+
+    def index(self, x: Any, y: Any = None, batch_size: int = 256) -> Index:
+        """Embeds `x` and adds the embeddings (with labels `y`) to the model's `search_index`.
+
+        Args:
+          x: images [n, s, s, c] (numpy or tensor), or a finite `tf.data.Dataset` of (images, labels)
+            batches, whose labels are used when `y` is None.
+          y: [n] labels, or None.
+          batch_size: images per forward pass for arrays.
+
+        Returns:
+          The index (created on the first call, exact TF search).
+        """
+        if isinstance(x, tf.data.Dataset):
+            from pddm_tf.evaluation import embed_dataset
+
+            embeddings, dataset_labels = embed_dataset(self, x)
+            y = dataset_labels if y is None else y
+        else:
+            embeddings = self.predict(x, batch_size=batch_size, verbose=0)
+        if self.search_index is None:
+            self.search_index = Index()
+        self.search_index.add(embeddings, y)
+        return self.search_index
+
+    def lookup(self, x: Any, k: int = 5, batch_size: int = 256) -> list[list[Lookup]]:
+        """The k nearest indexed items of every image of `x` (images [n, s, s, c] or a dataset of
+        image batches, or of (images, labels) batches): n lists of `Lookup(rank, distance, label,
+        index)`, nearest first.
+
+        Raises:
+          ValueError: nothing was indexed yet.
+        """
+        if self.search_index is None or not len(self.search_index):
+            raise ValueError("the model's index is empty: call model.index(x, y) first")
+        if isinstance(x, tf.data.Dataset):
+            x = x.map(lambda *batch: batch[0])
+        queries = self.predict(x, batch_size=batch_size, verbose=0)
+        return lookups(self.search_index.search(queries, k))
+
+    def reset_index(self) -> None:
+        """Forgets the indexed items."""
+        self.search_index = None
 
     # -- hooks for methods ---------------------------------------------------------------------
 

@@ -22,29 +22,55 @@ def pddm_tf(*args, cwd=None, timeout=600):
 
 
 def test_train_then_evaluate_export_gives_same_metrics(tmp_path):
-    small = ["--image_size=16", "--backbone_width=16", "--embedding_dim=16", "--batch_classes=8",
-             "--test_fraction=0.2"]
+    # Greek held out (24 characters: 20-way episodes fit), the 7 other alphabets rotated for training.
+    held_out = ["--split_by=alphabet", "--test_groups=Greek", "--episodes=20way1shot,5way1shot",
+                "--num_episodes=50"]
+    small = ["--image_size=16", "--backbone_width=16", "--embedding_dim=16", "--batch_classes=8", *held_out]
     trained = pddm_tf("train", *small, "--epochs=1", "--steps_per_epoch=3", f"--export_dir={tmp_path}/export",
-                      f"--json={tmp_path}/train.json")
+                      "--rotations", "--affine", "--lr_schedule=cosine", "--warmup_fraction=0.3",
+                      "--weight_decay=1e-4", f"--json={tmp_path}/train.json", f"--log_dir={tmp_path}/tb")
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stderr == ""  # quiet: no TensorFlow start-up lines, no warnings
+    assert (tmp_path / "tb" / "projector_config.pbtxt").exists() and list((tmp_path / "tb" / "held_out").iterdir())
     assert "recall@1" in trained.stdout and "SavedModel exported" in trained.stdout
+    # 218 characters of the other alphabets, each in 4 rotations; 24 upright Greek ones held out.
+    assert "872 training classes" in trained.stdout and "24 held-out classes" in trained.stdout
     train_metrics = json.loads((tmp_path / "train.json").read_text())
-    assert set(train_metrics) == KEYS
+    few_shot_keys = {"oneshot_20way", "oneshot_20way_ci95", "oneshot_5way", "oneshot_5way_ci95"}
+    assert set(train_metrics) == KEYS | few_shot_keys
 
-    evaluated = pddm_tf("evaluate", "--test_fraction=0.2", f"--model_dir={tmp_path}/export",
-                        f"--json={tmp_path}/eval.json")
+    evaluated = pddm_tf("evaluate", *held_out, f"--model_dir={tmp_path}/export", f"--json={tmp_path}/eval.json",
+                        f"--plots={tmp_path}/plots")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "distance_histogram.png", "embedding_map.png", "recall_curve.png", "retrieval_grid.png"]
     eval_metrics = json.loads((tmp_path / "eval.json").read_text())
-    # Keras model in training vs SavedModel in a new process, same held-out classes.
+    # Keras model in training vs SavedModel in a new process, same held-out classes and episodes.
     for key in KEYS - {"nmi"}:
         np.testing.assert_allclose(eval_metrics[key], train_metrics[key], atol=1e-3, err_msg=key)
     np.testing.assert_allclose(eval_metrics["nmi"], train_metrics["nmi"], atol=0.02)
+    for key in few_shot_keys:  # a float near-tie may flip one query of the 50 x N
+        np.testing.assert_allclose(eval_metrics[key], train_metrics[key], atol=0.01, err_msg=key)
+    assert 1 / 20 < train_metrics["oneshot_20way"] < 1 and 1 / 5 < train_metrics["oneshot_5way"] < 1
 
 
 def test_unknown_dataset_is_a_clear_error():
     result = pddm_tf("train", "--dataset=imagenet21k", "--epochs=0")
     assert result.returncode != 0
     assert "imagenet21k" in result.stderr and "omniglot" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # the error, once, and nothing else
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import runpy, sys, time; sys.argv = ['pddm-tf', '--help']; start = time.perf_counter()\n"
+            "try: runpy.run_module('pddm_tf.cli', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('tensorflow' in sys.modules, time.perf_counter() - start, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    imported, seconds = result.stderr.split()
+    assert "--method" in result.stdout and "--log_dir" in result.stdout and "--verbosity" in result.stdout
+    assert imported == "False"
+    assert float(seconds) < 3.0  # about 0.2 s; importing TensorFlow alone takes 5
 
 
 def test_folder_without_images_is_a_clear_error(tmp_path):

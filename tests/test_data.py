@@ -428,3 +428,28 @@ def test_load_dataset_rejects_unknown_names(name):
         data.load_dataset(name)
     assert repr(name) in str(error.value)
     assert "'omniglot'" in str(error.value) and "'folder:PATH'" in str(error.value)
+
+
+def test_test_groups_hold_out_named_alphabets_and_folders(tmp_path):
+    split = data.load_omniglot(test_groups=("Greek", "Latin"))
+    assert {n.split("/")[0] for n in split.test.class_names} == {"Greek", "Latin"}
+    assert split.test.num_classes == 24 + 26 and split.train.num_classes == 242 - 50
+    with pytest.raises(ValueError, match="unknown test group"):
+        data.load_omniglot(test_groups=("Klingon",))
+    _write_tree(tmp_path)  # top-level folders birds (with birds/finch), cats, dogs
+    by_folder = data.load_folder(str(tmp_path), test_groups=("birds",), channels=1)
+    assert by_folder.test.class_names == ("birds", "birds/finch")
+    assert by_folder.train.class_names == ("cats", "dogs")
+    # split_by="alphabet" keeps a top-level folder on one side, whatever the seed.
+    for seed in range(4):
+        grouped = data.load_folder(str(tmp_path), test_fraction=0.3, seed=seed, channels=1, split_by="alphabet")
+        tops = lambda files: {n.split("/")[0] for n in files.class_names}  # noqa: E731
+        assert tops(grouped.train).isdisjoint(tops(grouped.test))
+
+
+def test_with_rotations_is_public_and_refuses_rotated_input():
+    files = data.load_omniglot(test_groups=("Greek",)).test
+    rotated = data.with_rotations(files)
+    assert rotated.num_classes == 4 * files.num_classes
+    with pytest.raises(ValueError, match="unrotated"):
+        data.with_rotations(rotated)

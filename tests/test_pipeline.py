@@ -397,3 +397,47 @@ def test_augment_with_a_plain_resize_reproduces_the_default_pipeline():
     for (x1, y1), (x2, y2) in zip(plain.take(2), resized.take(2)):
         np.testing.assert_array_equal(y1, y2)
         np.testing.assert_allclose(x1, x2, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- affine_transform
+
+
+def test_affine_transform_without_distortion_is_the_resize():
+    image = tf.constant(_smooth_image(40, 30))
+    identity = pipeline.affine_transform(20, rotation_degrees=0, shear=0, scale=(1, 1), translate=0)
+    np.testing.assert_allclose(identity(image, tf.constant([1, 2], tf.int64)).numpy(),
+                               pipeline.resize(image, 20, 20).numpy(), atol=1e-6)
+
+
+def test_affine_transform_matches_a_numpy_warp():
+    """Every output pixel p samples the resized image at c + A (p - c) + t (bilinear), with A and t
+    drawn from the documented uniform ranges by the seed."""
+    size, seed = 16, tf.constant([3, 9], tf.int64)
+    image = tf.constant(_smooth_image(24, 24, seed=1))
+    out = pipeline.affine_transform(size, 10, 0.3, (0.8, 1.2), 0.05)(image, seed).numpy()
+    resized = pipeline.resize(image, size, size).numpy().astype(np.float64)
+    u = tf.random.stateless_uniform([7], seed, -1.0, 1.0).numpy().astype(np.float64)
+    theta, sx, sy = u[0] * np.pi / 18, u[1] * 0.3, u[2] * 0.3
+    zx, zy = 0.8 + (u[3] + 1) / 2 * 0.4, 0.8 + (u[4] + 1) / 2 * 0.4
+    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    a = rotation @ np.array([[1, sx], [sy, 1]]) @ np.diag([zx, zy])
+    c, t = (size - 1) / 2, u[5:7] * 0.05 * size
+    expected = np.zeros_like(resized)
+    for row in range(size):
+        for col in range(size):
+            x, y = a @ np.array([col - c, row - c]) + c + t
+            x, y = np.clip(x, 0, size - 1), np.clip(y, 0, size - 1)  # edges extended
+            x0, y0 = int(np.floor(x)), int(np.floor(y))
+            x1, y1 = min(x0 + 1, size - 1), min(y0 + 1, size - 1)
+            fx, fy = x - x0, y - y0
+            expected[row, col] = ((1 - fy) * ((1 - fx) * resized[y0, x0] + fx * resized[y0, x1])
+                                  + fy * ((1 - fx) * resized[y1, x0] + fx * resized[y1, x1]))
+    np.testing.assert_allclose(out, expected, atol=2e-3)
+    assert not np.allclose(out, resized, atol=0.05)  # the seed's distortion is not negligible
+
+
+def test_affine_transform_rejects_bad_ranges():
+    with pytest.raises(ValueError, match="scale"):
+        pipeline.affine_transform(16, scale=(1.2, 0.8))
+    with pytest.raises(ValueError, match=">= 0"):
+        pipeline.affine_transform(16, rotation_degrees=-1)
