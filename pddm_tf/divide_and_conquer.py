@@ -63,7 +63,9 @@ class DivideAndConquerModel(EmbeddingModel):
 
     Optimisers: `compile(optimizer=...)` sets the optimiser of the shared parameters (the
     backbone) and, with K > 1, makes `learner_optimizers`, K + 1 copies of it (learner k's own
-    parameters; index K: the whole embedding's PDDM unit and loss variables). Copy k's update is
+    parameters; index K: the whole embedding's PDDM unit and loss variables): same class and
+    settings (e.g. AdamW's weight decay), learning rate read from the shared optimiser at the
+    training step (so a warm-up or cosine schedule runs on the global step). Copy k's update is
     applied on the batches that train learner k (its cluster's, and the conquer batches for
     k < K) and undone, with its optimiser state, on the others, so a learner stands still, and its
     Adam moments and step count wait, while other clusters train. All optimisers are saved with
@@ -123,14 +125,20 @@ class DivideAndConquerModel(EmbeddingModel):
         super().compile(*args, **kwargs)
         if self.num_learners == 1 or self.optimizer is None:
             return
-        config = keras.optimizers.serialize(self.optimizer)
+        shared = self.optimizer
+
+        def shared_learning_rate() -> Any:
+            # The shared optimiser's rate at its (global) step: a schedule (warm-up, cosine) runs on the
+            # training step, not on a learner's own count, which only Adam's bias correction uses.
+            return shared.learning_rate
+
+        config = shared.get_config()
+        config["learning_rate"] = shared_learning_rate
         with self.distribute_strategy.scope():
-            copies = []
-            for k in range(self.num_learners + 1):
-                copy = keras.optimizers.deserialize(config)
-                copy.name = f"learner{k}_optimizer" if k < self.num_learners else "whole_embedding_optimizer"
-                copies.append(copy)
-            self.learner_optimizers = copies
+            self.learner_optimizers = [
+                type(shared).from_config({**config, "name": f"learner{k}_optimizer" if k < self.num_learners
+                                          else "whole_embedding_optimizer"})
+                for k in range(self.num_learners + 1)]
         if self.built:
             self._build_optimizers()
 
@@ -191,15 +199,17 @@ class DivideAndConquerModel(EmbeddingModel):
         gradients = tape.gradient(objective, [v for group in groups for v in group])
         learner = self._learner_of(tags)
         conquer = tf.equal(learner, self.num_learners)
-        start = len(groups[0])
-        if groups[0]:
-            self.optimizer.apply_gradients(zip(gradients[:start], groups[0]))
-        else:  # a frozen backbone: the step counter (the sampler position) still counts the step
-            self.optimizer.iterations.assign_add(1)
+        shared = len(groups[0])
+        start = shared
+        # The learners first: their learning rate is the shared optimiser's at this step, before it counts it.
         for k, (optimizer, variables) in enumerate(zip(self.learner_optimizers, groups[1:])):
             trained = tf.logical_or(tf.equal(learner, k), conquer) if k < self.num_learners else conquer
             _apply_if(trained, optimizer, gradients[start:start + len(variables)], variables)
             start += len(variables)
+        if groups[0]:
+            self.optimizer.apply_gradients(zip(gradients[:shared], groups[0]))
+        else:  # a frozen backbone: the step counter (the sampler position) still counts the step
+            self.optimizer.iterations.assign_add(1)
         return self._record(terms)
 
     def similarity(self, embeddings: tf.Tensor) -> tf.Tensor:

@@ -12,6 +12,7 @@ from pddm_tf.clustering import (CONQUER, DROPPED, ClusterAssignment, DivideAndCo
                                 compute_clusters, drop_singleton_classes, match_clusters)
 from pddm_tf.data import ImageFiles
 from pddm_tf.methods import build_model, training_pipeline
+from pddm_tf.optimizers import make_optimizer
 
 K_LEARNERS = 4
 
@@ -100,8 +101,9 @@ def _learner_state(model, learner):
 def test_a_learner_stands_still_while_other_clusters_train(pddm_loss, learners, optimizer):
     model = _dc(learners, loss=DoubleHeaderHingeLoss() if pddm_loss else MarginLoss(learn_beta=False, seed=0),
                 dim=6 if learners == 3 else 8)
+    # AdamW with a warm-up + cosine schedule: decoupled decay moves every weight it is applied to.
     model.compile(optimizer=keras.optimizers.Adam(0.01) if optimizer == "adam"
-                  else keras.optimizers.AdamW(0.01, weight_decay=0.5))
+                  else make_optimizer(0.01, weight_decay=0.5, schedule="cosine", total_steps=20, warmup_steps=2))
     images, labels = _batch()
     tags = [1, 0, 0, 1, 0] if learners == 2 else [1, 0, 2, 0, 1, 2]
     for step, tag in enumerate(tags):
@@ -118,6 +120,9 @@ def test_a_learner_stands_still_while_other_clusters_train(pddm_loss, learners, 
     counts = [int(o.iterations.numpy()) for o in model.learner_optimizers[:learners]]
     assert counts == [tags.count(k) for k in range(learners)]
     assert int(model.optimizer.iterations.numpy()) == len(tags)
+    # Their learning rate is the shared one at the global step, whatever their own counts.
+    rates = [float(o.learning_rate) for o in [model.optimizer, *model.learner_optimizers]]
+    np.testing.assert_allclose(rates, rates[0], rtol=1e-6)
 
 
 def test_conquer_batches_train_the_whole_embedding():
