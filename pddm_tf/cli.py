@@ -96,7 +96,10 @@ flags.DEFINE_float("warmup_fraction", 0.0, "Fraction of the steps with a linear 
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
-flags.DEFINE_float("hdml_alpha", 90.0, "HDML: hardness temperature alpha.")
+flags.DEFINE_float("hdml_alpha", None, "HDML: hardness temperature alpha; unset: calibrated at the end of the first "
+                   "64-step block for unit-norm embeddings (HDMLModel); 90 = the original's constant.")
+flags.DEFINE_enum("hdml_generator_input", "single", ["single", "anchor_pair"],
+                  "HDML: the generator takes single embeddings (the original) or [anchor; sample] pairs.")
 flags.DEFINE_float("hdml_beta", 1e4, "HDML: weighting temperature beta.")
 flags.DEFINE_integer("num_learners", 4, "Divide-and-Conquer: K clusters / embedding slices (embedding_dim "
                      "must be divisible by it).")
@@ -275,7 +278,8 @@ def build_model(channels: int, num_classes: int, total_steps: int | None = None)
                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
                                mining_score=FLAGS.mining_score, num_classes=num_classes,
                                num_learners=FLAGS.num_learners, dropout=FLAGS.dropout,
-                               hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta)
+                               hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
+                               hdml_generator_input=FLAGS.hdml_generator_input)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.lr_schedule,

@@ -10,18 +10,24 @@ normalised embedding. The `DivideAndConquer` callback runs the clustering schedu
 Every learner has its own copy of the loss (its own margin beta, its own PDDM unit scoring its
 slice), plus one for the whole embedding; with K = 1 learner 0 *is* the whole embedding and shares
 the conquer learner's loss, so the model reduces exactly to `MetricLossModel` / `PDDMModel`.
+
+A learner whose cluster is not in the batch does not move: its gradients are exact zeros, but a
+stateful optimiser (Adam's momentum, AdamW's decoupled decay) would still move it. Each learner's
+own parameters (its projection layer, PDDM unit and loss variables) therefore have their own
+optimiser, a copy of the compiled one (same class and settings, e.g. AdamW's weight decay), whose
+update is kept only on the steps that train that learner (see `DivideAndConquerModel.train_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from pddm_tf.clustering import CONQUER
-from pddm_tf.distances import l2_normalize
 from pddm_tf.layers import PDDM, SlicedEmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, MarginLoss, check_embeddings
 from pddm_tf.models import PDDM_TERMS, EmbeddingModel, gather_global_batch, mine_with_pddm, pddm_quadruplet_terms
@@ -35,8 +41,10 @@ def _clone(loss: keras.losses.Loss) -> keras.losses.Loss:
 class DivideAndConquerModel(EmbeddingModel):
     """K learners on K slices of one embedding, each trained on its cluster's batches.
 
-    `model(images)` returns the whole embedding [n, d], L2-normalised (for retrieval and export).
-    `fit` takes (images, labels, tags) batches from `cluster_balanced_dataset`; tags [n] holds the
+    `model(images)` returns the whole embedding [n, d] of the authors' forward pass: every learner's
+    slice L2-normalised on its own, concatenated, divided by sqrt(K) to unit norm
+    (`SlicedEmbeddingHead.whole`; METHODS.md section 7). Evaluation, the conquer phase, export and
+    search all use it. `fit` takes (images, labels, tags) batches from `cluster_balanced_dataset`; tags [n] holds the
     batch's cluster id (the same in every row) or `CONQUER`. (images, labels) batches train and
     evaluate the whole embedding.
 
@@ -46,11 +54,22 @@ class DivideAndConquerModel(EmbeddingModel):
       num_learners: K; each learner owns d / K dimensions.
       loss: the per-learner loss, copied for each learner and for the whole embedding: any
         embedding loss of `pddm_tf.losses` called as `loss(labels, embeddings)` (default: the margin
-        loss with distance-weighted sampling and the authors' fixed beta = 1.2), or a
+        loss with the authors' sampler and fixed beta = 1.2,
+        `MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")`), or a
         `DoubleHeaderHingeLoss`, in which case each learner gets its own PDDM unit scoring its slice
         (hard-quadruplet mining on that slice) and `model.pddm` scores the whole embedding.
       mining_score: with a `DoubleHeaderHingeLoss`, "pddm" or "euclidean" (see `PDDMModel`).
       dropout: dropout before the projection.
+
+    Optimisers: `compile(optimizer=...)` sets the optimiser of the shared parameters (the
+    backbone) and, with K > 1, makes `learner_optimizers`, K + 1 copies of it (learner k's own
+    parameters; index K: the whole embedding's PDDM unit and loss variables): same class and
+    settings (e.g. AdamW's weight decay), learning rate read from the shared optimiser at the
+    training step (so a warm-up or cosine schedule runs on the global step). Copy k's update is
+    applied on the batches that train learner k (its cluster's, and the conquer batches for
+    k < K) and undone, with its optimiser state, on the others, so a learner stands still, and its
+    Adam moments and step count wait, while other clusters train. All optimisers are saved with
+    the model's weights.
     """
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, num_learners: int = 4,
@@ -59,7 +78,9 @@ class DivideAndConquerModel(EmbeddingModel):
         head = SlicedEmbeddingHead(embedding_dim, num_slices=num_learners, dropout=dropout, name="embedding_head")
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, head=head, **kwargs)
         self.num_learners = int(num_learners)
-        self.prototype_loss = loss if loss is not None else MarginLoss(learn_beta=False)
+        if loss is None:
+            loss = MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
+        self.prototype_loss = loss
         self.mining_score = mining_score
         self.uses_pddm = isinstance(self.prototype_loss, DoubleHeaderHingeLoss)
         # Index K is the whole embedding (conquer); with K = 1 it is learner 0 itself.
@@ -73,6 +94,7 @@ class DivideAndConquerModel(EmbeddingModel):
         self.loss_variables = [v for loss_ in self._distinct_losses() for v in getattr(loss_, "variables", [])]
         self.metric_names = PDDM_TERMS if self.uses_pddm else ("loss",)
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
+        self.learner_optimizers: list[keras.optimizers.Optimizer] = []
 
     def _distinct_losses(self) -> list[keras.losses.Loss]:
         return self.learner_losses[:-1] if self.num_learners == 1 else self.learner_losses
@@ -89,6 +111,106 @@ class DivideAndConquerModel(EmbeddingModel):
                 if not self._pddm_of(k).built:
                     dim = self.embedding_dim if k == self.num_learners else self.head.slice_dim
                     self._pddm_of(k).build((None, dim))
+        if tf.executing_eagerly():  # not while Keras traces the model symbolically (see _symbolic_build)
+            self._build_optimizers()
+
+    def _symbolic_build(self, *args: Any, **kwargs: Any) -> None:
+        # `fit` of an unbuilt model builds it from a traced call, where no optimiser can be built.
+        super()._symbolic_build(*args, **kwargs)
+        self._build_optimizers()
+
+    # -- optimisers ------------------------------------------------------------------------------
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        super().compile(*args, **kwargs)
+        if self.num_learners == 1 or self.optimizer is None:
+            return
+        shared = self.optimizer
+
+        def shared_learning_rate() -> Any:
+            # The shared optimiser's rate at its (global) step: a schedule (warm-up, cosine) runs on the
+            # training step, not on a learner's own count, which only Adam's bias correction uses.
+            return shared.learning_rate
+
+        config = shared.get_config()
+        config["learning_rate"] = shared_learning_rate
+        with self.distribute_strategy.scope():
+            self.learner_optimizers = [
+                type(shared).from_config({**config, "name": f"learner{k}_optimizer" if k < self.num_learners
+                                          else "whole_embedding_optimizer"})
+                for k in range(self.num_learners + 1)]
+        if self.built:
+            self._build_optimizers()
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        # Keras skips a custom `compile` when loading a model; this one only adds the learners' copies.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self._build_optimizers()
+
+    def learner_variables(self, learner: int) -> list[keras.Variable]:
+        """Learner k's own trainable variables: its projection layer, PDDM unit and loss variables
+        (k = K: the whole embedding's PDDM unit and loss variables)."""
+        own = [] if learner == self.num_learners else list(self.head.slice_layer(learner).trainable_variables)
+        if self.uses_pddm:
+            own += self._pddm_of(learner).trainable_variables
+        loss = self.learner_losses[learner]
+        return own + [v for v in getattr(loss, "variables", []) if v.trainable]
+
+    def shared_variables(self) -> list[keras.Variable]:
+        """The trainable variables no learner owns (the backbone's): every batch trains them."""
+        if not self.learner_optimizers:
+            return list(self.trainable_variables)
+        owned = {id(v) for k in range(self.num_learners + 1) for v in self.learner_variables(k)}
+        return [v for v in self.trainable_variables if id(v) not in owned]
+
+    def _build_optimizers(self, scoped: bool = True) -> None:
+        # Built here, not lazily in the first step: their slots must exist before a checkpoint is
+        # restored, and variables cannot be created inside a replica context.
+        if not self.learner_optimizers:
+            return
+        with self.distribute_strategy.scope() if scoped else contextlib.nullcontext():
+            if not self.optimizer.built:
+                # On all trainable variables, as Keras builds it when restoring (the learners' slots
+                # in it stay unused), so saved and restored slots always match.
+                self.optimizer.build(self.trainable_variables)
+            for k, optimizer in enumerate(self.learner_optimizers):
+                if not optimizer.built:
+                    optimizer.build(self.learner_variables(k))
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """One step; with K > 1 the backbone by the compiled optimiser and every learner by its own,
+        whose update (and state change) is kept only if the batch trains that learner."""
+        if not self.learner_optimizers:
+            return super().train_step(data)
+        images, labels, tags = self._unpack(data)
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            terms = self._forward(images, labels, training=True, tape=tape, tags=tags)
+            objective = terms["loss"]
+            if self.losses:
+                objective += tf.add_n(self.losses)
+            objective = objective / replicas
+        if not all(o.built for o in self.learner_optimizers):
+            # Only without a distribution strategy does Keras leave an unbuilt model to the first traced
+            # step (see _symbolic_build); its variables can then be created here, as Keras' own are.
+            self._build_optimizers(scoped=False)
+        groups = [self.shared_variables()] + [self.learner_variables(k) for k in range(self.num_learners + 1)]
+        gradients = tape.gradient(objective, [v for group in groups for v in group])
+        learner = self._learner_of(tags)
+        conquer = tf.equal(learner, self.num_learners)
+        shared = len(groups[0])
+        start = shared
+        # The learners first: their learning rate is the shared optimiser's at this step, before it counts it.
+        for k, (optimizer, variables) in enumerate(zip(self.learner_optimizers, groups[1:])):
+            trained = tf.logical_or(tf.equal(learner, k), conquer) if k < self.num_learners else conquer
+            _apply_if(trained, optimizer, gradients[start:start + len(variables)], variables)
+            start += len(variables)
+        if groups[0]:
+            self.optimizer.apply_gradients(zip(gradients[:shared], groups[0]))
+        else:  # a frozen backbone: the step counter (the sampler position) still counts the step
+            self.optimizer.iterations.assign_add(1)
+        return self._record(terms)
 
     def similarity(self, embeddings: tf.Tensor) -> tf.Tensor:
         """All-pairs PDDM scores of whole embeddings [m, d] -> [m, m] (PDDM learners only)."""
@@ -97,9 +219,10 @@ class DivideAndConquerModel(EmbeddingModel):
         return self.pddm(embeddings)
 
     def learner_embedding(self, projection: tf.Tensor, learner: int) -> tf.Tensor:
-        """Learner k's embedding (slice k, normalised) or, for k = K, the whole one: [n, d] -> [n, d/K or d]."""
+        """Learner k's embedding (slice k, normalised) or, for k = K, the whole one (slices normalised on
+        their own, concatenated, / sqrt(K)): [n, d] -> [n, d/K or d]."""
         if learner == self.num_learners:
-            return l2_normalize(projection)
+            return self.head.whole(projection)
         return self.head.slice(projection, learner)
 
     def _learners(self) -> list[int]:
@@ -153,3 +276,28 @@ class DivideAndConquerModel(EmbeddingModel):
         config = dict(config)
         config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return super().from_config(config)
+
+
+def _apply_if(condition: tf.Tensor, optimizer: keras.optimizers.Optimizer, gradients: Sequence[tf.Tensor],
+              variables: Sequence[keras.Variable]) -> None:
+    """`optimizer.apply_gradients`, kept only where `condition` (a scalar bool, the same on every replica).
+
+    The update is applied unconditionally and then undone, together with every optimiser variable
+    (moments, step count), when `condition` is false: a `tf.cond` around it would put the
+    optimiser's cross-replica merge inside a branch, which distribution strategies do not allow.
+    """
+    if not variables:
+        return
+    state = [v.value if isinstance(v, keras.Variable) else v for v in [*variables, *optimizer.variables]]
+    saved = [tf.identity(v) for v in state]  # read before the update (automatic control dependencies)
+    optimizer.apply_gradients(zip(gradients, variables))
+
+    def restore(strategy: tf.distribute.Strategy, saved: list[Any], condition: Any) -> None:
+        def keep_or_restore(variable: tf.Variable, old: tf.Tensor, keep: tf.Tensor) -> Any:
+            return variable.assign(tf.where(keep, variable, old))
+
+        for variable, old in zip(state, saved):
+            strategy.extended.update(variable, keep_or_restore, args=(old, condition), group=False)
+
+    # Mirrored variables can only be assigned in a cross-replica context, as Keras applies weight decay.
+    tf.__internal__.distribute.interim.maybe_merge_call(restore, tf.distribute.get_strategy(), saved, condition)

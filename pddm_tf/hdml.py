@@ -4,10 +4,41 @@ HDML recycles easy negatives: each negative embedding is pulled toward its ancho
 set by how well training goes (`hardness_aware_negatives`), a generator decodes it back to
 feature space while a frozen softmax classifier keeps its label, and the re-embedded synthetic
 negatives train the metric alongside the real ones (`HDMLModel`).
+
+Constants for unit-norm embeddings (the derivation behind `HDMLModel`'s defaults). Two
+temperatures set the schedule: the hardness factor e = exp(-alpha / J_avg) (1 = the original
+negative, 0 = as close as the positive) and the real-sample weight w = exp(-beta / J_gen_avg).
+
+* beta and the J_soft scale s. J_gen = J_recon + s * lambda * (CE_neg + CE_anchor), and with
+  lambda = 0.5 and s large enough that J_recon << s * CE, J_gen / s is the mean of the two
+  cross-entropies, so w = exp(-(beta / s) / mean CE). That depends on the ratio beta / s and on
+  the classifier's cross-entropy (log C for C classes at the start, whatever the embedding's
+  norm), not on the embedding scale: the original's beta = s = 1e4 (beta = 5e3 for CUB) carry over
+  unchanged. w starts at exp(-1 / log C) (0.81 for C = 121) and falls as the classifier learns to
+  label the generator's outputs (w = 0.37 at CE = 1, 0.04 at CE = 0.3).
+* alpha. The original feeds the hardness with the block mean of the weighted real metric loss,
+  J_avg = mean(w * J_m(real)), and keeps alpha = 90 for unnormalised N-pair losses, whose values
+  start in the tens. With unit-norm embeddings the N-pair logits are cosines in [-1, 1]: J_m
+  starts at log N (N classes per batch) and cannot fall below about log N - 1, so
+  alpha / J_avg >= 90 / log N and e is below 1e-9 as soon as the first block is averaged: every
+  synthetic negative is as hard as the positive from step 64 on. No fixed alpha works across
+  losses, batch sizes and backbones, so alpha is calibrated on the run itself: at the end of the
+  first 64-step block, alpha = -ln(e_0) * J_avg,1 (e_0 = `initial_easiness`, 0.5), which gives
+
+      e(t) = e_0 ^ (J_avg,1 / J_avg(t)):
+
+  synthetic negatives halfway between the positive's and the negative's distance after the first
+  block, and the factor squares each time the weighted loss halves (0.25 at half, 0.125 at a
+  third). The hardness then follows training progress gradually, driven mostly by w (the
+  classifier learning) and partly by J_m. (Measured on Omniglot, BENCHMARKS.md section 3: the
+  weighted loss falls about two-fold in 640 steps, so e_0 = 0.9 would only reach 0.82.) Before
+  the first block ends, J_avg is its initial value (`initial_running_mean`, large) and e = 1:
+  easy synthetics, as in the original.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import keras
@@ -21,10 +52,12 @@ from pddm_tf.mining import npair_pairs, pair_masks
 from pddm_tf.models import EmbeddingModel, gather_global_batch
 
 HDML_BASES = ("npair", "triplet", "pddm")
+#: What the generator is fed (see `HDMLModel`).
+GENERATOR_INPUTS = ("single", "anchor_pair")
 
 
 def hardness_aware_negatives(anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor,
-                             j_avg: tf.Tensor | float, alpha: float = 90.0) -> tuple[tf.Tensor, tf.Tensor]:
+                             j_avg: tf.Tensor | float, alpha: tf.Tensor | float = 90.0) -> tuple[tf.Tensor, tf.Tensor]:
     """Pulls each negative toward its anchor to a hardness set by the running metric loss.
 
     With d+ = ||z - z+||, d- = ||z - z-|| (Euclidean), METHODS.md section 3:
@@ -39,7 +72,7 @@ def hardness_aware_negatives(anchor: tf.Tensor, positive: tf.Tensor, negative: t
     Args:
       anchor, positive, negative: [n, d] embeddings z, z+, z-.
       j_avg: scalar running mean of the metric loss, > 0 (it is floored, so 0 means "hardest").
-      alpha: hardness temperature (90 in the paper).
+      alpha: hardness temperature (90 in the paper; a scalar, or a scalar tensor).
     Returns:
       (z^- [n, d], lambda0 [n], exactly 1 for the unchanged rows).
     """
@@ -49,7 +82,7 @@ def hardness_aware_negatives(anchor: tf.Tensor, positive: tf.Tensor, negative: t
     d_pos = safe_norm(anchor - positive, keepdims=False)
     d_neg = safe_norm(anchor - negative, keepdims=False)
     # exp(-alpha / J_avg) in [0, 1]; the floor turns J_avg = 0 into exp(-inf) = 0, not 0/0.
-    easiness = tf.exp(-alpha / tf.maximum(tf.cast(j_avg, anchor.dtype), EPSILON))
+    easiness = tf.exp(-tf.cast(alpha, anchor.dtype) / tf.maximum(tf.cast(j_avg, anchor.dtype), EPSILON))
     harden = d_pos < d_neg
     # d- > d+ >= 0 on the rows we move; the other rows divide by 1 so no branch produces inf/NaN
     # (tf.where would otherwise still back-propagate NaN from the unused branch).
@@ -85,14 +118,19 @@ class HDMLModel(EmbeddingModel):
          anchor (stateless draw keyed on the step, so all replicas agree). Random, not hardest,
          negatives: HDML's point is to make easy negatives useful.
       2. z^- = `hardness_aware_negatives`(z_a, z_p, z_n, J_avg, alpha).
-      3. generator G: [z; z^-] -> Dense(512) -> ReLU -> BN -> Dense(k), linear. Real samples are
-         reconstructed from [z; z] (a negative equal to its anchor), synthetic ones from
-         [z_a; z^-]. Both go through the same head: z~ = head(G(.)).
-      4. J_m(real) on (z_a, z_p, z_n) and J_m(syn) on (z~_a, z~_p, z~^-) with z~_a, z~_p the
-         reconstructions of the anchor and positive, and
-           J_metric = exp(-beta / J_gen_avg) J_m(real) + (1 - exp(-beta / J_gen_avg)) J_m(syn).
-      5. J_recon = (1 - lambda) sum_{i, c} (G([z_i; z_i])_c - y_ic)^2  (summed over the batch, as
-         the original), J_soft = lambda * softmax_scale * mean CE(W G([z_a; z^-]), y_n), J_gen = sum.
+      3. generator G: Dense(512) -> ReLU -> BN -> Dense(k), linear. With `generator_input`
+         "single" (default, the original's), G takes single embeddings: the real z [m] and the
+         synthetic z^- [t] stacked along the batch, so y' = G(z) reconstructs each sample and
+         G(z^-) decodes each synthetic negative. With "anchor_pair" (this library's first reading
+         of METHODS.md section 3), G takes [anchor; sample] pairs: [z; z] for the real samples and
+         [z_a; z^-] for the synthetic ones. Both go through the same head: z~ = head(G(.)).
+      4. J_m(real) on (z_a, z_p, z_n) and J_m(syn) on (z~_a, z~_p, z~^-), z~_a and z~_p the
+         re-embedded reconstructions of the anchor and positive, and
+           J_metric = w J_m(real) + (1 - w) J_m(syn),  w = exp(-beta / J_gen_avg).
+      5. J_recon = (1 - lambda) sum_{i, c} (y'_ic - y_ic)^2 (summed over the batch, as the
+         original), J_soft = lambda * softmax_scale * [mean CE(W G(z^-), y_n) + mean CE(W y'_a, y_a)]
+         (the second term, the reconstructed anchors' cross-entropy, is the original's), J_gen =
+         J_recon + J_soft.
       6. classifier_loss = mean CE(W y, labels) on the real features.
 
     Three parameter groups, each updated only by its own loss with its own optimiser: the metric
@@ -102,76 +140,107 @@ class HDMLModel(EmbeddingModel):
     metric network, through the head applied to G's output and through G's input z, z^- (the
     generator weights themselves are not updated by it).
 
-    J_avg and J_gen_avg are means over the last `window` steps of J_m(real) and J_gen, kept in
-    non-trainable variables (saved with the model) that start filled with `initial_running_mean`:
-    for the first `window` steps synthetics are nearly the original negatives and J_metric is
-    nearly J_m(real).
+    Running means, as the original's: J_avg is the mean of the *weighted* real metric loss
+    w J_m(real) over blocks of `window` (64) steps, and J_gen_avg that of J_gen; each is replaced
+    when a block completes and holds `initial_running_mean` until the first one does (so the first
+    block's synthetics are easy and J_metric is nearly J_m(real)). The block sums, the step within
+    the block and the means are non-trainable weights, saved with the model.
+
+    Constants: `alpha=None` (default) calibrates alpha at the end of the first block so that the
+    hardness factor exp(-alpha / J_avg) is `initial_easiness` then, and falls as J_avg falls; beta
+    and softmax_scale keep the original values, whose ratio is what matters. The derivation is in
+    the module docstring; alpha = 90 gives the original's constant (all synthetics as hard as the
+    positive after 64 steps with unit-norm embeddings).
 
     Differences from the original code: the embedding is the library's L2-normalised head
     (the original uses unnormalised FC(BN(y))), so the interpolation and the generator input live
-    inside the unit ball and every distance is between unit vectors (Euclidean for the
+    on the unit sphere and every distance is between unit vectors (Euclidean for the
     interpolation and triplet loss, squared Euclidean plus PDDM scores for "pddm", dot products for
-    N-pair); the generator is conditioned on the anchor ([z; z^-], METHODS.md) rather than fed z^-
-    alone; "pddm" (PDDM double-header hinge on real and synthetic quadruplets) is new.
+    N-pair); "pddm" (PDDM double-header hinge on real and synthetic quadruplets) is new. Weight
+    decay: the original adds an L2 term (5e-3 Cars, 1e-3 CUB, times sum w^2 / 2) on the metric
+    network's non-BN weights only; here it is the compiled optimiser's (e.g. `keras.optimizers.AdamW`,
+    decoupled: equal to the L2 term for plain SGD, not under Adam), which covers the metric network
+    only, and the generator and classifier get none unless `generator_weight_decay` /
+    `classifier_weight_decay` are set, as in the original.
 
     Logged: loss (J_metric), metric_loss_real, metric_loss_synthetic, j_recon, j_soft, j_gen,
-    j_gen_avg and j_avg (the running means used in this step), lambda0 (mean over the rows),
-    classifier_loss, synthetic_accuracy (classifier accuracy on synthetic negatives w.r.t. their
-    source class). `evaluate` logs the real metric loss only; `predict` returns embeddings.
+    j_gen_avg and j_avg (the means used in this step), alpha (in use), easiness (exp(-alpha /
+    J_avg)), lambda0 (mean over the rows), classifier_loss, synthetic_accuracy (classifier accuracy
+    on synthetic negatives w.r.t. their source class). `evaluate` logs the real metric loss only;
+    `predict` returns embeddings.
 
     Args:
       backbone, embedding_dim, dropout: see `EmbeddingModel`.
       num_classes: number of training classes (labels must be in [0, num_classes)).
       base: "npair", "triplet" or "pddm".
-      alpha: hardness temperature of the interpolation (90).
+      alpha: hardness temperature of the interpolation; None (default) calibrates it (see above);
+        90 is the original's.
+      initial_easiness: e_0, the hardness factor right after calibration, in (0, 1).
       beta: temperature of the real/synthetic weighting (1e4; 5e3 suggested for CUB).
       soft_weight: lambda, the J_soft vs J_recon trade-off (0.5).
-      softmax_scale: extra factor on J_soft (the original's 1e4). It sets J_gen's magnitude and
-        therefore, with beta, how fast the weight moves to synthetic samples.
+      softmax_scale: s, the factor on J_soft (the original's 1e4). With beta it sets how fast the
+        weight moves to synthetic samples (only beta / s matters while s * CE dominates J_recon).
+      generator_input: "single" (default, the original's) or "anchor_pair" (see step 3).
       generator_units: hidden width of the generator (512).
-      window: number of steps the running means cover (64).
-      initial_running_mean: value the running means start from (large = easy synthetics).
+      window: number of steps of a running-mean block (64).
+      initial_running_mean: value of the running means until the first block completes.
       triplet_margin: hinge margin of the "triplet" base, on distances of unit vectors.
       pddm, pddm_loss: PDDM layer and `DoubleHeaderHingeLoss` of the "pddm" base (defaults: `PDDM()`,
         `DoubleHeaderHingeLoss()`; the loss's `mining` is unused, rows come from step 1).
-      generator_learning_rate, classifier_learning_rate: Adam learning rates of the two extra
-        optimisers, which the model creates itself (attributes `generator_optimizer`,
-        `classifier_optimizer`, saved with the model) so `compile(optimizer=...)` is enough. Another
-        optimiser may be assigned to either attribute before the model is built; a saved model's
-        config only records the Adam learning rates, so such a model reloads with Adam.
+      generator_learning_rate, classifier_learning_rate: learning rates of the two extra optimisers,
+        which the model creates itself (attributes `generator_optimizer`, `classifier_optimizer`,
+        saved with the model) so `compile(optimizer=...)` is enough: Adam, or AdamW when the
+        matching weight decay is positive. Another optimiser may be assigned to either attribute
+        before the model is built; a saved model's config only records these settings.
+      generator_weight_decay, classifier_weight_decay: decoupled (AdamW) weight decay of the two
+        extra optimisers; 0 (default) as the original, which regularises the metric network only.
       seed: seed of the random negatives of "triplet"/"pddm".
     """
 
     metric_names = ("loss", "metric_loss_real", "metric_loss_synthetic", "j_recon", "j_soft", "j_gen",
-                    "j_gen_avg", "j_avg", "lambda0", "classifier_loss", "synthetic_accuracy")
+                    "j_gen_avg", "j_avg", "alpha", "easiness", "lambda0", "classifier_loss", "synthetic_accuracy")
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, *, num_classes: int, base: str = "npair",
-                 alpha: float = 90.0, beta: float = 1e4, soft_weight: float = 0.5, softmax_scale: float = 1e4,
+                 alpha: float | None = None, initial_easiness: float = 0.5, beta: float = 1e4,
+                 soft_weight: float = 0.5, softmax_scale: float = 1e4, generator_input: str = "single",
                  generator_units: int = 512, window: int = 64, initial_running_mean: float = 1e6,
                  triplet_margin: float = 0.2, pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
-                 generator_learning_rate: float = 1e-2, classifier_learning_rate: float = 1e-3, seed: int = 0,
+                 generator_learning_rate: float = 1e-2, classifier_learning_rate: float = 1e-3,
+                 generator_weight_decay: float = 0.0, classifier_weight_decay: float = 0.0, seed: int = 0,
                  dropout: float = 0.0, **kwargs: Any) -> None:
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
         if base not in HDML_BASES:
             raise ValueError(f"unknown HDML base {base!r}; expected one of {HDML_BASES}")
+        if generator_input not in GENERATOR_INPUTS:
+            raise ValueError(f"unknown generator_input {generator_input!r}; expected one of {GENERATOR_INPUTS}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if not 0.0 <= soft_weight <= 1.0:
             raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
         if window < 1 or initial_running_mean <= 0:
             raise ValueError("window must be positive and initial_running_mean > 0")
+        if alpha is not None and alpha < 0:
+            raise ValueError(f"alpha must be non-negative (or None to calibrate it), got {alpha}")
+        if not 0.0 < initial_easiness < 1.0:
+            raise ValueError(f"initial_easiness must be in (0, 1), got {initial_easiness}")
+        if generator_weight_decay < 0 or classifier_weight_decay < 0:
+            raise ValueError("weight decays must be non-negative")
         self.num_classes = int(num_classes)
         self.base = base
-        self.alpha = float(alpha)
+        self.alpha = None if alpha is None else float(alpha)
+        self.initial_easiness = float(initial_easiness)
         self.beta = float(beta)
         self.soft_weight = float(soft_weight)
         self.softmax_scale = float(softmax_scale)
+        self.generator_input = generator_input
         self.generator_units = int(generator_units)
         self.window = int(window)
         self.initial_running_mean = float(initial_running_mean)
         self.triplet_margin = float(triplet_margin)
         self.generator_learning_rate = float(generator_learning_rate)
         self.classifier_learning_rate = float(classifier_learning_rate)
+        self.generator_weight_decay = float(generator_weight_decay)
+        self.classifier_weight_decay = float(classifier_weight_decay)
         self.seed = int(seed)
         uses_pddm = base == "pddm"
         if uses_pddm:
@@ -181,17 +250,21 @@ class HDMLModel(EmbeddingModel):
         self.pddm_loss = pddm_loss if uses_pddm else None
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         self.generator = None  # built in `build`: its output size is the backbone's feature size
-        self.generator_optimizer = keras.optimizers.Adam(self.generator_learning_rate, name="generator_optimizer")
-        self.classifier_optimizer = keras.optimizers.Adam(self.classifier_learning_rate,
-                                                          name="classifier_optimizer")
-        # Windows of the last `window` values of J_m(real) and J_gen. All replicas compute the same
-        # global values, so the first replica's write is the right one.
-        self.metric_loss_window = self._window("metric_loss_window")
-        self.generator_loss_window = self._window("generator_loss_window")
+        self.generator_optimizer = _adam(self.generator_learning_rate, self.generator_weight_decay,
+                                         "generator_optimizer")
+        self.classifier_optimizer = _adam(self.classifier_learning_rate, self.classifier_weight_decay,
+                                          "classifier_optimizer")
+        # [J_avg, J_gen_avg], the sums of the current block and its step count, and alpha in use (0 =
+        # not calibrated yet: exp(0) = 1, easy). All replicas compute the same global values, so the
+        # first replica's write is the right one.
+        self.running_means = self._state("running_means", (2,), self.initial_running_mean)
+        self.block_sums = self._state("block_sums", (2,), 0.0)
+        self.block_steps = self._state("block_steps", (), 0.0)
+        self.alpha_in_use = self._state("alpha_in_use", (), 0.0 if alpha is None else self.alpha)
 
-    def _window(self, name: str) -> keras.Variable:
-        return self.add_weight(name=name, shape=(self.window,), trainable=False, aggregation="only_first_replica",
-                               initializer=keras.initializers.Constant(self.initial_running_mean))
+    def _state(self, name: str, shape: tuple[int, ...], value: float) -> keras.Variable:
+        return self.add_weight(name=name, shape=shape, trainable=False, aggregation="only_first_replica",
+                               initializer=keras.initializers.Constant(value))
 
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
@@ -203,7 +276,8 @@ class HDMLModel(EmbeddingModel):
                 keras.layers.Dense(features, name="output"),
             ], name="generator")
         if not self.generator.built:
-            self.generator.build((None, 2 * self.embedding_dim))
+            width = self.embedding_dim if self.generator_input == "single" else 2 * self.embedding_dim
+            self.generator.build((None, width))
         if not self.classifier.built:
             self.classifier.build((None, features))
         if self.pddm is not None and not self.pddm.built:
@@ -219,17 +293,29 @@ class HDMLModel(EmbeddingModel):
 
     @property
     def j_avg(self) -> tf.Tensor:
-        """Mean J_m(real) over the last `window` steps (the interpolation's J_avg)."""
-        return tf.reduce_mean(self.metric_loss_window)
+        """Mean weighted real metric loss w J_m(real) of the last complete block (the interpolation's J_avg)."""
+        return tf.convert_to_tensor(self.running_means)[0]
 
     @property
     def j_gen_avg(self) -> tf.Tensor:
-        """Mean J_gen over the last `window` steps."""
-        return tf.reduce_mean(self.generator_loss_window)
+        """Mean J_gen of the last complete block."""
+        return tf.convert_to_tensor(self.running_means)[1]
 
-    def _push(self, window: keras.Variable, value: tf.Tensor) -> None:
-        # Order inside the window does not matter for its mean, so a shift replaces a ring index.
-        window.assign(tf.concat([window[1:], tf.reshape(tf.stop_gradient(value), [1])], axis=0))
+    def _update_running_means(self, weighted_metric_loss: tf.Tensor, generator_loss: tf.Tensor) -> None:
+        """Adds this step's values to the block; at its `window`-th step, the block means replace the
+        running means (and, uncalibrated, alpha is set from the first one)."""
+        values = tf.stop_gradient(tf.stack([weighted_metric_loss, generator_loss]))
+        sums = tf.convert_to_tensor(self.block_sums) + values
+        steps = tf.convert_to_tensor(self.block_steps) + 1.0
+        complete = steps >= self.window
+        means = sums / self.window
+        self.running_means.assign(tf.where(complete, means, self.running_means))
+        self.block_sums.assign(tf.where(complete, tf.zeros_like(sums), sums))
+        self.block_steps.assign(tf.where(complete, 0.0, steps))
+        if self.alpha is None:
+            calibrate = complete & tf.equal(self.alpha_in_use, 0.0)
+            alpha = -math.log(self.initial_easiness) * means[0]
+            self.alpha_in_use.assign(tf.where(calibrate, alpha, self.alpha_in_use))
 
     # -- parameter groups ------------------------------------------------------------------------
 
@@ -309,11 +395,14 @@ class HDMLModel(EmbeddingModel):
         rows = self._triplets(labels)
         anchor, positive, negative = self._gather_rows(rows, embeddings)
         real_loss = self._metric_loss(rows, anchor, positive, negative)
-        j_avg, j_gen_avg = self.j_avg, self.j_gen_avg
-        hard, lambda0 = hardness_aware_negatives(anchor, positive, negative, j_avg, self.alpha)
+        j_avg, j_gen_avg, alpha = self.j_avg, self.j_gen_avg, tf.convert_to_tensor(self.alpha_in_use)
+        hard, lambda0 = hardness_aware_negatives(anchor, positive, negative, j_avg, alpha)
 
-        # One generator call for both parts, so BN normalises them together.
-        generator_input = tf.concat([tf.concat([embeddings, embeddings], 1), tf.concat([anchor, hard], 1)], 0)
+        # One generator call for the real and the synthetic samples, so BN normalises them together.
+        if self.generator_input == "single":
+            generator_input = tf.concat([embeddings, hard], 0)
+        else:
+            generator_input = tf.concat([tf.concat([embeddings, embeddings], 1), tf.concat([anchor, hard], 1)], 0)
         generated = self.generator(generator_input, training=training)
         reconstructed, synthetic = generated[:m], generated[m:]
         generated_embeddings = self.head(generated, training=training)
@@ -322,8 +411,11 @@ class HDMLModel(EmbeddingModel):
 
         source_labels = tf.gather(labels, rows.indices[:, 2])
         synthetic_logits = self.classifier(synthetic)
+        anchor_logits = self.classifier(tf.gather(reconstructed, rows.indices[:, 0]))
+        anchor_labels = tf.gather(labels, rows.indices[:, 0])
         j_recon = (1.0 - self.soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
-        j_soft = self.soft_weight * self.softmax_scale * _mean_cross_entropy(source_labels, synthetic_logits)
+        j_soft = self.soft_weight * self.softmax_scale * (_mean_cross_entropy(source_labels, synthetic_logits)
+                                                          + _mean_cross_entropy(anchor_labels, anchor_logits))
         classifier_loss = _mean_cross_entropy(labels, self.classifier(features))
         accuracy = tf.cast(tf.equal(tf.argmax(synthetic_logits, axis=1, output_type=tf.int32), source_labels),
                            tf.float32)
@@ -332,8 +424,10 @@ class HDMLModel(EmbeddingModel):
         return {
             "loss": real_weight * real_loss + (1.0 - real_weight) * synthetic_loss,
             "metric_loss_real": real_loss, "metric_loss_synthetic": synthetic_loss,
+            "weighted_metric_loss_real": real_weight * real_loss,
             "j_recon": j_recon, "j_soft": j_soft, "j_gen": j_recon + j_soft,
-            "j_gen_avg": j_gen_avg, "j_avg": j_avg, "lambda0": _mean(lambda0),
+            "j_gen_avg": j_gen_avg, "j_avg": j_avg, "alpha": alpha,
+            "easiness": tf.exp(-alpha / tf.maximum(j_avg, EPSILON)), "lambda0": _mean(lambda0),
             "classifier_loss": classifier_loss, "synthetic_accuracy": _mean(accuracy),
         }
 
@@ -361,8 +455,7 @@ class HDMLModel(EmbeddingModel):
             gradients = tape.gradient(objectives[group], variables)
             optimizers[group].apply_gradients(zip(gradients, variables))
         del tape
-        self._push(self.metric_loss_window, terms["metric_loss_real"])
-        self._push(self.generator_loss_window, terms["j_gen"])
+        self._update_running_means(terms["weighted_metric_loss_real"], terms["j_gen"])
         return self._record(terms)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
@@ -376,12 +469,15 @@ class HDMLModel(EmbeddingModel):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(num_classes=self.num_classes, base=self.base, alpha=self.alpha, beta=self.beta,
-                      soft_weight=self.soft_weight, softmax_scale=self.softmax_scale,
+        config.update(num_classes=self.num_classes, base=self.base, alpha=self.alpha,
+                      initial_easiness=self.initial_easiness, beta=self.beta, soft_weight=self.soft_weight,
+                      softmax_scale=self.softmax_scale, generator_input=self.generator_input,
                       generator_units=self.generator_units, window=self.window,
                       initial_running_mean=self.initial_running_mean, triplet_margin=self.triplet_margin,
                       generator_learning_rate=self.generator_learning_rate,
-                      classifier_learning_rate=self.classifier_learning_rate, seed=self.seed,
+                      classifier_learning_rate=self.classifier_learning_rate,
+                      generator_weight_decay=self.generator_weight_decay,
+                      classifier_weight_decay=self.classifier_weight_decay, seed=self.seed,
                       pddm=keras.saving.serialize_keras_object(self.pddm),
                       pddm_loss=keras.saving.serialize_keras_object(self.pddm_loss))
         return config
@@ -393,6 +489,13 @@ class HDMLModel(EmbeddingModel):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return super().from_config(config)
+
+
+def _adam(learning_rate: float, weight_decay: float, name: str) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW (decoupled decay) when `weight_decay` > 0."""
+    if weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, name=name)
+    return keras.optimizers.Adam(learning_rate, name=name)
 
 
 def _mean_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -174,16 +175,27 @@ class EmbeddingHead(keras.layers.Layer):
         self.dropout = float(dropout)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self._dropout = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
-        self._dense = keras.layers.Dense(self.embedding_dim, kernel_regularizer=self.kernel_regularizer,
-                                         dtype=self.dtype_policy, name="projection")
+        self._projections = self._make_projections()
+
+    def _make_projections(self) -> list[keras.layers.Dense]:
+        """The Dense layers whose concatenated outputs form the projection (here one, to d)."""
+        return [keras.layers.Dense(self.embedding_dim, kernel_regularizer=self.kernel_regularizer,
+                                   dtype=self.dtype_policy, name="projection")]
 
     def build(self, input_shape: Any) -> None:
-        if not self._dense.built:
-            self._dense.build(input_shape)
+        for dense in self._projections:
+            if not dense.built:
+                dense.build(input_shape)
+
+    def project(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """The raw (un-normalised) projection [n, k] -> [n, d]."""
+        x = self._dropout(inputs, training=training) if self._dropout is not None else inputs
+        if len(self._projections) == 1:
+            return self._projections[0](x)
+        return tf.concat([dense(x) for dense in self._projections], axis=-1)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x = self._dropout(inputs, training=training) if self._dropout is not None else inputs
-        return l2_normalize(self._dense(x))
+        return l2_normalize(self.project(inputs, training=training))
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
         return (*input_shape[:-1], self.embedding_dim)
@@ -197,12 +209,25 @@ class EmbeddingHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class SlicedEmbeddingHead(EmbeddingHead):
-    """An `EmbeddingHead` whose d outputs are K disjoint learners (METHODS.md section 4).
+    """An `EmbeddingHead` whose d outputs are K disjoint learners (METHODS.md sections 4 and 7).
 
-    One Dense projection to d = K * s; learner k owns the output dims [k s, (k+1) s), i.e. kernel
-    columns k s .. (k+1) s - 1, and is L2-normalised on its own. `call` returns the full d-dim
-    projection L2-normalised as a whole, which is what retrieval and export use; with K = 1 the
-    layer is exactly an `EmbeddingHead`.
+    Learner k owns output dims [k s, (k+1) s) (s = d / K), produced by its own Dense layer
+    (`slice_layer(k)`, initialised on its own as the authors' `init_splitted` does), so each learner's
+    parameters are separate variables that a per-learner optimiser can own. Learner k's embedding is
+    its slice L2-normalised on its own (`slice`).
+
+    `call` returns the authors' full embedding (METHODS.md section 7): every slice L2-normalised on
+    its own, concatenated, and divided by sqrt(K),
+
+        e = [s_0/||s_0||, ..., s_{K-1}/||s_{K-1}||] / sqrt(K),
+
+    so each learner weighs the same whatever its raw projection's scale. The authors' vector has
+    norm sqrt(K); dividing by sqrt(K) changes no ranking (every distance is scaled by 1/sqrt(K))
+    and makes it unit-norm, which is what this library's losses (margins and the distance-weighted
+    cutoffs are set for unit vectors), evaluation, export and search assume. It is also exactly the
+    vector the authors' conquer phase trains: they L2-normalise the concatenation, i.e. divide it by
+    sqrt(K). (A slice whose raw projection is exactly zero contributes zeros.) With K = 1 the layer
+    is exactly an `EmbeddingHead`.
 
     Args:
       embedding_dim: d, divisible by `num_slices`.
@@ -212,28 +237,47 @@ class SlicedEmbeddingHead(EmbeddingHead):
 
     def __init__(self, embedding_dim: int = 64, num_slices: int = 1, dropout: float = 0.0,
                  kernel_regularizer: Any = None, **kwargs: Any) -> None:
-        super().__init__(embedding_dim, dropout=dropout, kernel_regularizer=kernel_regularizer, **kwargs)
         if num_slices < 1:
             raise ValueError(f"num_slices must be positive, got {num_slices}")
         if embedding_dim % num_slices:
             raise ValueError(f"embedding_dim={embedding_dim} is not divisible by num_slices={num_slices}: "
                              "every learner needs a slice of the same size")
+        # Set before the base constructor, which makes the projections from them.
         self.num_slices = int(num_slices)
-        self.slice_dim = self.embedding_dim // self.num_slices
+        self.slice_dim = int(embedding_dim) // self.num_slices
+        super().__init__(embedding_dim, dropout=dropout, kernel_regularizer=kernel_regularizer, **kwargs)
 
-    def project(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        """The raw (un-normalised) projection [n, k] -> [n, d] that the slices are cut from."""
-        x = self._dropout(inputs, training=training) if self._dropout is not None else inputs
-        return self._dense(x)
+    def _make_projections(self) -> list[keras.layers.Dense]:
+        if self.num_slices == 1:
+            return super()._make_projections()
+        return [keras.layers.Dense(self.slice_dim, kernel_regularizer=self.kernel_regularizer,
+                                   dtype=self.dtype_policy, name=f"projection_{k}") for k in range(self.num_slices)]
+
+    def slice_layer(self, index: int) -> keras.layers.Dense:
+        """The Dense layer of learner `index` (with K = 1, the whole projection)."""
+        self._check_index(index)
+        return self._projections[0 if self.num_slices == 1 else index]
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.num_slices:
+            raise ValueError(f"slice index {index} out of range for {self.num_slices} slices")
 
     def slice(self, projection: tf.Tensor, index: int) -> tf.Tensor:
         """Learner `index`'s embedding: columns [index s, (index+1) s) of [n, d], L2-normalised: [n, s]."""
-        if not 0 <= index < self.num_slices:
-            raise ValueError(f"slice index {index} out of range for {self.num_slices} slices")
+        self._check_index(index)
         return l2_normalize(projection[:, index * self.slice_dim:(index + 1) * self.slice_dim])
 
+    def whole(self, projection: tf.Tensor) -> tf.Tensor:
+        """The full embedding of a raw projection [n, d] -> [n, d]: slices normalised on their own,
+        concatenated, / sqrt(K) (see the class docstring)."""
+        if self.num_slices == 1:
+            return l2_normalize(projection)
+        parts = tf.reshape(projection, [-1, self.num_slices, self.slice_dim])
+        scale = tf.cast(1.0 / math.sqrt(self.num_slices), projection.dtype)
+        return tf.reshape(l2_normalize(parts) * scale, [-1, self.embedding_dim])
+
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        return l2_normalize(self.project(inputs, training=training))
+        return self.whole(self.project(inputs, training=training))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_slices": self.num_slices}

@@ -44,8 +44,9 @@ def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., Embed
 
 def _hdml(base: str) -> Callable[..., EmbeddingModel]:
     def build(backbone: keras.Model, embedding_dim: int, num_classes: int | None = None, alpha: float = 1.0,
-              beta: float = 0.5, embedding_weight: float = 0.5, hdml_alpha: float = 90.0, hdml_beta: float = 1e4,
-              dropout: float = 0.0, **_: Any) -> EmbeddingModel:
+              beta: float = 0.5, embedding_weight: float = 0.5, hdml_alpha: float | None = None,
+              hdml_beta: float = 1e4, hdml_generator_input: str = "single", dropout: float = 0.0,
+              **_: Any) -> EmbeddingModel:
         if num_classes is None:
             raise ValueError(f"method hdml_{base} needs num_classes (the number of training classes)")
         # alpha/beta stay the PDDM margins, as for the other methods; HDML's own are hdml_alpha/hdml_beta.
@@ -53,7 +54,7 @@ def _hdml(base: str) -> Callable[..., EmbeddingModel]:
         if base == "pddm":
             pddm_loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight)
         return HDMLModel(backbone, embedding_dim, num_classes=num_classes, base=base, alpha=hdml_alpha,
-                         beta=hdml_beta, pddm_loss=pddm_loss, dropout=dropout)
+                         beta=hdml_beta, generator_input=hdml_generator_input, pddm_loss=pddm_loss, dropout=dropout)
 
     return build
 
@@ -63,9 +64,10 @@ def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
               beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
               mining_score: str | None = None, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
         if base == "margin":
-            # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4).
-            # Seeded: the sampler's state is then part of the weights, so a resumed run is exact.
-            loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False, seed=0)
+            # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4)
+            # and their released sampler, each anchor's closest negatives beyond 0.5 (section 7). It is
+            # deterministic, so a resumed run draws the same triplets.
+            loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
         else:
             loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                                 mining=mining)
@@ -106,13 +108,16 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         "euclidean_quadruplet" (the ablation: quadruplets mined by Euclidean distance), or a
         baseline loss ("contrastive", "triplet_semihard", "triplet_batchhard", "lifted_structured",
         "npair", "margin", "multi_similarity"), or HDML around a base loss ("hdml_npair",
-        "hdml_triplet", "hdml_pddm"), or Divide-and-Conquer around the margin loss ("dc_margin", fixed
-        beta as the authors) or the PDDM quadruplet loss ("dc_pddm").
+        "hdml_triplet", "hdml_pddm"), or Divide-and-Conquer around the margin loss ("dc_margin": fixed
+        beta and the authors' closest-beyond-cutoff negatives, as their code) or the PDDM
+        quadruplet loss ("dc_pddm", PDDM hard-quadruplet mining on each slice). The plain "margin"
+        method samples negatives by distance weighting (the margin-loss paper's sampler).
       backbone: images -> features.
       embedding_dim: d.
       options: dropout (before the embedding projection, every method); PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
         baselines. HDML methods require num_classes (training classes) and take hdml_alpha and
-        hdml_beta (its hardness and weighting temperatures); hdml_pddm uses alpha, beta and
+        hdml_beta (its hardness and weighting temperatures; hdml_alpha None = calibrated, see
+        `HDMLModel`) and hdml_generator_input ("single" or "anchor_pair"); hdml_pddm uses alpha, beta and
         embedding_weight for its double-header loss. Other methods ignore num_classes. The
         Divide-and-Conquer methods take num_learners (K, default 4); train them on the data and
         with the callback of `training_pipeline`.

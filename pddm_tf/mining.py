@@ -233,6 +233,48 @@ def distance_weighted_negatives(
     return tf.concat([pairs, drawn], axis=1)
 
 
+def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cutoff: float = 0.5) -> tf.Tensor:
+    """The Divide-and-Conquer authors' negative sampler (their lib/loss/sampler.py; METHODS.md section 7).
+
+    Deterministic: anchor a with P_a positives (same label, not itself) takes its P_a closest
+    negatives among those at distance D_an >= `cutoff`, and pairs them one to one with its
+    positives: the r-th closest with the r-th positive in index order (the margin loss sums its
+    pull and push terms separately, so the pairing does not change its value). Not to be confused
+    with the margin-loss paper's distance-weighted sampling (`distance_weighted_negatives`), which
+    section 4 names.
+
+    Readings where the released code is unspecific: P_a is the anchor's own positive count (the
+    code uses the batch's mean count, the same in its class-balanced batches); an anchor with fewer
+    than P_a negatives beyond the cutoff completes its list with its closest negatives below the
+    cutoff (the code's top-k would then also pick positives, or the anchor itself); positives beyond
+    the anchor's number of negatives get no triplet (the code truncates likewise).
+
+    Args:
+      labels: [m] integer class ids.
+      distances: [m, m] Euclidean distances (no gradient needed).
+      cutoff: the distance below which negatives are only used to complete a list.
+    Returns:
+      [t, 3] int32 triplets (anchor, positive, negative), one per ordered positive pair (a, p) whose
+      rank among a's positives is below a's number of negatives, in row-major (anchor, positive)
+      order; t = 0 when there is none.
+    """
+    positive, negative = pair_masks(labels)
+    distances = tf.convert_to_tensor(distances)
+    # Sort each row by (class of the entry, distance): 0 = negative beyond the cutoff, 1 = negative
+    # below it, 2 = not a negative. Two stable sorts give that order exactly, with no offset added
+    # to distances (which would cost float precision).
+    by_distance = tf.argsort(distances, axis=1, stable=True)
+    kind = tf.where(negative, tf.where(distances >= cutoff, 0, 1), 2)
+    by_kind = tf.argsort(tf.gather(kind, by_distance, batch_dims=1), axis=1, stable=True)
+    ordered_negatives = tf.gather(by_distance, by_kind, batch_dims=1)  # [m, m]: a's negatives first, closest first
+    # Rank r of positive p among a's positives (index order), and whether a has an (r+1)-th negative.
+    rank = tf.cumsum(tf.cast(positive, tf.int32), axis=1) - 1
+    num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
+    pairs = tf.cast(tf.where(positive & (rank < num_negatives)), tf.int32)  # [t, 2]
+    drawn = tf.gather_nd(ordered_negatives, tf.stack([pairs[:, 0], tf.gather_nd(rank, pairs)], axis=1))
+    return tf.concat([pairs, drawn[:, None]], axis=1)
+
+
 def _distance_weight_logits(distances: tf.Tensor, negative: tf.Tensor, dim: int | tf.Tensor, cutoff: float,
                             nonzero_loss_cutoff: float) -> tf.Tensor:
     """log q(D)^-1 on the eligible negatives, 0 on all negatives of anchors with none, -inf elsewhere."""

@@ -47,17 +47,29 @@ _PDDM = {**_COMMON, "method": "pddm_quadruplet", "backbone": "InceptionV3", "emb
 _PDDM_CHOICES = ("InceptionV3 stands in for GoogLeNet (not in keras.applications); d = 64, 16 x 4 batches, "
                  "Adam 1e-5, 60 epochs and the margins (this library's measured defaults) are not confirmed.")
 
+# HDML's weight decay: the original adds 5e-3 (Cars; its default, used here for SOP too) or 1e-3 (CUB)
+# times sum w^2 / 2 over the metric network's non-BN weights to the loss, an L2 term coupled to the
+# gradient. `weight_decay` is the CLI's decoupled AdamW decay with the same coefficient: the two are
+# the same update for plain SGD, and differ under Adam (Loshchilov & Hutter, 2019). HDMLModel applies
+# it to the metric network only, as the original. hdml_alpha is left unset: calibrated for unit-norm
+# embeddings (HDMLModel); --hdml_alpha=90 gives the original's constant.
 _HDML = {**_COMMON, "method": "hdml_npair", "backbone": "InceptionV3", "embedding_dim": 512,
-         "batch_classes": 60, "batch_per_class": 2, "learning_rate": 7e-5, "epochs": 60, "hdml_alpha": 90.0,
-         "hdml_beta": 1e4, "freeze_batchnorm": True, "image_size": 227}
+         "batch_classes": 60, "batch_per_class": 2, "learning_rate": 7e-5, "epochs": 60, "hdml_beta": 1e4,
+         "freeze_batchnorm": True, "image_size": 227, "weight_decay": 5e-3, "hdml_generator_input": "single"}
 _HDML_CHOICES = ("InceptionV3 stands in for GoogLeNet; d = 512, N-pair batches of 60 classes x 2 and 60 epochs "
-                 "are not confirmed.")
+                 "are not confirmed. Weight decay: the original's L2 coefficient as decoupled AdamW decay "
+                 "(5e-3 Cars and SOP, 1e-3 CUB). hdml_alpha is calibrated for unit-norm embeddings instead of "
+                 "the original's 90 (see HDMLModel).")
 
 _DC = {**_COMMON, "method": "dc_margin", "backbone": "ResNet50", "embedding_dim": 128, "batch_classes": 20,
        "batch_per_class": 4, "learning_rate": 1e-5, "epochs": 120, "num_learners": 4, "recluster_every": 2,
-       "conquer_epochs": 20, "freeze_batchnorm": True, "dropout": 0.01, "cluster_on": "features"}
+       "conquer_epochs": 20, "freeze_batchnorm": True, "dropout": 0.01, "cluster_on": "features",
+       "weight_decay": 1e-4}
 _DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of which 20 conquer, and dropout 0.01 "
-               "are not given in METHODS.md.")
+               "are not given in METHODS.md. Negatives: the authors' sampler (closest beyond 0.5, MarginLoss "
+               "sampler='closest_beyond_cutoff'), not distance-weighted sampling. Weight decay 1e-4 as the "
+               "authors' Adam(weight_decay=1e-4), which in PyTorch is an L2 term coupled to the gradient; "
+               "here it is decoupled AdamW decay with the same coefficient (equal for SGD, not under Adam).")
 
 # Small character-like images (Omniglot, `folder:` sets of drawn symbols), from a 2-core CPU in under
 # 15 minutes; measured in BENCHMARKS.md, "Few-shot classification on unseen alphabets".
@@ -81,24 +93,27 @@ RECIPES: dict[str, Recipe] = {
                                                  "recall@8": 89.4},
                "METHODS.md sections 1, 2 (figures recalled, not confirmed), 5", _PDDM_CHOICES),
         Recipe("hdml_cub", "HDML + N-pair, CUB-200-2011 (Zheng et al., CVPR 2019)",
-               {**_HDML, "dataset": "cub200", "hdml_beta": 5e3}, {"recall@1": 53.7},
-               "METHODS.md section 3 (beta = 5e3 suggested for CUB), 5", _HDML_CHOICES),
+               {**_HDML, "dataset": "cub200", "hdml_beta": 5e3, "weight_decay": 1e-3}, {"recall@1": 53.7},
+               "METHODS.md sections 3 (beta = 5e3 suggested for CUB), 5, 7 (weight decay 1e-3 for CUB)",
+               _HDML_CHOICES),
         Recipe("hdml_cars", "HDML + N-pair, Cars196 (Zheng et al., CVPR 2019)",
                {**_HDML, "dataset": "cars196"}, {"recall@1": 79.1, "nmi": 69.7},
-               "METHODS.md sections 3, 5", _HDML_CHOICES),
+               "METHODS.md sections 3, 5, 7", _HDML_CHOICES),
         Recipe("hdml_sop", "HDML + N-pair, Stanford Online Products (Zheng et al., CVPR 2019)",
                {**_HDML, "dataset": "sop"}, {"recall@1": 68.7},
-               "METHODS.md sections 3, 5", _HDML_CHOICES),
-        Recipe("dc_cub", "Divide-and-Conquer, margin loss, CUB-200-2011 (Sanakoyeu et al., CVPR 2019)",
+               "METHODS.md sections 3, 5, 7", _HDML_CHOICES),
+        Recipe("dc_cub", "Divide-and-Conquer, margin loss (authors' sampler), CUB-200-2011 "
+               "(Sanakoyeu et al., CVPR 2019)",
                {**_DC, "dataset": "cub200", "embedding_dim": 256}, {"recall@1": 65.9, "nmi": 69.6},
-               "METHODS.md section 4 (d = 256 suggested for CUB, 20 x 4 batches, re-cluster every 2 epochs), 5",
+               "METHODS.md sections 4 (d = 256 suggested for CUB, 20 x 4 batches, re-cluster every 2 epochs), 5, 7",
                _DC_CHOICES),
-        Recipe("dc_cars", "Divide-and-Conquer, margin loss, Cars196 (Sanakoyeu et al., CVPR 2019)",
+        Recipe("dc_cars", "Divide-and-Conquer, margin loss (authors' sampler), Cars196 (Sanakoyeu et al., CVPR 2019)",
                {**_DC, "dataset": "cars196"}, {"recall@1": 84.6},
-               "METHODS.md sections 4, 5", _DC_CHOICES),
-        Recipe("dc_sop", "Divide-and-Conquer, margin loss, Stanford Online Products (Sanakoyeu et al., CVPR 2019)",
+               "METHODS.md sections 4, 5, 7", _DC_CHOICES),
+        Recipe("dc_sop", "Divide-and-Conquer, margin loss (authors' sampler), Stanford Online Products "
+               "(Sanakoyeu et al., CVPR 2019)",
                {**_DC, "dataset": "sop", "num_learners": 8, "batch_per_class": 2}, {"recall@1": 75.9},
-               "METHODS.md sections 4, 5 (SOP classes have 2-12 images: 2 per class per batch)", _DC_CHOICES),
+               "METHODS.md sections 4, 5, 7 (SOP classes have 2-12 images: 2 per class per batch)", _DC_CHOICES),
     )
 }
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from pddm_tf import (ContrastiveLoss, LiftedStructuredLoss, MarginLoss, MetricLossModel, MultiSimilarityLoss,
                      NPairLoss, TripletLoss, small_convnet)
 from pddm_tf.distances import pairwise_distances
-from pddm_tf.mining import distance_weighted_negatives, semi_hard_negatives
+from pddm_tf.mining import closest_negatives_beyond_cutoff, distance_weighted_negatives, semi_hard_negatives
 
 # -- brute-force references (float64, explicit loops over pairs and triplets) -----------------
 
@@ -284,6 +284,49 @@ def test_distance_weighted_sampling_falls_back_to_uniform():
     distances = np.array([1.5, 1.7, 1.9])  # no negative below nonzero_loss_cutoff
     tv, empirical = _empirical_vs_target(distances, 8, np.full(3, 1 / 3))
     assert tv < 0.02, empirical
+
+
+def ref_closest_beyond_cutoff(y, d, cutoff):
+    """The Divide-and-Conquer authors' sampler, one anchor at a time (see the reading in its docstring)."""
+    triplets = []
+    for a in range(len(y)):
+        positives = [p for p in range(len(y)) if p != a and y[p] == y[a]]
+        negatives = [n for n in range(len(y)) if y[n] != y[a]]
+        beyond = sorted((n for n in negatives if d[a, n] >= cutoff), key=lambda n: (d[a, n], n))
+        below = sorted((n for n in negatives if d[a, n] < cutoff), key=lambda n: (d[a, n], n))
+        triplets += [(a, p, n) for p, n in zip(positives, beyond + below)]
+    return np.array(triplets, np.int32).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("case", ["random", "singleton", "few_negatives"])
+def test_closest_beyond_cutoff_sampler_equals_brute_force(case):
+    rng = np.random.default_rng(7)
+    if case == "few_negatives":  # six of one class, two of another: anchors with more positives than negatives
+        y = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int32)
+    else:
+        y = LABEL_CASES[case].astype(np.int32)
+    f = _unit(rng, len(y), 3).astype(np.float32)  # 3-d: many negatives fall below the 0.5 cutoff
+    d = pairwise_distances(f).numpy()
+    cutoff = float(np.quantile(d[y[:, None] != y[None, :]], 0.75))  # most negatives below it: completions
+    got = closest_negatives_beyond_cutoff(y, d, cutoff).numpy()
+    expected = ref_closest_beyond_cutoff(y, d.astype(np.float64), cutoff)
+    np.testing.assert_array_equal(got, expected)
+    # The batch exercised both the regular case and the completion below the cutoff.
+    below = d[got[:, 0], got[:, 2]] < cutoff
+    assert below.any() and (~below).any()
+    # Through the loss: the margin loss of exactly these triplets.
+    loss = MarginLoss(alpha=0.2, beta=1.0, learn_beta=False, cutoff=cutoff, sampler="closest_beyond_cutoff")
+    np.testing.assert_allclose(loss(y, f).numpy(), ref_margin(f, y, expected, 0.2, np.float64(1.0), 0.0), rtol=1e-5)
+    assert MarginLoss.from_config(loss.get_config()).sampler == "closest_beyond_cutoff"
+
+
+def test_closest_beyond_cutoff_sampler_is_traceable():
+    fn = tf.function(lambda y, d: closest_negatives_beyond_cutoff(y, d, 0.5),
+                     input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
+    y = np.array([0, 0, 1, 1, 2], np.int32)
+    d = pairwise_distances(_unit(np.random.default_rng(1), 5, 4).astype(np.float32)).numpy()
+    np.testing.assert_array_equal(fn(y, d).numpy(), ref_closest_beyond_cutoff(y, d.astype(np.float64), 0.5))
+    assert fn(np.zeros(3, np.int32), np.zeros((3, 3), np.float32)).numpy().shape == (0, 3)
 
 
 def _image_batch(classes=4, per_class=4, size=16, seed=0, steps=1):

@@ -12,6 +12,7 @@ from pddm_tf.clustering import (CONQUER, DROPPED, ClusterAssignment, DivideAndCo
                                 compute_clusters, drop_singleton_classes, match_clusters)
 from pddm_tf.data import ImageFiles
 from pddm_tf.methods import build_model, training_pipeline
+from pddm_tf.optimizers import make_optimizer
 
 K_LEARNERS = 4
 
@@ -35,19 +36,47 @@ def _dc(num_learners=K_LEARNERS, loss=None, dim=8):
 # --------------------------------------------------------------------------- sliced head
 
 
-def test_sliced_head_slices_are_normalised_columns_of_the_projection():
+def _authors_embedding(projection, k):
+    """METHODS.md section 7 in numpy: each slice normalised on its own, concatenated; / sqrt(K)."""
+    parts = np.split(projection.astype(np.float64), k, axis=1)
+    return np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts], axis=1) / np.sqrt(k)
+
+
+def test_sliced_head_is_the_authors_embedding():
     head = SlicedEmbeddingHead(6, num_slices=3)
     head.build((None, 4))
     features = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     projection = head.project(features).numpy()
-    kernel, bias = (w.numpy() for w in head.weights)
-    np.testing.assert_allclose(projection, features @ kernel + bias, rtol=1e-5, atol=1e-6)
+    layers = [head.slice_layer(k) for k in range(3)]
+    expected = np.concatenate([features @ d.kernel.numpy() + d.bias.numpy() for d in layers], axis=1)
+    np.testing.assert_allclose(projection, expected, rtol=1e-5, atol=1e-6)
     for k in range(3):
-        part = projection[:, 2 * k:2 * k + 2]
+        part = expected[:, 2 * k:2 * k + 2]
         np.testing.assert_allclose(head.slice(projection, k).numpy(),
                                    part / np.linalg.norm(part, axis=1, keepdims=True), rtol=1e-5)
     whole = head(features).numpy()
-    np.testing.assert_allclose(whole, projection / np.linalg.norm(projection, axis=1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(whole, _authors_embedding(expected, 3), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, rtol=1e-6)
+
+
+def test_scaling_one_learners_projection_leaves_the_embedding_unchanged():
+    model = _dc(num_learners=2)
+    images, _ = _batch()
+    before = model.predict(images, verbose=0)
+    raw = model.head.project(model.backbone(images)).numpy()
+    layer = model.head.slice_layer(1)
+    layer.kernel.assign(5.0 * layer.kernel)
+    layer.bias.assign(5.0 * layer.bias)
+    after = model.predict(images, verbose=0)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    # Normalising the raw projection as a whole (the replaced function) moves under the same change.
+    scaled = raw.copy()
+    scaled[:, 4:] *= 5.0
+
+    def whole(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    assert np.abs(whole(scaled) - whole(raw)).max() > 0.05
 
 
 def test_embedding_size_must_divide_into_learners():
@@ -57,37 +86,54 @@ def test_embedding_size_must_divide_into_learners():
         DivideAndConquerModel(small_convnet(16, 1, width=8, depth=2), embedding_dim=10, num_learners=4)
 
 
-# Adam's first step moves a weight only if its gradient is non-zero, like SGD; PDDM learners (slower to
-# compile) are checked with two of them.
-@pytest.mark.parametrize("pddm_loss, learners, optimizer", [(False, 4, "sgd"), (False, 4, "adam"), (True, 2, "sgd")])
-def test_a_cluster_batch_moves_only_its_slice(pddm_loss, learners, optimizer):
-    model = _dc(learners, loss=DoubleHeaderHingeLoss() if pddm_loss else MarginLoss(learn_beta=False, seed=0))
-    model.compile(optimizer=keras.optimizers.SGD(0.5) if optimizer == "sgd" else keras.optimizers.Adam(0.01))
+def _learner_state(model, learner):
+    """Copies of learner k's own weights (projection layer, PDDM unit; k = K: the whole embedding's PDDM)."""
+    layers = [] if learner == model.num_learners else [model.head.slice_layer(learner)]
+    if model.uses_pddm:
+        layers.append(model._pddm_of(learner))
+    return [w.numpy().copy() for layer in layers for w in layer.weights]
+
+
+# Several steps, so Adam's moments (and AdamW's decoupled decay) from a learner's earlier steps would
+# move it during the other clusters' steps if its update were not held back.
+@pytest.mark.parametrize("pddm_loss, learners, optimizer", [(False, 3, "adam"), (False, 3, "adamw"),
+                                                            (True, 2, "adam")])
+def test_a_learner_stands_still_while_other_clusters_train(pddm_loss, learners, optimizer):
+    model = _dc(learners, loss=DoubleHeaderHingeLoss() if pddm_loss else MarginLoss(learn_beta=False, seed=0),
+                dim=6 if learners == 3 else 8)
+    # AdamW with a warm-up + cosine schedule: decoupled decay moves every weight it is applied to.
+    model.compile(optimizer=keras.optimizers.Adam(0.01) if optimizer == "adam"
+                  else make_optimizer(0.01, weight_decay=0.5, schedule="cosine", total_steps=20, warmup_steps=2))
     images, labels = _batch()
-    kernel, bias = (w.numpy().copy() for w in model.head.trainable_weights)
-    pddms = {k: [w.numpy().copy() for w in model._pddm_of(k).weights] for k in range(learners + 1)} \
-        if pddm_loss else {}
-    cluster, width = 1, 8 // learners
-    model.train_on_batch(images, labels, sample_weight=np.full(len(labels), cluster, np.int32))
-    new_kernel, new_bias = (w.numpy() for w in model.head.trainable_weights)
-    mine = np.zeros(8, bool)
-    mine[cluster * width:(cluster + 1) * width] = True
-    np.testing.assert_array_equal(new_kernel[:, ~mine], kernel[:, ~mine])
-    np.testing.assert_array_equal(new_bias[~mine], bias[~mine])
-    assert np.abs(new_kernel[:, mine] - kernel[:, mine]).max() > 1e-6
-    for k, before in pddms.items():
-        moved = any(not np.array_equal(w.numpy(), b) for w, b in zip(model._pddm_of(k).weights, before))
-        assert moved == (k == cluster), k
+    tags = [1, 0, 0, 1, 0] if learners == 2 else [1, 0, 2, 0, 1, 2]
+    for step, tag in enumerate(tags):
+        before = {k: _learner_state(model, k) for k in range(learners + 1)}
+        model.train_on_batch(images, labels, sample_weight=np.full(len(labels), tag, np.int32))
+        for k, old in before.items():
+            new = _learner_state(model, k)
+            if k == tag:
+                assert max(np.abs(a - b).max() for a, b in zip(new, old)) > 1e-5, (step, k)
+            else:
+                for a, b in zip(new, old):
+                    np.testing.assert_array_equal(a, b, err_msg=f"step {step}: learner {k} moved")
+    # Each learner's optimiser counted its own steps only; the shared one counted them all.
+    counts = [int(o.iterations.numpy()) for o in model.learner_optimizers[:learners]]
+    assert counts == [tags.count(k) for k in range(learners)]
+    assert int(model.optimizer.iterations.numpy()) == len(tags)
+    # Their learning rate is the shared one at the global step, whatever their own counts.
+    rates = [float(o.learning_rate) for o in [model.optimizer, *model.learner_optimizers]]
+    np.testing.assert_allclose(rates, rates[0], rtol=1e-6)
 
 
 def test_conquer_batches_train_the_whole_embedding():
     model = _dc()
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     images, labels = _batch()
-    kernel = model.head.trainable_weights[0].numpy().copy()
+    kernels = [model.head.slice_layer(k).kernel.numpy().copy() for k in range(K_LEARNERS)]
     model.train_on_batch(images, labels, sample_weight=np.full(len(labels), CONQUER, np.int32))
-    moved = np.abs(model.head.trainable_weights[0].numpy() - kernel).max(axis=0)
-    assert (moved > 1e-7).all()
+    for k, kernel in enumerate(kernels):
+        moved = np.abs(model.head.slice_layer(k).kernel.numpy() - kernel).max(axis=0)
+        assert (moved > 1e-7).all(), k
 
 
 @pytest.mark.parametrize("pddm_loss", [False, True])
@@ -149,7 +195,9 @@ def test_mirrored_two_replicas_equal_one_device(two_replicas):
 
 def test_save_and_load_round_trip(tmp_path):
     model = _dc(loss=DoubleHeaderHingeLoss(alpha=0.7))
-    images, _ = _batch()
+    images, labels = _batch()
+    model.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.3))
+    model.train_on_batch(images, labels, sample_weight=np.full(len(labels), 2, np.int32))
     path = str(tmp_path / "dc.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -157,6 +205,11 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.learner_losses[0].alpha == 0.7 and loaded.uses_pddm
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
     np.testing.assert_array_equal(loaded.learner_pddms[3].s_kernel.numpy(), model.learner_pddms[3].s_kernel.numpy())
+    # The learners' optimisers come back with their settings and state (learner 2 took the one step).
+    assert [int(o.iterations.numpy()) for o in loaded.learner_optimizers] == [0, 0, 1, 0, 0]
+    assert all(isinstance(o, keras.optimizers.AdamW) and o.weight_decay == 0.3 for o in loaded.learner_optimizers)
+    for a, b in zip(loaded.learner_optimizers[2].variables, model.learner_optimizers[2].variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 # --------------------------------------------------------------------------- clustering

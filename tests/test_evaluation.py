@@ -4,8 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score
 
 from pddm_tf.evaluation import (
     RetrievalEvaluation,
@@ -194,11 +192,22 @@ def test_retrieval_metrics_hand_computed():
     assert recall_at_k(x, labels, ks=(1, 2)) == pytest.approx({"recall@1": 1 / 3, "recall@2": 1.0})
 
 
-def test_nmi_matches_sklearn():
-    embeddings, labels = labelled_blobs(5)
-    n_classes = len(np.unique(labels))
-    clusters = KMeans(n_clusters=n_classes, n_init=1, random_state=7).fit_predict(embeddings)
-    assert nmi(embeddings, labels, seed=7) == pytest.approx(normalized_mutual_info_score(labels, clusters))
+def test_nmi_equals_the_contingency_table_formula():
+    """Three far-apart blobs, so k-means must return the blobs; labels spread over them by a known
+    contingency table, whose NMI (arithmetic normalisation) is computed here from its definition."""
+    table = np.array([[6, 2, 2], [1, 7, 2], [0, 3, 7]])  # [blob, class] counts
+    blobs = np.repeat(np.arange(3), table.sum(axis=1))
+    labels = np.concatenate([np.repeat(np.arange(3), row) for row in table]) + 10
+    rng = np.random.default_rng(2)
+    embeddings = 50.0 * np.eye(3)[blobs] + 0.1 * rng.normal(size=(len(blobs), 3))
+    p = table / table.sum()
+    p_blob, p_class = p.sum(axis=1), p.sum(axis=0)
+    nonzero = p > 0
+    mutual = np.sum(p[nonzero] * np.log(p[nonzero] / np.outer(p_blob, p_class)[nonzero]))
+    entropy = lambda q: -np.sum(q * np.log(q))  # noqa: E731
+    expected = mutual / (0.5 * (entropy(p_blob) + entropy(p_class)))
+    assert 0.2 < expected < 0.6  # neither trivial extreme
+    assert nmi(embeddings, labels, seed=7) == pytest.approx(expected, rel=1e-9)
 
 
 def test_nmi_is_one_for_separated_classes():

@@ -1,4 +1,5 @@
-"""Margin loss with distance-weighted negative sampling (Wu, Manmatha, Smola & Krähenbühl, ICCV 2017)."""
+"""Margin loss (Wu, Manmatha, Smola & Krähenbühl, ICCV 2017) with distance-weighted or the
+Divide-and-Conquer authors' negative sampling."""
 
 from __future__ import annotations
 
@@ -10,15 +11,26 @@ import tensorflow as tf
 
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.losses._base import EmbeddingLoss
-from pddm_tf.mining import distance_weighted_negatives
+from pddm_tf.mining import closest_negatives_beyond_cutoff, distance_weighted_negatives
+
+#: The negative samplers of `MarginLoss`.
+MARGIN_SAMPLERS = ("distance_weighted", "closest_beyond_cutoff")
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class MarginLoss(EmbeddingLoss):
     """Margin loss of "Sampling Matters in Deep Embedding Learning" (METHODS.md section 4).
 
-    Triplets (a, p, n): every ordered positive pair (a, p) with one negative n of a drawn by
-    distance-weighted sampling (`pddm_tf.mining.distance_weighted_negatives`). With Euclidean
+    Triplets (a, p, n): every ordered positive pair (a, p) with one negative n of a, chosen by
+    `sampler`:
+
+    * "distance_weighted" (default): drawn with probability ~ q(D_an)^-1, the margin-loss paper's
+      sampler (`pddm_tf.mining.distance_weighted_negatives`);
+    * "closest_beyond_cutoff": the Divide-and-Conquer authors' released sampler (METHODS.md
+      section 7), deterministic: anchor a's P_a closest negatives at distance >= `cutoff`, paired
+      one to one with its P_a positives (`pddm_tf.mining.closest_negatives_beyond_cutoff`).
+
+    With Euclidean
     distances D and beta_a the boundary of the anchor's class (or one global beta):
 
         L = ( sum_t [max(0, D_ap - beta_a + alpha) + max(0, beta_a - D_an + alpha)] + nu sum_t beta_a )
@@ -37,7 +49,11 @@ class MarginLoss(EmbeddingLoss):
       num_classes: None for one scalar beta; else beta has shape [num_classes], indexed by the
         anchor's label (labels must lie in [0, num_classes)).
       nu: weight of the beta regulariser.
-      cutoff, nonzero_loss_cutoff: of the distance-weighted sampling.
+      sampler: "distance_weighted" or "closest_beyond_cutoff" (see above).
+      cutoff: distance floor of both samplers (distance-weighted: weights are computed at
+        max(D, cutoff); closest_beyond_cutoff: negatives closer than this are only used to complete
+        an anchor's list).
+      nonzero_loss_cutoff: distance-weighted sampling ignores negatives at least this far.
       seed: None draws with TensorFlow's stateful sampler, whose position cannot be saved; an int
         makes the draws reproducible (stateless sampling with seeds from a
         `keras.random.SeedGenerator`, advanced every call, whose state is listed in `variables`).
@@ -45,14 +61,16 @@ class MarginLoss(EmbeddingLoss):
 
     def __init__(self, alpha: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  num_classes: int | None = None, nu: float = 0.0, cutoff: float = 0.5,
-                 nonzero_loss_cutoff: float = 1.4, seed: int | None = None, name: str = "margin_loss",
-                 **kwargs: Any) -> None:
+                 nonzero_loss_cutoff: float = 1.4, seed: int | None = None, sampler: str = "distance_weighted",
+                 name: str = "margin_loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
+        if sampler not in MARGIN_SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {MARGIN_SAMPLERS}")
         if alpha < 0 or nu < 0:
             raise ValueError(f"alpha and nu must be non-negative, got {alpha} and {nu}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be positive or None, got {num_classes}")
-        if not 0.0 <= cutoff < nonzero_loss_cutoff:
+        if cutoff < 0.0 or (sampler == "distance_weighted" and cutoff >= nonzero_loss_cutoff):
             raise ValueError(f"need 0 <= cutoff < nonzero_loss_cutoff, got {cutoff} and {nonzero_loss_cutoff}")
         self.alpha = float(alpha)
         self.initial_beta = float(beta)
@@ -62,6 +80,7 @@ class MarginLoss(EmbeddingLoss):
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = seed
+        self.sampler = sampler
         shape = () if num_classes is None else (self.num_classes,)
         self.beta = keras.Variable(np.full(shape, beta), dtype=self.dtype, trainable=self.learn_beta,
                                    name="beta")
@@ -80,8 +99,10 @@ class MarginLoss(EmbeddingLoss):
         return self.from_triplets(labels, d, triplets)
 
     def sample_triplets(self, labels: tf.Tensor, distances: tf.Tensor, dim: int | tf.Tensor) -> tf.Tensor:
-        """Distance-weighted triplets [t, 3] (anchor, positive, negative) from [m, m] distances of
+        """The sampler's triplets [t, 3] (anchor, positive, negative) from [m, m] distances of
         `dim`-dimensional unit embeddings."""
+        if self.sampler == "closest_beyond_cutoff":
+            return closest_negatives_beyond_cutoff(labels, distances, self.cutoff)
         seed = None if self._seed_generator is None else self._seed_generator.next()
         return distance_weighted_negatives(labels, distances, dim, self.cutoff, self.nonzero_loss_cutoff, seed)
 
@@ -111,4 +132,5 @@ class MarginLoss(EmbeddingLoss):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "alpha": self.alpha, "beta": self.initial_beta,
                 "learn_beta": self.learn_beta, "num_classes": self.num_classes, "nu": self.nu,
-                "cutoff": self.cutoff, "nonzero_loss_cutoff": self.nonzero_loss_cutoff, "seed": self.seed}
+                "cutoff": self.cutoff, "nonzero_loss_cutoff": self.nonzero_loss_cutoff, "seed": self.seed,
+                "sampler": self.sampler}
