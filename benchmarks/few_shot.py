@@ -137,7 +137,8 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
                                     mining=config["mining"], mining_score=config["mining_score"],
                                     num_classes=split.train.num_classes, num_learners=config["num_learners"],
                                     dropout=config["dropout"], hdml_alpha=config["hdml_alpha"],
-                                    hdml_beta=config["hdml_beta"])
+                                    hdml_beta=config["hdml_beta"],
+                                    hdml_generator_input=config["hdml_generator_input"])
     model.build((None, size, size, 1))
     warmup = round(config.get("warmup_fraction", 0.0) * total_steps)
     model.compile(optimizer=make_optimizer(config["learning_rate"], config["weight_decay"],
