@@ -35,7 +35,11 @@ class PDDM(keras.layers.Layer):
       units: width h of the u and v branches.
       combined_units: width of the joint layer c.
       normalize_inputs: divide u and v by their norms before W_u, W_v. The paper's reading is
-        recalled, not confirmed (METHODS.md); default on.
+        recalled, not confirmed (METHODS.md); default on. With it the score sees only the
+        directions of u and v, not how far apart two unit features are: the pairs
+        (cos t e1 + sin t e2, cos t e1 - sin t e2) have u/||u|| = e2 and v/||v|| = e1 for every
+        t in (0, pi/2), so they all get the same score. The distance then reaches the loss only
+        through the embedding term E_e. (Which default learns better is still being measured.)
       normalize_hidden: L2-normalise u' and v' before concatenation (confirmed in a second
         implementation); default on.
     """

@@ -112,3 +112,27 @@ def test_bad_arguments():
         PDDM(units=0)
     with pytest.raises(ValueError, match="embedding_dim"):
         EmbeddingHead(0)
+
+
+def test_normalised_inputs_make_the_score_blind_to_the_distance_of_symmetric_pairs():
+    """Documented property: with normalize_inputs, (cos t e1 +- sin t e2) scores alike for every t;
+    without it the score depends on t."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pddm_tf.layers import PDDM
+
+    t = np.array([0.1, 0.4, 0.9, 1.3])
+    a = np.zeros((4, 8), np.float32)
+    b = np.zeros((4, 8), np.float32)
+    a[:, 0], a[:, 1] = np.cos(t), np.sin(t)
+    b[:, 0], b[:, 1] = np.cos(t), -np.sin(t)
+    for normalize, varies in ((True, False), (False, True)):
+        tf.keras.utils.set_random_seed(0)
+        layer = PDDM(units=16, combined_units=16, normalize_inputs=normalize)
+        layer((tf.constant(a), tf.constant(b)))
+        rng = np.random.default_rng(1)
+        for weight in layer.weights:  # non-zero biases, as after training (zero ones hide the scale too)
+            weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+        scores = layer((tf.constant(a), tf.constant(b))).numpy()
+        assert (np.ptp(scores) > 1e-3) == varies, (normalize, scores)
