@@ -183,21 +183,15 @@ class DivideAndConquerModel(EmbeddingModel):
         whose update (and state change) is kept only if the batch trains that learner."""
         if not self.learner_optimizers:
             return super().train_step(data)
-        images, labels, tags = self._unpack(data)
-        replicas = self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape() as tape:
-            terms = self._forward(images, labels, training=True, tape=tape, tags=tags)
-            objective = terms["loss"]
-            if self.losses:
-                objective += tf.add_n(self.losses)
-            objective = objective / replicas
+            terms, objective = self._objective(data, tape)
         if not all(o.built for o in self.learner_optimizers):
             # Only without a distribution strategy does Keras leave an unbuilt model to the first traced
             # step (see _symbolic_build); its variables can then be created here, as Keras' own are.
             self._build_optimizers(scoped=False)
         groups = [self.shared_variables()] + [self.learner_variables(k) for k in range(self.num_learners + 1)]
         gradients = tape.gradient(objective, [v for group in groups for v in group])
-        learner = self._learner_of(tags)
+        learner = self._learner_of(self._unpack(data)[2])
         conquer = tf.equal(learner, self.num_learners)
         shared = len(groups[0])
         start = shared

@@ -212,16 +212,19 @@ class EmbeddingModel(keras.Model):
                 mined = self.mine(tf.stop_gradient(embeddings), labels)
         return self.loss_terms(embeddings, labels, mined)
 
-    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+    def _objective(self, data: Any, tape: tf.GradientTape) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """A training batch's loss terms and the objective this replica differentiates (under `tape`)."""
         images, labels, tags = self._unpack(data)
-        replicas = self.distribute_strategy.num_replicas_in_sync
+        terms = self._forward(images, labels, training=True, tape=tape, tags=tags)
+        objective = terms["loss"]
+        if self.losses:
+            objective += tf.add_n(self.losses)
+        # Each replica holds the full global loss; the strategy sums gradients (see gather_global_batch).
+        return terms, objective / self.distribute_strategy.num_replicas_in_sync
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            terms = self._forward(images, labels, training=True, tape=tape, tags=tags)
-            objective = terms["loss"]
-            if self.losses:
-                objective += tf.add_n(self.losses)
-            # Each replica holds the full global loss; the strategy sums gradients (see gather_global_batch).
-            objective = objective / replicas
+            terms, objective = self._objective(data, tape)
         variables = self.trainable_variables
         gradients = tape.gradient(objective, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
