@@ -156,9 +156,9 @@ def _pipeline(model, config, split, steps_per_epoch):
 
 
 class _StepTimer(keras.callbacks.Callback):
-    def __init__(self, skip: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.skip, self.times = skip, []
+        self.times: list[float] = []
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         self.times.append(time.perf_counter())
@@ -169,7 +169,7 @@ def seconds_per_step(config: dict[str, Any], split: data.DatasetSplit, steps: in
     keras.utils.set_random_seed(config["seed"])
     model = _build(config, split, total_steps=steps)
     train, callbacks = _pipeline(model, config, split, steps)
-    timer = _StepTimer(skip)
+    timer = _StepTimer()
     model.fit(train, epochs=1, steps_per_epoch=steps, callbacks=[*callbacks, timer], verbose=0)
     return (timer.times[-1] - timer.times[skip - 1]) / (steps - skip)
 

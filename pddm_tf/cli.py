@@ -257,9 +257,7 @@ def _few_shot(embeddings, files, say: Callable[..., None] = print) -> dict[str, 
     for setting in FLAGS.episodes or ():
         try:
             metrics.update(few_shot.evaluate_few_shot(embeddings, files, (setting,), FLAGS.num_episodes, FLAGS.seed))
-        except ValueError as error:
-            if "no group has" not in str(error):
-                raise
+        except few_shot.ImpossibleSettingError as error:
             say(f"few-shot {setting} skipped: {error}")
     return metrics
 

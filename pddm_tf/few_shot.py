@@ -31,6 +31,10 @@ _Z95 = 1.959963984540054
 _SHOT_WORDS = {1: "one", 5: "five"}
 
 
+class ImpossibleSettingError(ValueError):
+    """No group of the held-out classes can fill an N-way K-shot episode."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FewShotResult:
     """Accuracy of a few-shot setting.
@@ -123,8 +127,8 @@ def sample_episodes(labels: ArrayLike, groups: ArrayLike | None = None, drawers:
       ways: N; shots: K; queries: Q per class; episodes: number of episodes; seed: their seed.
 
     Raises:
-      ValueError: bad sizes, or no group with N eligible classes (the message says how many
-        eligible classes the largest group has).
+      ValueError: bad sizes. ImpossibleSettingError (a ValueError): no group with N eligible
+        classes (the message says how many eligible classes the largest group has).
     """
     labels = np.asarray(labels)
     n = len(labels)
@@ -149,7 +153,7 @@ def sample_episodes(labels: ArrayLike, groups: ArrayLike | None = None, drawers:
     usable = sorted(g for g, classes in eligible.items() if len(classes) >= ways)
     if not usable:
         largest = max((len(c) for c in eligible.values()), default=0)
-        raise ValueError(f"no group has {ways} classes with {shots + queries} images by distinct drawers "
+        raise ImpossibleSettingError(f"no group has {ways} classes with {shots + queries} images by distinct drawers "
                          f"(the largest has {largest}); use fewer ways or shots")
     all_drawers = np.unique(drawers)
     rng = np.random.default_rng(seed)

@@ -95,7 +95,7 @@ def test_random_embeddings_score_chance_within_the_interval():
 
 def test_impossible_settings_and_bad_input_are_refused():
     x, labels, groups, drawers = _synthetic()
-    with pytest.raises(ValueError, match="no group has 7 classes"):
+    with pytest.raises(few_shot.ImpossibleSettingError, match="no group has 7 classes"):
         few_shot.few_shot_accuracy(x, labels, groups, drawers, ways=7, shots=1)
     with pytest.raises(ValueError, match="no group has 5 classes with 5 images"):
         few_shot.few_shot_accuracy(x, labels, groups, drawers, ways=5, shots=4)
