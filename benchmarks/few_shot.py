@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as `pddm-tf train --onednn` (its default)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,6 +57,8 @@ flags.DEFINE_list("folds", ["0", "1", "2", "3"], "Folds to run (each holds out t
 flags.DEFINE_float("budget_seconds", 300.0, "Training budget of every method, in seconds of training steps.")
 flags.DEFINE_string("variants", None, "JSON: extra rows, name -> {'base': row, flag: value, ...}.")
 flags.DEFINE_string("out_dir", "benchmarks/results/few_shot", "Where results.json, table.md and the plot go.")
+flags.DEFINE_integer("steps", None, "Train every row exactly this many steps instead of a budget (sweeps at equal "
+                     "steps on a busy machine; then the rows' times are not comparable).")
 flags.DEFINE_bool("quick", False, "CI mode: fold 0, 20 steps, 20 episodes.")
 
 #: The held-out alphabets of each fold: the 8 embedded alphabets in name order, in pairs.
@@ -135,6 +138,7 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
         model = methods.build_model(config["method"], network, config["embedding_dim"], alpha=config["alpha"],
                                     beta=config["beta"], embedding_weight=config["embedding_weight"],
                                     mining=config["mining"], mining_score=config["mining_score"],
+                                    pddm_normalize_inputs=config["pddm_normalize_inputs"],
                                     num_classes=split.train.num_classes, num_learners=config["num_learners"],
                                     dropout=config["dropout"], hdml_alpha=config["hdml_alpha"],
                                     hdml_beta=config["hdml_beta"],
@@ -142,7 +146,8 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
     model.build((None, size, size, 1))
     warmup = round(config.get("warmup_fraction", 0.0) * total_steps)
     model.compile(optimizer=make_optimizer(config["learning_rate"], config["weight_decay"],
-                                           config["lr_schedule"], total_steps, warmup))
+                                           config["lr_schedule"], total_steps, warmup,
+                                           config.get("ema_momentum", 0.0)))
     return model
 
 
@@ -208,6 +213,8 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
     else:
         if FLAGS.quick:
             steps = 20
+        elif FLAGS.steps:
+            steps = max(CURVE_POINTS, FLAGS.steps // CURVE_POINTS * CURVE_POINTS)
         else:
             steps = max(CURVE_POINTS, int(FLAGS.budget_seconds / rate) // CURVE_POINTS * CURVE_POINTS)
         keras.utils.set_random_seed(seed)
@@ -284,7 +291,7 @@ def main(argv: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rates = {}
     for name in FLAGS.rows:
-        if configs[name]["method"] != "pixel" and not FLAGS.quick:
+        if configs[name]["method"] != "pixel" and not FLAGS.quick and not FLAGS.steps:
             rates[name] = seconds_per_step(configs[name], _fold_split(folds[0], configs[name]["rotations"]))
             print(f"{name}: {rates[name] * 1000:.0f} ms per step -> "
                   f"{int(FLAGS.budget_seconds / rates[name])} steps in {FLAGS.budget_seconds:.0f} s", flush=True)

@@ -77,6 +77,9 @@ flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
 flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
                   "PDDM methods: similarity that mining ranks pairs by (default: the method's own; "
                   "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
+flags.DEFINE_bool("pddm_normalize_inputs", True, "pddm_quadruplet, pddm_triplet, euclidean_quadruplet: "
+                  "L2-normalise the PDDM's inputs u = |f_i - f_j| and v = (f_i + f_j)/2 (the paper's reading; "
+                  "the score then cannot see the distance of two unit embeddings, see PDDM).")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
 flags.DEFINE_string("backbone", "small_convnet", "Backbone: small_convnet or a keras.applications network "
                     "(ResNet50, InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")
@@ -93,6 +96,8 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the peak of a sch
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam.")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate schedule over the whole run.")
 flags.DEFINE_float("warmup_fraction", 0.0, "Fraction of the steps with a linear learning-rate warm-up.")
+flags.DEFINE_float("ema_momentum", 0.0, "Keep an exponential moving average of the weights with this momentum (e.g. "
+                   "0.99) and end training with it; 0 = off.")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
@@ -133,6 +138,12 @@ flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, o
 flags.DEFINE_string("plots", None, "evaluate: write PNG pictures of the result into this folder: a retrieval grid, "
                     "the positive/negative pair-distance histogram, a t-SNE map and the Recall@K curve "
                     "(needs matplotlib: pip install \"pddm-tf[plots]\").")
+
+# runtime
+flags.DEFINE_bool("onednn", True, "Use oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS=1). TensorFlow turns them on by "
+                  "itself only on some Intel CPUs; on this project's 2-core AMD machine they make training 1.3-1.5x "
+                  "faster (BENCHMARKS.md). Results differ from the plain kernels in the last float32 bits. Without "
+                  "the flag on the command line, a TF_ENABLE_ONEDNN_OPTS already in the environment wins.")
 
 # output
 flags.DEFINE_bool("progress", True, "Progress bars for long steps (folder checks, TFDS extraction, embedding, "
@@ -275,13 +286,14 @@ def build_model(channels: int, num_classes: int, total_steps: int | None = None)
     model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
                                mining_score=FLAGS.mining_score, num_classes=num_classes,
-                               num_learners=FLAGS.num_learners, dropout=FLAGS.dropout,
+                               pddm_normalize_inputs=FLAGS.pddm_normalize_inputs, num_learners=FLAGS.num_learners, dropout=FLAGS.dropout,
                                hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
                                hdml_generator_input=FLAGS.hdml_generator_input)
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.lr_schedule,
-                                           total_steps, round(FLAGS.warmup_fraction * total_steps)))
+                                           total_steps, round(FLAGS.warmup_fraction * total_steps),
+                                           FLAGS.ema_momentum))
     return model
 
 
@@ -531,6 +543,15 @@ def _interrupted_message() -> str:
             f"(backed up in {_RUN['backup_dir']})")
 
 
+def _select_cpu_kernels() -> None:
+    """Sets TF_ENABLE_ONEDNN_OPTS from --onednn, which only matters before TensorFlow is imported (a
+    process that imported it already, e.g. a test calling `main`, keeps its kernels and environment)."""
+    if "tensorflow" in sys.modules:
+        return
+    if FLAGS["onednn"].present or "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = str(int(FLAGS.onednn))
+
+
 def main(argv: list[str]) -> None:
     commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
     try:
@@ -539,6 +560,7 @@ def main(argv: list[str]) -> None:
         if argv[1] == "train":
             _apply_recipe()
         _check_flags(argv[1])  # before TensorFlow is imported: a refused command returns at once
+        _select_cpu_kernels()
         logs.import_tensorflow(FLAGS.verbosity)
         from pddm_tf import progress
 

@@ -100,6 +100,7 @@ BOUNDS: dict[str, Bound] = {
     "learning_rate": Bound(0, low_open=True),
     "weight_decay": Bound(0, note="0 = plain Adam"),
     "warmup_fraction": Bound(0, 1, high_open=True, note="0 = no warm-up"),
+    "ema_momentum": Bound(0, 1, high_open=True, note="0 = no weight average"),
     "alpha": Bound(0),
     "beta": Bound(0),
     "embedding_weight": Bound(0),
@@ -141,6 +142,11 @@ def _check_train(values: Mapping[str, Any]) -> None:
                         f"{values['num_learners']}: Divide-and-Conquer cuts the embedding into equal slices")
     if values.get("augment") and values.get("affine"):
         raise FlagError("--augment and --affine are two different training augmentations; choose one")
+    if method in DC_METHODS and values.get("ema_momentum", 0) > 0:
+        # Each learner has its own optimiser copy (per-learner Adam state); one weight average over
+        # optimisers that update different variables at different steps is not supported.
+        raise FlagError(f"--ema_momentum is not supported with --method={method} (per-learner optimisers); "
+                        "use --ema_momentum=0")
     _check_cluster(values)
     _check_dataset(values.get("dataset"), "dataset")
     _check_output_dir(values, "export_dir")

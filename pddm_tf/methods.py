@@ -26,10 +26,11 @@ from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:
     def build(backbone: keras.Model, embedding_dim: int, alpha: float = 1.0, beta: float = 0.5,
               embedding_weight: float = 0.5, mining: str = "per_pair", mining_score: str | None = None,
-              dropout: float = 0.0, **_: Any) -> EmbeddingModel:
+              pddm_normalize_inputs: bool = True, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                             heads=heads, mining=mining)
-        return PDDMModel(backbone, embedding_dim=embedding_dim, pddm=PDDM(name="pddm"), loss=loss,
+        pddm = PDDM(normalize_inputs=pddm_normalize_inputs, name="pddm")
+        return PDDMModel(backbone, embedding_dim=embedding_dim, pddm=pddm, loss=loss,
                          mining_score=mining_score or default_mining_score, dropout=dropout)
 
     return build
@@ -114,7 +115,8 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         method samples negatives by distance weighting (the margin-loss paper's sampler).
       backbone: images -> features.
       embedding_dim: d.
-      options: dropout (before the embedding projection, every method); PDDM settings (alpha, beta, embedding_weight, mining, mining_score); ignored by
+      options: dropout (before the embedding projection, every method); PDDM settings (alpha, beta,
+        embedding_weight, mining, mining_score, pddm_normalize_inputs: see `layers.PDDM`); ignored by
         baselines. HDML methods require num_classes (training classes) and take hdml_alpha and
         hdml_beta (its hardness and weighting temperatures; hdml_alpha None = calibrated, see
         `HDMLModel`) and hdml_generator_input ("single" or "anchor_pair"); hdml_pddm uses alpha, beta and

@@ -46,7 +46,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(learning_rate: float, weight_decay: float = 0.0, schedule: str = "constant",
-                   total_steps: int | None = None, warmup_steps: int = 0) -> keras.optimizers.Optimizer:
+                   total_steps: int | None = None, warmup_steps: int = 0,
+                   ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
     """Adam (weight_decay = 0) or AdamW (decoupled weight decay) at `learning_rate`.
 
     Args:
@@ -55,6 +56,10 @@ def make_optimizer(learning_rate: float, weight_decay: float = 0.0, schedule: st
       schedule: "constant", or "cosine": `WarmupCosine` over `total_steps` with `warmup_steps`.
       total_steps: the number of training steps (needed by "cosine").
       warmup_steps: linear warm-up steps (either schedule; constant after the warm-up).
+      ema_momentum: 0 (default) = off; otherwise in (0, 1): the optimiser keeps an exponential moving
+        average of the trainable weights, ema <- m * ema + (1 - m) * w after each step (Keras'
+        `use_ema`), and `fit` ends by writing the average into the weights (BatchNorm statistics are
+        already moving averages and are left as they are).
     """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
@@ -70,6 +75,9 @@ def make_optimizer(learning_rate: float, weight_decay: float = 0.0, schedule: st
     elif warmup_steps > 0:
         # Constant after a linear warm-up: a cosine whose decay never starts.
         rate = WarmupCosine(learning_rate, warmup_steps + 1, warmup_steps, final_fraction=1.0)
+    if not 0.0 <= ema_momentum < 1.0:
+        raise ValueError(f"ema_momentum must be in [0, 1), got {ema_momentum}")
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
     if weight_decay > 0:
-        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
-    return keras.optimizers.Adam(rate)
+        return keras.optimizers.AdamW(rate, weight_decay=weight_decay, **ema)
+    return keras.optimizers.Adam(rate, **ema)

@@ -136,3 +136,24 @@ def test_normalised_inputs_make_the_score_blind_to_the_distance_of_symmetric_pai
             weight.assign(rng.normal(size=weight.shape).astype(np.float32))
         scores = layer((tf.constant(a), tf.constant(b))).numpy()
         assert (np.ptp(scores) > 1e-3) == varies, (normalize, scores)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pddm_normalize_inputs_reaches_the_model_from_the_method_options(normalize):
+    """`build_model(..., pddm_normalize_inputs=...)` (the CLI's --pddm_normalize_inputs) builds the
+    model's PDDM with that setting, and its pair scores are then numpy_pddm's with that setting."""
+    import numpy as np
+
+    from pddm_tf.backbones import small_convnet
+    from pddm_tf.methods import build_model
+
+    model = build_model("pddm_quadruplet", small_convnet(16, 1, width=4, depth=2), 8,
+                        pddm_normalize_inputs=normalize)
+    model.build((None, 16, 16, 1))
+    assert model.pddm.normalize_inputs is normalize
+    rng = np.random.default_rng(3)
+    for weight in model.pddm.weights:
+        weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+    fa, fb = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(model.pddm((fa, fb)).numpy(), numpy_pddm(model.pddm, fa, fb, normalize),
+                               rtol=1e-4, atol=1e-5)

@@ -41,3 +41,29 @@ def test_constant_schedule_with_warmup_and_errors():
         make_optimizer(0.0)
     with pytest.raises(ValueError, match="weight_decay"):
         make_optimizer(0.1, weight_decay=-1)
+
+
+def test_ema_of_the_weights_follows_its_recurrence_and_fit_ends_with_it():
+    """ema_momentum m: after each step ema <- m ema + (1 - m) w (numpy recurrence over the weights
+    plain SGD-like Adam steps produce), and `fit` leaves the average in the model's weights."""
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=make_optimizer(0.05, ema_momentum=0.8), loss="mse")
+    weights = [model.layers[0].kernel.numpy().copy()]
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            weights.append(model.layers[0].kernel.numpy().copy())
+
+    steps = 6
+    model.fit(x, y, batch_size=32, epochs=steps, callbacks=[Record()], verbose=0)
+    # Keras seeds the average with the first step's weights, then applies the recurrence.
+    ema = weights[1]
+    for w in weights[2:steps + 1]:
+        ema = 0.8 * ema + 0.2 * w
+    assert not np.allclose(weights[steps], ema, atol=1e-3)  # the average differs from the last weights ...
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), ema, rtol=1e-5, atol=1e-6)  # ... and fit ends with it
+    with pytest.raises(ValueError, match="ema_momentum"):
+        make_optimizer(0.1, ema_momentum=1.0)
