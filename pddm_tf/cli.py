@@ -156,6 +156,10 @@ flags.DEFINE_string("gallery", None, "export: add a `search` signature over this
 flags.DEFINE_integer("search_k", 10, "export: neighbours returned by `search` (fixed in the SavedModel).")
 flags.DEFINE_integer("search_rerank", 0, "export: `search` re-ranks the Euclidean top-R by the PDDM score "
                      "(R, fixed in the SavedModel; 0 = off).")
+# The default is pddm_tf.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
+flags.DEFINE_integer("max_image_pixels", 16_000_000, "Images whose header declares more pixels (width x height) are "
+                     "refused before decoding: skipped by folder checks, an error in the training and evaluation "
+                     "pipelines, and an InvalidArgumentError from the exported SavedModel (the limit is fixed in it).")
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
@@ -316,6 +320,25 @@ def _output_dir(path: str, chief: bool):
 _RUN: dict[str, Any] = {}
 
 
+def _with_pixel_limit(command: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+    """Runs `command` with --max_image_pixels as the loaders' limit (`image_header.MAX_IMAGE_PIXELS`), restored after."""
+    import functools
+
+    @functools.wraps(command)
+    def run() -> dict[str, float]:
+        from pddm_tf import image_header
+
+        default = image_header.MAX_IMAGE_PIXELS
+        image_header.MAX_IMAGE_PIXELS = FLAGS.max_image_pixels
+        try:
+            return command()
+        finally:
+            image_header.MAX_IMAGE_PIXELS = default
+
+    return run
+
+
+@_with_pixel_limit
 def train() -> dict[str, float]:
     _apply_recipe(announce=False)  # main applied and announced it; a direct call from Python may not have
     _check_flags("train")
@@ -403,7 +426,8 @@ def train() -> dict[str, float]:
                 _tensorboard(split.test, channels, transform, []).write_projector_of(embeddings, labels)
     if FLAGS.export_dir:
         with _output_dir(FLAGS.export_dir, chief) as export_dir:
-            path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform)
+            path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform,
+                                      max_image_pixels=FLAGS.max_image_pixels)
         say(f"SavedModel exported to {path}")
     if FLAGS.save_model:
         from pddm_tf.export import save_keras_model
@@ -418,6 +442,7 @@ def train() -> dict[str, float]:
     return metrics
 
 
+@_with_pixel_limit
 def export() -> dict[str, float]:
     """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
     _check_flags("export")
@@ -446,7 +471,7 @@ def export() -> dict[str, float]:
                                seed=FLAGS.seed, batch_size=FLAGS.eval_batch_size, transform=transform, **kwargs)
         print(f"gallery {FLAGS.gallery}: {len(gallery.ids)} images embedded")
     path = export_saved_model(model, FLAGS.export_dir, size, channels, gallery=gallery, search_k=FLAGS.search_k,
-                              rerank=FLAGS.search_rerank, transform=transform)
+                              rerank=FLAGS.search_rerank, transform=transform, max_image_pixels=FLAGS.max_image_pixels)
     print(f"SavedModel exported to {path}")
     return {}
 
@@ -467,6 +492,7 @@ def _tensorboard(files, channels: int, transform, callbacks: list):
                        seed=FLAGS.seed)
 
 
+@_with_pixel_limit
 def evaluate() -> dict[str, float]:
     import tensorflow as tf
 

@@ -9,7 +9,7 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
   more than `max_image_pixels` pixels (width x height, fixed at export, 16 MP by default) is
   refused with an InvalidArgumentError naming the image, its size and the limit: a few hundred
   kilobytes that declare a huge image cannot take the server's memory. The limit is kept in the
-  SavedModel as the variable `max_image_pixels` (`tf.saved_model.load(path).max_image_pixels`).
+  SavedModel as a variable (`tf.saved_model.load(path).max_image_pixels[0]`).
 * `embed_pixels`: `pixels` [n, s, s, c] float32 in [0, 1] -> `embeddings` [n, d].
 * `pddm_similarity` (models with a PDDM unit): `embeddings_a`, `embeddings_b` [n, d] ->
   `scores` [n], the learned PDDM similarity of each pair (for client-side re-ranking).
@@ -297,8 +297,8 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
     archive = keras.export.ExportArchive()
     archive.track(model)
     # Readable by clients and tools; the signatures use the value traced in as a constant.
-    archive.max_image_pixels = tf.Variable(max_image_pixels, dtype=tf.int64, trainable=False,
-                                           name="max_image_pixels")
+    archive.add_variable_collection("max_image_pixels", [tf.Variable(max_image_pixels, dtype=tf.int64,
+                                                                     trainable=False, name="max_image_pixels")])
     archive.add_endpoint("serving_default", lambda images: {"embeddings": embed_images(images)},
                          input_signature=[images_spec])
     archive.add_endpoint("embed_pixels", lambda pixels: {"embeddings": embed(pixels)},
