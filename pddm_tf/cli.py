@@ -82,6 +82,10 @@ flags.DEFINE_string("backbone", "small_convnet", "Backbone: small_convnet or a k
                     "(ResNet50, InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")
 flags.DEFINE_enum("weights", "none", ["none", "imagenet"], "Backbone initialisation (imagenet: downloaded by Keras).")
 flags.DEFINE_enum("pooling", "avg", ["avg", "max", "gem"], "Global pooling of the backbone's feature map.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"],
+                  "Mixed precision: the network computes in float16 (GPUs; with loss scaling) or bfloat16 (TPUs, "
+                  "recent GPUs and CPUs), its variables stay float32, and the embedding, losses and PDDM scores are "
+                  "float32 (keras.mixed_precision). HDML and Divide-and-Conquer take bfloat16 only.")
 flags.DEFINE_bool("freeze_batchnorm", False, "Keep the backbone's BatchNorm statistics (and gamma, beta) fixed.")
 flags.DEFINE_float("dropout", 0.0, "Dropout before the embedding projection.")
 flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
@@ -268,12 +272,26 @@ def _few_shot(embeddings, files, say: Callable[..., None] = print) -> dict[str, 
 
 def build_model(channels: int, num_classes: int, total_steps: int | None = None):
     """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML),
-    `total_steps` the length of the run (for the learning-rate schedule)."""
+    `total_steps` the length of the run (for the learning-rate schedule), under --mixed_precision's policy."""
+    import keras
+
+    options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
+    # Layers take the global policy when they are made; it is restored once the model is built and compiled.
+    previous = keras.mixed_precision.global_policy()
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{FLAGS.mixed_precision}")
+    try:
+        return _build_model(channels, num_classes, total_steps, options)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(channels: int, num_classes: int, total_steps: int | None, options: dict[str, Any]):
+    """`build_model` under the global dtype policy."""
     from pddm_tf import backbone
     from pddm_tf.methods import build_model as build_method_model
     from pddm_tf.optimizers import make_optimizer
 
-    options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
     network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
                        pooling=FLAGS.pooling, freeze_batchnorm=FLAGS.freeze_batchnorm, **options)
     model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,

@@ -72,6 +72,8 @@ class DivideAndConquerModel(EmbeddingModel):
     the model's weights.
     """
 
+    supports_loss_scaling = False  # the learners' optimizers (mixed_bfloat16 works)
+
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, num_learners: int = 4,
                  loss: keras.losses.Loss | None = None, mining_score: str = "pddm", dropout: float = 0.0,
                  **kwargs: Any) -> None:
