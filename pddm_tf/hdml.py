@@ -436,6 +436,7 @@ class HDMLModel(EmbeddingModel):
     # -- Keras steps -----------------------------------------------------------------------------
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        self.check_loss_scaling()
         images, labels, _ = self._unpack(data)
         replicas = self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:

@@ -106,10 +106,10 @@ def test_mixed_float16_scales_the_loss_through_the_optimizer():
 
 @pytest.mark.parametrize("method", ["hdml_npair", "dc_margin"])
 def test_multi_optimizer_methods_refuse_float16_and_train_in_bfloat16(method):
-    with pytest.raises(ValueError, match="does not support the mixed_float16 policy.*use mixed_bfloat16"):
-        _model("mixed_float16", method)
-    model = _model("mixed_bfloat16", method)
     images, labels = _batch()
+    with pytest.raises(ValueError, match="does not support the mixed_float16 policy.*use mixed_bfloat16"):
+        _model("mixed_float16", method).train_on_batch(images, labels)  # at compile (D&C) or the first step
+    model = _model("mixed_bfloat16", method)
     loss = model.train_on_batch(images, labels, return_dict=True)["loss"]
     assert np.isfinite(loss) and model(images).dtype == tf.float32
 
