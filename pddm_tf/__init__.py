@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "embed_files": "pddm_tf.distributed",
     "euclidean_scores": "pddm_tf.mining",
     "evaluate_few_shot": "pddm_tf.few_shot",
+    "check_pixel_limit": "pddm_tf.image_header",
     "few_shot_accuracy": "pddm_tf.few_shot",
     "gather_global_batch": "pddm_tf.models",
     "hardness_aware_negatives": "pddm_tf.hdml",

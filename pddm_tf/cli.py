@@ -85,6 +85,10 @@ flags.DEFINE_string("backbone", "small_convnet", "Backbone: small_convnet or a k
                     "(ResNet50, InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")
 flags.DEFINE_enum("weights", "none", ["none", "imagenet"], "Backbone initialisation (imagenet: downloaded by Keras).")
 flags.DEFINE_enum("pooling", "avg", ["avg", "max", "gem"], "Global pooling of the backbone's feature map.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"],
+                  "Mixed precision: the network computes in float16 (GPUs; with loss scaling) or bfloat16 (TPUs, "
+                  "recent GPUs and CPUs), its variables stay float32, and the embedding, losses and PDDM scores are "
+                  "float32 (keras.mixed_precision). HDML and Divide-and-Conquer take bfloat16 only.")
 flags.DEFINE_bool("freeze_batchnorm", False, "Keep the backbone's BatchNorm statistics (and gamma, beta) fixed.")
 flags.DEFINE_float("dropout", 0.0, "Dropout before the embedding projection.")
 flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
@@ -167,6 +171,10 @@ flags.DEFINE_string("gallery", None, "export: add a `search` signature over this
 flags.DEFINE_integer("search_k", 10, "export: neighbours returned by `search` (fixed in the SavedModel).")
 flags.DEFINE_integer("search_rerank", 0, "export: `search` re-ranks the Euclidean top-R by the PDDM score "
                      "(R, fixed in the SavedModel; 0 = off).")
+# The default is pddm_tf.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
+flags.DEFINE_integer("max_image_pixels", 16_000_000, "Images whose header declares more pixels (width x height) are "
+                     "refused before decoding: skipped by folder checks, an error in the training and evaluation "
+                     "pipelines, and an InvalidArgumentError from the exported SavedModel (the limit is fixed in it).")
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
@@ -275,12 +283,26 @@ def _few_shot(embeddings, files, say: Callable[..., None] = print) -> dict[str, 
 
 def build_model(channels: int, num_classes: int, total_steps: int | None = None):
     """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML),
-    `total_steps` the length of the run (for the learning-rate schedule)."""
+    `total_steps` the length of the run (for the learning-rate schedule), under --mixed_precision's policy."""
+    import keras
+
+    options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
+    # Layers take the global policy when they are made; it is restored once the model is built and compiled.
+    previous = keras.mixed_precision.global_policy()
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{FLAGS.mixed_precision}")
+    try:
+        return _build_model(channels, num_classes, total_steps, options)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(channels: int, num_classes: int, total_steps: int | None, options: dict[str, Any]):
+    """`build_model` under the global dtype policy."""
     from pddm_tf import backbone
     from pddm_tf.methods import build_model as build_method_model
     from pddm_tf.optimizers import make_optimizer
 
-    options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
     network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
                        pooling=FLAGS.pooling, freeze_batchnorm=FLAGS.freeze_batchnorm, **options)
     model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
@@ -328,6 +350,25 @@ def _output_dir(path: str, chief: bool):
 _RUN: dict[str, Any] = {}
 
 
+def _with_pixel_limit(command: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+    """Runs `command` with --max_image_pixels as the loaders' limit (`image_header.MAX_IMAGE_PIXELS`), restored after."""
+    import functools
+
+    @functools.wraps(command)
+    def run() -> dict[str, float]:
+        from pddm_tf import image_header
+
+        default = image_header.MAX_IMAGE_PIXELS
+        image_header.MAX_IMAGE_PIXELS = FLAGS.max_image_pixels
+        try:
+            return command()
+        finally:
+            image_header.MAX_IMAGE_PIXELS = default
+
+    return run
+
+
+@_with_pixel_limit
 def train() -> dict[str, float]:
     _apply_recipe(announce=False)  # main applied and announced it; a direct call from Python may not have
     _check_flags("train")
@@ -415,7 +456,8 @@ def train() -> dict[str, float]:
                 _tensorboard(split.test, channels, transform, []).write_projector_of(embeddings, labels)
     if FLAGS.export_dir:
         with _output_dir(FLAGS.export_dir, chief) as export_dir:
-            path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform)
+            path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform,
+                                      max_image_pixels=FLAGS.max_image_pixels)
         say(f"SavedModel exported to {path}")
     if FLAGS.save_model:
         from pddm_tf.export import save_keras_model
@@ -430,6 +472,7 @@ def train() -> dict[str, float]:
     return metrics
 
 
+@_with_pixel_limit
 def export() -> dict[str, float]:
     """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
     _check_flags("export")
@@ -458,7 +501,7 @@ def export() -> dict[str, float]:
                                seed=FLAGS.seed, batch_size=FLAGS.eval_batch_size, transform=transform, **kwargs)
         print(f"gallery {FLAGS.gallery}: {len(gallery.ids)} images embedded")
     path = export_saved_model(model, FLAGS.export_dir, size, channels, gallery=gallery, search_k=FLAGS.search_k,
-                              rerank=FLAGS.search_rerank, transform=transform)
+                              rerank=FLAGS.search_rerank, transform=transform, max_image_pixels=FLAGS.max_image_pixels)
     print(f"SavedModel exported to {path}")
     return {}
 
@@ -479,6 +522,7 @@ def _tensorboard(files, channels: int, transform, callbacks: list):
                        seed=FLAGS.seed)
 
 
+@_with_pixel_limit
 def evaluate() -> dict[str, float]:
     import tensorflow as tf
 

@@ -113,6 +113,7 @@ BOUNDS: dict[str, Bound] = {
     "task_index": Bound(0),
     "search_k": Bound(1),
     "search_rerank": Bound(0, note="0 = off"),
+    "max_image_pixels": Bound(1),
 }
 
 

@@ -161,7 +161,8 @@ def cluster_features(model: keras.Model, files: ImageFiles, image_size: int, cha
         raise ValueError(f"unknown cluster_on {on!r}; expected one of {CLUSTER_ON}")
     images = evaluation_dataset(files, image_size, channels, batch_size).map(lambda x, y: x)
     network = model.backbone if on == "features" else model
-    return network.predict(images, verbose=progress.keras_verbose())
+    # float32 under a mixed-precision policy too (the backbone's features are then float16 / bfloat16).
+    return np.asarray(network.predict(images, verbose=progress.keras_verbose()), dtype=np.float32)
 
 
 def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int,

@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf import progress
+from pddm_tf import image_header, progress
 
 _logger = logging.getLogger(__name__)
 
 _OMNIGLOT_ROOT = pathlib.Path(__file__).parent / "_data" / "omniglot_background_small"
 _IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 # Leading bytes of the formats tf.io.decode_image understands: PNG, JPEG, GIF, BMP.
-_MAGIC_NUMBERS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+_MAGIC_NUMBERS = tuple(s for signatures in image_header.FORMAT_SIGNATURES.values() for s in signatures)
 _SPLIT_BY = ("character", "alphabet")
 _AUTOTUNE = tf.data.AUTOTUNE
 
@@ -179,7 +179,8 @@ def load_folder(
       channels: 1 (grayscale) or 3 (RGB), the channels images are decoded to.
       validate: if True every file is read once, its header checked against the
         PNG/JPEG/GIF/BMP magic numbers and decoded once with `decode_image`. A corrupt or
-        undecodable file is SKIPPED with a `logging.warning` naming it, rather than
+        undecodable file, or one over the pixel limit (`image_header.MAX_IMAGE_PIXELS`), is
+        SKIPPED with a `logging.warning` naming it, rather than
         failing the whole load: one bad download should not cost a dataset, while a
         training pipeline hitting it later would crash mid-run. This costs one decode
         per image at load time; pass False for trusted data.
@@ -245,7 +246,8 @@ def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs)
 
 
 def decode_image(
-    encoded: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0
+    encoded: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0,
+    max_pixels: int | None = None,
 ) -> tf.Tensor:
     """Decodes one image file's bytes for the network.
 
@@ -257,31 +259,43 @@ def decode_image(
         aspect ratio (bilinear, antialiased so that downscaling does not alias).
       channels: 1 (grayscale) or 3 (RGB) output channels c.
       rotation: number k of 90-degree counter-clockwise rotations, applied before resizing.
+      max_pixels: images whose header declares more pixels (width x height) are refused before
+        decoding (`image_header.check_pixel_limit`); None: `image_header.MAX_IMAGE_PIXELS` as it
+        is when this runs (or is traced).
 
     Returns:
       [s, s, c] float32 in [0, 1].
+
+    Raises:
+      tf.errors.InvalidArgumentError: an image over the pixel limit (the message gives its size and
+        the limit), of no known format, or that its decoder cannot read.
     """
-    image = tf.image.convert_image_dtype(_decode_pixels(encoded, channels, rotation), tf.float32)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
-    # The resampling weights sum to 1 only up to float rounding: keep the promised range.
-    return tf.clip_by_value(image, 0.0, 1.0)
+    pixels = _decode_pixels(encoded, channels, rotation, _pixel_limit(max_pixels))
+    return _resize(pixels, image_size)
 
 
 def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
-                  transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> tf.Tensor:
+                  transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                  max_pixels: int | None = None) -> tf.Tensor:
     """Decodes a batch of image files: [n] tf.string -> [n, s, s, c] float32 in [0, 1].
 
     Without `transform`, each image is `decode_image`d (plain resize); with one (a deterministic
     evaluation transform such as `pipeline.eval_transform(s)`), it is applied to the full-size
     decoded image, as `evaluation_dataset(..., transform=...)` does.
 
-    A batch holding bytes of no known image format fails as a whole with an InvalidArgumentError
-    naming the index of the first such image ("image 2 of the batch ...").
+    A batch holding bytes of no known image format, or an image whose header declares more than
+    `max_pixels` pixels (None: `image_header.MAX_IMAGE_PIXELS`), fails as a whole, before any image
+    is decoded, with an InvalidArgumentError naming the index of the first such image ("image 2 of
+    the batch ...").
     """
+    limit = _pixel_limit(max_pixels)
+
     def one(image_bytes: tf.Tensor) -> tf.Tensor:
+        # The whole batch's headers are checked below, before the first decode.
+        pixels = _decode_pixels(image_bytes, channels, max_pixels=None)
         if transform is None:
-            return decode_image(image_bytes, image_size, channels)
-        image = transform(_decode_pixels(image_bytes, channels), tf.zeros([2], tf.int64))
+            return _resize(pixels, image_size)
+        image = transform(pixels, tf.zeros([2], tf.int64))
         return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
 
     known = image_format_known(encoded)
@@ -289,7 +303,7 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
     check = tf.debugging.Assert(tf.reduce_all(known), [tf.strings.format(
         "image {} of the batch (counting from 0) is not a PNG, JPEG, GIF or BMP file", first_unknown)])
     with tf.control_dependencies([check]):
-        encoded = tf.identity(encoded)
+        encoded = image_header.check_batch_pixel_limit(tf.identity(encoded), limit)
     return tf.map_fn(one, encoded,
                      fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.float32))
 
@@ -309,9 +323,24 @@ def image_format_known(encoded: tf.Tensor) -> tf.Tensor:
     return known
 
 
-def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0) -> tf.Tensor:
-    """Reads and decodes one image file: scalar path -> [s, s, c] float32 in [0, 1] (`decode_image`)."""
-    return decode_image(tf.io.read_file(path), image_size, channels, rotation)
+def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0,
+               max_pixels: int | None = None) -> tf.Tensor:
+    """Reads and decodes one image file: scalar path -> [s, s, c] float32 in [0, 1] (`decode_image`,
+    with its pixel limit)."""
+    return decode_image(tf.io.read_file(path), image_size, channels, rotation, max_pixels)
+
+
+def _pixel_limit(max_pixels: int | None) -> int:
+    """The pixel limit to apply: `max_pixels`, or the module default `image_header.MAX_IMAGE_PIXELS`."""
+    return image_header.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+
+
+def _resize(pixels: tf.Tensor, image_size: int) -> tf.Tensor:
+    """[h, w, c] uint8 -> [s, s, c] float32 in [0, 1]: `decode_image` after decoding."""
+    image = tf.image.convert_image_dtype(pixels, tf.float32)
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    # The resampling weights sum to 1 only up to float rounding: keep the promised range.
+    return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def _decode(encoded: tf.Tensor, channels: int) -> tf.Tensor:
@@ -688,15 +717,21 @@ def read_transformed_image(
     seed: tf.Tensor,
     image_size: int,
     channels: int,
+    max_pixels: int | None = None,
 ) -> tf.Tensor:
-    """Scalar path -> `transform(full-size decoded image, seed)`, checked to be [s, s, c]."""
-    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation), seed)
+    """Scalar path -> `transform(full-size decoded image, seed)`, checked to be [s, s, c]; the pixel
+    limit as in `decode_image`."""
+    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation, _pixel_limit(max_pixels)), seed)
     return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
 
 
-def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int = 0) -> tf.Tensor:
+def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int = 0,
+                   max_pixels: int | None = None) -> tf.Tensor:
     """Scalar file bytes -> [h, w, c] uint8 at full size, rotated by k x 90 degrees
-    counter-clockwise: `decode_image` before its resize."""
+    counter-clockwise: `decode_image` before its resize. The header is first checked against
+    `max_pixels` (None: no check here, the caller has made it)."""
+    if max_pixels is not None:
+        encoded = image_header.check_pixel_limit(encoded, max_pixels)
     if channels == 1:
         # TF's GIF and BMP decoders only emit RGB(A): decode those as RGB, then convert.
         is_rgb_only = tf.logical_or(

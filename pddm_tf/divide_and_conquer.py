@@ -72,6 +72,8 @@ class DivideAndConquerModel(EmbeddingModel):
     the model's weights.
     """
 
+    supports_loss_scaling = False  # the learners' optimizers (mixed_bfloat16 works)
+
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, num_learners: int = 4,
                  loss: keras.losses.Loss | None = None, mining_score: str = "pddm", dropout: float = 0.0,
                  **kwargs: Any) -> None:
@@ -122,6 +124,7 @@ class DivideAndConquerModel(EmbeddingModel):
     # -- optimisers ------------------------------------------------------------------------------
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
+        self.check_loss_scaling()
         super().compile(*args, **kwargs)
         if self.num_learners == 1 or self.optimizer is None:
             return
@@ -181,6 +184,7 @@ class DivideAndConquerModel(EmbeddingModel):
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         """One step; with K > 1 the backbone by the compiled optimiser and every learner by its own,
         whose update (and state change) is kept only if the batch trains that learner."""
+        self.check_loss_scaling()
         if not self.learner_optimizers:
             return super().train_step(data)
         with tf.GradientTape() as tape:

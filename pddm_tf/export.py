@@ -4,7 +4,12 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
 (n queries, d the embedding size; every signature's method name is `tensorflow/serving/predict`):
 
 * `serving_default`: `images` [n] tf.string (PNG/JPEG/GIF/BMP bytes) -> `embeddings` [n, d],
-  decoded, resized and scaled exactly as in training (`pddm_tf.data.decode_image`).
+  decoded, resized and scaled exactly as in training (`pddm_tf.data.decode_image`). Before any
+  image is decoded, every header is read (`pddm_tf.image_header`) and a batch holding an image of
+  more than `max_image_pixels` pixels (width x height, fixed at export, 16 MP by default) is
+  refused with an InvalidArgumentError naming the image, its size and the limit: a few hundred
+  kilobytes that declare a huge image cannot take the server's memory. The limit is kept in the
+  SavedModel as a variable (`tf.saved_model.load(path).max_image_pixels[0]`).
 * `embed_pixels`: `pixels` [n, s, s, c] float32 in [0, 1] -> `embeddings` [n, d].
 * `pddm_similarity` (models with a PDDM unit): `embeddings_a`, `embeddings_b` [n, d] ->
   `scores` [n], the learned PDDM similarity of each pair (for client-side re-ranking).
@@ -35,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf import data, evaluation
+from pddm_tf import data, evaluation, image_header
 from pddm_tf.data import decode_images
 from pddm_tf.models import EmbeddingModel
 
@@ -242,7 +247,8 @@ def _search_fn(embed, pddm: keras.layers.Layer | None, index: _GalleryIndex, k: 
 
 def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, image_size: int, channels: int,
                        version: int | None = None, gallery: Gallery | None = None, search_k: int = 10,
-                       rerank: int = 0, transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> str:
+                       rerank: int = 0, transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                       max_image_pixels: int | None = None) -> str:
     """Writes `model` as version `version` (default: the next one) of a TF Serving model directory.
 
     The SavedModel is written into a temporary folder next to its destination and renamed into
@@ -261,10 +267,17 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
       transform: the evaluation transform the model was evaluated with (e.g.
         `pipeline.eval_transform(image_size)` after `--augment` training), applied by
         `serving_default` and `search` after decoding; None = plain resize (`decode_image`).
+      max_image_pixels: `serving_default` and `search` refuse images whose header declares more
+        pixels (width x height) before decoding them; None = `image_header.MAX_IMAGE_PIXELS`.
 
     Returns:
       The path of the new version folder.
     """
+    max_image_pixels = image_header.MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, (int, np.integer)) \
+            or max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be an integer >= 1, got {max_image_pixels!r}")
+    max_image_pixels = int(max_image_pixels)
     root = pathlib.Path(export_dir)
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root) if version is None else int(version)
@@ -279,10 +292,13 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
         return model(pixels, training=False)
 
     def embed_images(images: tf.Tensor) -> tf.Tensor:
-        return embed(decode_images(images, image_size, channels, transform))
+        return embed(decode_images(images, image_size, channels, transform, max_pixels=max_image_pixels))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    # Readable by clients and tools; the signatures use the value traced in as a constant.
+    archive.add_variable_collection("max_image_pixels", [tf.Variable(max_image_pixels, dtype=tf.int64,
+                                                                     trainable=False, name="max_image_pixels")])
     archive.add_endpoint("serving_default", lambda images: {"embeddings": embed_images(images)},
                          input_signature=[images_spec])
     archive.add_endpoint("embed_pixels", lambda pixels: {"embeddings": embed(pixels)},

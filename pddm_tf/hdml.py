@@ -199,6 +199,7 @@ class HDMLModel(EmbeddingModel):
 
     metric_names = ("loss", "metric_loss_real", "metric_loss_synthetic", "j_recon", "j_soft", "j_gen",
                     "j_gen_avg", "j_avg", "alpha", "easiness", "lambda0", "classifier_loss", "synthetic_accuracy")
+    supports_loss_scaling = False  # three optimizers per step (mixed_bfloat16 works)
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, *, num_classes: int, base: str = "npair",
                  alpha: float | None = None, initial_easiness: float = 0.5, beta: float = 1e4,
@@ -385,7 +386,8 @@ class HDMLModel(EmbeddingModel):
             # Its generator's width is the backbone's feature size, known only once built; Keras' fit
             # does not build a subclassed model before tracing the step.
             raise ValueError("build the HDMLModel before fit/evaluate: model.build((None, height, width, channels))")
-        features = self.backbone(images, training=training)
+        # float32 under a mixed-precision policy too: the generator reconstructs these features (J_recon).
+        features = tf.cast(self.backbone(images, training=training), tf.float32)
         embeddings = check_embeddings(self.head(features, training=training), labels)
         width = features.shape[-1]
         joint, labels = gather_global_batch(tf.concat([features, embeddings], axis=1), labels)
@@ -403,20 +405,20 @@ class HDMLModel(EmbeddingModel):
             generator_input = tf.concat([embeddings, hard], 0)
         else:
             generator_input = tf.concat([tf.concat([embeddings, embeddings], 1), tf.concat([anchor, hard], 1)], 0)
-        generated = self.generator(generator_input, training=training)
+        generated = tf.cast(self.generator(generator_input, training=training), tf.float32)
         reconstructed, synthetic = generated[:m], generated[m:]
         generated_embeddings = self.head(generated, training=training)
         rebuilt_anchor, rebuilt_positive, _ = self._gather_rows(rows, generated_embeddings[:m])
         synthetic_loss = self._metric_loss(rows, rebuilt_anchor, rebuilt_positive, generated_embeddings[m:])
 
         source_labels = tf.gather(labels, rows.indices[:, 2])
-        synthetic_logits = self.classifier(synthetic)
-        anchor_logits = self.classifier(tf.gather(reconstructed, rows.indices[:, 0]))
+        synthetic_logits = tf.cast(self.classifier(synthetic), tf.float32)
+        anchor_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.indices[:, 0])), tf.float32)
         anchor_labels = tf.gather(labels, rows.indices[:, 0])
         j_recon = (1.0 - self.soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
         j_soft = self.soft_weight * self.softmax_scale * (_mean_cross_entropy(source_labels, synthetic_logits)
                                                           + _mean_cross_entropy(anchor_labels, anchor_logits))
-        classifier_loss = _mean_cross_entropy(labels, self.classifier(features))
+        classifier_loss = _mean_cross_entropy(labels, tf.cast(self.classifier(features), tf.float32))
         accuracy = tf.cast(tf.equal(tf.argmax(synthetic_logits, axis=1, output_type=tf.int32), source_labels),
                            tf.float32)
 
@@ -434,6 +436,7 @@ class HDMLModel(EmbeddingModel):
     # -- Keras steps -----------------------------------------------------------------------------
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        self.check_loss_scaling()
         images, labels, _ = self._unpack(data)
         replicas = self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:

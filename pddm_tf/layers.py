@@ -42,6 +42,9 @@ class PDDM(keras.layers.Layer):
         through the embedding term E_e. (Which default learns better is still being measured.)
       normalize_hidden: L2-normalise u' and v' before concatenation (confirmed in a second
         implementation); default on.
+      dtype: the layer's dtype policy; default "float32" whatever the global policy, so that under
+        mixed precision the scores that mining ranks and the hinge margins compare keep float32
+        precision (the unit is small next to the backbone). Pass a policy to override.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class PDDM(keras.layers.Layer):
         kernel_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if units < 1 or combined_units < 1:
             raise ValueError(f"PDDM units must be positive, got units={units}, combined_units={combined_units}")
@@ -192,11 +196,17 @@ class EmbeddingHead(keras.layers.Layer):
                 dense.build(input_shape)
 
     def project(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        """The raw (un-normalised) projection [n, k] -> [n, d]."""
+        """The raw (un-normalised) projection [n, k] -> [n, d], float32.
+
+        Under a mixed-precision policy the Dense layers compute in float16 / bfloat16; their output is
+        cast to float32 here, so that the normalisation, every loss, distance and PDDM score downstream
+        is computed in float32 (a float16 norm of d squares overflows or loses the small distances that
+        mining ranks).
+        """
         x = self._dropout(inputs, training=training) if self._dropout is not None else inputs
         if len(self._projections) == 1:
-            return self._projections[0](x)
-        return tf.concat([dense(x) for dense in self._projections], axis=-1)
+            return tf.cast(self._projections[0](x), tf.float32)
+        return tf.concat([tf.cast(dense(x), tf.float32) for dense in self._projections], axis=-1)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         return l2_normalize(self.project(inputs, training=training))

@@ -72,6 +72,9 @@ class EmbeddingModel(keras.Model):
 
     #: Names of the scalars `loss_terms` returns, in logging order; "loss" first.
     metric_names: tuple[str, ...] = ("loss",)
+    #: Whether the train step supports mixed_float16's loss scaling (one optimizer per step; see
+    #: `check_loss_scaling`).
+    supports_loss_scaling: bool = True
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, dropout: float = 0.0,
                  head: EmbeddingHead | None = None, **kwargs: Any) -> None:
@@ -222,9 +225,25 @@ class EmbeddingModel(keras.Model):
         # Each replica holds the full global loss; the strategy sums gradients (see gather_global_batch).
         return terms, objective / self.distribute_strategy.num_replicas_in_sync
 
+    def check_loss_scaling(self) -> None:
+        """Under the `mixed_float16` policy Keras' `compile` wraps the optimizer in a
+        `keras.optimizers.LossScaleOptimizer` and `train_step` scales the objective through it
+        (`optimizer.scale_loss`), as Keras' own step does; `mixed_bfloat16` needs no scaling.
+
+        Raises:
+          ValueError: `mixed_float16` for a model whose step runs several optimizers (HDML,
+            Divide-and-Conquer), which one loss scale cannot serve: use `mixed_bfloat16`.
+        """
+        if self.dtype_policy.name == "mixed_float16" and not self.supports_loss_scaling:
+            raise ValueError(f"{type(self).__name__} does not support the mixed_float16 policy: its step runs "
+                             "several optimizers, which one loss scale cannot serve; use mixed_bfloat16")
+
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             terms, objective = self._objective(data, tape)
+            # The identity except under mixed_float16, where the LossScaleOptimizer multiplies the objective
+            # by its loss scale (and apply_gradients divides the gradients by it, skipping non-finite steps).
+            objective = self.optimizer.scale_loss(objective)
         variables = self.trainable_variables
         gradients = tape.gradient(objective, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))

@@ -71,6 +71,7 @@ BOUND_CASES = [
     ("task_index", -1, False), ("task_index", 0, True),
     ("search_k", 0, False), ("search_k", 1, True),
     ("search_rerank", -1, False), ("search_rerank", 0, True),
+    ("max_image_pixels", 0, False), ("max_image_pixels", 1, True), ("max_image_pixels", 400_000_000, True),
 ]
 
 

@@ -116,3 +116,31 @@ def test_serving_default_applies_the_evaluation_transform(model, tmp_path):
     served = loaded.signatures["serving_default"](images=tf.constant([path.read_bytes()]))["embeddings"].numpy()
     np.testing.assert_allclose(served, model.predict(cropped, verbose=0), atol=ATOL)
     assert not np.allclose(served, model.predict(resized, verbose=0), atol=1e-3)
+
+
+def test_the_pixel_limit_is_fixed_at_export(model, tmp_path):
+    """export_saved_model(max_image_pixels=...) is what serving_default enforces, inclusive, for JPEG as for PNG."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    def encoded(fmt: str, width: int, height: int) -> bytes:
+        pixels = np.random.default_rng(width).integers(0, 256, (height, width), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt)
+        return buffer.getvalue()
+
+    with pytest.raises(ValueError, match="max_image_pixels must be an integer >= 1"):
+        export_saved_model(model, tmp_path / "export", SIZE, 1, max_image_pixels=0)
+    loaded = tf.saved_model.load(export_saved_model(model, tmp_path / "export", SIZE, 1, max_image_pixels=1200))
+    assert int(loaded.max_image_pixels[0].numpy()) == 1200
+    serve = loaded.signatures["serving_default"]
+    at_limit = [encoded("PNG", 40, 30), encoded("JPEG", 30, 40)]
+    expected = model.predict(np.stack([data.decode_image(x, SIZE, 1).numpy() for x in at_limit]), verbose=0)
+    np.testing.assert_allclose(serve(images=tf.constant(at_limit))["embeddings"].numpy(), expected, atol=ATOL)
+    for fmt in ("PNG", "JPEG"):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match="image 1 of the batch \\(counting from 0\\) is 41 x 30 = 1230 pixels .* over the "
+                                 "limit of 1200 pixels"):
+            serve(images=tf.constant([at_limit[0], encoded(fmt, 41, 30)]))

@@ -6,16 +6,19 @@ import importlib.util
 import json
 import os
 import pathlib
+import resource
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import PDDM, PDDMModel, data, small_convnet
+from pddm_tf import PDDM, PDDMModel, cli, data, image_header, small_convnet
 from pddm_tf.evaluation import nearest_neighbors, rerank_shortlist
 from pddm_tf.export import embed_gallery, export_saved_model, load_keras_model, save_keras_model
 
@@ -198,6 +201,62 @@ def test_a_batch_with_undecodable_images_names_the_first(served):
     np.testing.assert_allclose(embeddings, served["model"].predict(served["pixels"][:3], verbose=0), atol=ATOL)
 
 
+def _png_bomb(side: int) -> bytes:
+    """A valid side x side 8-bit gray PNG of zeros, about 1 KB per million pixels (388 KB for 20,000 x 20,000).
+
+    Built from one compressed block of 100 rows, repeated: a full flush starts every block afresh, so
+    equal blocks compress to equal bytes. The Adler-32 of n zero bytes is (n mod 65521) << 16 | 1.
+    """
+    rows = 100
+    assert side % rows == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: header and checksum added below
+    unit = compressor.compress(bytes((side + 1) * rows)) + compressor.flush(zlib.Z_FULL_FLUSH)  # filter byte + row
+    size = (side + 1) * side
+    stream = b"\x78\xda" + unit * (side // rows) + compressor.flush() + struct.pack(">I", (size % 65521) << 16 | 1)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
+
+
+def _peak_rss_bytes(reset: bool = False) -> int:
+    """The process's peak resident memory; `reset` first lowers the peak to the current use (Linux >= 4.0)."""
+    if reset:
+        try:
+            pathlib.Path("/proc/self/clear_refs").write_text("5")
+        except OSError:  # not Linux: the peak so far stays, which only makes the check below looser
+            pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def test_a_decompression_bomb_is_refused_before_decoding_and_costs_no_memory(served):
+    """A 388 KB PNG declaring 20,000 x 20,000 pixels (decoding: 400 MB of uint8, then 1.6 GB of float32)
+    is refused by its header; the server's peak memory does not move; normal images serve unchanged."""
+    small = _png_bomb(300)
+    np.testing.assert_array_equal(tf.io.decode_png(small).numpy(), np.zeros((300, 300, 1)))  # the builder is valid
+    bomb = _png_bomb(20_000)
+    assert len(bomb) < 400_000
+    loaded = tf.saved_model.load(served["v2"])
+    assert int(loaded.max_image_pixels[0].numpy()) == 16_000_000  # the default limit, kept in the SavedModel
+    good = [pathlib.Path(p).read_bytes() for p in served["query_paths"][:2]]
+    expected = served["model"].predict(served["pixels"][:2], verbose=0)
+    for name in ("serving_default", "search"):  # first calls: whatever they allocate once happens here
+        loaded.signatures[name](images=tf.constant(good))
+
+    before = _peak_rss_bytes(reset=True)
+    for name in ("serving_default", "search"):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match="image 1 of the batch \\(counting from 0\\) is 20000 x 20000 = 400000000 pixels "
+                                 "\\(width x height\\), over the limit of 16000000 pixels \\(max_image_pixels\\)"):
+            loaded.signatures[name](images=tf.constant([good[0], bomb, good[1]]))
+    grown = _peak_rss_bytes() - before
+    assert grown < 64 * 2**20, f"serving the refused bomb raised the peak memory by {grown / 2**20:.0f} MB"
+    served_good = loaded.signatures["serving_default"](images=tf.constant(good))["embeddings"].numpy()
+    np.testing.assert_allclose(served_good, expected, atol=ATOL)
+
+
 def test_second_version_leaves_the_first_intact_and_interrupted_export_leaves_nothing(served, monkeypatch):
     root = pathlib.Path(served["root"])
     assert (os.path.basename(served["v1"]), os.path.basename(served["v2"])) == ("1", "2")
@@ -289,11 +348,20 @@ def test_cli_train_saves_keras_and_export_adds_a_searchable_version(served, tmp_
          "--embedding_dim=8", f"--save_model={keras_file}")
     assert sorted(os.listdir(tmp_path)) == ["catalog", "trained.keras"]  # no temporary file left
     root = tmp_path / "serving"
+    # Version 2 with the smallest limit the 105 x 105 gallery images pass (the gallery is embedded under it).
+    limits = {"1": [], "2": [f"--max_image_pixels={105 * 105}"]}
     for expected_version in ("1", "2"):
         _cli("export", f"--keras_model={keras_file}", f"--export_dir={root}", f"--gallery=folder:{gallery}",
-             "--search_k=3")
+             "--search_k=3", *limits[expected_version])
         assert f"SavedModel exported to {root / expected_version}" in capsys.readouterr().out
-    search = tf.saved_model.load(str(root / "2")).signatures["search"]
+    assert cli.FLAGS["max_image_pixels"].default == image_header.MAX_IMAGE_PIXELS == 16_000_000  # restored
+    assert int(tf.saved_model.load(str(root / "1")).max_image_pixels[0].numpy()) == 16_000_000
+    loaded = tf.saved_model.load(str(root / "2"))
+    assert int(loaded.max_image_pixels[0].numpy()) == 105 * 105
+    with pytest.raises(tf.errors.InvalidArgumentError, match="106 x 105 = 11130 pixels .* limit of 11025 pixels"):
+        wide = tf.io.encode_png(np.zeros((105, 106, 1), np.uint8)).numpy()
+        loaded.signatures["serving_default"](images=tf.constant([wide]))
+    search = loaded.signatures["search"]
     names = sorted(p.relative_to(gallery).as_posix() for p in gallery.rglob("*.png"))
     found = search(images=tf.constant([(gallery / name).read_bytes() for name in names]))
     # Each gallery image finds itself first, at distance 0, under its path relative to the folder.
