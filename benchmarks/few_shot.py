@@ -11,8 +11,8 @@ held-out 20-way 1-shot accuracy is measured after every tenth of the steps for t
 Rows:
   pixel              1-NN on raw pixels (no training)
   protonet           a prototypical network (Snell et al., 2017) written here: the recipe's backbone,
-                     augmentation, rotations and schedule; squared Euclidean distances between
-                     unnormalised features, 60-way batches of 1 support + 5 queries per class
+                     augmentation, rotations, schedule and P x K batches (32-way, 1 support + 3
+                     queries per class); squared Euclidean distances between unnormalised features
   triplet_batchhard  `pddm-tf train --method=triplet_batchhard` with the CLI's defaults
   pddm_defaults      `pddm-tf train` with its defaults
   pddm_recipe        `pddm-tf train --recipe=omniglot`
@@ -110,7 +110,8 @@ def configurations() -> dict[str, dict[str, Any]]:
     recipe = {**defaults, **recipes.get_recipe("omniglot").flags}
     rows = {
         "pixel": {**defaults, "method": "pixel"},
-        "protonet": {**recipe, "method": "protonet", "batch_classes": 60, "batch_per_class": 6},
+        # The recipe's batches: P = 32 classes of 1 support + 3 queries each, as many steps as the recipe.
+        "protonet": {**recipe, "method": "protonet"},
         "triplet_batchhard": {**defaults, "method": "triplet_batchhard"},
         "pddm_defaults": defaults,
         "pddm_recipe": recipe,

@@ -38,12 +38,15 @@ class Recipe:
 
 # Shared by every recipe: ImageNet-pretrained backbones, the papers' augmentation, one pass of the
 # training images per epoch (steps_per_epoch=0), evaluation every 5 epochs.
+# The papers train at a constant learning rate without warm-up (the CLI's defaults are a cosine schedule).
 _COMMON: dict[str, Any] = {"weights": "imagenet", "augment": True, "image_size": 224, "steps_per_epoch": 0,
-                           "eval_every": 5, "small_classes": "cycle"}
+                           "eval_every": 5, "small_classes": "cycle", "lr_schedule": "constant",
+                           "warmup_fraction": 0.0}
 
 _PDDM = {**_COMMON, "method": "pddm_quadruplet", "backbone": "InceptionV3", "embedding_dim": 64,
          "batch_classes": 16, "batch_per_class": 4, "learning_rate": 1e-5, "epochs": 60, "alpha": 1.0,
-         "beta": 0.5, "embedding_weight": 0.5, "freeze_batchnorm": True, "image_size": 227}
+         "beta": 0.5, "embedding_weight": 0.5, "freeze_batchnorm": True, "image_size": 227,
+         "pddm_normalize_inputs": True}
 _PDDM_CHOICES = ("InceptionV3 stands in for GoogLeNet (not in keras.applications); d = 64, 16 x 4 batches, "
                  "Adam 1e-5, 60 epochs and the margins (this library's measured defaults) are not confirmed.")
 
@@ -76,7 +79,8 @@ _DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of whic
 _OMNIGLOT = {"dataset": "omniglot", "method": "pddm_quadruplet", "backbone": "small_convnet", "image_size": 28,
              "backbone_width": 64, "embedding_dim": 64, "batch_classes": 32, "batch_per_class": 4,
              "learning_rate": 2e-3, "lr_schedule": "cosine", "warmup_fraction": 0.02, "weight_decay": 1e-4,
-             "rotations": True, "affine": True, "epochs": 30, "steps_per_epoch": 200, "channels": 1}
+             "rotations": True, "affine": True, "epochs": 25, "steps_per_epoch": 200, "channels": 1,
+             "pddm_normalize_inputs": False}
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
