@@ -144,10 +144,12 @@ flags.DEFINE_string("plots", None, "evaluate: write PNG pictures of the result i
                     "(needs matplotlib: pip install \"pddm-tf[plots]\").")
 
 # runtime
-flags.DEFINE_bool("onednn", True, "Use oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS=1). TensorFlow turns them on by "
-                  "itself only on some Intel CPUs; on this project's 2-core AMD machine they make training 1.3-1.5x "
-                  "faster (BENCHMARKS.md). Results differ from the plain kernels in the last float32 bits. Without "
-                  "the flag on the command line, a TF_ENABLE_ONEDNN_OPTS already in the environment wins.")
+flags.DEFINE_bool("onednn", False, "Use oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS=1). TensorFlow turns them on by "
+                  "itself only on some Intel CPUs; on this project's 2-core AMD machine they made a 128-image "
+                  "step 1.5x faster (216 -> 146 ms). Off by default because on CPUs without AVX-512 TensorFlow "
+                  "then logs an ERROR line about a uint8 fallback at run time. Results differ from the plain "
+                  "kernels in the last float32 bits. Without the flag on the command line, a "
+                  "TF_ENABLE_ONEDNN_OPTS already in the environment wins.")
 
 # output
 flags.DEFINE_bool("progress", True, "Progress bars for long steps (folder checks, TFDS extraction, embedding, "
@@ -592,7 +594,7 @@ def _select_cpu_kernels() -> None:
     process that imported it already, e.g. a test calling `main`, keeps its kernels and environment)."""
     if "tensorflow" in sys.modules:
         return
-    if FLAGS["onednn"].present or "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+    if FLAGS["onednn"].present:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = str(int(FLAGS.onednn))
 
 
