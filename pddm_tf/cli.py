@@ -50,7 +50,7 @@ flags.DEFINE_list("test_groups", None, "Hold out these alphabets / top-level fol
 flags.DEFINE_bool("rotations", False, "Add 90/180/270-degree rotations of the training classes as new classes "
                   "(any dataset; held-out classes stay upright).")
 flags.DEFINE_integer("seed", 0, "Seed for the class split, sampling and initialisation.")
-flags.DEFINE_integer("image_size", 28, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer("image_size", 32, "Images are resized to image_size x image_size.")
 flags.DEFINE_bool("augment", False, "The papers' pipeline: random resized crop + horizontal flip for training, "
                   "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
 flags.DEFINE_bool("affine", False, "Small random affine distortions of training images (rotation, shear, scale, "
@@ -77,7 +77,7 @@ flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
 flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
                   "PDDM methods: similarity that mining ranks pairs by (default: the method's own; "
                   "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
-flags.DEFINE_bool("pddm_normalize_inputs", False, "pddm_quadruplet, pddm_triplet, euclidean_quadruplet: "
+flags.DEFINE_bool("pddm_normalize_inputs", True, "pddm_quadruplet, pddm_triplet, euclidean_quadruplet: "
                   "L2-normalise the PDDM's inputs u = |f_i - f_j| and v = (f_i + f_j)/2 (the paper's reading; "
                   "the score then cannot see the distance of two unit embeddings, see PDDM).")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
@@ -94,12 +94,12 @@ flags.DEFINE_float("dropout", 0.0, "Dropout before the embedding projection.")
 flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
 flags.DEFINE_integer("epochs", 10, "Training epochs (0 = evaluate and export the untrained model).")
 flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch (0 = one pass over the training images).")
-flags.DEFINE_integer("batch_classes", 32, "P: classes per batch.")
+flags.DEFINE_integer("batch_classes", 16, "P: classes per batch.")
 flags.DEFINE_integer("batch_per_class", 4, "K: images per class in a batch.")
-flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate (the peak of a schedule).")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the peak of a schedule).")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam.")
-flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine"], "Learning-rate schedule over the whole run.")
-flags.DEFINE_float("warmup_fraction", 0.02, "Fraction of the steps with a linear learning-rate warm-up.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate schedule over the whole run.")
+flags.DEFINE_float("warmup_fraction", 0.0, "Fraction of the steps with a linear learning-rate warm-up.")
 flags.DEFINE_float("ema_momentum", 0.0, "Keep an exponential moving average of the weights with this momentum (e.g. "
                    "0.99) and end training with it; 0 = off.")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
