@@ -145,8 +145,8 @@ flags.DEFINE_string("plots", None, "evaluate: write PNG pictures of the result i
 
 # runtime
 flags.DEFINE_bool("onednn", False, "Use oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS=1). TensorFlow turns them on by "
-                  "itself only on some Intel CPUs; on this project's 2-core AMD machine they made a 128-image "
-                  "step 1.5x faster (216 -> 146 ms). Off by default because on CPUs without AVX-512 TensorFlow "
+                  "itself only on some Intel CPUs; on this project's AMD machine they looked faster in one "
+                  "unbenchmarked measurement (issue 17 will measure them). Off by default because on CPUs without AVX-512 TensorFlow "
                   "then logs an ERROR line about a uint8 fallback at run time. Results differ from the plain "
                   "kernels in the last float32 bits. Without the flag on the command line, a "
                   "TF_ENABLE_ONEDNN_OPTS already in the environment wins.")
