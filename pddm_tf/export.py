@@ -158,6 +158,13 @@ def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], 
     a `Gallery` of [g, d] embeddings and `ids`."""
     paths = np.asarray(paths, dtype=str)
     files = data.ImageFiles(paths, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
+    return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
+
+
+def _embed_gallery_files(model: keras.Model, files: data.ImageFiles, ids: Sequence[str], image_size: int,
+                         channels: int, batch_size: int,
+                         transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None) -> Gallery:
+    """`embed_gallery` of `files` (their rotations included)."""
     embeddings, _ = evaluation.embed_dataset(
         model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
     return Gallery(embeddings, np.asarray(ids, dtype=str))
@@ -187,9 +194,7 @@ def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, 
     split = data.load_dataset(spec, test_fraction=test_fraction, seed=seed, **dataset_kwargs)
     files = split.test if split.test is not None else split.train
     ids = [f"{files.class_names[label]}/{os.path.basename(path)}" for path, label in zip(files.paths, files.labels)]
-    embeddings, _ = evaluation.embed_dataset(
-        model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
-    return Gallery(embeddings, ids)
+    return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
 
 
 class _GalleryIndex(tf.Module):
