@@ -20,9 +20,9 @@ work, such as a re-clustering). A Keras epoch cannot be entered half-way, and a 
 mid-epoch would have to replay part of an epoch; shorter epochs (`steps_per_epoch`) bound the
 work a failure can lose instead.
 
-Each backup is written to a fresh `backup-<n>` folder and synced to disk, and only then is the `latest` file, which
-names it, replaced atomically (`pddm_tf.atomic`): a kill during a backup leaves the
-previous one in force. Under a multi-worker strategy every worker performs the save (reading
+Each backup is written to a fresh `backup-<n>` folder and synced to disk, and only then is the
+`latest` file, which names it, replaced atomically (`pddm_tf.atomic`): a kill during a backup
+leaves the previous one in force. Under a multi-worker strategy every worker performs the save (reading
 on-read synchronised variables can take part in collectives), the chief into `backup_dir` and
 the others into a temporary folder they delete; every worker restores from `backup_dir`, which
 must therefore be on storage all workers see.
