@@ -136,14 +136,14 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
     if config["method"] == "protonet":
         model: EmbeddingModel = PrototypicalNetwork(network, config["batch_per_class"])
     else:
-        model = methods.build_model(config["method"], network, config["embedding_dim"], alpha=config["alpha"],
-                                    beta=config["beta"], embedding_weight=config["embedding_weight"],
-                                    mining=config["mining"], mining_score=config["mining_score"],
-                                    pddm_normalize_inputs=config["pddm_normalize_inputs"],
-                                    num_classes=split.train.num_classes, num_learners=config["num_learners"],
-                                    dropout=config["dropout"], hdml_alpha=config["hdml_alpha"],
-                                    hdml_beta=config["hdml_beta"],
-                                    hdml_generator_input=config["hdml_generator_input"])
+        settings = dict(alpha=config["alpha"], beta=config["beta"], embedding_weight=config["embedding_weight"],
+                        mining=config["mining"], mining_score=config["mining_score"],
+                        pddm_normalize_inputs=config["pddm_normalize_inputs"],
+                        num_classes=split.train.num_classes, num_learners=config["num_learners"],
+                        dropout=config["dropout"], hdml_alpha=config["hdml_alpha"], hdml_beta=config["hdml_beta"],
+                        hdml_generator_input=config["hdml_generator_input"])
+        model = methods.build_model(config["method"], network, config["embedding_dim"],
+                                    **methods.method_options(config["method"], **settings))
     model.build((None, size, size, 1))
     warmup = round(config.get("warmup_fraction", 0.0) * total_steps)
     model.compile(optimizer=make_optimizer(config["learning_rate"], config["weight_decay"],

@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import backbone  # noqa: E402
-from pddm_tf.methods import build_model  # noqa: E402
+from pddm_tf.methods import build_model, method_options  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("method", "pddm_quadruplet", "Training method (pddm_tf.methods).")
@@ -51,7 +51,8 @@ def _model(policy: str) -> keras.Model:
     try:
         keras.utils.set_random_seed(0)
         network = backbone(FLAGS.backbone, FLAGS.image_size, FLAGS.channels, weights=None)
-        model = build_model(FLAGS.method, network, FLAGS.embedding_dim, num_classes=FLAGS.batch_classes)
+        model = build_model(FLAGS.method, network, FLAGS.embedding_dim,
+                            **method_options(FLAGS.method, num_classes=FLAGS.batch_classes))
         model.build((None, FLAGS.image_size, FLAGS.image_size, FLAGS.channels))
         model.compile(optimizer=keras.optimizers.Adam(1e-4))
     finally:

@@ -19,7 +19,6 @@ also report the seconds spent clustering (recluster_s).
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -30,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pddm_tf import data, evaluation, methods, small_convnet  # noqa: E402
+from pddm_tf import atomic, data, evaluation, methods, small_convnet  # noqa: E402
 from pddm_tf.clustering import DivideAndConquer  # noqa: E402
 from pddm_tf.models import PDDMModel  # noqa: E402
 
@@ -91,9 +90,10 @@ def _runs() -> list[tuple[str, str, dict]]:
 def _run(name: str, method: str, options: dict, seed: int, split: data.DatasetSplit, held_out) -> dict:
     keras.utils.set_random_seed(seed)
     size = FLAGS.image_size
-    model = methods.build_model(method, small_convnet(size, split.channels), FLAGS.embedding_dim,
-                                num_classes=split.train.num_classes, alpha=FLAGS.alpha, beta=FLAGS.beta,
-                                embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining, **options)
+    settings = methods.method_options(method, num_classes=split.train.num_classes, alpha=FLAGS.alpha,
+                                      beta=FLAGS.beta, embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
+                                      **options)
+    model = methods.build_model(method, small_convnet(size, split.channels), FLAGS.embedding_dim, **settings)
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
     train, callbacks = methods.training_pipeline(model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class,
                                                  size, split.channels, seed=seed,
@@ -242,10 +242,8 @@ def main(argv: list[str]) -> None:
                                               "alpha", "beta", "embedding_weight", "mining", "num_learners",
                                               "recluster_every", "conquer_epochs")}
     payload = {"config": {**config, "seeds": FLAGS.seeds}, "runs": results, "overlap": overlaps}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out / "results.json")
-    (out / "table.md").write_text(table)
+    atomic.write_json(out / "results.json", payload, indent=1)
+    atomic.write_text(out / "table.md", table)
     print("\n" + table)
 
 

@@ -135,17 +135,11 @@ def main(argv: list[str]) -> None:
     print(f"\nSavedModel load in the fresh process: {served['load_s']:.2f} s; gallery {len(gallery.ids)} items\n")
     print(_table(rows))
     if FLAGS.json:
-        out = pathlib.Path(FLAGS.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        from pddm_tf import atomic
+
         payload = {"saved_model": served, "keras": keras_results, "gallery_size": len(gallery.ids),
                    "repeats": FLAGS.repeats, "warmup": FLAGS.warmup, "load_average": os.getloadavg()}
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        umask = os.umask(0)  # mkstemp creates 0600: give the file the usual 0666 less the umask
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, out)
+        atomic.write_json(FLAGS.json, payload, indent=2)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -276,8 +275,8 @@ def _train(f: flags.FlagValues, split, channels: int):
     weights = None if (f.weights or "none").lower() == "none" else f.weights
     net = backbones.backbone(f.backbone, f.image_size, channels, weights=weights,
                              freeze_batchnorm=f.freeze_batchnorm, **extra)
-    model = methods.build_model(f.method, net, f.embedding_dim, alpha=f.alpha, beta=f.beta,
-                                embedding_weight=f.embedding_weight, num_classes=split.train.num_classes)
+    model = methods.build_model(f.method, net, f.embedding_dim, **methods.method_options(
+        f.method, alpha=f.alpha, beta=f.beta, embedding_weight=f.embedding_weight, num_classes=split.train.num_classes))
     model.build((None, f.image_size, f.image_size, channels))
     model.compile(optimizer=keras.optimizers.Adam(f.learning_rate))
     steps = f.steps or data.steps_per_pass(split.train, f.batch_classes, f.small_classes)
@@ -306,21 +305,6 @@ def _subsample(files, per_class: int, seed: int):
     rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(files.labels == c))[:per_class]
                                    for c in range(files.num_classes)]))
     return data.ImageFiles(files.paths[rows], files.labels[rows], files.class_names, files.rotations[rows])
-
-
-def _write_atomically(path: pathlib.Path, write) -> None:
-    """Calls write(temporary path) then renames it to `path`: a reader sees the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)  # mkstemp creates 0600: give the file the usual 0666 less the umask
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -380,11 +364,12 @@ def run(f: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
                       seen_class_names=np.array(seen.class_names))
     print("\n" + format_results(results))
     if f.out_dir:
+        from pddm_tf import atomic
+
         out = pathlib.Path(f.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_atomically(out / "embeddings.npz", lambda tmp: np.savez(tmp, **arrays))
-        _write_atomically(out / "results.json",
-                          lambda tmp: pathlib.Path(tmp).write_text(json.dumps(results, indent=2, sort_keys=True)))
+        with atomic.replacing(out / "embeddings.npz", suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+        atomic.write_json(out / "results.json", results, indent=2, sort_keys=True)
         print(f"\nresults and embeddings written to {out}")
     return results
 

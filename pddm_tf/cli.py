@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import pathlib
 import shutil
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from typing import Any
 from absl import app, flags
 
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
-from pddm_tf import cli_validation, logs
+from pddm_tf import atomic, cli_validation, logs
 from pddm_tf.method_names import METHOD_NAMES
 
 FLAGS = flags.FLAGS
@@ -181,16 +179,7 @@ flags.DEFINE_integer("max_image_pixels", 16_000_000, "Images whose header declar
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
     """Writes JSON atomically: a reader sees the old file or the whole new one."""
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic.write_json(path, payload, indent=2, sort_keys=True)
 
 
 def _apply_recipe(announce: bool = True) -> None:
@@ -299,20 +288,26 @@ def build_model(channels: int, num_classes: int, total_steps: int | None = None)
         keras.mixed_precision.set_global_policy(previous)
 
 
+def _method_settings(num_classes: int) -> dict[str, Any]:
+    """Every method option, from the flags; `methods.method_options` keeps those of --method."""
+    return dict(alpha=FLAGS.alpha, beta=FLAGS.beta, embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
+                mining_score=FLAGS.mining_score, num_classes=num_classes,
+                pddm_normalize_inputs=FLAGS.pddm_normalize_inputs, num_learners=FLAGS.num_learners,
+                dropout=FLAGS.dropout, hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
+                hdml_generator_input=FLAGS.hdml_generator_input)
+
+
 def _build_model(channels: int, num_classes: int, total_steps: int | None, options: dict[str, Any]):
     """`build_model` under the global dtype policy."""
     from pddm_tf import backbone
     from pddm_tf.methods import build_model as build_method_model
+    from pddm_tf.methods import method_options
     from pddm_tf.optimizers import make_optimizer
 
     network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
                        pooling=FLAGS.pooling, freeze_batchnorm=FLAGS.freeze_batchnorm, **options)
-    model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim, alpha=FLAGS.alpha, beta=FLAGS.beta,
-                               embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
-                               mining_score=FLAGS.mining_score, num_classes=num_classes,
-                               pddm_normalize_inputs=FLAGS.pddm_normalize_inputs, num_learners=FLAGS.num_learners, dropout=FLAGS.dropout,
-                               hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
-                               hdml_generator_input=FLAGS.hdml_generator_input)
+    model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim,
+                               **method_options(FLAGS.method, **_method_settings(num_classes)))
     model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.lr_schedule,

@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from pddm_tf import progress
-from pddm_tf.data import (ImageFiles, _from_step, _shard_size, balanced_batch_indices, evaluation_dataset, read_image,
-                          read_transformed_image)
+from pddm_tf.data import ImageFiles, _from_step, _shard_size, balanced_batch_indices, read_image
+from pddm_tf.distributed import embed_files
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
 CONQUER = -1
@@ -159,10 +159,9 @@ def cluster_features(model: keras.Model, files: ImageFiles, image_size: int, cha
     """
     if on not in CLUSTER_ON:
         raise ValueError(f"unknown cluster_on {on!r}; expected one of {CLUSTER_ON}")
-    images = evaluation_dataset(files, image_size, channels, batch_size).map(lambda x, y: x)
     network = model.backbone if on == "features" else model
     # float32 under a mixed-precision policy too (the backbone's features are then float16 / bfloat16).
-    return np.asarray(network.predict(images, verbose=progress.keras_verbose()), dtype=np.float32)
+    return np.asarray(embed_files(network, files, image_size, channels, batch_size), dtype=np.float32)
 
 
 def compute_clusters(features: np.ndarray, labels: np.ndarray, num_clusters: int,
@@ -252,7 +251,7 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
         else:
             # Seeded by the image's position in the stream, so parallel decoding stays deterministic.
             image_seed = tf.stack([tf.constant(seed, tf.int64) + _AUGMENT_STREAM, position])
-            image = read_transformed_image(paths[index], rotations[index], augment, image_seed, image_size, channels)
+            image = read_image(paths[index], image_size, channels, rotations[index], transform=augment, seed=image_seed)
         return image, labels[index], tag
 
     rows = _from_step(start_step, steps_from)

@@ -324,10 +324,22 @@ def image_format_known(encoded: tf.Tensor) -> tf.Tensor:
 
 
 def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Tensor | int = 0,
-               max_pixels: int | None = None) -> tf.Tensor:
-    """Reads and decodes one image file: scalar path -> [s, s, c] float32 in [0, 1] (`decode_image`,
-    with its pixel limit)."""
-    return decode_image(tf.io.read_file(path), image_size, channels, rotation, max_pixels)
+               max_pixels: int | None = None, transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+               seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Reads and decodes one image file: scalar path -> [s, s, c] float32 (the one image reader of
+    the training, evaluation and embedding pipelines).
+
+    Without `transform`: `decode_image` (rotated, resized to s x s, in [0, 1]). With one (a
+    `pddm_tf.pipeline.Transform`, e.g. an augmentation or `pipeline.eval_transform(s)`):
+    `transform(full-size decoded image rotated, seed)`, checked to be [s, s, c]; `seed` is its
+    stateless seed [2] int64 (None: zeros, for a deterministic evaluation transform). Either way
+    images over the pixel limit are refused as in `decode_image`.
+    """
+    if transform is None:
+        return decode_image(tf.io.read_file(path), image_size, channels, rotation, max_pixels)
+    seed = tf.zeros([2], tf.int64) if seed is None else seed
+    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation, _pixel_limit(max_pixels)), seed)
+    return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
 
 
 def _pixel_limit(max_pixels: int | None) -> int:
@@ -517,7 +529,7 @@ def class_balanced_dataset(
         rows = rows.filter(lambda position, _: (position % batch_size) // shard_size == shard[0])
     if augment is None:
         images = rows.map(
-            lambda _, row_label: (_read(paths[row_label[0]], rotation(row_label[0]), image_size, channels),
+            lambda _, row_label: (read_image(paths[row_label[0]], image_size, channels, rotation(row_label[0])),
                                   row_label[1]),
             num_parallel_calls=_AUTOTUNE,
             deterministic=True,
@@ -527,7 +539,7 @@ def class_balanced_dataset(
             row, label = row_label
             # A seed per image position, so the augmentation does not depend on parallelism.
             image_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed_tensor, position]), _AUGMENT_STREAM)
-            image = read_transformed_image(paths[row], rotation(row), augment, image_seed, image_size, channels)
+            image = read_image(paths[row], image_size, channels, rotation(row), transform=augment, seed=image_seed)
             return image, label
 
         images = rows.map(load_augmented, num_parallel_calls=_AUTOTUNE, deterministic=True)
@@ -673,12 +685,9 @@ def evaluation_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    no_seed = tf.zeros([2], tf.int64)
 
     def load(path: tf.Tensor, rotation: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        if transform is None:
-            return _read(path, rotation, image_size, channels), label
-        return read_transformed_image(path, rotation, transform, no_seed, image_size, channels), label
+        return read_image(path, image_size, channels, rotation, transform=transform), label
 
     dataset = tf.data.Dataset.from_tensor_slices((files.paths, files.rotations, files.labels)).map(
         load, num_parallel_calls=_AUTOTUNE, deterministic=True
@@ -703,26 +712,6 @@ def _steps_per_pass(counts: np.ndarray, batch_classes: int, small_classes: str) 
     if small_classes == "error":
         return len(counts) // batch_classes
     return int((counts >= 2).sum()) // batch_classes
-
-
-def _read(path: tf.Tensor, rotation: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-    """Scalar path -> decoded [s, s, c] float32 image."""
-    return decode_image(tf.io.read_file(path), image_size, channels, rotation)
-
-
-def read_transformed_image(
-    path: tf.Tensor,
-    rotation: tf.Tensor,
-    transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-    seed: tf.Tensor,
-    image_size: int,
-    channels: int,
-    max_pixels: int | None = None,
-) -> tf.Tensor:
-    """Scalar path -> `transform(full-size decoded image, seed)`, checked to be [s, s, c]; the pixel
-    limit as in `decode_image`."""
-    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation, _pixel_limit(max_pixels)), seed)
-    return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
 
 
 def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int = 0,

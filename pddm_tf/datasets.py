@@ -36,9 +36,10 @@ each TFDS split once: it streams the split without decoding the images
 
     <cache_dir>/<tfds name>/<version>/<split>/<TFDS label, 5 digits>/<example index, 7 digits>.<png|jpg|gif|bmp>
 
-Each file is written to a temporary name and renamed (`os.replace`), so a file under its final
+Each file is written to a temporary name and renamed (`pddm_tf.atomic`), so a file under its final
 name is always complete. The split's `index.tsv` (relative path, TFDS label, per-example class
-name) is written the same way once the split is finished: it is the completion marker. Later
+name) is written the same way once the split is finished and its images are synced to disk: it is
+the completion marker. Later
 calls read the index and never touch TFDS; a split without index (an interrupted extraction) is
 extracted again. Memory stays independent of the dataset size: one example is held at a time,
 plus the list of paths and labels. Disk use is about the size of the TFDS data again (CUB 1.1 GB,
@@ -81,7 +82,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pddm_tf import progress
+from pddm_tf import atomic, progress
 from pddm_tf.data import DatasetSplit, ImageFiles, _check_channels, _check_test_fraction, _random_class_mask
 
 _logger = logging.getLogger(__name__)
@@ -559,11 +560,10 @@ def _extract_split(builder: tfds.core.DatasetBuilder, source: _Source, split: st
     label_feature = builder.info.features[source.label_key]
     _logger.info("extracting TFDS %s split %r to %s", builder.info.full_name, split, root)
     root.mkdir(parents=True, exist_ok=True)
-    partial_index = root / f"{_INDEX}.{os.getpid()}.partial"
     names: dict[int, str] = {}  # TFDS label -> class name; at most one entry per class.
     count = 0
     known = builder.info.splits[split].num_examples if split in builder.info.splits else None
-    with open(partial_index, "w", encoding="utf-8") as index:
+    with atomic.replacing(root / _INDEX) as partial_index, open(partial_index, "w", encoding="utf-8") as index:
         index.write(_INDEX_HEADER)
         examples = progress.bar(dataset.as_numpy_iterator(), total=known or None,
                                 desc=f"extracting {builder.info.full_name} {split}", unit="image")
@@ -578,11 +578,11 @@ def _extract_split(builder: tfds.core.DatasetBuilder, source: _Source, split: st
                 else:
                     names[label] = label_feature.int2str(label)
             relative = f"{label:05d}/{count - 1:07d}{_extension(encoded, builder, split, count - 1)}"
-            _write_atomically(root / relative, encoded)
+            atomic.write_bytes(root / relative, encoded, durable=False)  # one fsync per image is slow
             index.write(f"{relative}\t{label}\t{_one_line(names[label])}\n")
             if count % _LOG_EVERY == 0:
                 _logger.info("%s %s: %d images extracted", builder.info.full_name, split, count)
-    os.replace(partial_index, root / _INDEX)
+        atomic.sync_tree(root)  # every image is on disk before the index that lists them
     _logger.info("%s %s: %d images extracted, done", builder.info.full_name, split, count)
 
 
@@ -609,14 +609,6 @@ def _extension(encoded: bytes, builder: tfds.core.DatasetBuilder, split: str, in
         f"TFDS {builder.info.full_name} split {split!r} example {index}: the image is not PNG, JPEG, GIF or BMP "
         f"(first bytes {encoded[:8]!r})"
     )
-
-
-def _write_atomically(path: pathlib.Path, payload: bytes) -> None:
-    """Writes `payload` to `path` so that `path` is either absent or complete."""
-    # One temporary name per process: a crash leaves at most one stray file, concurrent extractions do not collide.
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(payload)
-    os.replace(partial, path)
 
 
 def _one_line(text: str) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from pddm_tf import progress
-from pddm_tf.data import ImageFiles, read_image, read_transformed_image
+from pddm_tf.data import ImageFiles, read_image
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 _COMMUNICATION = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -146,13 +146,10 @@ def embed_files(network: keras.Model, files: ImageFiles, image_size: int, channe
         raise ValueError("no images to embed")
     paths = tf.constant(files.paths)
     rotations = tf.constant(files.rotations)
-    no_seed = tf.zeros([2], tf.int64)
 
     def load(row: tf.Tensor) -> tf.Tensor:
         row = tf.minimum(row, count - 1)  # the padding repeats the last image
-        if transform is None:
-            return read_image(paths[row], image_size, channels, rotations[row])
-        return read_transformed_image(paths[row], rotations[row], transform, no_seed, image_size, channels)
+        return read_image(paths[row], image_size, channels, rotations[row], transform=transform)
 
     if replicas == 1:
         images = tf.data.Dataset.range(count).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)

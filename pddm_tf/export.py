@@ -32,15 +32,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf import data, evaluation, image_header
+from pddm_tf import atomic, data, evaluation, image_header
 from pddm_tf.data import decode_images
 from pddm_tf.models import EmbeddingModel
 
@@ -92,24 +90,9 @@ def save_keras_model(model: keras.Model, path: str | os.PathLike) -> str:
     target = pathlib.Path(path)
     if target.suffix != ".keras":
         raise ValueError(f"a Keras model file must end in .keras, got {str(target)!r}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".keras", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic.replacing(target, suffix=".keras") as tmp:
         model.save(tmp, overwrite=True)
-        _make_readable(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return str(target)
-
-
-def _make_readable(path: str) -> None:
-    """Gives a `mkstemp` file (created 0600) the permissions of a normally created file (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
@@ -175,6 +158,13 @@ def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], 
     a `Gallery` of [g, d] embeddings and `ids`."""
     paths = np.asarray(paths, dtype=str)
     files = data.ImageFiles(paths, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
+    return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
+
+
+def _embed_gallery_files(model: keras.Model, files: data.ImageFiles, ids: Sequence[str], image_size: int,
+                         channels: int, batch_size: int,
+                         transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None) -> Gallery:
+    """`embed_gallery` of `files` (their rotations included)."""
     embeddings, _ = evaluation.embed_dataset(
         model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
     return Gallery(embeddings, np.asarray(ids, dtype=str))
@@ -204,9 +194,7 @@ def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, 
     split = data.load_dataset(spec, test_fraction=test_fraction, seed=seed, **dataset_kwargs)
     files = split.test if split.test is not None else split.train
     ids = [f"{files.class_names[label]}/{os.path.basename(path)}" for path, label in zip(files.paths, files.labels)]
-    embeddings, _ = evaluation.embed_dataset(
-        model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
-    return Gallery(embeddings, ids)
+    return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
 
 
 class _GalleryIndex(tf.Module):
@@ -323,10 +311,6 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
         archive.add_endpoint("search", _search_fn(embed_images, pddm, index, k, shortlist),
                              input_signature=[images_spec])
 
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=root))
-    try:
-        archive.write_out(str(staging / "model"), verbose=False)
-        os.replace(staging / "model", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic.replacing_directory(target) as staging:
+        archive.write_out(str(staging), verbose=False)
     return str(target)

@@ -20,9 +20,9 @@ work, such as a re-clustering). A Keras epoch cannot be entered half-way, and a 
 mid-epoch would have to replay part of an epoch; shorter epochs (`steps_per_epoch`) bound the
 work a failure can lose instead.
 
-Each backup is written to a fresh `backup-<n>` folder, and only then is the `latest` file, which
-names it, replaced atomically (write, fsync, `os.replace`): a kill during a backup leaves the
-previous one in force. Under a multi-worker strategy every worker performs the save (reading
+Each backup is written to a fresh `backup-<n>` folder and synced to disk, and only then is the
+`latest` file, which names it, replaced atomically (`pddm_tf.atomic`): a kill during a backup
+leaves the previous one in force. Under a multi-worker strategy every worker performs the save (reading
 on-read synchronised variables can take part in collectives), the chief into `backup_dir` and
 the others into a temporary folder they delete; every worker restores from `backup_dir`, which
 must therefore be on storage all workers see.
@@ -45,6 +45,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pddm_tf import atomic
 from pddm_tf.distributed import is_chief
 
 _LATEST = "latest"
@@ -150,7 +151,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if not self._chief():
             shutil.rmtree(target, ignore_errors=True)
             return
-        _atomic_write(root / _LATEST, target.name)
+        atomic.sync_tree(target)  # the backup is on disk before `latest` names it
+        atomic.write_text(root / _LATEST, target.name)
         for old in root.glob("backup-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
@@ -224,12 +226,3 @@ class SamplerPosition(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._sync()
 
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    """Replaces `path` by `text` atomically: a reader sees the old content or the new, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

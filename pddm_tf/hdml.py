@@ -200,6 +200,7 @@ class HDMLModel(EmbeddingModel):
     metric_names = ("loss", "metric_loss_real", "metric_loss_synthetic", "j_recon", "j_soft", "j_gen",
                     "j_gen_avg", "j_avg", "alpha", "easiness", "lambda0", "classifier_loss", "synthetic_accuracy")
     supports_loss_scaling = False  # three optimizers per step (mixed_bfloat16 works)
+    loss_arguments = "base, triplet_margin, pddm_loss"
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, *, num_classes: int, base: str = "npair",
                  alpha: float | None = None, initial_easiness: float = 0.5, beta: float = 1e4,

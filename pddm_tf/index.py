@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pddm_tf import evaluation
+from pddm_tf import atomic, evaluation
 
 
 class SearchResult(NamedTuple):
@@ -161,14 +160,8 @@ class Index:
         arrays = {"embeddings": self.embeddings, "backend": np.array(self.backend)}
         if self.labels is not None:
             arrays["labels"] = self.labels
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npz", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic.replacing(target) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         return str(target)
 
     @classmethod

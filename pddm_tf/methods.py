@@ -6,7 +6,8 @@ way around the same backbone and embedding size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
@@ -24,9 +25,9 @@ from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 
 
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, alpha: float = 1.0, beta: float = 0.5,
+    def build(backbone: keras.Model, embedding_dim: int, *, alpha: float = 1.0, beta: float = 0.5,
               embedding_weight: float = 0.5, mining: str = "per_pair", mining_score: str | None = None,
-              pddm_normalize_inputs: bool = True, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
+              pddm_normalize_inputs: bool = True, dropout: float = 0.0) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                             heads=heads, mining=mining)
         pddm = PDDM(normalize_inputs=pddm_normalize_inputs, name="pddm")
@@ -37,48 +38,58 @@ def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel
 
 
 def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
+    def build(backbone: keras.Model, embedding_dim: int, *, dropout: float = 0.0) -> EmbeddingModel:
         return MetricLossModel(backbone, make_loss(), embedding_dim=embedding_dim, dropout=dropout)
 
     return build
 
 
 def _hdml(base: str) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, num_classes: int | None = None, alpha: float = 1.0,
-              beta: float = 0.5, embedding_weight: float = 0.5, hdml_alpha: float | None = None,
-              hdml_beta: float = 1e4, hdml_generator_input: str = "single", dropout: float = 0.0,
-              **_: Any) -> EmbeddingModel:
+    def check(num_classes: int | None) -> int:
         if num_classes is None:
             raise ValueError(f"method hdml_{base} needs num_classes (the number of training classes)")
+        return num_classes
+
+    def build(backbone: keras.Model, embedding_dim: int, *, num_classes: int | None = None,
+              hdml_alpha: float | None = None, hdml_beta: float = 1e4, hdml_generator_input: str = "single",
+              dropout: float = 0.0) -> EmbeddingModel:
+        return HDMLModel(backbone, embedding_dim, num_classes=check(num_classes), base=base, alpha=hdml_alpha,
+                         beta=hdml_beta, generator_input=hdml_generator_input, dropout=dropout)
+
+    def build_pddm(backbone: keras.Model, embedding_dim: int, *, num_classes: int | None = None,
+                   alpha: float = 1.0, beta: float = 0.5, embedding_weight: float = 0.5,
+                   hdml_alpha: float | None = None, hdml_beta: float = 1e4, hdml_generator_input: str = "single",
+                   dropout: float = 0.0) -> EmbeddingModel:
         # alpha/beta stay the PDDM margins, as for the other methods; HDML's own are hdml_alpha/hdml_beta.
-        pddm_loss = None
-        if base == "pddm":
-            pddm_loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight)
-        return HDMLModel(backbone, embedding_dim, num_classes=num_classes, base=base, alpha=hdml_alpha,
+        pddm_loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight)
+        return HDMLModel(backbone, embedding_dim, num_classes=check(num_classes), base=base, alpha=hdml_alpha,
                          beta=hdml_beta, generator_input=hdml_generator_input, pddm_loss=pddm_loss, dropout=dropout)
 
-    return build
+    return build_pddm if base == "pddm" else build
 
 
 def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, num_learners: int = 4, alpha: float = 1.0,
-              beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
-              mining_score: str | None = None, dropout: float = 0.0, **_: Any) -> EmbeddingModel:
-        if base == "margin":
-            # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4)
-            # and their released sampler, each anchor's closest negatives beyond 0.5 (section 7). It is
-            # deterministic, so a resumed run draws the same triplets.
-            loss: keras.losses.Loss = losses.MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
-        else:
-            loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
-                                                mining=mining)
+    def build_margin(backbone: keras.Model, embedding_dim: int, *, num_learners: int = 4,
+                     dropout: float = 0.0) -> EmbeddingModel:
+        # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4)
+        # and their released sampler, each anchor's closest negatives beyond 0.5 (section 7). It is
+        # deterministic, so a resumed run draws the same triplets.
+        loss = losses.MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
+        return DivideAndConquerModel(backbone, embedding_dim=embedding_dim, num_learners=num_learners, loss=loss,
+                                     dropout=dropout)
+
+    def build_pddm(backbone: keras.Model, embedding_dim: int, *, num_learners: int = 4, alpha: float = 1.0,
+                   beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
+                   mining_score: str | None = None, dropout: float = 0.0) -> EmbeddingModel:
+        loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
+                                            mining=mining)
         return DivideAndConquerModel(backbone, embedding_dim=embedding_dim, num_learners=num_learners, loss=loss,
                                      mining_score=mining_score or "pddm", dropout=dropout)
 
-    return build
+    return build_margin if base == "margin" else build_pddm
 
 
-#: method name -> builder(backbone, embedding_dim, **options) -> model.
+#: method name -> builder(backbone, embedding_dim, **options) -> model; each builder takes only its options.
 METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "pddm_quadruplet": _pddm(heads=2, default_mining_score="pddm"),
     "pddm_triplet": _pddm(heads=1, default_mining_score="pddm"),
@@ -100,9 +111,29 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
 if tuple(METHODS) != METHOD_NAMES:
     raise ImportError("pddm_tf.method_names.METHOD_NAMES is out of date: it must list the keys of METHODS")
 
+#: method name -> the options its builder takes (the keyword-only parameters after backbone, embedding_dim).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY)
+    for name, builder in METHODS.items()
+}
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(repr(name) for name in sorted(names))
+
 
 def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **options: Any) -> EmbeddingModel:
     """The model of a named method around `backbone`, not yet compiled.
+
+    Options are strict: each method takes only the options it uses (`METHOD_OPTIONS[method]`), and
+    any other raises a ValueError naming it, so a misspelt or misplaced option is never ignored. To
+    configure whichever method from one full set of settings (as the CLI and the benchmarks do),
+    pass `**method_options(method, **settings)`, which keeps the settings the method takes.
 
     Args:
       method: a key of `METHODS`: "pddm_quadruplet", "pddm_triplet" (PDDM with one negative head),
@@ -115,18 +146,43 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         method samples negatives by distance weighting (the margin-loss paper's sampler).
       backbone: images -> features.
       embedding_dim: d.
-      options: dropout (before the embedding projection, every method); PDDM settings (alpha, beta,
-        embedding_weight, mining, mining_score, pddm_normalize_inputs: see `layers.PDDM`); ignored by
-        baselines. HDML methods require num_classes (training classes) and take hdml_alpha and
-        hdml_beta (its hardness and weighting temperatures; hdml_alpha None = calibrated, see
-        `HDMLModel`) and hdml_generator_input ("single" or "anchor_pair"); hdml_pddm uses alpha, beta and
-        embedding_weight for its double-header loss. Other methods ignore num_classes. The
-        Divide-and-Conquer methods take num_learners (K, default 4); train them on the data and
-        with the callback of `training_pipeline`.
+      options: dropout (before the embedding projection; every method). The PDDM methods
+        (pddm_*, euclidean_quadruplet) take alpha, beta, embedding_weight, mining, mining_score and
+        pddm_normalize_inputs (see `layers.PDDM`). HDML methods require num_classes (training
+        classes) and take hdml_alpha and hdml_beta (its hardness and weighting temperatures;
+        hdml_alpha None = calibrated, see `HDMLModel`) and hdml_generator_input ("single" or
+        "anchor_pair"); hdml_pddm also takes alpha, beta and embedding_weight for its double-header
+        loss. The Divide-and-Conquer methods take num_learners (K, default 4); dc_pddm also alpha,
+        beta, embedding_weight, mining and mining_score; train them on the data and with the
+        callback of `training_pipeline`.
+
+    Raises:
+      ValueError: an unknown method, or an option the method does not take.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    _check_method(method)
+    unknown = set(options) - set(METHOD_OPTIONS[method])
+    if unknown:
+        raise ValueError(f"method {method!r} takes no option {_names(unknown)}; its options are "
+                         f"{_names(METHOD_OPTIONS[method])} (to pass settings shared by all methods, use "
+                         "build_model(method, ..., **method_options(method, **settings)))")
     return METHODS[method](backbone, embedding_dim, **options)
+
+
+def method_options(method: str, **settings: Any) -> dict[str, Any]:
+    """The `settings` that `method` takes: what to pass to `build_model` when one full set of settings
+    (e.g. the CLI's flags) configures any method. Settings only other methods take are dropped; a
+    name that no method takes (a misspelling) raises.
+
+    Raises:
+      ValueError: an unknown method, or a setting no method takes.
+    """
+    _check_method(method)
+    known = set().union(*METHOD_OPTIONS.values())
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"no method takes the option {_names(unknown)}; {method!r} takes "
+                         f"{_names(METHOD_OPTIONS[method])}, and the methods' options are {_names(known)}")
+    return {name: value for name, value in settings.items() if name in METHOD_OPTIONS[method]}
 
 
 def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_classes: int, batch_per_class: int,

@@ -75,6 +75,8 @@ class EmbeddingModel(keras.Model):
     #: Whether the train step supports mixed_float16's loss scaling (one optimizer per step; see
     #: `check_loss_scaling`).
     supports_loss_scaling: bool = True
+    #: The constructor argument(s) that set the model's loss, named by `compile(loss=...)`'s error.
+    loss_arguments: str = "loss"
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, dropout: float = 0.0,
                  head: EmbeddingHead | None = None, **kwargs: Any) -> None:
@@ -102,6 +104,25 @@ class EmbeddingModel(keras.Model):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         return self.head(self.backbone(inputs, training=training), training=training)
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
+        """`keras.Model.compile` without a loss: the model owns its loss, given at construction.
+
+        Raises:
+          ValueError: `loss` is not None (Keras would otherwise silently ignore it, since the model's
+            `train_step` computes its own loss).
+        """
+        if loss is not None:
+            raise ValueError(f"{type(self).__name__}.compile got loss={loss!r}, but the model's loss is given at "
+                             f"construction ({type(self).__name__}(..., {self.loss_arguments}=...)); compile "
+                             "takes the optimizer (and metrics) only")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        # What keras.Model.compile_from_config does, which skips a model whose `compile` is overridden.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         """`keras.Model.fit` with `shuffle=False` by default.

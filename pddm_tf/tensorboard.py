@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from pddm_tf import visualize
+from pddm_tf import atomic, visualize
 from pddm_tf.evaluation import RetrievalEvaluation
 
 #: The projector's largest sprite side in pixels.
@@ -177,10 +176,10 @@ def write_projector(log_dir: str | os.PathLike, embeddings: np.ndarray, labels: 
     rows = np.arange(len(embeddings))
     if len(rows) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_points, replace=False))
-    _write_text(folder / "embeddings.tsv",
+    atomic.write_text(folder / "embeddings.tsv",
                 "".join("\t".join(f"{v:.7g}" for v in row) + "\n" for row in embeddings[rows]))
     names = [class_names[label] if class_names is not None else str(label) for label in labels[rows]]
-    _write_text(folder / "metadata.tsv", "label\tclass\n" + "".join(
+    atomic.write_text(folder / "metadata.tsv", "label\tclass\n" + "".join(
         f"{label}\t{' '.join(str(name).split())}\n" for label, name in zip(labels[rows], names)))
     sprite = ""
     if load_images is not None:
@@ -196,25 +195,12 @@ def write_projector(log_dir: str | os.PathLike, embeddings: np.ndarray, labels: 
         grid = tiles.reshape(per_row, per_row, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(
             per_row * size, per_row * size, 3)
         pixels = tf.cast(tf.round(tf.clip_by_value(grid, 0.0, 1.0) * 255.0), tf.uint8)
-        _write_bytes(folder / "sprite.png", tf.io.encode_png(pixels).numpy())
+        atomic.write_bytes(folder / "sprite.png", tf.io.encode_png(pixels).numpy())
         sprite = (f'  sprite {{\n    image_path: "projector/sprite.png"\n    single_image_dim: {size}\n'
                   f'    single_image_dim: {size}\n  }}\n')
-    _write_text(root / "projector_config.pbtxt",
+    atomic.write_text(root / "projector_config.pbtxt",
                 f'embeddings {{\n  tensor_name: "{tensor_name}"\n  tensor_path: "projector/embeddings.tsv"\n'
                 f'  metadata_path: "projector/metadata.tsv"\n{sprite}}}\n')
     return rows.tolist()
 
 
-def _write_bytes(path: pathlib.Path, payload: bytes) -> None:
-    """Writes `payload` atomically: TensorBoard, reading the folder meanwhile, sees the old file or the new."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a TensorBoard server may run as another user
-    os.replace(tmp, path)
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))

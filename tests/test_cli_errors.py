@@ -198,10 +198,10 @@ def test_every_recipe_passes_the_checks():
 
 def test_pddm_methods_are_the_methods_with_a_pddm_unit():
     from pddm_tf import small_convnet
-    from pddm_tf.methods import METHODS, build_model
+    from pddm_tf.methods import METHODS, build_model, method_options
 
-    with_pddm = {name for name in METHODS if getattr(build_model(name, small_convnet(16, 1, width=4), 8, num_classes=3,
-                                                                 num_learners=2), "pddm", None) is not None}
+    with_pddm = {name for name in METHODS if getattr(build_model(name, small_convnet(16, 1, width=4), 8, **method_options(
+        name, num_classes=3, num_learners=2)), "pddm", None) is not None}
     assert with_pddm == cli_validation.PDDM_METHODS
 
 

@@ -453,3 +453,22 @@ def test_with_rotations_is_public_and_refuses_rotated_input():
     assert rotated.num_classes == 4 * files.num_classes
     with pytest.raises(ValueError, match="unrotated"):
         data.with_rotations(rotated)
+
+
+def test_read_image_applies_a_transform_to_the_full_size_rotated_image():
+    """`read_image(..., transform=t, seed=s)` is t(PIL's full-size pixels rotated k x 90 degrees, s); without a
+    seed, t sees zeros."""
+    reference = np.asarray(Image.open(A_PNG).convert("L"), dtype=np.uint8)[:, :, None]
+    seen = []
+
+    def corner(image, seed):  # a transform that records its seed and keeps a float 8 x 8 corner
+        seen.append(seed)
+        return tf.cast(image[:8, :8], tf.float32) / 255.0 + tf.cast(seed[0], tf.float32)
+
+    for rotation, seed, offset in ((0, None, 0.0), (1, tf.constant([3, 9], tf.int64), 3.0)):
+        got = data.read_image(tf.constant(str(A_PNG)), 8, 1, rotation, transform=corner, seed=seed).numpy()
+        want = np.rot90(reference, k=rotation)[:8, :8].astype(np.float32) / 255.0 + offset
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert [list(np.asarray(s)) for s in seen] == [[0, 0], [3, 9]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected shape"):  # [s, s, c]
+        data.read_image(tf.constant(str(A_PNG)), 9, 1, transform=corner)

@@ -164,8 +164,8 @@ class _Interrupt(keras.callbacks.Callback):
 def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
     if model is None:
         keras.utils.set_random_seed(0)
-        model = methods.build_model(method, backbones.small_convnet(SIZE, 1, width=8), 16,
-                                    num_classes=files.num_classes, num_learners=2)
+        model = methods.build_model(method, backbones.small_convnet(SIZE, 1, width=8), 16, **methods.method_options(
+            method, num_classes=files.num_classes, num_learners=2))
         model.build((None, SIZE, SIZE, 1))
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
     dataset, callbacks = methods.training_pipeline(model, files, 4, 2, SIZE, 1, seed=1, steps_per_epoch=3,

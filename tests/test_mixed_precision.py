@@ -9,7 +9,7 @@ from absl import flags
 
 from pddm_tf import PDDM, cli, small_convnet
 from pddm_tf.export import export_saved_model
-from pddm_tf.methods import build_model
+from pddm_tf.methods import build_model, method_options
 
 SIZE = 16
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.002 per operation); a few conv layers,
@@ -37,7 +37,8 @@ def _batch():
 def _model(policy: str, method: str = "pddm_quadruplet", optimizer=None):
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    model = build_model(method, small_convnet(SIZE, 1, width=8), 8, num_classes=4, num_learners=2)
+    model = build_model(method, small_convnet(SIZE, 1, width=8), 8, **method_options(method, num_classes=4,
+                                                                                     num_learners=2))
     model.build((None, SIZE, SIZE, 1))
     model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
     keras.mixed_precision.set_global_policy("float32")

@@ -101,3 +101,25 @@ def test_bad_training_input():
         model.train_on_batch(images[0], labels[0].astype(np.float32))
     with pytest.raises(ValueError, match="mining_score"):
         PDDMModel(small_convnet(16, 1, width=8, depth=2), mining_score="cosine")
+
+
+def test_compile_refuses_a_loss_and_keeps_the_optimizer(tmp_path):
+    model = _model()
+    with pytest.raises(ValueError, match=r"PDDMModel.compile got loss='mse', but the model's loss is given at "
+                                         r"construction \(PDDMModel\(\.\.\., loss=\.\.\.\)\)"):
+        model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="given at construction"):
+        model.compile("sgd", "mse")  # positionally too
+    optimizer = keras.optimizers.SGD(0.25)
+    model.compile(optimizer=optimizer)
+    assert model.optimizer is optimizer
+    images, labels = _batches(steps=1)
+    model.train_on_batch(images[0], labels[0])
+    assert int(model.optimizer.iterations.numpy()) == 1
+    # Loading a compiled model re-runs compile (Keras' compile_config), without a loss, and keeps the optimizer.
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, keras.optimizers.SGD)
+    np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.25)
+    np.testing.assert_allclose(loaded.predict(images[0], verbose=0), model.predict(images[0], verbose=0), atol=1e-6)
