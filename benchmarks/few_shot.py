@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import backbone as make_backbone  # noqa: E402
-from pddm_tf import cli, data, evaluation, few_shot, methods, pipeline, recipes  # noqa: E402
+from pddm_tf import atomic, cli, data, evaluation, few_shot, methods, pipeline, recipes  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
 from pddm_tf.optimizers import make_optimizer  # noqa: E402
 
@@ -59,6 +59,9 @@ flags.DEFINE_string("variants", None, "JSON: extra rows, name -> {'base': row, f
 flags.DEFINE_string("out_dir", "benchmarks/results/few_shot", "Where results.json, table.md and the plot go.")
 flags.DEFINE_integer("steps", None, "Train every row exactly this many steps instead of a budget (sweeps at equal "
                      "steps on a busy machine; then the rows' times are not comparable).")
+flags.DEFINE_string("row_steps", None, "JSON: row -> steps, for rows whose steps were set from seconds per step "
+                    "measured earlier on a quiet machine (a busy machine's measurement would short the rows "
+                    "measured during a load peak); other rows are measured as usual.")
 flags.DEFINE_bool("quick", False, "CI mode: fold 0, 20 steps, 20 episodes.")
 
 #: The held-out alphabets of each fold: the 8 embedded alphabets in name order, in pairs.
@@ -203,6 +206,10 @@ def _embed(model: keras.Model, files: data.ImageFiles, size: int) -> np.ndarray:
     return evaluation.embed_dataset(model, data.evaluation_dataset(files, size, 1, 256))[0]
 
 
+def _row_steps() -> dict[str, int]:
+    return {name: int(steps) for name, steps in json.loads(FLAGS.row_steps or "{}").items()}
+
+
 def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, episodes: int) -> dict[str, Any]:
     """Trains (or not, for pixels) one row on one fold; returns its figures."""
     split = _fold_split(fold, config["rotations"] and config["method"] != "pixel")
@@ -214,8 +221,9 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
     else:
         if FLAGS.quick:
             steps = 20
-        elif FLAGS.steps:
-            steps = max(CURVE_POINTS, FLAGS.steps // CURVE_POINTS * CURVE_POINTS)
+        elif FLAGS.steps or name in _row_steps():
+            steps = FLAGS.steps or _row_steps()[name]
+            steps = max(CURVE_POINTS, steps // CURVE_POINTS * CURVE_POINTS)
         else:
             steps = max(CURVE_POINTS, int(FLAGS.budget_seconds / rate) // CURVE_POINTS * CURVE_POINTS)
         keras.utils.set_random_seed(seed)
@@ -292,7 +300,7 @@ def main(argv: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rates = {}
     for name in FLAGS.rows:
-        if configs[name]["method"] != "pixel" and not FLAGS.quick and not FLAGS.steps:
+        if configs[name]["method"] != "pixel" and not FLAGS.quick and not FLAGS.steps and name not in _row_steps():
             rates[name] = seconds_per_step(configs[name], _fold_split(folds[0], configs[name]["rotations"]))
             print(f"{name}: {rates[name] * 1000:.0f} ms per step -> "
                   f"{int(FLAGS.budget_seconds / rates[name])} steps in {FLAGS.budget_seconds:.0f} s", flush=True)
@@ -303,7 +311,7 @@ def main(argv: list[str]) -> None:
             payload = {"budget_seconds": FLAGS.budget_seconds, "episodes": episodes, "folds": FOLDS,
                        "command": " ".join(sys.argv), "configs": {n: configs[n] for n in FLAGS.rows},
                        "results": results}
-            (out_dir / "results.json").write_text(json.dumps(payload, indent=1, default=str))
+            atomic.write_text(out_dir / "results.json", json.dumps(payload, indent=1, default=str))
     table = _table(results)
     (out_dir / "table.md").write_text(table)
     print("\n" + table)

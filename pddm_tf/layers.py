@@ -24,9 +24,10 @@ class PDDM(keras.layers.Layer):
     Call modes:
       * `layer((f_a, f_b))` with f_a, f_b of shape [n, d] -> scores of the n given pairs, [n].
       * `layer(f)` with f of shape [m, d] -> all-pairs score matrix [m, m], symmetric.
-        The v branch is factorised (W_v v = (W_v f_i + W_v f_j)/2 and
-        ||v||^2 = (||f_i||^2 + ||f_j||^2 + 2 f_i.f_j)/4), so no [m, m, d] tensor is formed for it;
-        only the u branch, which is non-linear in the pair, needs the [m, m, d] differences.
+        Only the pairs i <= j are scored (S is symmetric). The v branch is factorised
+        (W_v v = (W_v f_i + W_v f_j)/2 and ||v||^2 = (||f_i||^2 + ||f_j||^2 + 2 f_i.f_j)/4), so no
+        per-pair feature tensor is formed for it; only the u branch, which is non-linear in the
+        pair, needs the [m (m + 1) / 2, d] differences.
 
     Every norm is floored (see `distances.EPSILON`), so identical features (u = 0) give finite
     scores and finite gradients.
@@ -111,22 +112,33 @@ class PDDM(keras.layers.Layer):
         return self._head(u_h, v_h)
 
     def all_pair_scores(self, f: tf.Tensor) -> tf.Tensor:
-        """Score matrix S[i, j] of every pair of one batch: [m, d] -> [m, m], symmetric."""
+        """Score matrix S[i, j] of every pair of one batch: [m, d] -> [m, m], symmetric.
+
+        u and v are symmetric in the pair, so only the m (m + 1) / 2 pairs i <= j are scored and
+        the lower triangle is their mirror image: half the work of scoring every ordered pair, and
+        each score equals the pair mode's up to float rounding.
+        """
         f = l2_normalize(f)
-        # u branch: |f_i - f_j| is not linear in the pair, so it is formed explicitly ([m, m, d]).
-        u = tf.abs(f[:, None, :] - f[None, :, :])
+        m = tf.shape(f)[0]
+        upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
+        pairs = tf.cast(tf.where(upper), tf.int32)  # [P, 2], row-major
+        i, j = pairs[:, 0], pairs[:, 1]
+        # u branch: |f_i - f_j| is not linear in the pair, so it is formed for every pair ([P, d]).
+        u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
         if self.normalize_inputs:
             u = l2_normalize(u)
-        u_h = tf.nn.relu(tf.einsum("ijd,dh->ijh", u, self.u_kernel) + self.u_bias)
+        u_h = tf.nn.relu(tf.matmul(u, self.u_kernel) + self.u_bias)
         # v branch: W_v (f_i + f_j)/2 from per-sample products; its norm from the Gram matrix.
         proj = tf.matmul(f, self.v_kernel)  # [m, h]
-        v_lin = 0.5 * (proj[:, None, :] + proj[None, :, :])  # [m, m, h]
+        v_lin = 0.5 * (tf.gather(proj, i) + tf.gather(proj, j))  # [P, h]
         if self.normalize_inputs:
             sq = tf.reduce_sum(tf.square(f), axis=1)
-            v_sq_norm = 0.25 * (sq[:, None] + sq[None, :] + 2.0 * tf.matmul(f, f, transpose_b=True))
-            v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, :, None]
+            gram = tf.matmul(f, f, transpose_b=True)
+            v_sq_norm = 0.25 * (tf.gather(sq, i) + tf.gather(sq, j) + 2.0 * tf.gather_nd(gram, pairs))
+            v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, None]
         v_h = tf.nn.relu(v_lin + self.v_bias)
-        return self._head(u_h, v_h)
+        upper_scores = tf.scatter_nd(pairs, self._head(u_h, v_h), tf.stack([m, m]))
+        return tf.where(upper, upper_scores, tf.transpose(upper_scores))
 
     def _head(self, u_h: tf.Tensor, v_h: tf.Tensor) -> tf.Tensor:
         """Shared top of both modes: [..., h], [..., h] -> scores [...]."""

@@ -1,0 +1,152 @@
+"""Train-step time of PDDM quadruplet training against batch-hard triplet, side by side in one run.
+
+For each batch configuration (P x K images, embedding size d) the script builds the models with
+the same backbone (small_convnet by default, 32 x 32 x 1) and times `train_on_batch` on one fixed
+random batch (the input pipeline is left out). The rows take turns within each round, so load from
+other jobs affects them alike. Reported per row: median (min, max) ms per step over --rounds rounds
+of --steps steps, and the ratio of medians to the first row of the configuration (batch-hard).
+
+Beside the full steps, the PDDM rows are broken down into the parts of METHODS.md section 2 that
+batch-hard training does not have, each timed alone in its own `tf.function` on the same batch:
+  * `all_pairs`: the all-pairs PDDM scores of the batch's embeddings (mining input, no gradient);
+  * `mining`:   all_pairs + quadruplet mining (`models.mine_with_pddm`);
+  * `dense_all_pairs`: the all-pairs scores as the library computed them before (every ordered
+    pair through an [m, m, d] difference tensor), for comparison.
+
+  nice -n 19 python benchmarks/train_step.py --configs=16x4:64,64x4:128
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from pddm_tf import atomic, backbone  # noqa: E402
+from pddm_tf.distances import EPSILON, l2_normalize  # noqa: E402
+from pddm_tf.methods import build_model, method_options  # noqa: E402
+from pddm_tf.models import mine_with_pddm  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["16x4:64", "64x4:128"], "Batch configurations PxK:d.")
+flags.DEFINE_list("methods", ["triplet_batchhard", "pddm_quadruplet"],
+                  "Methods to time; the first is each configuration's reference (ratio 1).")
+flags.DEFINE_string("backbone", "small_convnet", "Backbone name.")
+flags.DEFINE_integer("image_size", 32, "Input side.")
+flags.DEFINE_integer("channels", 1, "Input channels.")
+flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per row before the rounds (tracing included).")
+flags.DEFINE_integer("steps", 10, "Timed steps per round and row.")
+flags.DEFINE_integer("rounds", 5, "Rounds; the median over rounds is reported.")
+flags.DEFINE_bool("breakdown", True, "Also time the PDDM parts (all-pairs scores, mining) alone.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def _dense_all_pair_scores(layer, f: tf.Tensor) -> tf.Tensor:
+    """The former all-pairs mode: every ordered pair, through an [m, m, d] difference tensor."""
+    f = l2_normalize(f)
+    u = tf.abs(f[:, None, :] - f[None, :, :])
+    if layer.normalize_inputs:
+        u = l2_normalize(u)
+    u_h = tf.nn.relu(tf.einsum("ijd,dh->ijh", u, layer.u_kernel) + layer.u_bias)
+    proj = tf.matmul(f, layer.v_kernel)
+    v_lin = 0.5 * (proj[:, None, :] + proj[None, :, :])
+    if layer.normalize_inputs:
+        sq = tf.reduce_sum(tf.square(f), axis=1)
+        v_sq_norm = 0.25 * (sq[:, None] + sq[None, :] + 2.0 * tf.matmul(f, f, transpose_b=True))
+        v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, :, None]
+    return layer._head(u_h, tf.nn.relu(v_lin + layer.v_bias))
+
+
+def _model(method: str, classes: int, dim: int) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    network = backbone(FLAGS.backbone, FLAGS.image_size, FLAGS.channels, weights=None)
+    model = build_model(method, network, dim, **method_options(method, num_classes=classes))
+    model.build((None, FLAGS.image_size, FLAGS.image_size, FLAGS.channels))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    return model
+
+
+def _parse(config: str) -> tuple[int, int, int]:
+    batch, dim = config.split(":")
+    classes, per_class = batch.split("x")
+    return int(classes), int(per_class), int(dim)
+
+
+def _time_rounds(rows: dict[str, Callable[[], Any]]) -> dict[str, list[float]]:
+    """ms per call of each row, one value per round; rows take turns within a round."""
+    for run in rows.values():
+        for _ in range(FLAGS.warmup_steps):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(FLAGS.rounds):
+        for name, run in rows.items():
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                result = run()
+            times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
+            if not np.all(np.isfinite(result)):
+                raise RuntimeError(f"{name}: non-finite result")
+    return times
+
+
+def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
+    classes, per_class, dim = _parse(config)
+    rng = np.random.default_rng(0)
+    size = classes * per_class
+    images = tf.constant(rng.random((size, FLAGS.image_size, FLAGS.image_size, FLAGS.channels), np.float32))
+    labels = tf.constant(np.repeat(np.arange(classes), per_class).astype(np.int32))
+    rows: dict[str, Callable[[], Any]] = {}
+    for method in FLAGS.methods:
+        model = _model(method, classes, dim)
+        rows[f"{method} step"] = (lambda m=model: m.train_on_batch(images, labels, return_dict=True)["loss"])
+        if FLAGS.breakdown and hasattr(model, "pddm"):
+            embeddings = tf.constant(model.predict(images, verbose=0))
+            layer = model.pddm
+            all_pairs = tf.function(lambda e, layer=layer: layer(e))
+            dense = tf.function(lambda e, layer=layer: _dense_all_pair_scores(layer, e))
+            mine = tf.function(lambda e, m=model: mine_with_pddm(m.pddm, m.hinge_loss, m.mining_score, e,
+                                                                 labels)["quadruplets"].indices)
+            if not np.allclose(all_pairs(embeddings).numpy(), dense(embeddings).numpy(), atol=1e-5):
+                raise RuntimeError("the all-pairs scores differ from the dense reference")
+            rows[f"{method}: all_pairs"] = lambda f=all_pairs: f(embeddings).numpy()
+            rows[f"{method}: dense_all_pairs"] = lambda f=dense: f(embeddings).numpy()
+            rows[f"{method}: mining"] = lambda f=mine: f(embeddings).numpy()
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}; {FLAGS.rounds} rounds of "
+          f"{FLAGS.steps} steps; {platform.processor() or platform.machine()}, TF {tf.__version__}, "
+          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}")
+    results: dict[str, Any] = {}
+    for config in FLAGS.configs:
+        times = _time_rounds(_rows_of(config))
+        base = statistics.median(next(iter(times.values())))
+        classes, per_class, dim = _parse(config)
+        print(f"\nbatch {classes} x {per_class}, d = {dim}")
+        print(f"{'row':<42} {'ms median':>10} {'min':>8} {'max':>8} {'ratio':>7}")
+        results[config] = {}
+        for name, values in times.items():
+            median = statistics.median(values)
+            results[config][name] = {"median_ms": median, "min_ms": min(values), "max_ms": max(values),
+                                     "ratio": median / base}
+            print(f"{name:<42} {median:>10.1f} {min(values):>8.1f} {max(values):>8.1f} {median / base:>7.2f}")
+    if FLAGS.json:
+        atomic.write_json(FLAGS.json, {"flags": {name: FLAGS[name].value for name in (
+            "configs", "methods", "backbone", "image_size", "steps", "rounds")},
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "results": results}, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
