@@ -71,7 +71,8 @@ class PDDM(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         # Pair mode receives two shapes, all-pairs mode one; both carry the feature size last.
-        shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) else input_shape
+        paired = isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple))
+        shape = input_shape[0] if paired else input_shape
         dim = shape[-1]
         if dim is None:
             raise ValueError("PDDM needs a known feature dimension (last axis)")
