@@ -277,6 +277,10 @@ def recall_at_k(
 
     Returns:
         {"recall@K": fraction of queries with a same-class item among their K nearest}.
+
+    Example (points 0, 1 | 1.4, 3 on a line: the nearest neighbours of 1 and 1.4 are each other):
+        >>> recall_at_k([[0.0], [1.0], [1.4], [3.0]], [0, 0, 1, 1], ks=(1, 2))
+        {'recall@1': 0.5, 'recall@2': 0.75}
     """
     embeddings, class_ids, r = _validate(embeddings, labels)
     ks = _validate_ks(ks)

@@ -46,6 +46,19 @@ class PDDM(keras.layers.Layer):
       dtype: the layer's dtype policy; default "float32" whatever the global policy, so that under
         mixed precision the scores that mining ranks and the hinge margins compare keep float32
         precision (the unit is small next to the backbone). Pass a policy to override.
+
+    Example (the all-pairs matrix holds the scores of the pair mode):
+      >>> import numpy as np
+      >>> pddm = PDDM(units=8, combined_units=8)
+      >>> f = tf.constant([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+      >>> scores = pddm(f)
+      >>> scores.shape
+      TensorShape([3, 3])
+      >>> pair = pddm((f[:2], f[1:]))  # S_01 and S_12
+      >>> np.allclose(pair, [scores[0, 1], scores[1, 2]], atol=1e-5)
+      True
+      >>> np.allclose(scores, tf.transpose(scores), atol=1e-5)
+      True
     """
 
     def __init__(
