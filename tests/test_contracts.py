@@ -71,6 +71,23 @@ def _loss(name: str, options: dict) -> keras.losses.Loss:
     return _LOSSES[name](**options)
 
 
+def _perturbed(cls: type, options: dict) -> dict:
+    """`options` plus every other float argument of `cls` moved off its default (x 1.25, or 0.1 for 0),
+    so that a serialization round-trip that drops one changes the result."""
+    parameters = inspect.signature(cls.__init__).parameters
+    moved = {name: (1.25 * p.default if p.default else 0.1) for name, p in parameters.items()
+             if isinstance(p.default, float) and name not in options}
+    return {**moved, **options}
+
+
+def _check_config_holds_every_argument(obj) -> None:
+    parameters = inspect.signature(type(obj).__init__).parameters
+    missing = [name for name, p in parameters.items()
+               if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and name not in obj.get_config()]
+    assert not missing, f"{type(obj).__name__}.get_config() lacks {missing}"
+
+
 def test_the_registry_holds_the_losses():
     assert {"ContrastiveLoss", "DoubleHeaderHingeLoss", "LiftedStructuredLoss", "MarginLoss", "MultiSimilarityLoss",
             "NPairLoss", "TripletLoss"} <= set(_LOSSES)
@@ -79,7 +96,8 @@ def test_the_registry_holds_the_losses():
 
 @pytest.mark.parametrize("name, options", _LOSS_CASES)
 def test_loss_serialization_round_trip(name, options):
-    loss = _loss(name, options)
+    loss = _loss(name, _perturbed(_LOSSES[name], options))
+    _check_config_holds_every_argument(loss)
     config = loss.get_config()
     copies = [keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss)),
               type(loss).from_config(config)]
@@ -240,9 +258,9 @@ _LAYER_CASES = [pytest.param(name, k, id=f"{name}-{k}") for name in sorted(_LAYE
                 for k in range(len(_LAYER_CASES_BY_NAME[name]))]
 
 
-def _layer_case(name: str, k: int):
+def _layer_case(name: str, k: int, perturbed: bool = False):
     options, inputs = _LAYER_CASES_BY_NAME[name][k]
-    return _LAYERS[name](**options), inputs
+    return _LAYERS[name](**(_perturbed(_LAYERS[name], options) if perturbed else options)), inputs
 
 
 def _map(fn, inputs):
@@ -255,7 +273,8 @@ def test_every_registered_layer_has_a_case():
 
 @pytest.mark.parametrize("name, k", _LAYER_CASES)
 def test_layer_serialization_round_trip(name, k):
-    layer, inputs = _layer_case(name, k)
+    layer, inputs = _layer_case(name, k, perturbed=True)
+    _check_config_holds_every_argument(layer)
     expected = layer(inputs).numpy()
     for copy in (keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)),
                  type(layer).from_config(layer.get_config())):
