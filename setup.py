@@ -25,7 +25,8 @@ setup(
     package_data={"pddm_tf": _package_data()},
     install_requires=[
         "tensorflow>=2.16",
-        "keras>=3",
+        # pddm_tf._compat relies on private Keras internals, checked against 3.15 (tests/test_compat.py).
+        "keras>=3.15,<4",
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
         "scikit-learn>=1.3",

@@ -108,7 +108,7 @@ def write_json(path: str | os.PathLike, payload: Any, **dump_options: Any) -> pa
 def sync_tree(root: str | os.PathLike) -> None:
     """fsyncs every file and folder below `root` (and `root`): makes a folder written by a library
     (a SavedModel, a checkpoint) durable before something that points at it is renamed into place."""
-    for folder, _, files in os.walk(root):
+    for folder, _, files in os.walk(os.fspath(root)):
         for name in files:
             _fsync_path(os.path.join(folder, name))
         _fsync_path(folder, directory=True)

@@ -144,9 +144,9 @@ flags.DEFINE_string("plots", None, "evaluate: write PNG pictures of the result i
 # runtime
 flags.DEFINE_bool("onednn", False, "Use oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS=1). TensorFlow turns them on by "
                   "itself only on some Intel CPUs; on this project's AMD machine they looked faster in one "
-                  "unbenchmarked measurement (issue 17 will measure them). Off by default because on CPUs without AVX-512 TensorFlow "
-                  "then logs an ERROR line about a uint8 fallback at run time. Results differ from the plain "
-                  "kernels in the last float32 bits. Without the flag on the command line, a "
+                  "unbenchmarked measurement (issue 17 will measure them). Off by default because on CPUs "
+                  "without AVX-512 TensorFlow then logs an ERROR line about a uint8 fallback at run time. Results "
+                  "differ from the plain kernels in the last float32 bits. Without the flag on the command line, a "
                   "TF_ENABLE_ONEDNN_OPTS already in the environment wins.")
 
 # output
@@ -304,7 +304,8 @@ def _build_model(channels: int, num_classes: int, total_steps: int | None, optio
     from pddm_tf.methods import method_options
     from pddm_tf.optimizers import make_optimizer
 
-    network = backbone(FLAGS.backbone, FLAGS.image_size, channels, weights=None if FLAGS.weights == "none" else "imagenet",
+    network = backbone(FLAGS.backbone, FLAGS.image_size, channels,
+                       weights=None if FLAGS.weights == "none" else "imagenet",
                        pooling=FLAGS.pooling, freeze_batchnorm=FLAGS.freeze_batchnorm, **options)
     model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim,
                                **method_options(FLAGS.method, **_method_settings(num_classes)))
@@ -348,7 +349,8 @@ _RUN: dict[str, Any] = {}
 
 
 def _with_pixel_limit(command: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
-    """Runs `command` with --max_image_pixels as the loaders' limit (`image_header.MAX_IMAGE_PIXELS`), restored after."""
+    """Runs `command` with --max_image_pixels as the loaders' limit (`image_header.MAX_IMAGE_PIXELS`),
+    restored after."""
     import functools
 
     @functools.wraps(command)
@@ -513,9 +515,11 @@ def _tensorboard(files, channels: int, transform, callbacks: list):
     from pddm_tf import evaluation, visualize
     from pddm_tf.tensorboard import TensorBoard
 
+    log_dir = _log_dir()
+    assert log_dir is not None  # called only with --log_dir
     retrieval = next((c for c in callbacks if isinstance(c, evaluation.RetrievalEvaluation)), None)
     load_images = visualize.load_file_images(files, FLAGS.image_size, channels, transform) if files else None
-    return TensorBoard(_log_dir(), retrieval, load_images, class_names=files.class_names if files else None,
+    return TensorBoard(log_dir, retrieval, load_images, class_names=files.class_names if files else None,
                        seed=FLAGS.seed)
 
 

@@ -202,9 +202,9 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
       start_step: as in `pddm_tf.data.class_balanced_dataset`: a variable (the optimiser's
         `iterations`) read when an iterator starts; its batches are steps t, t+1, ... from its value.
       steps_per_epoch: None: infinite. S: every iterator yields S batches, one epoch (it should start
-        at an epoch boundary, as `fit` and `fault_tolerance` do). Keras then starts a new iterator for each epoch, after the epoch-end
-        re-clustering, so no batch of an epoch is drawn (prefetched) before the clustering it
-        belongs to: the batches depend on the step and the clustering only, which a resumed run
+        at an epoch boundary, as `fit` and `fault_tolerance` do). Keras then starts a new iterator for
+        each epoch, after the epoch-end re-clustering, so no batch of an epoch is drawn (prefetched)
+        before the clustering it belongs to: the batches depend on the step and the clustering only, which a resumed run
         reproduces exactly.
       shard: (i, n): only the i-th of n equal slices of every batch (a worker's share).
 
@@ -292,7 +292,8 @@ class DivideAndConquer(keras.callbacks.Callback):
     """
 
     def __init__(self, assignment: ClusterAssignment, files: ImageFiles, image_size: int, channels: int,
-                 batch_classes: int = 2, recluster_every: int = 2, conquer_epochs: int = 1, cluster_on: str = "features",
+                 batch_classes: int = 2, recluster_every: int = 2, conquer_epochs: int = 1,
+                 cluster_on: str = "features",
                  batch_size: int = 256, seed: int = 0) -> None:
         super().__init__()
         if recluster_every < 0 or conquer_epochs < 0:

@@ -588,7 +588,7 @@ def _extract_split(builder: tfds.core.DatasetBuilder, source: _Source, split: st
 
 def _read_index(root: pathlib.Path) -> _Extracted:
     """The `_Extracted` files listed by `root`'s index."""
-    paths, labels, names = [], [], {}
+    paths, labels, names = [], [], {}  # type: list[str], list[int], dict[int, str]
     with open(root / _INDEX, encoding="utf-8") as index:
         for line in index:
             if line.startswith("#"):

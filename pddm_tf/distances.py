@@ -16,7 +16,12 @@ def safe_norm(x: tf.Tensor, axis: int = -1, keepdims: bool = True) -> tf.Tensor:
 
 
 def l2_normalize(x: tf.Tensor, axis: int = -1) -> tf.Tensor:
-    """`x / ||x||` along `axis`; an all-zero vector maps to zero with a zero (finite) gradient."""
+    """`x / ||x||` along `axis`; an all-zero vector maps to zero with a zero (finite) gradient.
+
+    Example:
+      >>> l2_normalize(tf.constant([[3.0, 4.0], [0.0, 0.0]])).numpy().tolist()
+      [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
     return x / safe_norm(x, axis=axis, keepdims=True)
 
 
@@ -28,6 +33,12 @@ def pairwise_squared_distances(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.T
     Returns:
       [m, n], clamped at 0 (the Gram-matrix form can round slightly below zero); when `y` is None
       the diagonal is exactly 0 and the matrix is exactly symmetric.
+
+    Example:
+      >>> pairwise_squared_distances(tf.constant([[0.0, 0.0], [3.0, 4.0]])).numpy().tolist()
+      [[0.0, 25.0], [25.0, 0.0]]
+      >>> pairwise_squared_distances(tf.constant([[0.0, 0.0]]), tf.constant([[1.0, 0.0], [0.0, 2.0]])).numpy().tolist()
+      [[1.0, 4.0]]
     """
     same = y is None
     y = x if same else y

@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pddm_tf import _compat
 from pddm_tf.clustering import CONQUER
 from pddm_tf.layers import PDDM, SlicedEmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, MarginLoss, check_embeddings
@@ -91,7 +92,8 @@ class DivideAndConquerModel(EmbeddingModel):
         self.learner_losses.append(whole)
         if self.uses_pddm:
             self.pddm = PDDM(name="pddm")
-            self.learner_pddms = [PDDM(name=f"pddm_learner{k}") for k in range(num_learners)] if num_learners > 1 else []
+            self.learner_pddms = ([PDDM(name=f"pddm_learner{k}") for k in range(num_learners)]
+                                  if num_learners > 1 else [])
         # Listing the losses' variables makes Keras track (and train) e.g. a learnable margin beta.
         self.loss_variables = [v for loss_ in self._distinct_losses() for v in getattr(loss_, "variables", [])]
         self.metric_names = PDDM_TERMS if self.uses_pddm else ("loss",)
@@ -113,12 +115,11 @@ class DivideAndConquerModel(EmbeddingModel):
                 if not self._pddm_of(k).built:
                     dim = self.embedding_dim if k == self.num_learners else self.head.slice_dim
                     self._pddm_of(k).build((None, dim))
-        if tf.executing_eagerly():  # not while Keras traces the model symbolically (see _symbolic_build)
+        if tf.executing_eagerly():  # not while Keras traces the model symbolically (see _after_symbolic_build)
             self._build_optimizers()
 
-    def _symbolic_build(self, *args: Any, **kwargs: Any) -> None:
+    def _after_symbolic_build(self) -> None:
         # `fit` of an unbuilt model builds it from a traced call, where no optimiser can be built.
-        super()._symbolic_build(*args, **kwargs)
         self._build_optimizers()
 
     # -- optimisers ------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class DivideAndConquerModel(EmbeddingModel):
             terms, objective = self._objective(data, tape)
         if not all(o.built for o in self.learner_optimizers):
             # Only without a distribution strategy does Keras leave an unbuilt model to the first traced
-            # step (see _symbolic_build); its variables can then be created here, as Keras' own are.
+            # step (see _after_symbolic_build); its variables can then be created here, as Keras' own are.
             self._build_optimizers(scoped=False)
         groups = [self.shared_variables()] + [self.learner_variables(k) for k in range(self.num_learners + 1)]
         gradients = tape.gradient(objective, [v for group in groups for v in group])
@@ -298,4 +299,4 @@ def _apply_if(condition: tf.Tensor, optimizer: keras.optimizers.Optimizer, gradi
             strategy.extended.update(variable, keep_or_restore, args=(old, condition), group=False)
 
     # Mirrored variables can only be assigned in a cross-replica context, as Keras applies weight decay.
-    tf.__internal__.distribute.interim.maybe_merge_call(restore, tf.distribute.get_strategy(), saved, condition)
+    _compat.maybe_merge_call(restore, tf.distribute.get_strategy(), saved, condition)

@@ -113,7 +113,7 @@ def nearest_neighbors(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     queries = _as_matrix(queries, "queries")
     self_search = gallery is None
-    gallery = queries if self_search else _as_matrix(gallery, "gallery embeddings")
+    gallery = queries if gallery is None else _as_matrix(gallery, "gallery embeddings")
     if gallery.shape[1] != queries.shape[1]:
         raise ValueError(
             f"queries and gallery differ in dimension: {queries.shape[1]} vs {gallery.shape[1]}"
@@ -277,6 +277,10 @@ def recall_at_k(
 
     Returns:
         {"recall@K": fraction of queries with a same-class item among their K nearest}.
+
+    Example (points 0, 1 | 1.4, 3 on a line: the nearest neighbours of 1 and 1.4 are each other):
+        >>> recall_at_k([[0.0], [1.0], [1.4], [3.0]], [0, 0, 1, 1], ks=(1, 2))
+        {'recall@1': 0.5, 'recall@2': 0.75}
     """
     embeddings, class_ids, r = _validate(embeddings, labels)
     ks = _validate_ks(ks)
@@ -368,10 +372,10 @@ def evaluate_retrieval(
     # A shortlist longer than the gallery is just the whole gallery.
     k = max(max(ks), int(r.max()), min(rerank, len(embeddings) - 1))
     indices, _ = nearest_neighbors(embeddings, k=k, chunk_size=chunk_size, backend=backend)
-    if rerank > 0:
+    if rerank > 0 and pair_scores is not None:  # (pair_scores is given when rerank > 0, checked above)
         shortlist = min(rerank, k)
-        indices = np.concatenate([
-            rerank_shortlist(embeddings, embeddings, indices[:, :shortlist], pair_scores), indices[:, shortlist:]], axis=1)
+        reranked = rerank_shortlist(embeddings, embeddings, indices[:, :shortlist], pair_scores)
+        indices = np.concatenate([reranked, indices[:, shortlist:]], axis=1)
     hits = class_ids[indices] == class_ids[:, None]  # [n, k]
     metrics = _recall_from_hits(hits, r, ks)
     metrics["nmi"] = _nmi(embeddings, class_ids, seed, KMEANS_N_INIT)

@@ -33,6 +33,7 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -118,7 +119,7 @@ def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
     return model
 
 
-def load_saved_model(path: str | os.PathLike) -> tuple[pathlib.Path, dict[str, Callable]]:
+def load_saved_model(path: str | os.PathLike) -> tuple[pathlib.Path, dict[str, Any]]:
     """The signatures of a pddm_tf SavedModel: `path` is a version folder or a TF Serving base folder
     (then its highest version is loaded). Returns (version folder, signature name -> function).
 
@@ -153,11 +154,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], image_size: int, channels: int,
-                  batch_size: int = 256, transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> Gallery:
+                  batch_size: int = 256,
+                  transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> Gallery:
     """Embeds image files with the training pipeline's decoding (and evaluation `transform`, if any):
     a `Gallery` of [g, d] embeddings and `ids`."""
-    paths = np.asarray(paths, dtype=str)
-    files = data.ImageFiles(paths, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
+    path_array = np.asarray(paths, dtype=str)
+    files = data.ImageFiles(path_array, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
     return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
 
 
@@ -216,6 +218,7 @@ def _search_fn(embed, pddm: keras.layers.Layer | None, index: _GalleryIndex, k: 
         top, indices = evaluation.exact_top_k(queries, index.embeddings, max(k, rerank), index.sq_norms)  # [n, k or R]
         distances = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True) - top, 0.0)
         if rerank > 0:
+            assert pddm is not None  # checked by the caller
             dim = tf.shape(queries)[1]
             a = tf.reshape(tf.repeat(queries[:, None, :], rerank, axis=1), [-1, dim])  # [n*R, d]
             b = tf.reshape(tf.gather(index.embeddings, indices), [-1, dim])  # [n*R, d]

@@ -45,7 +45,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf import atomic
+from pddm_tf import _compat, atomic
 from pddm_tf.distributed import is_chief
 
 _LATEST = "latest"
@@ -102,7 +102,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         # Keras' callback leaves the resume epoch set, so a later `fit` of the same model would skip epochs.
-        self.model._initial_epoch = None
+        _compat.set_initial_epoch(self.model, None)
         if self.delete_checkpoint:
             if self._chief():
                 shutil.rmtree(self.backup_dir, ignore_errors=True)
@@ -123,7 +123,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.set_model(model)
         with model.distribute_strategy.scope():
             self._restore(folder)
-        model._initial_epoch = None  # no fit follows that would consume it
+        _compat.set_initial_epoch(model, None)  # no fit follows that would consume it
         return self.restored_epoch
 
     # -- saving ----------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if restored_step != metadata["step"]:
             raise ValueError(f"backup {folder} is inconsistent: step {restored_step} restored, {metadata['step']} "
                              "recorded")
-        self.model._initial_epoch = metadata["epoch"]  # the mechanism of Keras' own BackupAndRestore
+        _compat.set_initial_epoch(self.model, metadata["epoch"])  # the mechanism of Keras' own BackupAndRestore
         self.restored_epoch = metadata["epoch"]
         print(f"resumed from {folder} at epoch {metadata['epoch']} (step {metadata['step']})", flush=True)
 

@@ -251,7 +251,8 @@ class HDMLModel(EmbeddingModel):
         self.pddm = pddm if uses_pddm else None
         self.pddm_loss = pddm_loss if uses_pddm else None
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
-        self.generator = None  # built in `build`: its output size is the backbone's feature size
+        # Built in `build`: its output size is the backbone's feature size.
+        self.generator: keras.Sequential | None = None
         self.generator_optimizer = _adam(self.generator_learning_rate, self.generator_weight_decay,
                                          "generator_optimizer")
         self.classifier_optimizer = _adam(self.classifier_learning_rate, self.classifier_weight_decay,
@@ -262,7 +263,7 @@ class HDMLModel(EmbeddingModel):
         self.running_means = self._state("running_means", (2,), self.initial_running_mean)
         self.block_sums = self._state("block_sums", (2,), 0.0)
         self.block_steps = self._state("block_steps", (), 0.0)
-        self.alpha_in_use = self._state("alpha_in_use", (), 0.0 if alpha is None else self.alpha)
+        self.alpha_in_use = self._state("alpha_in_use", (), 0.0 if alpha is None else float(alpha))
 
     def _state(self, name: str, shape: tuple[int, ...], value: float) -> keras.Variable:
         return self.add_weight(name=name, shape=shape, trainable=False, aggregation="only_first_replica",
@@ -323,6 +324,8 @@ class HDMLModel(EmbeddingModel):
 
     def parameter_groups(self) -> dict[str, list[keras.Variable]]:
         """Trainable variables of the metric network, the generator and the classifier."""
+        if self.generator is None:
+            raise RuntimeError("HDMLModel.parameter_groups needs a built model (the generator is built in `build`)")
         metric = self.backbone.trainable_variables + self.head.trainable_variables
         if self.pddm is not None:
             metric += self.pddm.trainable_variables
@@ -367,6 +370,7 @@ class HDMLModel(EmbeddingModel):
             return tf.reduce_sum(hinge) / tf.maximum(tf.cast(tf.size(hinge), anchor.dtype), 1.0)
         # pddm: rows r and q + r are the two halves (i, j, k) and (j, i, l) of one quadruplet.
         q = rows.groups
+        assert self.pddm is not None and self.pddm_loss is not None  # base "pddm" sets both
         scores = self.pddm((tf.concat([anchor, anchor], 0), tf.concat([positive, negative], 0)))
         s_ap, s_an = tf.split(scores, 2)
         d_ap, d_an = squared_distances_of_pairs(anchor, positive), squared_distances_of_pairs(anchor, negative)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -46,7 +46,7 @@ class Lookup(NamedTuple):
     rank: int
     distance: float
     label: object
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as its documented name
 
 
 def lookups(result: SearchResult) -> list[list[Lookup]]:
@@ -157,7 +157,7 @@ class Index:
         if target.suffix != ".npz":
             target = target.with_name(target.name + ".npz")
         target.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"embeddings": self.embeddings, "backend": np.array(self.backend)}
+        arrays: dict[str, Any] = {"embeddings": self.embeddings, "backend": np.array(self.backend)}
         if self.labels is not None:
             arrays["labels"] = self.labels
         with atomic.replacing(target) as tmp, open(tmp, "wb") as f:

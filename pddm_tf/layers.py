@@ -47,6 +47,19 @@ class PDDM(keras.layers.Layer):
       dtype: the layer's dtype policy; default "float32" whatever the global policy, so that under
         mixed precision the scores that mining ranks and the hinge margins compare keep float32
         precision (the unit is small next to the backbone). Pass a policy to override.
+
+    Example (the all-pairs matrix holds the scores of the pair mode):
+      >>> import numpy as np
+      >>> pddm = PDDM(units=8, combined_units=8)
+      >>> f = tf.constant([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+      >>> scores = pddm(f)
+      >>> scores.shape
+      TensorShape([3, 3])
+      >>> pair = pddm((f[:2], f[1:]))  # S_01 and S_12
+      >>> np.allclose(pair, [scores[0, 1], scores[1, 2]], atol=1e-5)
+      True
+      >>> np.allclose(scores, tf.transpose(scores), atol=1e-5)
+      True
     """
 
     def __init__(
@@ -72,7 +85,8 @@ class PDDM(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         # Pair mode receives two shapes, all-pairs mode one; both carry the feature size last.
-        shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) else input_shape
+        paired = isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple))
+        shape = input_shape[0] if paired else input_shape
         dim = shape[-1]
         if dim is None:
             raise ValueError("PDDM needs a known feature dimension (last axis)")

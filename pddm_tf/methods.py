@@ -190,7 +190,8 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
                       conquer_epochs: int = 1, cluster_on: str = "features", small_classes: str = "error",
                       augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
                       steps_per_epoch: int | None = None, backup_dir: str | None = None,
-                      delete_backup: bool = True) -> tuple[tf.data.Dataset | tf.distribute.DistributedDataset, list[keras.callbacks.Callback]]:
+                      delete_backup: bool = True,
+                      ) -> tuple[tf.data.Dataset | tf.distribute.DistributedDataset, list[keras.callbacks.Callback]]:
     """The training batches and callbacks that `model.fit` needs for `model`'s method.
 
     Every method trains on P x K class-balanced batches of `files`. A `DivideAndConquerModel`

@@ -94,6 +94,13 @@ def mine_quadruplets(labels: tf.Tensor, scores: tf.Tensor, mode: str = "hardest"
         unordered positive pair i < j.
     Returns:
       `Quadruplets` with indices [q, 4] (q <= 1 for "hardest").
+
+    Example (points 0, 1 | 1.5, 3 on a line: the hardest negative of 0 and 1 is 2, that of 2 and 3 is 1):
+      >>> scores = euclidean_scores(tf.constant([[0.0], [1.0], [1.5], [3.0]]))
+      >>> mine_quadruplets(tf.constant([0, 0, 1, 1]), scores, "per_pair").indices.numpy().tolist()
+      [[0, 1, 2, 2], [2, 3, 1, 1]]
+      >>> mine_quadruplets(tf.constant([0, 0, 1, 1]), scores, "hardest").indices.numpy().tolist()  # S_23 < S_01
+      [[2, 3, 1, 1]]
     """
     if mode not in MINING_MODES:
         raise ValueError(f"unknown mining mode {mode!r}; expected one of {MINING_MODES}")

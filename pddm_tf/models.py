@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pddm_tf import _compat
 from pddm_tf.index import Index, Lookup, lookups
 from pddm_tf.layers import PDDM, EmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
@@ -54,7 +55,7 @@ def gather_global_batch(embeddings: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Te
     return gathered + tf.pad(local_path, placement + [[0, 0]]), all_labels
 
 
-class EmbeddingModel(keras.Model):
+class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
     """Backbone -> `EmbeddingHead` (Dense to d, L2-normalised), trained by a metric-learning loss.
 
     `model(images)` and `model.predict` return the embeddings [n, d]. `fit`/`evaluate` take
@@ -203,17 +204,6 @@ class EmbeddingModel(keras.Model):
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return list(self._trackers.values())
-
-    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
-        # Under a strategy, Keras (3.15) peeks at a training batch and averages it over the replicas
-        # only to trace an unbuilt model; under MultiWorkerMirroredStrategy that average fails on
-        # (images, labels) tuples. A built model needs no batch: build the optimiser in scope, as Keras would.
-        if self.built and all(layer.built for layer in self._flatten_layers()) and self._compile_metrics is None \
-                and self._compile_loss is None:
-            with self.distribute_strategy.scope():
-                self._symbolic_build(data_batch=None)
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _unpack(self, data: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """(images, labels[, tags]) -> the three; tags (e.g. a batch's cluster id per row) or None."""

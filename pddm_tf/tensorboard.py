@@ -78,7 +78,7 @@ class TensorBoard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches += 1
-        if self.update_freq == "epoch" or self._batches % self.update_freq or not logs:
+        if not isinstance(self.update_freq, int) or self._batches % self.update_freq or not logs:  # int: not "epoch"
             return
         step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer is not None else self._batches
         _write_scalars(self._writer("train"), {f"batch_{name}": value for name, value in logs.items()}, step)
@@ -89,20 +89,24 @@ class TensorBoard(keras.callbacks.Callback):
         held_out = {name[len(prefix):]: value for name, value in logs.items() if prefix and name.startswith(prefix)}
         train = {name: value for name, value in logs.items() if not (prefix and name.startswith(prefix))}
         _write_scalars(self._writer("train"), train, epoch)
-        evaluated = self.evaluation is not None and len(self.evaluation.history) > self._evaluations_seen
-        if evaluated:
-            self._evaluations_seen = len(self.evaluation.history)
-            _write_scalars(self._writer("held_out"), held_out or self.evaluation.history[-1][1], epoch)
-            if self.load_images is not None:
-                grid = retrieval_grid_of(self.evaluation.last_embeddings, self.evaluation.last_labels,
+        evaluation = self.evaluation
+        if evaluation is not None and len(evaluation.history) > self._evaluations_seen:
+            self._evaluations_seen = len(evaluation.history)
+            _write_scalars(self._writer("held_out"), held_out or evaluation.history[-1][1], epoch)
+            # (an evaluation has run, so its embeddings and labels are set)
+            if self.load_images is not None and evaluation.last_embeddings is not None \
+                    and evaluation.last_labels is not None:
+                grid = retrieval_grid_of(evaluation.last_embeddings, evaluation.last_labels,
                                          self.load_images, self.num_queries, self.k, self.seed)
                 _write_image(self._writer("held_out"), "retrieval", grid, epoch)
         for writer in self._writers.values():
             writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.projector and self.evaluation is not None and self.evaluation.last_embeddings is not None:
-            self.write_projector_of(self.evaluation.last_embeddings, self.evaluation.last_labels)
+        evaluation = self.evaluation
+        if self.projector and evaluation is not None and evaluation.last_embeddings is not None \
+                and evaluation.last_labels is not None:
+            self.write_projector_of(evaluation.last_embeddings, evaluation.last_labels)
         for writer in self._writers.values():
             writer.close()
         self._writers = {}

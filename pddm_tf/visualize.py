@@ -204,7 +204,8 @@ def plot_distance_histogram(embeddings: ArrayLike, labels: ArrayLike, max_pairs:
     figure = _matplotlib_figure(figsize=(6, 3.6), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     edges = np.linspace(min(positive.min(), negative.min()), max(positive.max(), negative.max()), bins + 1)
-    axes.hist(negative, edges, density=True, alpha=0.6, color="tab:red", label=f"different class ({len(negative)} pairs)")
+    axes.hist(negative, edges, density=True, alpha=0.6, color="tab:red",
+              label=f"different class ({len(negative)} pairs)")
     axes.hist(positive, edges, density=True, alpha=0.6, color="tab:green", label=f"same class ({len(positive)} pairs)")
     axes.set_xlabel("squared Euclidean distance (lower = more similar)")
     axes.set_ylabel("density")

@@ -81,7 +81,7 @@ class MarginLoss(EmbeddingLoss):
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = seed
         self.sampler = sampler
-        shape = () if num_classes is None else (self.num_classes,)
+        shape: tuple[int, ...] = () if self.num_classes is None else (self.num_classes,)
         self.beta = keras.Variable(np.full(shape, beta), dtype=self.dtype, trainable=self.learn_beta,
                                    name="beta")
         self._seed_generator = None if seed is None else keras.random.SeedGenerator(seed)

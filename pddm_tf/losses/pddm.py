@@ -67,6 +67,12 @@ class DoubleHeaderHingeLoss(keras.losses.Loss):
       embedding_weight: lambda, the weight of E_e.
       heads: 2 for the quadruplet (double-header) loss, 1 for the PDDM+Triplet variant.
       mining: "hardest" (one quadruplet per batch, the paper) or "per_pair".
+
+    Example (Euclidean scores S = -D; per-pair mining finds the quadruplets (0, 1, 2, 2) and
+    (2, 3, 1, 1), whose E_m are 1.75 and 3 and E_e 1.25 and 2.5: (1.75 + 3) / 2 + 0.5 (1.25 + 2.5) / 2):
+      >>> loss = DoubleHeaderHingeLoss()
+      >>> float(loss(tf.constant([0, 0, 1, 1]), tf.constant([[0.0], [1.0], [1.5], [3.0]])))
+      3.3125
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.5, embedding_weight: float = 0.5, heads: int = 2,
