@@ -100,6 +100,9 @@ flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-r
 flags.DEFINE_float("warmup_fraction", 0.0, "Fraction of the steps with a linear learning-rate warm-up.")
 flags.DEFINE_float("ema_momentum", 0.0, "Keep an exponential moving average of the weights with this momentum (e.g. "
                    "0.99) and end training with it; 0 = off.")
+flags.DEFINE_string("loss_options", None, "Baseline-loss methods (contrastive, triplet_*, lifted_structured, npair, "
+                    "margin, multi_similarity): a JSON object of the loss's hyperparameters, e.g. "
+                    "'{\"margin\": 0.3}' (methods.loss_hyperparameters lists them; an unknown one is refused).")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
@@ -294,7 +297,8 @@ def _method_settings(num_classes: int) -> dict[str, Any]:
                 mining_score=FLAGS.mining_score, num_classes=num_classes,
                 pddm_normalize_inputs=FLAGS.pddm_normalize_inputs, num_learners=FLAGS.num_learners,
                 dropout=FLAGS.dropout, hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
-                hdml_generator_input=FLAGS.hdml_generator_input)
+                hdml_generator_input=FLAGS.hdml_generator_input,
+                loss_options=cli_validation.parse_loss_options(FLAGS.loss_options))
 
 
 def _build_model(channels: int, num_classes: int, total_steps: int | None, options: dict[str, Any]):

@@ -17,6 +17,7 @@ Pure Python with no TensorFlow import, so a refused command returns at once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -29,6 +30,10 @@ from typing import Any, NoReturn
 PDDM_METHODS = frozenset({"pddm_quadruplet", "pddm_triplet", "euclidean_quadruplet", "hdml_pddm", "dc_pddm"})
 #: The Divide-and-Conquer methods (their embedding is cut into `num_learners` slices).
 DC_METHODS = frozenset({"dc_margin", "dc_pddm"})
+#: The methods around one baseline loss, which take --loss_options (tested against
+#: `pddm_tf.methods.METHOD_OPTIONS`).
+LOSS_OPTION_METHODS = frozenset({"contrastive", "triplet_semihard", "triplet_batchhard", "lifted_structured", "npair",
+                                 "margin", "multi_similarity"})
 
 
 #: The exit code of a usage error: a flag refused before any work started.
@@ -148,6 +153,11 @@ def _check_train(values: Mapping[str, Any]) -> None:
         # optimisers that update different variables at different steps is not supported.
         raise FlagError(f"--ema_momentum is not supported with --method={method} (per-learner optimisers); "
                         "use --ema_momentum=0")
+    if values.get("loss_options") is not None:
+        parse_loss_options(values["loss_options"])
+        if method not in LOSS_OPTION_METHODS:
+            raise FlagError(f"--loss_options sets a baseline loss's hyperparameters, but --method={method} has none; "
+                            f"use it with one of {', '.join(sorted(LOSS_OPTION_METHODS))}")
     _check_cluster(values)
     _check_dataset(values.get("dataset"), "dataset")
     _check_output_dir(values, "export_dir")
@@ -255,6 +265,23 @@ def _check_writable(name: str, value: str, folder: pathlib.Path) -> None:
     # os.access also reports a read-only file system (EROFS).
     if not os.access(folder, os.W_OK | os.X_OK):
         raise FlagError(f"--{name}={value}: cannot write in {str(folder)!r} (permission denied)")
+
+
+def parse_loss_options(text: str | None) -> dict[str, Any] | None:
+    """--loss_options: a JSON object of hyperparameter name -> number, string or bool (None if unset)."""
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise FlagError(f"--loss_options={text}: not JSON ({error.msg}); expected an object such as "
+                        "'{\"margin\": 0.3}'") from None
+    if not isinstance(options, dict):
+        raise FlagError(f"--loss_options={text}: expected a JSON object such as '{{\"margin\": 0.3}}'")
+    for name, value in options.items():
+        if not isinstance(value, (int, float, str, bool)) or (isinstance(value, float) and not math.isfinite(value)):
+            raise FlagError(f"--loss_options: {name}={value!r} is not a finite number, a string or a bool")
+    return options
 
 
 def usage_exit(message: str) -> NoReturn:

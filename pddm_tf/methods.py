@@ -37,9 +37,32 @@ def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel
     return build
 
 
-def _baseline(make_loss: Callable[[], keras.losses.Loss]) -> Callable[..., EmbeddingModel]:
-    def build(backbone: keras.Model, embedding_dim: int, *, dropout: float = 0.0) -> EmbeddingModel:
-        return MetricLossModel(backbone, make_loss(), embedding_dim=embedding_dim, dropout=dropout)
+#: Constructor arguments of every Keras loss, not hyperparameters of the method.
+_KERAS_LOSS_ARGUMENTS = frozenset({"self", "name", "reduction", "dtype"})
+
+
+def loss_hyperparameters(loss_class: type[keras.losses.Loss]) -> tuple[str, ...]:
+    """The hyperparameters of a loss class: its constructor's named arguments but Keras' own."""
+    return tuple(p.name for p in inspect.signature(loss_class.__init__).parameters.values()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _KERAS_LOSS_ARGUMENTS)
+
+
+def _baseline(loss_class: type[keras.losses.Loss], fixed: dict[str, Any] | None = None,
+              **defaults: Any) -> Callable[..., EmbeddingModel]:
+    """A builder of `MetricLossModel(loss_class(...))`: `fixed` arguments define the method (e.g. the
+    triplet mining of "triplet_batchhard") and cannot be overridden; `defaults` can, by `loss_options`."""
+    fixed = dict(fixed or {})
+    settable = tuple(name for name in loss_hyperparameters(loss_class) if name not in fixed)
+
+    def build(backbone: keras.Model, embedding_dim: int, *, loss_options: dict[str, Any] | None = None,
+              dropout: float = 0.0) -> EmbeddingModel:
+        options = dict(loss_options or {})
+        unknown = set(options) - set(settable)
+        if unknown:
+            raise ValueError(f"{loss_class.__name__} takes no loss option {_names(unknown)}; its options are "
+                             f"{_names(settable)}")
+        return MetricLossModel(backbone, loss_class(**{**defaults, **options, **fixed}), embedding_dim=embedding_dim,
+                               dropout=dropout)
 
     return build
 
@@ -94,13 +117,13 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "pddm_quadruplet": _pddm(heads=2, default_mining_score="pddm"),
     "pddm_triplet": _pddm(heads=1, default_mining_score="pddm"),
     "euclidean_quadruplet": _pddm(heads=2, default_mining_score="euclidean"),
-    "contrastive": _baseline(lambda: losses.ContrastiveLoss()),
-    "triplet_semihard": _baseline(lambda: losses.TripletLoss(mining="semi_hard")),
-    "triplet_batchhard": _baseline(lambda: losses.TripletLoss(mining="batch_hard")),
-    "lifted_structured": _baseline(lambda: losses.LiftedStructuredLoss()),
-    "npair": _baseline(lambda: losses.NPairLoss()),
-    "margin": _baseline(lambda: losses.MarginLoss(seed=0)),  # seeded: see dc_margin
-    "multi_similarity": _baseline(lambda: losses.MultiSimilarityLoss()),
+    "contrastive": _baseline(losses.ContrastiveLoss),
+    "triplet_semihard": _baseline(losses.TripletLoss, fixed={"mining": "semi_hard"}),
+    "triplet_batchhard": _baseline(losses.TripletLoss, fixed={"mining": "batch_hard"}),
+    "lifted_structured": _baseline(losses.LiftedStructuredLoss),
+    "npair": _baseline(losses.NPairLoss),
+    "margin": _baseline(losses.MarginLoss, seed=0),  # seeded by default: see dc_margin
+    "multi_similarity": _baseline(losses.MultiSimilarityLoss),
     "hdml_npair": _hdml("npair"),
     "hdml_triplet": _hdml("triplet"),
     "hdml_pddm": _hdml("pddm"),
@@ -152,9 +175,11 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         classes) and take hdml_alpha and hdml_beta (its hardness and weighting temperatures;
         hdml_alpha None = calibrated, see `HDMLModel`) and hdml_generator_input ("single" or
         "anchor_pair"); hdml_pddm also takes alpha, beta and embedding_weight for its double-header
-        loss. The Divide-and-Conquer methods take num_learners (K, default 4); dc_pddm also alpha,
-        beta, embedding_weight, mining and mining_score; train them on the data and with the
-        callback of `training_pipeline`.
+        loss. The baseline-loss methods take loss_options, a dict of their loss's constructor
+        arguments (`loss_hyperparameters`; e.g. {"margin": 0.3} for the triplet losses) except those
+        that define the method (the triplet mining). The Divide-and-Conquer methods take
+        num_learners (K, default 4); dc_pddm also alpha, beta, embedding_weight, mining and
+        mining_score; train them on the data and with the callback of `training_pipeline`.
 
     Raises:
       ValueError: an unknown method, or an option the method does not take.

@@ -57,3 +57,47 @@ def test_every_method_builds_with_the_cli_settings_and_receives_them():
             assert model.num_learners == 2, name
         if isinstance(model, HDMLModel):
             assert model.num_classes == 3 and model.beta == 500.0, name
+
+
+def test_loss_options_reach_every_baseline_loss_and_are_strict():
+    """Every settable hyperparameter of a baseline method's loss, moved off its default, reaches the loss."""
+    from pddm_tf import cli_validation
+    from pddm_tf.methods import loss_hyperparameters
+
+    with_options = {name for name in METHODS if "loss_options" in METHOD_OPTIONS[name]}
+    assert with_options == cli_validation.LOSS_OPTION_METHODS
+    for name in sorted(with_options):
+        loss = build_model(name, _net(), 8).embedding_loss
+        defaults = loss.get_config()
+        changed = {key: defaults[key] * 0.5 + 0.25 for key in loss_hyperparameters(type(loss))
+                   if isinstance(defaults.get(key), float)}
+        if name == "contrastive":  # needs pos_margin < neg_margin
+            changed = {"pos_margin": 0.1, "neg_margin": 0.8}
+        assert changed, name
+        got = build_model(name, _net(), 8, loss_options=changed).embedding_loss.get_config()
+        for key, value in changed.items():
+            assert got[key] == pytest.approx(value), (name, key)
+    with pytest.raises(ValueError, match=r"TripletLoss takes no loss option 'margn'; its options are 'margin'$"):
+        build_model("triplet_batchhard", _net(), 8, loss_options={"margn": 0.3})
+    # The mining defines the method: triplet_batchhard cannot be turned into semi-hard mining.
+    with pytest.raises(ValueError, match="takes no loss option 'mining'"):
+        build_model("triplet_batchhard", _net(), 8, loss_options={"mining": "semi_hard"})
+
+
+def test_a_loss_option_changes_the_loss_as_the_numpy_reference():
+    """triplet_batchhard with margin 0.7: mean over anchors of max(0, hardest D_ap - hardest D_an + 0.7)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)).astype("float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(4), 3).astype("int32")
+    d = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0))
+    same = labels[:, None] == labels[None]
+    hardest_positive = np.where(same & ~np.eye(12, dtype=bool), d, -np.inf).max(1)
+    hardest_negative = np.where(~same, d, np.inf).min(1)
+    model = build_model("triplet_batchhard", _net(), 8, loss_options={"margin": 0.7})
+    for margin, loss in ((0.7, model.embedding_loss), (0.2, build_model("triplet_batchhard", _net(), 8).embedding_loss)):
+        want = np.maximum(hardest_positive - hardest_negative + margin, 0).mean()
+        np.testing.assert_allclose(loss(tf.constant(labels), tf.constant(x)).numpy(), want, rtol=1e-5, atol=1e-6)
