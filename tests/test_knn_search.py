@@ -163,9 +163,10 @@ def test_exclude_self_false_in_a_self_search_keeps_self():
 def test_chunked_search_memory_stays_bounded_on_200k_x_512():
     """Peak RSS increase of a subprocess searching 1,100 queries in a 200,000 x 512 gallery.
 
-    Bound: at the defaults (1,024 queries x 16,384 gallery rows per block) the search holds one
-    64 MB float32 score block (plus its transient copy: matmul output, minus the norms), a 32 MB
-    gallery chunk and [n, k] results: about 170 MB; 143 MB measured. 400 MB leaves room for
+    Bound: with the default backend ("numpy", 1,024 queries x 4,096 gallery rows per block) the
+    search holds one 16 MB score block, its 4 MB mask, the gallery's norms (0.8 MB) and [n, k]
+    results: about 23 MB. The "tf" backend at its defaults (1,024 x 16,384) holds about 170 MB
+    (143 MB measured; one 64 MB score block, its transient copy, a 32 MB gallery chunk). 400 MB leaves room for
     allocator slack, and fails for any unchunked variant: the full [1,100 x 200,000] distance
     matrix is 880 MB, one [1,024 x 200,000] row block is 820 MB, and a TensorFlow copy of the
     gallery alone is 410 MB (plus the blocks).
@@ -247,7 +248,7 @@ def test_faiss_backend_missing_raises_a_clear_error(monkeypatch):
     x = np.zeros((5, 2), np.float32)
     with pytest.raises(ImportError, match="pip install faiss-cpu"):
         nearest_neighbors(x, k=2, backend="faiss")
-    indices, _ = nearest_neighbors(x, k=2, backend="auto")  # falls back to tf
+    indices, _ = nearest_neighbors(x, k=2, backend="auto")  # falls back to numpy
     np.testing.assert_array_equal(indices, [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1]])
 
 
