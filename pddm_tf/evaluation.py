@@ -44,10 +44,14 @@ PairScores = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # ----------------------------------------------------------------------------------------
 
 
-BACKENDS = ("tf", "faiss", "auto")
-# Gallery rows per distance block: [chunk_size, gallery_chunk_size] float32 scores, 64 MB at the
-# defaults (1024 x 16384); on 200k x 512 it was faster than 8192, 32768 or 65536 in one loaded-machine run.
-DEFAULT_GALLERY_CHUNK_SIZE = 16384
+BACKENDS = ("numpy", "tf", "faiss", "auto")
+DEFAULT_BACKEND = "numpy"
+# Gallery rows per distance block when `gallery_chunk_size` is not given. "numpy": a [1,024 x 4,096]
+# float32 block is 16 MB, inside the L3 cache of the 2-core test machine (32 MB), where the passes
+# that select candidates from it run several times faster than from memory; the sgemm of
+# [1,024 x 512] x [512 x 4,096] already runs at its full rate. "tf": 1024 x 16384 (64 MB) was
+# faster than 8192, 32768 or 65536 on 200k x 512 in one loaded-machine run.
+DEFAULT_GALLERY_CHUNK_SIZES = {"numpy": 4096, "tf": 16384}
 
 
 def nearest_neighbors(
@@ -56,37 +60,54 @@ def nearest_neighbors(
     k: int = 8,
     chunk_size: int = 1024,
     exclude_self: bool = True,
-    gallery_chunk_size: int = DEFAULT_GALLERY_CHUNK_SIZE,
-    backend: str = "tf",
+    gallery_chunk_size: int | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours by squared Euclidean distance, in bounded memory.
 
-    Backend "tf" (the default): distances are expanded as ||q||^2 - 2 q.g + ||g||^2 and computed
-    block by block, `chunk_size` queries against `gallery_chunk_size` gallery rows at a time. Each
-    query keeps a running top k that is merged with the top k of every new gallery block, so no
-    [n_queries, n_gallery] matrix, nor even a [chunk_size, n_gallery] row block, is ever built.
-    Beyond the inputs and the [n_queries, k] results (12 bytes per entry), memory is
-    O(chunk_size * gallery_chunk_size + (chunk_size + gallery_chunk_size) * dim) floats,
-    independent of the gallery size: one float32 score block and its transient copy (the matmul
-    output, then minus the norms), one gallery chunk and one query chunk, i.e. about
-    4 * (2 * chunk_size * gallery_chunk_size + (chunk_size + gallery_chunk_size) * dim) bytes:
-    ~170 MB at the defaults with dim = 512 (143 MB peak RSS increase measured on a 200,000 x 512
-    gallery, tests/test_knn_search.py). That is with TensorFlow's default Eigen matmul; with oneDNN
-    (TF_ENABLE_ONEDNN_OPTS=1, the default on CPUs with AVX-512/AMX) the same search peaked at 486 MB,
-    about 7.5 score blocks (124 MB with gallery_chunk_size=4096, at the same speed), but its matmul
-    was about 3x faster on this project's AMD EPYC (BENCHMARKS.md section 8).
+    Both exact backends of our own rank by the score 2 q.g - ||g||^2 (for a fixed query,
+    ||q - g||^2 = ||q||^2 - score; see `exact_top_k`), computed block by block, `chunk_size`
+    queries against `gallery_chunk_size` gallery rows at a time, and keep a running top k per
+    query that every block is merged into: no [n_queries, n_gallery] matrix, nor a
+    [chunk_size, n_gallery] row block, is ever built.
 
-    Neighbours with equal computed distance come out in ascending gallery index order, so exact
-    ties (duplicates, integer-valued data) are deterministic and independent of the chunk sizes;
-    float32 rounding may still separate distances that are equal in theory.
+    Backend "numpy" (the default): each block is one `np.matmul` (a multithreaded BLAS sgemm,
+    the fastest product available on a CPU without any setting; TensorFlow's default Eigen
+    matmul ran at half its rate on this project's AMD EPYC, BENCHMARKS.md section 8). Selection
+    costs a few passes over the block instead of a top k of it: only the scores above a query's
+    current k-th best can enter its top k, and after the first block there are few of them. A
+    block row with more than k such scores is first cut to its k best (one `np.partition`),
+    which is how every query chunk's first block is handled. Memory beyond the inputs and the
+    [n_queries, k] results (12 bytes per entry): one float32 score block and its boolean mask,
+    2 x the query chunk, and the gallery's squared norms (4 bytes per gallery row, 1/dim of
+    the gallery), i.e. about 5 * chunk_size * gallery_chunk_size + 4 * (chunk_size * dim +
+    n_gallery) bytes: ~23 MB at the defaults (1,024 x 4,096) with dim = 512. A query chunk whose
+    blocks are crowded with candidates (e.g. a gallery sorted towards the queries) can need
+    transient index arrays of up to 8 bytes per block entry.
+
+    Backend "tf": the same blocks in one `tf.function` (matmul, `tf.math.top_k` of each block,
+    merge), the kernel the SavedModel's `search` signature runs in one block. Memory:
+    O(chunk_size * gallery_chunk_size + (chunk_size + gallery_chunk_size) * dim) floats: one
+    score block and its transient copy, one gallery chunk and one query chunk, about
+    4 * (2 * chunk_size * gallery_chunk_size + (chunk_size + gallery_chunk_size) * dim) bytes:
+    ~170 MB at its defaults (1,024 x 16,384) with dim = 512 (143 MB peak RSS increase measured on
+    a 200,000 x 512 gallery, tests/test_knn_search.py). That is with TensorFlow's default Eigen
+    matmul; with oneDNN (TF_ENABLE_ONEDNN_OPTS=1, the default on CPUs with AVX-512/AMX) the same
+    search peaked at 486 MB, about 7.5 score blocks (124 MB with gallery_chunk_size=4096).
+
+    With both, neighbours with equal computed distance come out in ascending gallery index
+    order, so exact ties (duplicates, integer-valued data) are deterministic and independent of
+    the chunk sizes; float32 rounding may still separate distances that are equal in theory, and
+    the two backends' matmuls may round differently (BLAS vs Eigen/oneDNN summation order), so on
+    float data they can swap neighbours whose distances differ by float32 rounding only.
 
     Backend "faiss": `faiss.IndexFlatL2` (exact, brute force; `pip install faiss-cpu`, or the
     `pddm-tf[faiss]` extra). It computes the same distances with a different summation order,
-    so on float data its neighbours agree with the "tf" backend except where two distances
-    differ by float32 rounding only; among exactly tied distances (integer-valued data) faiss
-    1.15 was observed to return ascending gallery index order as well, but faiss does not
-    document that. "auto" uses faiss when it is importable and "tf" otherwise; because results
-    may then depend on what is installed, "tf" is the default.
+    so on float data its neighbours agree with ours except where two distances differ by
+    float32 rounding only; among exactly tied distances (integer-valued data) faiss 1.15 was
+    observed to return ascending gallery index order as well, but faiss does not document that.
+    "auto" uses faiss when it is importable and "numpy" otherwise; because results may then
+    depend on what is installed, "numpy" is the default.
 
     Args:
         queries: [n_queries, dim] float array.
@@ -96,8 +117,9 @@ def nearest_neighbors(
         exclude_self: when `gallery` is None, drop each query's own index from its
             neighbours (by index, so exact duplicates of a query still count). Ignored with a
             separate gallery, which has no "self" in it.
-        gallery_chunk_size: number of gallery rows per distance block ("tf" backend).
-        backend: "tf", "faiss" or "auto", see above.
+        gallery_chunk_size: number of gallery rows per distance block ("numpy", "tf"); None:
+            the backend's default (`DEFAULT_GALLERY_CHUNK_SIZES`).
+        backend: "numpy", "tf", "faiss" or "auto", see above.
 
     Returns:
         (indices, distances): [n_queries, k] int64 gallery indices and [n_queries, k]
@@ -124,18 +146,20 @@ def nearest_neighbors(
         raise ValueError(f"k must be in [1, {n_candidates}] for this gallery, got {k}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if gallery_chunk_size < 1:
+    if gallery_chunk_size is not None and gallery_chunk_size < 1:
         raise ValueError(f"gallery_chunk_size must be positive, got {gallery_chunk_size}")
-    faiss = _import_faiss(required=backend == "faiss") if backend != "tf" else None
+    faiss = _import_faiss(required=backend == "faiss") if backend in ("faiss", "auto") else None
     if faiss is not None:
         return _faiss_search(faiss, queries, gallery, int(k), exclude_self)
-    return _tf_search(queries, gallery, int(k), exclude_self, int(chunk_size), int(gallery_chunk_size))
+    search = _tf_search if backend == "tf" else _numpy_search
+    gallery_chunk_size = gallery_chunk_size or DEFAULT_GALLERY_CHUNK_SIZES["tf" if backend == "tf" else "numpy"]
+    return search(queries, gallery, int(k), exclude_self, int(chunk_size), int(gallery_chunk_size))
 
 
 def exact_top_k(queries: tf.Tensor, gallery: tf.Tensor, k: int, gallery_sq_norms: tf.Tensor | None = None
                 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """The k gallery rows nearest to each query by squared Euclidean distance: the one exact search
-    kernel of `nearest_neighbors` (block by block), `Index` and the SavedModel's `search` signature.
+    """The k gallery rows nearest to each query by squared Euclidean distance: the search kernel of
+    the SavedModel's `search` signature, and of `nearest_neighbors(backend="tf")` block by block.
 
     For a fixed query, ||q - g||^2 = ||q||^2 - (2 q.g - ||g||^2): ranking by the score
     2 q.g - ||g||^2 is ranking by distance, and costs one matmul and one subtraction. 2 q is
@@ -169,6 +193,180 @@ def _import_faiss(required: bool):
             ) from error
         return None
     return faiss
+
+
+
+def _numpy_search(
+    queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, chunk_size: int, gallery_chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact search of `nearest_neighbors(backend="numpy")` for validated float32 inputs.
+
+    BLAS rounds the same pair differently depending on where it sits in the block (OpenBLAS's
+    edge kernels sum in another order), so an sgemm score cannot decide ties: two copies of a
+    gallery row would come out in an order that depends on the chunk sizes. The sgemm scores
+    only screen: every query keeps its `_SPARE_WIDTH` best beyond k, and the candidates whose
+    screening scores lie within twice the rounding bound of each other (a "near-tie") are
+    ranked again by their float64 distance, computed pair by pair the same way wherever they
+    sit, with ties to the lower index. The result is thus the k smallest float64 distances,
+    ties to the lower index, whatever the chunk sizes (see `_rank_near_ties` for the bound).
+    """
+    n_gallery, dim = gallery.shape
+    chunk_size, gallery_chunk_size = min(chunk_size, len(queries)), min(gallery_chunk_size, n_gallery)
+    gallery_sq_norms = np.einsum("ij,ij->i", gallery, gallery)  # [n_gallery], no [n, dim] temporary
+    # Bounds any float32 dot product of length dim + 3, in whatever order it is summed (Higham,
+    # "Accuracy and Stability of Numerical Algorithms", eq. 3.5): gamma_n = n u / (1 - n u).
+    gamma = (dim + 3) * 2.0**-24 / (1 - (dim + 3) * 2.0**-24)
+    largest_norm = 1.001 * float(np.sqrt(gallery_sq_norms.max()))
+    # One score block and one mask, reused: a fresh 16 MB array per block costs page faults.
+    buffers = (np.empty(chunk_size * gallery_chunk_size, np.float32), np.empty(chunk_size * gallery_chunk_size, bool))
+    blocks = -(-n_gallery // gallery_chunk_size) * -(-len(queries) // chunk_size)
+    bar = progress.bar(total=blocks, desc=f"kNN of {len(queries)} queries in {n_gallery}", unit="block")
+
+    def search(rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """k neighbours of the queries `rows`, screening `width` candidates per query."""
+        indices, distances = np.empty((len(rows), k), np.int64), np.empty((len(rows), k), np.float32)
+        # Fewer rows for wider screens, so that the running candidates stay within one block's size.
+        step = max(1, min(chunk_size, chunk_size * max(gallery_chunk_size, first_width) // width))
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            scores, candidates = _screen(queries[part], part, gallery, gallery_sq_norms, width, exclude_self,
+                                         gallery_chunk_size, buffers, bar if width == first_width else None)
+            query_norms = np.sqrt(np.einsum("ij,ij->i", queries[part], queries[part]).astype(np.float64))
+            # Twice the rounding bound of `_rank_near_ties`, per query.
+            margin = 4.0 * gamma * (1.001 * query_norms + largest_norm) ** 2
+            found, found_d, overflow = _rank_near_ties(queries, gallery, part, scores, candidates, margin, k,
+                                                       complete=width >= n_gallery)
+            if overflow.any():  # more near-ties at the k-th place than the screen kept: screen those wider
+                found[overflow], found_d[overflow] = search(part[overflow], min(2 * width, n_gallery))
+            indices[start : start + step], distances[start : start + step] = found, found_d
+        return indices, distances
+
+    first_width = min(k + _SPARE_WIDTH, n_gallery)
+    result = search(np.arange(len(queries)), first_width)
+    bar.close()
+    return result
+
+
+# Candidates screened per query beyond the k returned: room for the near-ties at the k-th place.
+_SPARE_WIDTH = 8
+
+
+def _screen(queries: np.ndarray, rows: np.ndarray, gallery: np.ndarray, gallery_sq_norms: np.ndarray, width: int,
+            exclude_self: bool, gallery_chunk_size: int, buffers: tuple[np.ndarray, np.ndarray], bar
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The `width` best sgemm scores 2 q.g - ||g||^2 of each query [m, dim] (query ids `rows`) and
+    their gallery indices, [m, width] each, by descending score, then ascending index."""
+    m = len(queries)
+    best_scores = np.full((m, width), -np.inf, np.float32)
+    best_indices = np.full((m, width), -1, np.int64)
+    twice_queries = queries * np.float32(2.0)  # exact: an exponent shift
+    for g_start in range(0, len(gallery), gallery_chunk_size):
+        g_stop = min(g_start + gallery_chunk_size, len(gallery))
+        shape = (m, g_stop - g_start)
+        scores = buffers[0][: shape[0] * shape[1]].reshape(shape)  # contiguous, as BLAS writes it
+        np.matmul(twice_queries, np.ascontiguousarray(gallery[g_start:g_stop]).T, out=scores)
+        scores -= gallery_sq_norms[g_start:g_stop]
+        if exclude_self:  # by index, not by zero distance, so duplicates of a query still count
+            own = np.flatnonzero((rows >= g_start) & (rows < g_stop))
+            scores[own, rows[own] - g_start] = -np.inf
+        _merge_scores(scores, buffers[1][: shape[0] * shape[1]].reshape(shape), g_start, best_scores, best_indices)
+        if bar is not None:
+            bar.update(1)
+    return best_scores, best_indices
+
+
+def _rank_near_ties(queries: np.ndarray, gallery: np.ndarray, rows: np.ndarray, scores: np.ndarray,
+                    candidates: np.ndarray, margin: np.ndarray, k: int, complete: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k nearest of each query's screened candidates by float64 distance, ties to the lower index.
+
+    `scores` [m, w] are sgemm scores s = 2 q.g - ||g||^2 by descending value, `candidates` their
+    gallery indices. Each differs from the exact 2 q.g - ||g||^2 by at most
+    gamma_{dim+1} (||q|| + ||g||)^2, and the distance ||q||^2 - s derived from it by at most
+    eps = 2 gamma_{dim+3} (||q|| + max ||g||)^2 (half the `margin` [m]). Candidates whose scores
+    differ by more than 2 eps are therefore ordered the same by their exact distances, and a
+    candidate more than 2 eps below the k-th best score cannot be among the k nearest. So the
+    screened order is kept except inside near-tie groups (consecutive candidates at most 2 eps
+    apart), which are ordered by float64 distance and then index. If the w-th score is within
+    2 eps of the k-th, the screen may have cut a near-tie group short: such rows are flagged in
+    `overflow` [m] (unless `complete`, the screen holding the whole gallery) and must be
+    screened wider.
+
+    Returns:
+      (indices [m, k] int64, distances [m, k] float32, overflow [m] bool). Distances are the
+      float64 ones inside near-tie groups, and max(||q||^2 - s, 0) elsewhere.
+    """
+    m, width = scores.shape
+    margin32 = margin.astype(np.float32)[:, None]
+    with np.errstate(invalid="ignore"):  # -inf - -inf: the padding after a short gallery
+        apart = np.diff(scores.astype(np.float64), axis=1) < -margin[:, None]  # [m, w - 1]: a new group starts
+    group = np.concatenate([np.zeros((m, 1), np.int64), np.cumsum(apart, axis=1)], axis=1)  # [m, w]
+    group_start = np.concatenate([np.ones((m, 1), bool), apart], axis=1)
+    start_position = np.maximum.accumulate(np.where(group_start, np.arange(width), 0), axis=1)
+    # Members of a group of two or more that begins within the first k (later ones are never returned).
+    multiple = np.zeros((m, width), bool)
+    multiple[:, :-1] |= ~apart
+    multiple[:, 1:] |= ~apart
+    rescore = multiple & (start_position < k) & np.isfinite(scores)
+    exact = np.zeros((m, width), np.float64)
+    pair_rows, pair_slots = np.nonzero(rescore)
+    for s in range(0, len(pair_rows), 4096):  # [4096, dim] float64 temporaries
+        r, c = pair_rows[s : s + 4096], pair_slots[s : s + 4096]
+        diff = queries[rows[r]].astype(np.float64) - gallery[candidates[r, c]]
+        exact[r, c] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((candidates, exact, group), axis=1)[:, :k]
+    indices = np.take_along_axis(candidates, order, axis=1)
+    query_sq_norms = np.einsum("ij,ij->i", queries[rows], queries[rows])[:, None]
+    distances = np.where(np.take_along_axis(rescore, order, axis=1), np.take_along_axis(exact, order, axis=1),
+                         np.maximum(query_sq_norms - np.take_along_axis(scores, order, axis=1), 0.0))
+    if complete:
+        overflow = np.zeros(m, bool)
+    else:
+        overflow = scores[:, width - 1] >= scores[:, k - 1] - margin32[:, 0]
+    return indices, distances.astype(np.float32), overflow
+
+
+def _merge_scores(scores: np.ndarray, mask: np.ndarray, offset: int, best_scores: np.ndarray,
+                  best_indices: np.ndarray) -> None:
+    """Merges a block of scores [m, c] (gallery rows offset..offset + c - 1) into the running top k
+    [m, k] of its queries, in place. `mask` is a [m, c] bool buffer to use.
+
+    A score enters a query's top k only if it beats the current k-th best strictly: equal scores
+    from this block have higher indices than the entries they tie with, so they lose. Candidates
+    are then merged by a stable sort of [running top k, candidates in column order], which puts
+    equal scores in ascending index order.
+    """
+    m, c = scores.shape
+    k = best_scores.shape[1]
+    np.greater(scores, best_scores[:, k - 1 :], out=mask)
+    if np.count_nonzero(mask) > m:
+        # Some rows may have more than k candidates (every row of a chunk's first block does): cut
+        # those to their k best of the block, the ties at the k-th best value included, so that
+        # the merge below sorts at most a few entries per row. Rows with at most k are kept whole.
+        crowded = np.flatnonzero(np.count_nonzero(mask, axis=1) > k)
+        if len(crowded):
+            rows = scores[crowded]
+            kth = np.partition(rows, c - k, axis=1)[:, c - k : c - k + 1]  # k-th largest per row
+            mask[crowded] = rows >= kth
+    flat = np.flatnonzero(mask)
+    if not len(flat):
+        return
+    rows = flat // c
+    per_row = np.bincount(rows, minlength=m)
+    touched = np.flatnonzero(per_row)  # rows with candidates, ascending
+    slot = (np.cumsum(per_row > 0) - 1)[rows]  # each candidate's row among `touched`
+    position = k + np.arange(len(flat)) - (np.cumsum(per_row) - per_row)[rows]  # column order kept
+    width = k + int(per_row.max())
+    merged_scores = np.full((len(touched), width), -np.inf, np.float32)
+    merged_indices = np.full((len(touched), width), -1, np.int64)
+    merged_scores[:, :k], merged_indices[:, :k] = best_scores[touched], best_indices[touched]
+    merged_scores[slot, position] = scores.ravel()[flat]
+    merged_indices[slot, position] = flat - rows * c + offset
+    # Running entries hold lower indices than this block's and are themselves in (score, index)
+    # order, so a stable sort by descending score orders equal scores by ascending index.
+    order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
+    best_scores[touched] = np.take_along_axis(merged_scores, order, axis=1)
+    best_indices[touched] = np.take_along_axis(merged_indices, order, axis=1)
 
 
 def _tf_search(
@@ -264,7 +462,7 @@ def recall_at_k(
     labels: ArrayLike,
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
-    backend: str = "tf",
+    backend: str = DEFAULT_BACKEND,
 ) -> dict[str, float]:
     """Recall@K over all queries that have at least one other item of their class.
 
@@ -288,7 +486,7 @@ def recall_at_k(
     return _recall_from_hits(class_ids[indices] == class_ids[:, None], r, ks)
 
 
-def map_at_r(embeddings: ArrayLike, labels: ArrayLike, chunk_size: int = 1024, backend: str = "tf"
+def map_at_r(embeddings: ArrayLike, labels: ArrayLike, chunk_size: int = 1024, backend: str = DEFAULT_BACKEND
              ) -> dict[str, float]:
     """MAP@R and R-Precision (Musgrave et al., 2020).
 
@@ -343,7 +541,7 @@ def evaluate_retrieval(
     seed: int = 0,
     pair_scores: PairScores | None = None,
     rerank: int = 0,
-    backend: str = "tf",
+    backend: str = DEFAULT_BACKEND,
 ) -> dict[str, float]:
     """Recall@K, NMI, MAP@R and R-Precision from a single nearest-neighbour search.
 

@@ -1,9 +1,10 @@
 """`Index`: an exact nearest-neighbour index of embeddings, with labels, that saves and loads.
 
 The search is `pddm_tf.evaluation.nearest_neighbors` against the stored embeddings: exact squared
-Euclidean distance, chunked in TensorFlow (`evaluation.exact_top_k`, the kernel the SavedModel's
-`search` signature uses too), or faiss's exact `IndexFlatL2` with `backend="faiss"` (optional,
-`pip install faiss-cpu`). Ties go to the lower (earlier added) row. `EmbeddingModel.index` /
+Euclidean distance, chunked, with numpy's BLAS matmul (the default), in TensorFlow with
+`backend="tf"` (`evaluation.exact_top_k`, the kernel the SavedModel's `search` signature uses), or
+faiss's exact `IndexFlatL2` with `backend="faiss"` (optional, `pip install faiss-cpu`). Ties go to
+the lower (earlier added) row. `EmbeddingModel.index` /
 `EmbeddingModel.lookup` wrap it in the style of TF Similarity.
 """
 
@@ -61,21 +62,21 @@ class Index:
     """Embeddings [g, d] (and optional labels [g]) searched exactly by squared Euclidean distance.
 
     Args:
-      backend: "tf" (default), "faiss" or "auto", see `evaluation.nearest_neighbors`.
+      backend: "numpy" (default), "tf", "faiss" or "auto", see `evaluation.nearest_neighbors`.
       chunk_size: queries per distance block.
-      gallery_chunk_size: index rows per distance block ("tf").
+      gallery_chunk_size: index rows per distance block ("numpy", "tf"); None: the backend's default.
 
     Example:
       index = Index(); index.add(embeddings, labels); index.search(queries, k=5).labels
     """
 
-    def __init__(self, backend: str = "tf", chunk_size: int = 1024,
-                 gallery_chunk_size: int = evaluation.DEFAULT_GALLERY_CHUNK_SIZE) -> None:
+    def __init__(self, backend: str = evaluation.DEFAULT_BACKEND, chunk_size: int = 1024,
+                 gallery_chunk_size: int | None = None) -> None:
         if backend not in evaluation.BACKENDS:
             raise ValueError(f"backend must be one of {evaluation.BACKENDS}, got {backend!r}")
         self.backend = backend
         self.chunk_size = int(chunk_size)
-        self.gallery_chunk_size = int(gallery_chunk_size)
+        self.gallery_chunk_size = None if gallery_chunk_size is None else int(gallery_chunk_size)
         self._parts: list[np.ndarray] = []
         self._label_parts: list[np.ndarray] = []
         self._embeddings: np.ndarray | None = None

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pddm_tf import evaluation
 from pddm_tf.evaluation import (
     RetrievalEvaluation,
     embed_dataset,
@@ -123,17 +124,27 @@ def test_nearest_neighbors_tie_order_on_a_line():
     np.testing.assert_array_equal(distances[0], [0.0, 1.0, 1.0])
 
 
-def test_nearest_neighbors_large_input_stays_chunked(monkeypatch):
+@pytest.mark.parametrize("backend", ["numpy", "tf"])
+def test_nearest_neighbors_large_input_stays_chunked(monkeypatch, backend):
     x = np.random.default_rng(3).normal(size=(20_000, 64)).astype(np.float32)
     block_shapes = []
-    top_k = tf.math.top_k
+    if backend == "tf":
+        top_k = tf.math.top_k
 
-    def recording_top_k(values, *args, **kwargs):
-        block_shapes.append(tuple(values.shape))
-        return top_k(values, *args, **kwargs)
+        def recording_top_k(values, *args, **kwargs):
+            block_shapes.append(tuple(values.shape))
+            return top_k(values, *args, **kwargs)
 
-    monkeypatch.setattr(tf.math, "top_k", recording_top_k)
-    indices, distances = nearest_neighbors(x, k=8, chunk_size=512)
+        monkeypatch.setattr(tf.math, "top_k", recording_top_k)
+    else:
+        merge = evaluation._merge_scores
+
+        def recording_merge(scores, *args):
+            block_shapes.append(scores.shape)
+            return merge(scores, *args)
+
+        monkeypatch.setattr(evaluation, "_merge_scores", recording_merge)
+    indices, distances = nearest_neighbors(x, k=8, chunk_size=512, backend=backend)
 
     assert indices.shape == distances.shape == (20_000, 8)
     assert max(rows for rows, _ in block_shapes) == 512  # never a 20,000 x 20,000 block

@@ -63,12 +63,15 @@ def test_index_rejects_bad_input():
 
 
 def test_saved_model_and_evaluation_share_the_search_kernel():
-    # exact_top_k is the one kernel: nearest_neighbors' chunked search over several blocks equals it in one block.
+    # exact_top_k is the SavedModel's kernel: nearest_neighbors' chunked "tf" search over several blocks equals it
+    # in one block, and so does the default "numpy" search on this data (no near-ties).
     rng = np.random.default_rng(1)
     gallery, queries = rng.normal(size=(40, 5)).astype(np.float32), rng.normal(size=(9, 5)).astype(np.float32)
     _, top = evaluation.exact_top_k(tf.constant(queries), tf.constant(gallery), 6)
-    indices, _ = evaluation.nearest_neighbors(queries, gallery, k=6, gallery_chunk_size=8, chunk_size=4)
+    indices, _ = evaluation.nearest_neighbors(queries, gallery, k=6, gallery_chunk_size=8, chunk_size=4, backend="tf")
     np.testing.assert_array_equal(indices, top.numpy())
+    np.testing.assert_array_equal(evaluation.nearest_neighbors(queries, gallery, k=6, gallery_chunk_size=8, chunk_size=4)[0],
+                                  top.numpy())
     np.testing.assert_array_equal(indices, _brute_force(queries, gallery, 6)[0])
 
 

@@ -110,6 +110,49 @@ def test_exact_ties_come_in_ascending_index_order(chunk_size, gallery_chunk_size
     np.testing.assert_array_equal(indices, brute_force(x[:100], x, k, exclude_self=False)[0])
 
 
+def _float_duplicates():
+    """Unrounded normal data [700, 64] whose rows 500.. copy rows 0..199 at shifted positions: the
+    BLAS sgemm rounds a copy differently from its original depending on where it sits in the block
+    (OpenBLAS's edge kernels sum in another order), so only the re-ranking of near-ties can tie them."""
+    x = np.random.default_rng(7).normal(size=(700, 64)).astype(np.float32)
+    x[500:] = x[:200]
+    return x
+
+
+@pytest.mark.parametrize("chunk_size, gallery_chunk_size", [(1024, 4096), (7, 300), (61, 97)])
+def test_default_search_ties_float_duplicates_by_index_whatever_the_chunks(chunk_size, gallery_chunk_size):
+    x = _float_duplicates()
+    indices, distances = nearest_neighbors(x, k=12, chunk_size=chunk_size, gallery_chunk_size=gallery_chunk_size)
+    expected, expected_d = brute_force(x, x, 12, exclude_self=True)  # float64 distances, ties to the lower index
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(distances, expected_d, rtol=1e-5, atol=1e-4)
+    # A copy and its original are exact ties for every other query: the original (lower index) comes first.
+    position = {int(j): p for p, j in enumerate(indices[300])}
+    for original in range(200):
+        if original + 500 in position and original in position:
+            assert position[original] < position[original + 500]
+    np.testing.assert_array_equal(indices[:200, 0], np.arange(500, 700))  # each original's copy is nearest...
+    np.testing.assert_allclose(distances[:200, 0], 0.0, atol=1e-4)  # ...at 0 up to the expansion's cancellation
+
+
+def test_default_search_screens_wider_when_ties_overflow_its_spare_width():
+    # 40 copies of each of 5 points, k = 3: every query has 39 zero-distance candidates, far more than the
+    # k + 8 the screen keeps at first, so the search must widen it (twice) to return the lowest indices.
+    x = np.repeat(np.random.default_rng(8).normal(size=(5, 16)).astype(np.float32), 40, axis=0)
+    x = x[np.random.default_rng(9).permutation(len(x))]
+    for chunk_size, gallery_chunk_size in [(1024, 4096), (13, 17)]:
+        indices, distances = nearest_neighbors(x, k=3, chunk_size=chunk_size, gallery_chunk_size=gallery_chunk_size)
+        np.testing.assert_array_equal(indices, brute_force(x, x, 3, exclude_self=True)[0])
+        np.testing.assert_array_equal(distances, 0.0)
+
+
+def test_numpy_and_tf_backends_agree_on_exactly_computed_data(float_data):
+    gallery, queries = float_data
+    for backend_args in ({}, {"chunk_size": 99, "gallery_chunk_size": 301}):
+        np.testing.assert_array_equal(nearest_neighbors(queries, gallery, k=15, **backend_args)[0],
+                                      nearest_neighbors(queries, gallery, k=15, backend="tf")[0])
+
+
 def test_exclude_self_false_in_a_self_search_keeps_self():
     x = _integer_data(n=500)
     indices, _ = nearest_neighbors(x, k=5, exclude_self=False, gallery_chunk_size=64)
@@ -120,9 +163,10 @@ def test_exclude_self_false_in_a_self_search_keeps_self():
 def test_chunked_search_memory_stays_bounded_on_200k_x_512():
     """Peak RSS increase of a subprocess searching 1,100 queries in a 200,000 x 512 gallery.
 
-    Bound: at the defaults (1,024 queries x 16,384 gallery rows per block) the search holds one
-    64 MB float32 score block (plus its transient copy: matmul output, minus the norms), a 32 MB
-    gallery chunk and [n, k] results: about 170 MB; 143 MB measured. 400 MB leaves room for
+    Bound: with the default backend ("numpy", 1,024 queries x 4,096 gallery rows per block) the
+    search holds one 16 MB score block, its 4 MB mask, the gallery's norms (0.8 MB) and [n, k]
+    results: about 23 MB. The "tf" backend at its defaults (1,024 x 16,384) holds about 170 MB
+    (143 MB measured; one 64 MB score block, its transient copy, a 32 MB gallery chunk). 400 MB leaves room for
     allocator slack, and fails for any unchunked variant: the full [1,100 x 200,000] distance
     matrix is 880 MB, one [1,024 x 200,000] row block is 820 MB, and a TensorFlow copy of the
     gallery alone is 410 MB (plus the blocks).
@@ -204,7 +248,7 @@ def test_faiss_backend_missing_raises_a_clear_error(monkeypatch):
     x = np.zeros((5, 2), np.float32)
     with pytest.raises(ImportError, match="pip install faiss-cpu"):
         nearest_neighbors(x, k=2, backend="faiss")
-    indices, _ = nearest_neighbors(x, k=2, backend="auto")  # falls back to tf
+    indices, _ = nearest_neighbors(x, k=2, backend="auto")  # falls back to numpy
     np.testing.assert_array_equal(indices, [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1]])
 
 
