@@ -52,6 +52,10 @@ flags.DEFINE_string("out_dir", "benchmarks/results/paper_table", "Where results 
 flags.DEFINE_list("num_learners", ["1", "2", "4"], "Divide-and-Conquer methods: the values of K to run.")
 flags.DEFINE_integer("recluster_every", 2, "Divide-and-Conquer: re-cluster every T curve epochs (of eval_every steps).")
 flags.DEFINE_integer("conquer_epochs", 1, "Divide-and-Conquer: final curve epochs trained on all data.")
+flags.DEFINE_list("hdml_alphas", ["calibrated"], "HDML methods: hardness temperatures alpha to run, as rows "
+                  "\"hdml_npair\" (calibrated) and \"hdml_npair_alpha90\" (alpha = 90, the original's constant).")
+flags.DEFINE_list("hdml_generator_inputs", ["single"], "HDML methods: generator inputs to run (\"single\", the "
+                  "original's, and/or \"anchor_pair\", rows \"..._anchor_pair\").")
 flags.DEFINE_bool("quick", False, "CI mode: 10 steps, seed 0, one curve point after step 10.")
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
@@ -82,6 +86,13 @@ def _runs() -> list[tuple[str, str, dict]]:
     for method in FLAGS.methods:
         if method.startswith("dc_"):
             runs += [(f"{method}_k{k}", method, {"num_learners": int(k)}) for k in FLAGS.num_learners]
+        elif method.startswith("hdml_"):
+            for alpha in FLAGS.hdml_alphas:
+                for generator_input in FLAGS.hdml_generator_inputs:
+                    name = method + ("" if alpha == "calibrated" else f"_alpha{float(alpha):g}") + (
+                        "" if generator_input == "single" else f"_{generator_input}")
+                    runs.append((name, method, {"hdml_alpha": None if alpha == "calibrated" else float(alpha),
+                                                "hdml_generator_input": generator_input}))
         else:
             runs.append((method, method, {}))
     return runs

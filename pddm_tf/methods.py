@@ -47,6 +47,26 @@ def loss_hyperparameters(loss_class: type[keras.losses.Loss]) -> tuple[str, ...]
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _KERAS_LOSS_ARGUMENTS)
 
 
+#: Annotation of a loss hyperparameter -> the JSON values it accepts (bool is not a number here).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+
+
+def _check_option_types(loss_class: type[keras.losses.Loss], options: dict[str, Any]) -> None:
+    """Raises ValueError naming the option whose value's type its constructor's annotation does not take."""
+    parameters = inspect.signature(loss_class.__init__).parameters
+    for name, value in options.items():
+        annotation = parameters[name].annotation
+        accepted = [_OPTION_TYPES[part.strip()] for part in str(annotation).split("|") if part.strip() in _OPTION_TYPES]
+        if not accepted:
+            continue  # unannotated or an unusual type: the constructor checks it
+        ok = any(isinstance(value, types) for types in accepted)
+        if isinstance(value, bool) and (bool,) not in accepted:
+            ok = False
+        if not ok:
+            raise ValueError(f"{loss_class.__name__}'s option {name} takes a value of type {annotation}, "
+                             f"got {value!r}")
+
+
 def _baseline(loss_class: type[keras.losses.Loss], fixed: dict[str, Any] | None = None,
               **defaults: Any) -> Callable[..., EmbeddingModel]:
     """A builder of `MetricLossModel(loss_class(...))`: `fixed` arguments define the method (e.g. the
@@ -61,6 +81,7 @@ def _baseline(loss_class: type[keras.losses.Loss], fixed: dict[str, Any] | None 
         if unknown:
             raise ValueError(f"{loss_class.__name__} takes no loss option {_names(unknown)}; its options are "
                              f"{_names(settable)}")
+        _check_option_types(loss_class, options)
         return MetricLossModel(backbone, loss_class(**{**defaults, **options, **fixed}), embedding_dim=embedding_dim,
                                dropout=dropout)
 

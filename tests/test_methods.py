@@ -79,6 +79,14 @@ def test_loss_options_reach_every_baseline_loss_and_are_strict():
             assert got[key] == pytest.approx(value), (name, key)
     with pytest.raises(ValueError, match=r"TripletLoss takes no loss option 'margn'; its options are 'margin'$"):
         build_model("triplet_batchhard", _net(), 8, loss_options={"margn": 0.3})
+    # A value of the wrong JSON type is refused by name, not passed on to fail inside the loss.
+    with pytest.raises(ValueError, match=r"TripletLoss's option margin takes a value of type float, got 'big'"):
+        build_model("triplet_batchhard", _net(), 8, loss_options={"margin": "big"})
+    with pytest.raises(ValueError, match=r"MarginLoss's option learn_beta takes a value of type bool, got 1"):
+        build_model("margin", _net(), 8, loss_options={"learn_beta": 1})
+    with pytest.raises(ValueError, match=r"NPairLoss's option l2_reg takes a value of type float, got True"):
+        build_model("npair", _net(), 8, loss_options={"l2_reg": True})
+    assert build_model("npair", _net(), 8, loss_options={"l2_reg": 1}).embedding_loss.get_config()["l2_reg"] == 1.0
     # The mining defines the method: triplet_batchhard cannot be turned into semi-hard mining.
     with pytest.raises(ValueError, match="takes no loss option 'mining'"):
         build_model("triplet_batchhard", _net(), 8, loss_options={"mining": "semi_hard"})
