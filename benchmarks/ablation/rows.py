@@ -1,0 +1,52 @@
+"""Rows of the with/without comparisons of HDML, Divide-and-Conquer and the PDDM paper's choices,
+as a `benchmarks/few_shot.py --variants` JSON object for one seed (issues 13 item 5, 14 item 7).
+
+  python benchmarks/ablation/rows.py SEED [GROUP]     # GROUP: methods (default) or pddm_claims
+
+Every row is `pddm-tf train`'s defaults with one change, so a row and its base differ only in
+that change; `BASES` names each row's base for `benchmarks/ablation/table.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+_METHODS = {
+    "npair": {"method": "npair"},
+    "hdml_npair": {"method": "hdml_npair"},
+    "hdml_npair_a90": {"method": "hdml_npair", "hdml_alpha": 90.0},
+    "hdml_npair_pairgen": {"method": "hdml_npair", "hdml_generator_input": "anchor_pair"},
+    "triplet_bh": {"method": "triplet_batchhard"},
+    "hdml_triplet": {"method": "hdml_triplet"},
+    "hdml_triplet_a90": {"method": "hdml_triplet", "hdml_alpha": 90.0},
+    "pddm": {},
+    "hdml_pddm": {"method": "hdml_pddm"},
+    "hdml_pddm_a90": {"method": "hdml_pddm", "hdml_alpha": 90.0},
+    **{f"{method}_k{k}": {"method": method, "num_learners": k} for method in ("dc_margin", "dc_pddm") for k in (1, 2, 4)},
+}
+_PDDM_CLAIMS = {
+    "pddm_triplet": {"method": "pddm_triplet"},
+    "euclidean_quadruplet": {"method": "euclidean_quadruplet"},
+    "pddm_norm_inputs": {"pddm_normalize_inputs": True},
+}
+GROUPS = {"methods": _METHODS, "pddm_claims": _PDDM_CLAIMS}
+
+#: Row -> the row it is compared with (the same loss without the method, or K = 1).
+BASES = {
+    "hdml_npair": "npair", "hdml_npair_a90": "npair", "hdml_npair_pairgen": "npair",
+    "hdml_triplet": "triplet_bh", "hdml_triplet_a90": "triplet_bh",
+    "hdml_pddm": "pddm", "hdml_pddm_a90": "pddm",
+    "dc_margin_k2": "dc_margin_k1", "dc_margin_k4": "dc_margin_k1",
+    "dc_pddm_k2": "dc_pddm_k1", "dc_pddm_k4": "dc_pddm_k1",
+    "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_norm_inputs": "pddm",
+}
+
+
+def variants(seed: int, group: str = "methods") -> dict[str, dict]:
+    """Row name -> few_shot.py variant (base row "pddm_defaults", the seed, the row's change)."""
+    return {name: {"base": "pddm_defaults", "seed": seed, **change} for name, change in GROUPS[group].items()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(variants(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "methods")))
