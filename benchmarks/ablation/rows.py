@@ -23,7 +23,8 @@ _METHODS = {
     "pddm": {},
     "hdml_pddm": {"method": "hdml_pddm"},
     "hdml_pddm_a90": {"method": "hdml_pddm", "hdml_alpha": 90.0},
-    **{f"{method}_k{k}": {"method": method, "num_learners": k} for method in ("dc_margin", "dc_pddm") for k in (1, 2, 4)},
+    **{f"{method}_k{k}": {"method": method, "num_learners": k}
+       for method in ("dc_margin", "dc_pddm") for k in (1, 2, 4)},
 }
 _PDDM_CLAIMS = {
     "pddm_triplet": {"method": "pddm_triplet"},
