@@ -18,7 +18,8 @@ Each method runs in its own subprocess, which creates the data, imports TensorFl
 pddm_tf and runs a tiny warm-up op before its baseline: reported memory is the peak RSS
 (`ru_maxrss`) increase over that baseline, so the inputs (the gallery: n x dim x 4 bytes) are
 not counted and methods do not contaminate each other (the peak is reset with
-/proc/self/clear_refs before the baseline, so the data's own temporaries cannot hide it). Time: wall seconds of the search call,
+/proc/self/clear_refs before the baseline, so the data's own temporaries cannot hide it). Time: wall seconds of the
+search call,
 best of --repeats, and of --rounds: with --rounds=N the methods run in turn N times (one
 subprocess each time), so that load from other jobs hits all of them alike. "vs faiss" is the
 time over faiss_flat's of the same gallery size. "same rows" is the fraction of queries whose k
@@ -134,7 +135,8 @@ OURS = ("numpy", "tf", "tf_onednn")
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| gallery | queries | method | time (s) | vs faiss | GFLOP/s | peak RSS increase (MB) | same rows as ours |",
+    lines = ["| gallery | queries | method | time (s) | vs faiss | GFLOP/s | peak RSS increase (MB) "
+             "| same rows as ours |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         same = "—" if r["same_rows"] is None else f"{r['same_rows']:.5f}"

@@ -18,12 +18,12 @@ batch-hard training does not have, each timed alone in its own `tf.function` on 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -118,9 +118,9 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
                                                                  labels)["quadruplets"].indices)
             if not np.allclose(all_pairs(embeddings).numpy(), dense(embeddings).numpy(), atol=1e-5):
                 raise RuntimeError("the all-pairs scores differ from the dense reference")
-            rows[f"{method}: all_pairs"] = lambda f=all_pairs: f(embeddings).numpy()
-            rows[f"{method}: dense_all_pairs"] = lambda f=dense: f(embeddings).numpy()
-            rows[f"{method}: mining"] = lambda f=mine: f(embeddings).numpy()
+            rows[f"{method}: all_pairs"] = lambda f=all_pairs, e=embeddings: f(e).numpy()
+            rows[f"{method}: dense_all_pairs"] = lambda f=dense, e=embeddings: f(e).numpy()
+            rows[f"{method}: mining"] = lambda f=mine, e=embeddings: f(e).numpy()
     return rows
 
 

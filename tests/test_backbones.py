@@ -125,7 +125,8 @@ def test_registry_covers_required_families_and_lookup_ignores_case():
 
 def test_small_convnet_poolings_reduce_its_feature_map():
     x = _pixels(16, channels=1, n=3)
-    by_pooling = {p: backbone("small_convnet", 16, channels=1, width=6, depth=2, pooling=p) for p in ("avg", "max", "gem")}
+    by_pooling = {p: backbone("small_convnet", 16, channels=1, width=6, depth=2, pooling=p)
+                  for p in ("avg", "max", "gem")}
     for pooling, model in by_pooling.items():
         feature_map = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("pool1").output)(x))
         expected = {"avg": feature_map.mean(axis=(1, 2)), "max": feature_map.max(axis=(1, 2)),

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import (ContrastiveLoss, LiftedStructuredLoss, MarginLoss, MetricLossModel, MultiSimilarityLoss,
-                     NPairLoss, TripletLoss, small_convnet)
+from pddm_tf import (
+    ContrastiveLoss,
+    LiftedStructuredLoss,
+    MarginLoss,
+    MetricLossModel,
+    MultiSimilarityLoss,
+    NPairLoss,
+    TripletLoss,
+    small_convnet,
+)
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.mining import closest_negatives_beyond_cutoff, distance_weighted_negatives, semi_hard_negatives
 

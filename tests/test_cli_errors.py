@@ -206,8 +206,11 @@ def test_pddm_methods_are_the_methods_with_a_pddm_unit():
     from pddm_tf import small_convnet
     from pddm_tf.methods import METHODS, build_model, method_options
 
-    with_pddm = {name for name in METHODS if getattr(build_model(name, small_convnet(16, 1, width=4), 8, **method_options(
-        name, num_classes=3, num_learners=2)), "pddm", None) is not None}
+    def pddm_unit(name):
+        options = method_options(name, num_classes=3, num_learners=2)
+        return getattr(build_model(name, small_convnet(16, 1, width=4), 8, **options), "pddm", None)
+
+    with_pddm = {name for name in METHODS if pddm_unit(name) is not None}
     assert with_pddm == cli_validation.PDDM_METHODS
 
 

@@ -48,7 +48,8 @@ def _cli(args, devices=1):
     code = ("import sys, tensorflow as tf\n"
             f"if {devices} > 1:\n"
             "    cpu = tf.config.list_physical_devices('CPU')[0]\n"
-            f"    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})\n"
+            "    tf.config.set_logical_device_configuration(\n"
+            f"        cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})\n"
             "from pddm_tf import cli\n"
             "sys.argv = ['pddm-tf', 'train'] + sys.argv[1:]\n"
             "cli.run()\n")
@@ -88,7 +89,8 @@ def test_two_worker_processes_match_one_process_with_two_devices(tmp_path):
               f"--json={tmp_path / 'multi.json'}", f"--export_dir={tmp_path / 'export'}"]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()) for i in range(2)]
     reference = subprocess.Popen(
-        _cli([*common, "--strategy=mirrored", f"--save_model={tmp_path / 'one.keras'}", f"--json={tmp_path / 'one.json'}",
+        _cli([*common, "--strategy=mirrored", f"--save_model={tmp_path / 'one.keras'}",
+              f"--json={tmp_path / 'one.json'}",
               f"--backup_dir={tmp_path / 'backup_one'}"], devices=2),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     results = _finish([*workers, reference])
@@ -310,7 +312,8 @@ def test_cluster_batches_start_at_the_step_and_end_with_the_epoch():
 
 def test_embed_files_over_two_replicas_matches_one_device(two_replicas):
     files = data.load_dataset("omniglot").test
-    files = data.ImageFiles(files.paths[:203], files.labels[:203], files.class_names, files.rotations[:203])  # padded tail
+    # 203 images: the last batch is padded.
+    files = data.ImageFiles(files.paths[:203], files.labels[:203], files.class_names, files.rotations[:203])
     keras.utils.set_random_seed(0)
     single = backbones.small_convnet(SIZE, 1, width=8)
     with two_replicas.scope():

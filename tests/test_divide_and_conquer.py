@@ -4,12 +4,28 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from omniglot_training import SIZE, held_out_recall_1, split
-from pddm_tf import (PDDM, DivideAndConquerModel, DoubleHeaderHingeLoss, MarginLoss, MetricLossModel, PDDMModel,
-                     SlicedEmbeddingHead, small_convnet)
-from pddm_tf.clustering import (CONQUER, DROPPED, ClusterAssignment, DivideAndConquer, cluster_balanced_dataset,
-                                compute_clusters, drop_singleton_classes, match_clusters)
+
+from pddm_tf import (
+    PDDM,
+    DivideAndConquerModel,
+    DoubleHeaderHingeLoss,
+    MarginLoss,
+    MetricLossModel,
+    PDDMModel,
+    SlicedEmbeddingHead,
+    small_convnet,
+)
+from pddm_tf.clustering import (
+    CONQUER,
+    DROPPED,
+    ClusterAssignment,
+    DivideAndConquer,
+    cluster_balanced_dataset,
+    compute_clusters,
+    drop_singleton_classes,
+    match_clusters,
+)
 from pddm_tf.data import ImageFiles
 from pddm_tf.methods import build_model, training_pipeline
 from pddm_tf.optimizers import make_optimizer

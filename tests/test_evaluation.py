@@ -14,8 +14,8 @@ from pddm_tf.evaluation import (
     map_at_r,
     nearest_neighbors,
     nmi,
-    rerank_shortlist,
     recall_at_k,
+    rerank_shortlist,
 )
 
 # --------------------------------------------------------------------------- references

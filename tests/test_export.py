@@ -39,7 +39,8 @@ _LOADER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(3)
-    model = PDDMModel(small_convnet(SIZE, 1, width=16, depth=3), embedding_dim=16, pddm=PDDM(units=16, combined_units=16))
+    model = PDDMModel(small_convnet(SIZE, 1, width=16, depth=3), embedding_dim=16,
+                      pddm=PDDM(units=16, combined_units=16))
     model.build((None, SIZE, SIZE, 1))
     return model
 

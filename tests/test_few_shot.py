@@ -34,7 +34,7 @@ def _brute_force(x, labels, groups, drawers, episodes, ways, shots):
         classes = [labels[row[0]] for row in episode.support]
         correct = 0
         total = 0
-        for c, query_rows in enumerate(episode.query):
+        for query_rows in episode.query:
             for q in query_rows:
                 best, best_distance = None, np.inf
                 for k, support_rows in enumerate(episode.support):

@@ -106,6 +106,7 @@ def test_a_loss_option_changes_the_loss_as_the_numpy_reference():
     hardest_positive = np.where(same & ~np.eye(12, dtype=bool), d, -np.inf).max(1)
     hardest_negative = np.where(~same, d, np.inf).min(1)
     model = build_model("triplet_batchhard", _net(), 8, loss_options={"margin": 0.7})
-    for margin, loss in ((0.7, model.embedding_loss), (0.2, build_model("triplet_batchhard", _net(), 8).embedding_loss)):
+    default_loss = build_model("triplet_batchhard", _net(), 8).embedding_loss
+    for margin, loss in ((0.7, model.embedding_loss), (0.2, default_loss)):
         want = np.maximum(hardest_positive - hardest_negative + margin, 0).mean()
         np.testing.assert_allclose(loss(tf.constant(labels), tf.constant(x)).numpy(), want, rtol=1e-5, atol=1e-6)

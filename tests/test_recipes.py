@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+import test_datasets
 from absl import flags
 
-import test_datasets
 from pddm_tf import cli, recipes
 from pddm_tf.backbones import BACKBONES
 from pddm_tf.methods import METHODS
