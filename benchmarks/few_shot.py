@@ -144,7 +144,8 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
                         pddm_normalize_inputs=config["pddm_normalize_inputs"],
                         num_classes=split.train.num_classes, num_learners=config["num_learners"],
                         dropout=config["dropout"], hdml_alpha=config["hdml_alpha"], hdml_beta=config["hdml_beta"],
-                        hdml_generator_input=config["hdml_generator_input"])
+                        hdml_generator_input=config["hdml_generator_input"],
+                        hdml_synthetic=config["hdml_synthetic"])
         model = methods.build_model(config["method"], network, config["embedding_dim"],
                                     **methods.method_options(config["method"], **settings))
     model.build((None, size, size, 1))

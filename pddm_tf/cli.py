@@ -111,6 +111,8 @@ flags.DEFINE_float("hdml_alpha", None, "HDML: hardness temperature alpha; unset:
 flags.DEFINE_enum("hdml_generator_input", "single", ["single", "anchor_pair"],
                   "HDML: the generator takes single embeddings (the original) or [anchor; sample] pairs.")
 flags.DEFINE_float("hdml_beta", 1e4, "HDML: weighting temperature beta.")
+flags.DEFINE_bool("hdml_synthetic", True, "HDML: train on the synthetic negatives; --nohdml_synthetic trains the base "
+                  "loss alone on HDML's rows, the exact 'without HDML' twin of a run (for ablations).")
 flags.DEFINE_integer("num_learners", 4, "Divide-and-Conquer: K clusters / embedding slices (embedding_dim "
                      "must be divisible by it).")
 flags.DEFINE_integer("recluster_every", 2, "Divide-and-Conquer: re-cluster every T epochs (0 = cluster once).")
@@ -297,7 +299,7 @@ def _method_settings(num_classes: int) -> dict[str, Any]:
                 mining_score=FLAGS.mining_score, num_classes=num_classes,
                 pddm_normalize_inputs=FLAGS.pddm_normalize_inputs, num_learners=FLAGS.num_learners,
                 dropout=FLAGS.dropout, hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
-                hdml_generator_input=FLAGS.hdml_generator_input,
+                hdml_generator_input=FLAGS.hdml_generator_input, hdml_synthetic=FLAGS.hdml_synthetic,
                 loss_options=cli_validation.parse_loss_options(FLAGS.loss_options))
 
 

@@ -195,6 +195,10 @@ class HDMLModel(EmbeddingModel):
       generator_weight_decay, classifier_weight_decay: decoupled (AdamW) weight decay of the two
         extra optimisers; 0 (default) as the original, which regularises the metric network only.
       seed: seed of the random negatives of "triplet"/"pddm".
+      synthetic: False trains the metric network on J_m(real) alone (J_metric = J_m(real)): the base
+        loss with HDML's rows, the same random negatives and the same per-step cost, i.e. the exact
+        "without HDML" twin of a run, for ablations. Everything else (generator, classifier,
+        running means, logs) runs as usual; the synthetic negatives just do not reach the loss.
     """
 
     metric_names = ("loss", "metric_loss_real", "metric_loss_synthetic", "j_recon", "j_soft", "j_gen",
@@ -209,7 +213,7 @@ class HDMLModel(EmbeddingModel):
                  triplet_margin: float = 0.2, pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
                  generator_learning_rate: float = 1e-2, classifier_learning_rate: float = 1e-3,
                  generator_weight_decay: float = 0.0, classifier_weight_decay: float = 0.0, seed: int = 0,
-                 dropout: float = 0.0, **kwargs: Any) -> None:
+                 synthetic: bool = True, dropout: float = 0.0, **kwargs: Any) -> None:
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
         if base not in HDML_BASES:
             raise ValueError(f"unknown HDML base {base!r}; expected one of {HDML_BASES}")
@@ -244,6 +248,7 @@ class HDMLModel(EmbeddingModel):
         self.generator_weight_decay = float(generator_weight_decay)
         self.classifier_weight_decay = float(classifier_weight_decay)
         self.seed = int(seed)
+        self.synthetic = bool(synthetic)
         uses_pddm = base == "pddm"
         if uses_pddm:
             pddm = pddm if pddm is not None else PDDM(name="pddm")
@@ -428,8 +433,9 @@ class HDMLModel(EmbeddingModel):
                            tf.float32)
 
         real_weight = tf.exp(-self.beta / j_gen_avg)
+        metric_loss = real_weight * real_loss + (1.0 - real_weight) * synthetic_loss if self.synthetic else real_loss
         return {
-            "loss": real_weight * real_loss + (1.0 - real_weight) * synthetic_loss,
+            "loss": metric_loss,
             "metric_loss_real": real_loss, "metric_loss_synthetic": synthetic_loss,
             "weighted_metric_loss_real": real_weight * real_loss,
             "j_recon": j_recon, "j_soft": j_soft, "j_gen": j_recon + j_soft,
@@ -486,6 +492,7 @@ class HDMLModel(EmbeddingModel):
                       classifier_learning_rate=self.classifier_learning_rate,
                       generator_weight_decay=self.generator_weight_decay,
                       classifier_weight_decay=self.classifier_weight_decay, seed=self.seed,
+                      synthetic=self.synthetic,
                       pddm=keras.saving.serialize_keras_object(self.pddm),
                       pddm_loss=keras.saving.serialize_keras_object(self.pddm_loss))
         return config

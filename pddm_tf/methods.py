@@ -96,18 +96,20 @@ def _hdml(base: str) -> Callable[..., EmbeddingModel]:
 
     def build(backbone: keras.Model, embedding_dim: int, *, num_classes: int | None = None,
               hdml_alpha: float | None = None, hdml_beta: float = 1e4, hdml_generator_input: str = "single",
-              dropout: float = 0.0) -> EmbeddingModel:
+              hdml_synthetic: bool = True, dropout: float = 0.0) -> EmbeddingModel:
         return HDMLModel(backbone, embedding_dim, num_classes=check(num_classes), base=base, alpha=hdml_alpha,
-                         beta=hdml_beta, generator_input=hdml_generator_input, dropout=dropout)
+                         beta=hdml_beta, generator_input=hdml_generator_input, synthetic=hdml_synthetic,
+                         dropout=dropout)
 
     def build_pddm(backbone: keras.Model, embedding_dim: int, *, num_classes: int | None = None,
                    alpha: float = 1.0, beta: float = 0.5, embedding_weight: float = 0.5,
                    hdml_alpha: float | None = None, hdml_beta: float = 1e4, hdml_generator_input: str = "single",
-                   dropout: float = 0.0) -> EmbeddingModel:
+                   hdml_synthetic: bool = True, dropout: float = 0.0) -> EmbeddingModel:
         # alpha/beta stay the PDDM margins, as for the other methods; HDML's own are hdml_alpha/hdml_beta.
         pddm_loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight)
         return HDMLModel(backbone, embedding_dim, num_classes=check(num_classes), base=base, alpha=hdml_alpha,
-                         beta=hdml_beta, generator_input=hdml_generator_input, pddm_loss=pddm_loss, dropout=dropout)
+                         beta=hdml_beta, generator_input=hdml_generator_input, synthetic=hdml_synthetic,
+                         pddm_loss=pddm_loss, dropout=dropout)
 
     return build_pddm if base == "pddm" else build
 
@@ -194,8 +196,9 @@ def build_model(method: str, backbone: keras.Model, embedding_dim: int = 64, **o
         (pddm_*, euclidean_quadruplet) take alpha, beta, embedding_weight, mining, mining_score and
         pddm_normalize_inputs (see `layers.PDDM`). HDML methods require num_classes (training
         classes) and take hdml_alpha and hdml_beta (its hardness and weighting temperatures;
-        hdml_alpha None = calibrated, see `HDMLModel`) and hdml_generator_input ("single" or
-        "anchor_pair"); hdml_pddm also takes alpha, beta and embedding_weight for its double-header
+        hdml_alpha None = calibrated, see `HDMLModel`), hdml_generator_input ("single" or
+        "anchor_pair") and hdml_synthetic (False: the base loss alone, HDML's "without" twin);
+        hdml_pddm also takes alpha, beta and embedding_weight for its double-header
         loss. The baseline-loss methods take loss_options, a dict of their loss's constructor
         arguments (`loss_hyperparameters`; e.g. {"margin": 0.3} for the triplet losses) except those
         that define the method (the triplet mining). The Divide-and-Conquer methods take

@@ -45,7 +45,7 @@ def test_quick_run_writes_table_and_plots(tmp_path):
 
 def test_ablation_table_pairs_each_row_with_its_base_on_the_same_fold(tmp_path):
     """benchmarks/ablation/table.py: a row's change is its accuracy minus its base's, fold by fold."""
-    accuracy = {"npair": {0: 0.50, 1: 0.70}, "hdml_npair": {0: 0.60, 1: 0.65}}  # change +10.0 and -5.0 points
+    accuracy = {"dc_margin_k1": {0: 0.50, 1: 0.70}, "dc_margin_k2": {0: 0.60, 1: 0.65}}  # change +10.0 and -5.0 points
     paths = []
     for fold in (0, 1):
         results = {row: {str(fold): {"oneshot_20way": acc[fold], "oneshot_5way": acc[fold] + 0.2,
@@ -61,6 +61,7 @@ def test_ablation_table_pairs_each_row_with_its_base_on_the_same_fold(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "table.md").read_text()
     # Means over folds (0.55, 0.675) and the paired change (mean +2.5: +10.0 on fold 0, -5.0 on fold 1).
-    assert "| npair | 0.500 | 0.700 | 0.600 | 0.800 | 0.700 |  |  |  |" in table
-    assert "| hdml_npair | 0.600 | 0.650 | 0.625 | 0.825 | 0.725 | npair | +2.5 (+10.0, -5.0) | 1 of 2 |" in table
+    assert "| dc_margin_k1 | 0.500 | 0.700 | 0.600 | 0.800 | 0.700 |  |  |  |" in table
+    assert ("| dc_margin_k2 | 0.600 | 0.650 | 0.625 | 0.825 | 0.725 | dc_margin_k1 | +2.5 (+10.0, -5.0) | 1 of 2 |"
+            in table)
     assert (out / "curves.png").stat().st_size > 0

@@ -202,6 +202,15 @@ def test_every_loss_matches_numpy_on_a_tiny_model(base, generator_input):
     for name, value in expected.items():
         np.testing.assert_allclose(terms[name], value, rtol=2e-4, atol=1e-6, err_msg=name)
     assert 0.05 < weight < 0.95 and abs(syn - real) > 1e-3  # both parts of J_metric matter
+    # synthetic=False (HDML's "without" twin): the same rows and weights, J_metric = J_m(real) alone.
+    twin = HDMLModel(keras.models.clone_model(backbone), 3, num_classes=4, base=base, alpha=alpha, window=2,
+                     beta=beta, softmax_scale=scale, soft_weight=lam, generator_units=6,
+                     generator_input=generator_input, triplet_margin=0.4, synthetic=False)
+    twin.build((None, 2, 2, 1))
+    twin.set_weights(model.get_weights())
+    twin_terms = twin.hdml_terms(tf.constant(images), tf.constant(labels))
+    np.testing.assert_allclose(float(twin_terms["loss"]), real, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(float(twin_terms["metric_loss_synthetic"]), syn, rtol=2e-4, atol=1e-6)
     # A given alpha (here 2, the original's is 90) is never recalibrated when a block completes.
     for _ in range(model.window):
         model._update_running_means(tf.constant(1.5), tf.constant(2.5))

@@ -1,7 +1,7 @@
 """Rows of the with/without comparisons of HDML, Divide-and-Conquer and the PDDM paper's choices,
 as a `benchmarks/few_shot.py --variants` JSON object for one seed (issues 13 item 5, 14 item 7).
 
-  python benchmarks/ablation/rows.py SEED [GROUP]     # GROUP: methods (default) or pddm_claims
+  python benchmarks/ablation/rows.py SEED [GROUP]     # GROUP: methods (default), pddm_claims or hdml_twins
 
 Every row is `pddm-tf train`'s defaults with one change, so a row and its base differ only in
 that change; `BASES` names each row's base for `benchmarks/ablation/table.py`.
@@ -31,13 +31,17 @@ _PDDM_CLAIMS = {
     "euclidean_quadruplet": {"method": "euclidean_quadruplet"},
     "pddm_norm_inputs": {"pddm_normalize_inputs": True},
 }
-GROUPS = {"methods": _METHODS, "pddm_claims": _PDDM_CLAIMS}
+# HDML's exact "without" twins: its base loss on its own rows and random negatives, no synthetics.
+_HDML_TWINS = {f"hdml_{base}_base": {"method": f"hdml_{base}", "hdml_synthetic": False}
+               for base in ("npair", "triplet", "pddm")}
+GROUPS = {"methods": _METHODS, "pddm_claims": _PDDM_CLAIMS, "hdml_twins": _HDML_TWINS}
 
-#: Row -> the row it is compared with (the same loss without the method, or K = 1).
+#: Row -> the row it is compared with (the same loss without the method, or K = 1). HDML rows are
+#: compared with their exact twin without synthetic negatives; the twins with the library's loss.
 BASES = {
-    "hdml_npair": "npair", "hdml_npair_a90": "npair", "hdml_npair_pairgen": "npair",
-    "hdml_triplet": "triplet_bh", "hdml_triplet_a90": "triplet_bh",
-    "hdml_pddm": "pddm", "hdml_pddm_a90": "pddm",
+    **{f"hdml_{base}{variant}": f"hdml_{base}_base" for base in ("npair", "triplet", "pddm")
+       for variant in ("", "_a90", "_pairgen")},
+    "hdml_npair_base": "npair", "hdml_triplet_base": "triplet_bh", "hdml_pddm_base": "pddm",
     "dc_margin_k2": "dc_margin_k1", "dc_margin_k4": "dc_margin_k1",
     "dc_pddm_k2": "dc_pddm_k1", "dc_pddm_k4": "dc_pddm_k1",
     "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_norm_inputs": "pddm",

@@ -26,9 +26,9 @@ flags.DEFINE_string("out_dir", "benchmarks/results/ablation", "Where table.md an
 KEYS = (("oneshot_20way", "20-way 1-shot"), ("oneshot_5way", "5-way 1-shot"), ("fiveshot_20way", "20-way 5-shot"))
 #: Panels of the curve plot: title -> rows.
 PANELS = {
-    "HDML (base, calibrated alpha, alpha = 90)": ("npair", "hdml_npair", "hdml_npair_a90", "hdml_npair_pairgen",
-                                                  "triplet_bh", "hdml_triplet", "hdml_triplet_a90", "pddm",
-                                                  "hdml_pddm", "hdml_pddm_a90"),
+    "HDML (twin without synthetics, calibrated alpha, alpha = 90)": (
+        "hdml_npair_base", "hdml_npair", "hdml_npair_a90", "hdml_npair_pairgen", "hdml_triplet_base", "hdml_triplet",
+        "hdml_triplet_a90", "hdml_pddm_base", "hdml_pddm", "hdml_pddm_a90"),
     "Divide-and-Conquer (K learners)": ("dc_margin_k1", "dc_margin_k2", "dc_margin_k4", "dc_pddm_k1", "dc_pddm_k2",
                                         "dc_pddm_k4"),
     "PDDM's choices": ("pddm", "pddm_triplet", "euclidean_quadruplet", "pddm_norm_inputs"),
