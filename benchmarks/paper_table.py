@@ -56,6 +56,8 @@ flags.DEFINE_list("hdml_alphas", ["calibrated"], "HDML methods: hardness tempera
                   "\"hdml_npair\" (calibrated) and \"hdml_npair_alpha90\" (alpha = 90, the original's constant).")
 flags.DEFINE_list("hdml_generator_inputs", ["single"], "HDML methods: generator inputs to run (\"single\", the "
                   "original's, and/or \"anchor_pair\", rows \"..._anchor_pair\").")
+flags.DEFINE_bool("hdml_without", False, "HDML methods: also run each one's exact twin without synthetic negatives "
+                  "(hdml_synthetic=False), as rows \"..._without\".")
 flags.DEFINE_bool("quick", False, "CI mode: 10 steps, seed 0, one curve point after step 10.")
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
@@ -93,6 +95,8 @@ def _runs() -> list[tuple[str, str, dict]]:
                         "" if generator_input == "single" else f"_{generator_input}")
                     runs.append((name, method, {"hdml_alpha": None if alpha == "calibrated" else float(alpha),
                                                 "hdml_generator_input": generator_input}))
+            if FLAGS.hdml_without:
+                runs.append((f"{method}_without", method, {"hdml_synthetic": False}))
         else:
             runs.append((method, method, {}))
     return runs
