@@ -29,7 +29,7 @@ _METHODS = {
 _PDDM_CLAIMS = {
     "pddm_triplet": {"method": "pddm_triplet"},
     "euclidean_quadruplet": {"method": "euclidean_quadruplet"},
-    "pddm_norm_inputs": {"pddm_normalize_inputs": True},
+    "pddm_raw_inputs": {"pddm_normalize_inputs": False},
 }
 # HDML's exact "without" twins: its base loss on its own rows and random negatives, no synthetics.
 _HDML_TWINS = {f"hdml_{base}_base": {"method": f"hdml_{base}", "hdml_synthetic": False}
@@ -44,7 +44,7 @@ BASES = {
     "hdml_npair_base": "npair", "hdml_triplet_base": "triplet_bh", "hdml_pddm_base": "pddm",
     "dc_margin_k2": "dc_margin_k1", "dc_margin_k4": "dc_margin_k1",
     "dc_pddm_k2": "dc_pddm_k1", "dc_pddm_k4": "dc_pddm_k1",
-    "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_norm_inputs": "pddm",
+    "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_raw_inputs": "pddm",
 }
 
 

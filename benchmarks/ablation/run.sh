@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-benchmarks/results/ablation}
-for group in methods pddm_claims hdml_twins; do
+for group in methods hdml_twins pddm_claims; do
   rows=$(python -c "import sys; sys.path.insert(0, 'benchmarks/ablation'); import rows; print(','.join(rows.GROUPS['$group']))")
   for s in 0 1 2; do
     python benchmarks/few_shot.py --out_dir="$out/$group$s" --steps=500 --folds=$s --rows="$rows" \

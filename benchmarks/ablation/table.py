@@ -31,7 +31,7 @@ PANELS = {
         "hdml_triplet_a90", "hdml_pddm_base", "hdml_pddm", "hdml_pddm_a90"),
     "Divide-and-Conquer (K learners)": ("dc_margin_k1", "dc_margin_k2", "dc_margin_k4", "dc_pddm_k1", "dc_pddm_k2",
                                         "dc_pddm_k4"),
-    "PDDM's choices": ("pddm", "pddm_triplet", "euclidean_quadruplet", "pddm_norm_inputs"),
+    "PDDM's choices": ("pddm", "pddm_triplet", "euclidean_quadruplet", "pddm_raw_inputs"),
 }
 
 
