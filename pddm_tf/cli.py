@@ -102,7 +102,8 @@ flags.DEFINE_float("ema_momentum", 0.0, "Keep an exponential moving average of t
                    "0.99) and end training with it; 0 = off.")
 flags.DEFINE_string("loss_options", None, "Baseline-loss methods (contrastive, triplet_*, lifted_structured, npair, "
                     "margin, multi_similarity): a JSON object of the loss's hyperparameters, e.g. "
-                    "'{\"margin\": 0.3}' (methods.loss_hyperparameters lists them; an unknown one is refused).")
+                    "'{\"margin\": 0.3}' or '{\"distance\": \"cosine\"}' for triplet_*, contrastive and "
+                    "lifted_structured (methods.loss_hyperparameters lists them; an unknown one is refused).")
 flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
 flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
 flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")

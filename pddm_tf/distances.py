@@ -69,3 +69,105 @@ def pairwise_distances(x: tf.Tensor) -> tf.Tensor:
     """
     d = tf.sqrt(tf.maximum(pairwise_squared_distances(x), EPSILON))
     return tf.linalg.set_diag(d, tf.zeros_like(d[:, 0]))
+
+
+# ----------------------------------------------------------------------------- distance objects
+
+
+#: Name -> `Distance` subclass; every subclass with a `name` registers itself here.
+DISTANCES: dict[str, type[Distance]] = {}
+
+
+class Distance:
+    """A distance between embeddings, named so that a loss's config can hold it as a string.
+
+    Smaller means more similar; `pairwise(x)` is [m, m], symmetric, with an exact 0 diagonal and a
+    finite gradient everywhere (coincident points included). Subclasses set `name` and implement
+    `pairwise`; defining one registers it in `DISTANCES`, so `get_distance(name)` and a saved
+    loss's config find it.
+    """
+
+    name: str = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in DISTANCES and DISTANCES[cls.name] is not cls:
+                raise ValueError(f"a distance named {cls.name!r} is already registered ({DISTANCES[cls.name]})")
+            DISTANCES[cls.name] = cls
+
+    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
+        """Distances between the rows of x [m, d] -> [m, m]."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+class EuclideanDistance(Distance):
+    """D_ij = ||x_i - x_j|| (`pairwise_distances`). On unit embeddings D is in [0, 2].
+
+    Example:
+      >>> get_distance("euclidean").pairwise(tf.constant([[0.0, 0.0], [3.0, 4.0]])).numpy().tolist()
+      [[0.0, 5.0], [5.0, 0.0]]
+    """
+
+    name = "euclidean"
+
+    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
+        return pairwise_distances(x)
+
+
+class SquaredEuclideanDistance(Distance):
+    """D_ij = ||x_i - x_j||^2 (`pairwise_squared_distances`). On unit embeddings D is in [0, 4].
+
+    Example:
+      >>> get_distance("squared_euclidean").pairwise(tf.constant([[0.0, 0.0], [3.0, 4.0]])).numpy().tolist()
+      [[0.0, 25.0], [25.0, 0.0]]
+    """
+
+    name = "squared_euclidean"
+
+    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
+        return pairwise_squared_distances(x)
+
+
+class CosineDistance(Distance):
+    """D_ij = 1 - cos(x_i, x_j), in [0, 2]; rows are normalised first (a zero row is at distance 1
+    from every other). On unit embeddings it is half the squared Euclidean distance.
+
+    Example:
+      >>> get_distance("cosine").pairwise(tf.constant([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])).numpy().tolist()
+      [[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]]
+    """
+
+    name = "cosine"
+
+    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
+        unit = l2_normalize(x)
+        d = tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0)
+        d = 0.5 * (d + tf.transpose(d))
+        return tf.linalg.set_diag(d, tf.zeros_like(d[:, 0]))
+
+
+def get_distance(identifier: str | Distance) -> Distance:
+    """A `Distance` from its name ("euclidean", "squared_euclidean", "cosine", or any registered
+    subclass's) or itself.
+
+    Raises:
+      ValueError: an unknown name, listing the known ones, or a Distance whose class has no name.
+    """
+    if isinstance(identifier, Distance):
+        if DISTANCES.get(identifier.name) is not type(identifier):
+            raise ValueError(f"{identifier!r} has no registered name: set the class attribute `name` so that a "
+                             "loss's config can refer to it")
+        return identifier
+    if identifier not in DISTANCES:
+        raise ValueError(f"unknown distance {identifier!r}; expected one of {sorted(DISTANCES)} or a Distance")
+    return DISTANCES[identifier]()

@@ -56,7 +56,7 @@ _LOSSES = _registered(keras.losses.Loss)
 # The options that change a loss's code path; any other registered loss runs with its defaults.
 # Seeded samplers, so that two instances of one config draw the same negatives.
 _LOSS_OPTIONS = {
-    "TripletLoss": [{"mining": m} for m in TRIPLET_MINING],
+    "TripletLoss": [{"mining": m} for m in TRIPLET_MINING] + [{"mining": "batch_hard", "distance": "cosine"}],
     "MarginLoss": [{"sampler": s, "seed": 0} for s in MARGIN_SAMPLERS] + [{"num_classes": 4, "seed": 0}],
     "DoubleHeaderHingeLoss": [{"mining": m, "heads": h} for m in mining.MINING_MODES for h in (1, 2)],
 }

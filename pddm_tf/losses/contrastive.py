@@ -7,14 +7,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import pairwise_distances
+from pddm_tf.distances import Distance, get_distance
 from pddm_tf.losses._base import EmbeddingLoss, masked_mean
 from pddm_tf.mining import pair_masks
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class ContrastiveLoss(EmbeddingLoss):
-    """Contrastive loss on all pairs of a batch, on Euclidean distances D_ij = ||f_i - f_j||.
+    """Contrastive loss on all pairs of a batch, by default on Euclidean distances D_ij = ||f_i - f_j||.
 
         l_ij = max(0, D_ij - pos_margin)^2   for positive pairs P (y_i = y_j, i != j)
         l_ij = max(0, neg_margin - D_ij)^2   for negative pairs N (y_i != y_j)
@@ -31,22 +31,26 @@ class ContrastiveLoss(EmbeddingLoss):
     Args:
       pos_margin: positive pairs closer than this cost nothing (0: pull all the way together).
       neg_margin: negative pairs farther than this cost nothing.
+      distance: D, a `pddm_tf.distances` name ("euclidean", "squared_euclidean", "cosine") or a
+        registered `Distance`; the margins are on its scale.
     """
 
-    def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5, name: str = "contrastive_loss",
-                 **kwargs: Any) -> None:
+    def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5, distance: str | Distance = "euclidean",
+                 name: str = "contrastive_loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if not 0.0 <= pos_margin < neg_margin:
             raise ValueError(f"need 0 <= pos_margin < neg_margin, got {pos_margin} and {neg_margin}")
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
+        self.distance = get_distance(distance)
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
         positive, negative = pair_masks(labels)
-        d = pairwise_distances(embeddings)
+        d = self.distance.pairwise(embeddings)
         pull = tf.square(tf.nn.relu(d - self.pos_margin))
         push = tf.square(tf.nn.relu(self.neg_margin - d))
         return masked_mean(pull, positive & (pull > 0)) + masked_mean(push, negative & (push > 0))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}
+        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin,
+                "distance": self.distance.name}

@@ -7,14 +7,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import pairwise_distances
+from pddm_tf.distances import Distance, get_distance
 from pddm_tf.losses._base import EmbeddingLoss, masked_logsumexp, masked_mean
 from pddm_tf.mining import pair_masks
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class LiftedStructuredLoss(EmbeddingLoss):
-    """Lifted structured loss, the smooth version of Song et al. (eq. 4), on Euclidean distances.
+    """Lifted structured loss, the smooth version of Song et al. (eq. 4), by default on Euclidean distances.
 
         J_ij = log( sum_{k in N(i)} exp(m - D_ik) + sum_{l in N(j)} exp(m - D_jl) ) + D_ij
         L = 1 / (2|P|) * sum_{(i,j) in P} max(0, J_ij)^2
@@ -26,17 +26,21 @@ class LiftedStructuredLoss(EmbeddingLoss):
 
     Args:
       margin: m, on distances (the paper uses 1).
+      distance: D, a `pddm_tf.distances` name ("euclidean", "squared_euclidean", "cosine") or a
+        registered `Distance`.
     """
 
-    def __init__(self, margin: float = 1.0, name: str = "lifted_structured_loss", **kwargs: Any) -> None:
+    def __init__(self, margin: float = 1.0, distance: str | Distance = "euclidean",
+                 name: str = "lifted_structured_loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if margin < 0:
             raise ValueError(f"margin must be non-negative, got {margin}")
         self.margin = float(margin)
+        self.distance = get_distance(distance)
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
         positive, negative = pair_masks(labels)
-        d = pairwise_distances(embeddings)
+        d = self.distance.pairwise(embeddings)
         row = masked_logsumexp(self.margin - d, negative, axis=1)  # [m]: log sum_{k in N(i)} exp(m - D_ik)
         rows = tf.broadcast_to(row[:, None], tf.shape(d))
         j = tf.reduce_logsumexp(tf.stack([rows, tf.transpose(rows)], axis=-1), axis=-1) + d
@@ -45,4 +49,4 @@ class LiftedStructuredLoss(EmbeddingLoss):
         return 0.5 * masked_mean(tf.square(tf.nn.relu(j)), valid)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "margin": self.margin}
+        return {**super().get_config(), "margin": self.margin, "distance": self.distance.name}

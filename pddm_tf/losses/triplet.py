@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import pairwise_distances
+from pddm_tf.distances import Distance, get_distance
 from pddm_tf.losses._base import EmbeddingLoss, masked_mean
 from pddm_tf.mining import batch_hard_triplets, pair_masks, semi_hard_negatives
 
@@ -16,7 +16,7 @@ TRIPLET_MINING = ("semi_hard", "batch_hard")
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class TripletLoss(EmbeddingLoss):
-    """Triplet hinge max(0, margin + D_ap - D_an) on Euclidean distances D = ||f_a - f_x||.
+    """Triplet hinge max(0, margin + D_ap - D_an), by default on Euclidean distances D = ||f_a - f_x||.
 
     mining="semi_hard" (Schroff et al., FaceNet, CVPR 2015; TensorFlow Addons'
     `triplet_semihard_loss`): every ordered positive pair (a, p) is a triplet with the negative
@@ -33,12 +33,15 @@ class TripletLoss(EmbeddingLoss):
     Usage: `loss(labels [m] int, embeddings [m, d] L2-normalised) -> scalar`.
 
     Args:
-      margin: the hinge margin, on distances (unit embeddings: D in [0, 2]).
+      margin: the hinge margin, on the distance's scale (unit embeddings: D in [0, 2] for
+        "euclidean", [0, 4] for "squared_euclidean", [0, 2] for "cosine").
       mining: "semi_hard" or "batch_hard".
+      distance: D, a `pddm_tf.distances` name ("euclidean", "squared_euclidean", "cosine") or a
+        registered `Distance`; mining ranks by it too.
     """
 
-    def __init__(self, margin: float = 0.2, mining: str = "semi_hard", name: str = "triplet_loss",
-                 **kwargs: Any) -> None:
+    def __init__(self, margin: float = 0.2, mining: str = "semi_hard", distance: str | Distance = "euclidean",
+                 name: str = "triplet_loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if mining not in TRIPLET_MINING:
             raise ValueError(f"unknown triplet mining {mining!r}; expected one of {TRIPLET_MINING}")
@@ -46,9 +49,10 @@ class TripletLoss(EmbeddingLoss):
             raise ValueError(f"margin must be non-negative, got {margin}")
         self.margin = float(margin)
         self.mining = mining
+        self.distance = get_distance(distance)
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        d = pairwise_distances(embeddings)
+        d = self.distance.pairwise(embeddings)
         if self.mining == "semi_hard":
             positive, _ = pair_masks(labels)
             negatives, has_negative = semi_hard_negatives(labels, tf.stop_gradient(d))
@@ -60,4 +64,5 @@ class TripletLoss(EmbeddingLoss):
         return masked_mean(tf.nn.relu(self.margin + d_ap - d_an), valid)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "margin": self.margin, "mining": self.mining}
+        return {**super().get_config(), "margin": self.margin, "mining": self.mining,
+                "distance": self.distance.name}
