@@ -65,3 +65,19 @@ def test_ablation_table_pairs_each_row_with_its_base_on_the_same_fold(tmp_path):
     assert ("| dc_margin_k2 | 0.600 | 0.650 | 0.625 | 0.825 | 0.725 | dc_margin_k1 | +2.5 (+10.0, -5.0) | 1 of 2 |"
             in table)
     assert (out / "curves.png").stat().st_size > 0
+
+
+def test_ablation_table_pairs_recall_seed_by_seed(tmp_path):
+    """--recall: paper_table.py results, paired seed by seed (seeds 3 and 5 as the file lists them)."""
+    runs = {"dc_pddm_k1": [{"recall@1": 0.60, "recall@4": 0.8, "nmi": 0.7}, {"recall@1": 0.50, "recall@4": 0.7,
+                                                                            "nmi": 0.6}],
+            "dc_pddm_k4": [{"recall@1": 0.55, "recall@4": 0.8, "nmi": 0.7}, {"recall@1": 0.52, "recall@4": 0.7,
+                                                                            "nmi": 0.6}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": {"seeds": ["3", "5"]}, "runs": runs}))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ablation" / "table.py"), "--recall",
+                             f"--out_dir={tmp_path}", str(path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "paired_table.md").read_text()
+    assert "| row | seed 3 | seed 5 |" in table
+    assert "| dc_pddm_k4 | 0.550 | 0.520 | 0.535 | 0.800 | 0.700 | dc_pddm_k1 | -1.5 (-5.0, +2.0) | 1 of 2 |" in table

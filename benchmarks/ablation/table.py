@@ -3,8 +3,11 @@
 Reads `benchmarks/few_shot.py` results.json files (one fold and seed each), and writes to
 --out_dir table.md (every row's held-out accuracy per fold, its mean, and its paired change
 against its base row on the same fold and seed) and curves.png (20-way 1-shot against the step).
+With --recall, reads `benchmarks/paper_table.py` results.json files instead and pairs rows seed by
+seed on Recall@1 (rows named as paper_table names them; `RECALL_BASES` pairs them).
 
   python benchmarks/ablation/table.py --out_dir=benchmarks/results/ablation benchmarks/results/ablation/*/results.json
+  python benchmarks/ablation/table.py --recall --out_dir=benchmarks/results/hdml benchmarks/results/hdml*/results.json
 """
 
 from __future__ import annotations
@@ -22,6 +25,19 @@ from rows import BASES  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "benchmarks/results/ablation", "Where table.md and curves.png go.")
+flags.DEFINE_bool("recall", False, "Inputs are paper_table.py results (Recall@1 per seed), not few_shot.py's.")
+
+#: paper_table row -> the row it is compared with, seed by seed.
+RECALL_BASES = {
+    **{f"hdml_{base}{variant}": f"hdml_{base}_without" for base in ("npair", "triplet", "pddm")
+       for variant in ("", "_alpha90", "_anchor_pair")},
+    "hdml_npair_without": "npair", "hdml_triplet_without": "triplet_semihard",
+    "hdml_pddm_without": "pddm_quadruplet",
+    "dc_margin_k2": "dc_margin_k1", "dc_margin_k4": "dc_margin_k1",
+    "dc_pddm_k2": "dc_pddm_k1", "dc_pddm_k4": "dc_pddm_k1",
+    "pddm_triplet": "pddm_quadruplet", "euclidean_quadruplet": "pddm_quadruplet",
+    "pddm_ranking": "pddm_quadruplet",
+}
 
 KEYS = (("oneshot_20way", "20-way 1-shot"), ("oneshot_5way", "5-way 1-shot"), ("fiveshot_20way", "20-way 5-shot"))
 #: Panels of the curve plot: title -> rows.
@@ -45,18 +61,32 @@ def load(paths: list[str]) -> dict[str, dict[int, dict[str, Any]]]:
     return merged
 
 
-def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
+def load_recall(paths: list[str]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Row -> seed -> figures, merged over paper_table.py results files."""
+    merged: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in paths:
+        payload = json.loads(pathlib.Path(path).read_text())
+        seeds = [int(s) for s in payload["config"]["seeds"]]
+        for row, runs in payload["runs"].items():
+            for seed, figures in zip(seeds, runs):
+                merged.setdefault(row, {})[seed] = figures
+    return merged
+
+
+def table(results: dict[str, dict[int, dict[str, Any]]], recall: bool = False) -> str:
     folds = sorted({f for per_fold in results.values() for f in per_fold})
-    head = ["row", *[f"fold {f}" for f in folds], *[name for _, name in KEYS], "base",
-            "change 20w1s (per fold)", "folds better"]
+    keys = (("recall@1", "recall@1"), ("recall@4", "recall@4"), ("nmi", "nmi")) if recall else KEYS
+    first, bases, unit = keys[0][0], RECALL_BASES if recall else BASES, "seed" if recall else "fold"
+    head = ["row", *[f"{unit} {f}" for f in folds], *[name for _, name in keys], "base",
+            f"change {'R@1' if recall else '20w1s'} (per {unit})", f"{unit}s better"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, per_fold in results.items():
-        cells = [row, *[f"{per_fold[f]['oneshot_20way']:.3f}" if f in per_fold else "" for f in folds]]
-        cells += [f"{np.mean([per_fold[f][key] for f in per_fold]):.3f}" for key, _ in KEYS]
-        base = BASES.get(row)
+        cells = [row, *[f"{per_fold[f][first]:.3f}" if f in per_fold else "" for f in folds]]
+        cells += [f"{np.mean([per_fold[f][key] for f in per_fold]):.3f}" for key, _ in keys]
+        base = bases.get(row)
         if base in results:
             shared = [f for f in per_fold if f in results[base]]
-            change = np.array([per_fold[f]["oneshot_20way"] - results[base][f]["oneshot_20way"] for f in shared])
+            change = np.array([per_fold[f][first] - results[base][f][first] for f in shared])
             cells += [base, f"{100 * change.mean():+.1f} ({', '.join(f'{100 * c:+.1f}' for c in change)})",
                       f"{int((change > 0).sum())} of {len(change)}"]
         else:
@@ -92,9 +122,14 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], path: pathlib.Path) -> N
 
 
 def main(argv: list[str]) -> None:
-    results = load(argv[1:])
     out = pathlib.Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if FLAGS.recall:
+        text = table(load_recall(argv[1:]), recall=True)
+        (out / "paired_table.md").write_text(text)
+        print(text)
+        return
+    results = load(argv[1:])
     text = table(results)
     (out / "table.md").write_text(text)
     print(text)
