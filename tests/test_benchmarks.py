@@ -80,4 +80,4 @@ def test_ablation_table_pairs_recall_seed_by_seed(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "paired_table.md").read_text()
     assert "| row | seed 3 | seed 5 |" in table
-    assert "| dc_pddm_k4 | 0.550 | 0.520 | 0.535 | 0.800 | 0.650 | dc_pddm_k1 | -1.5 (-5.0, +2.0) | 1 of 2 |" in table
+    assert "| dc_pddm_k4 | 0.550 | 0.520 | 0.535 | 0.750 | 0.650 | dc_pddm_k1 | -1.5 (-5.0, +2.0) | 1 of 2 |" in table
