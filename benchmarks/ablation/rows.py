@@ -34,7 +34,7 @@ _PDDM_CLAIMS = {
 # HDML's exact "without" twins: its base loss on its own rows and random negatives, no synthetics.
 _HDML_TWINS = {f"hdml_{base}_base": {"method": f"hdml_{base}", "hdml_synthetic": False}
                for base in ("npair", "triplet", "pddm")}
-GROUPS = {"methods": _METHODS, "pddm_claims": _PDDM_CLAIMS, "hdml_twins": _HDML_TWINS}
+GROUPS: dict[str, dict[str, dict]] = {"methods": _METHODS, "pddm_claims": _PDDM_CLAIMS, "hdml_twins": _HDML_TWINS}
 
 #: Row -> the row it is compared with (the same loss without the method, or K = 1). HDML rows are
 #: compared with their exact twin without synthetic negatives; the twins with the library's loss.

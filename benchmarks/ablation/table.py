@@ -27,9 +27,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "benchmarks/results/ablation", "Where table.md and curves.png go.")
 flags.DEFINE_bool("recall", False, "Inputs are paper_table.py results (Recall@1 per seed), not few_shot.py's.")
 
-#: paper_table row -> the row it is compared with, seed by seed.
+_LIBRARY_BASE = {"npair": "npair", "triplet": "triplet_semihard", "pddm": "pddm_quadruplet"}
+#: paper_table row -> the row it is compared with, seed by seed (HDML: its twin without synthetic
+#: negatives when it was run, else the library's loss of its base).
 RECALL_BASES = {
-    **{f"hdml_{base}{variant}": f"hdml_{base}_without" for base in ("npair", "triplet", "pddm")
+    **{f"hdml_{base}{variant}": (f"hdml_{base}_without", _LIBRARY_BASE[base]) for base in ("npair", "triplet", "pddm")
        for variant in ("", "_alpha90", "_anchor_pair")},
     "hdml_npair_without": "npair", "hdml_triplet_without": "triplet_semihard",
     "hdml_pddm_without": "pddm_quadruplet",
@@ -83,8 +85,9 @@ def table(results: dict[str, dict[int, dict[str, Any]]], recall: bool = False) -
     for row, per_fold in results.items():
         cells = [row, *[f"{per_fold[f][first]:.3f}" if f in per_fold else "" for f in folds]]
         cells += [f"{np.mean([per_fold[f][key] for f in per_fold]):.3f}" for key, _ in keys]
-        base = bases.get(row)
-        if base in results:
+        candidates = bases.get(row, ())
+        base = next((b for b in ((candidates,) if isinstance(candidates, str) else candidates) if b in results), None)
+        if base is not None:
             shared = [f for f in per_fold if f in results[base]]
             change = np.array([per_fold[f][first] - results[base][f][first] for f in shared])
             cells += [base, f"{100 * change.mean():+.1f} ({', '.join(f'{100 * c:+.1f}' for c in change)})",
