@@ -105,7 +105,7 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], path: pathlib.Path) -> N
     import matplotlib.pyplot as plt
 
     panels = {title: [r for r in rows if r in results] for title, rows in PANELS.items()}
-    panels = {title: rows for title, rows in panels.items() if rows}
+    panels = {title: rows for title, rows in panels.items() if len(rows) > 1}
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
