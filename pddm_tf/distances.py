@@ -91,7 +91,9 @@ class Distance:
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.name:
+        # Only a class that sets `name` itself registers: a subclass of EuclideanDistance inherits
+        # "euclidean", which must keep naming EuclideanDistance.
+        if "name" in cls.__dict__ and cls.name:
             if cls.name in DISTANCES and DISTANCES[cls.name] is not cls:
                 raise ValueError(f"a distance named {cls.name!r} is already registered ({DISTANCES[cls.name]})")
             DISTANCES[cls.name] = cls

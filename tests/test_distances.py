@@ -62,6 +62,13 @@ def test_unknown_and_unnamed_distances_are_refused():
     with pytest.raises(ValueError, match="has no registered name"):
         TripletLoss(distance=Unnamed())
 
+    class Inherited(distances.EuclideanDistance):  # inherits the name "euclidean" without taking it over
+        pass
+
+    assert DISTANCES["euclidean"] is distances.EuclideanDistance
+    with pytest.raises(ValueError, match="has no registered name"):
+        TripletLoss(distance=Inherited())
+
 
 def test_a_user_distance_registers_itself_and_survives_a_loss_round_trip():
     class Chebyshev(Distance):
