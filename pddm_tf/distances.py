@@ -102,6 +102,12 @@ class Distance:
         """Distances between the rows of x [m, d] -> [m, m]."""
         raise NotImplementedError
 
+    def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Row-wise distances D(x_n, y_n) of [t, d] inputs -> [t], equal to `pairwise`'s entries (up to
+        float rounding) off coincident rows, with a finite gradient everywhere; for losses on
+        embeddings that are not rows of one batch (e.g. HDML's synthetic negatives)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -125,6 +131,9 @@ class EuclideanDistance(Distance):
     def pairwise(self, x: tf.Tensor) -> tf.Tensor:
         return pairwise_distances(x)
 
+    def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return safe_norm(x - y, keepdims=False)
+
 
 class SquaredEuclideanDistance(Distance):
     """D_ij = ||x_i - x_j||^2 (`pairwise_squared_distances`). On unit embeddings D is in [0, 4].
@@ -138,6 +147,9 @@ class SquaredEuclideanDistance(Distance):
 
     def pairwise(self, x: tf.Tensor) -> tf.Tensor:
         return pairwise_squared_distances(x)
+
+    def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return squared_distances_of_pairs(x, y)
 
 
 class CosineDistance(Distance):
@@ -156,6 +168,9 @@ class CosineDistance(Distance):
         d = tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0)
         d = 0.5 * (d + tf.transpose(d))
         return tf.linalg.set_diag(d, tf.zeros_like(d[:, 0]))
+
+    def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return tf.maximum(1.0 - tf.reduce_sum(l2_normalize(x) * l2_normalize(y), axis=-1), 0.0)
 
 
 def get_distance(identifier: str | Distance) -> Distance:

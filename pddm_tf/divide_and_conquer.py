@@ -56,7 +56,7 @@ class DivideAndConquerModel(EmbeddingModel):
       loss: the per-learner loss, copied for each learner and for the whole embedding: any
         embedding loss of `pddm_tf.losses` called as `loss(labels, embeddings)` (default: the margin
         loss with the authors' sampler and fixed beta = 1.2,
-        `MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")`), or a
+        `MarginLoss(learn_beta=False, miner="closest_beyond_cutoff")`), or a
         `DoubleHeaderHingeLoss`, in which case each learner gets its own PDDM unit scoring its slice
         (hard-quadruplet mining on that slice) and `model.pddm` scores the whole embedding.
       mining_score: with a `DoubleHeaderHingeLoss`, "pddm" or "euclidean" (see `PDDMModel`).
@@ -82,7 +82,7 @@ class DivideAndConquerModel(EmbeddingModel):
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, head=head, **kwargs)
         self.num_learners = int(num_learners)
         if loss is None:
-            loss = MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
+            loss = MarginLoss(learn_beta=False, miner="closest_beyond_cutoff")
         self.prototype_loss = loss
         self.mining_score = mining_score
         self.uses_pddm = isinstance(self.prototype_loss, DoubleHeaderHingeLoss)

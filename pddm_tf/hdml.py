@@ -39,15 +39,15 @@ negative, 0 = as close as the positive) and the real-sample weight w = exp(-beta
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import EPSILON, safe_norm, squared_distances_of_pairs
+from pddm_tf.distances import EPSILON, safe_norm
 from pddm_tf.layers import PDDM
-from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
-from pddm_tf.losses.pddm import double_header_hinge
+from pddm_tf.losses import DoubleHeaderHingeLoss, NPairLoss, TripletLoss, check_embeddings
+from pddm_tf.miners import Tuples, npair_tuples
 from pddm_tf.mining import npair_pairs, pair_masks
 from pddm_tf.models import EmbeddingModel, gather_global_batch
 
@@ -92,26 +92,13 @@ def hardness_aware_negatives(anchor: tf.Tensor, positive: tf.Tensor, negative: t
     return tf.where(harden[:, None], moved, negative), lambda0
 
 
-class _Triplets(NamedTuple):
-    """(anchor, positive, negative) rows of the global batch that HDML synthesises negatives for.
-
-    indices: [t, 3] int32 batch indices.
-    groups: scalar int32 whose meaning depends on the base loss: for "npair", N (t = N^2 rows,
-      anchor-major: row i*N + j is (a_i, p_i, p_j)); for "triplet"/"pddm", q (t = 2q rows: row r < q
-      is (i, j, k) for the positive pair i < j, row q + r is (j, i, l), the same pair seen from j).
-    """
-
-    indices: tf.Tensor
-    groups: tf.Tensor
-
-
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class HDMLModel(EmbeddingModel):
     """HDML around a base metric loss, with its generator and label-preserving classifier.
 
     Per step, on the global batch (features y [m, k] from the backbone, z = head(y) [m, d]):
 
-      1. rows (a, p, n) of the batch (`_Triplets`): for "npair" the N-pair pairing of `NPairLoss`
+      1. rows (a, p, n) of the batch (`pddm_tf.miners.Tuples`): for "npair" the N-pair pairing of `NPairLoss`
          (first two images of each class) with every class's positive as a candidate (its own
          is the target; d+ = d- leaves it unchanged), as in the original's tiled N-pair; for
          "triplet"/"pddm" every positive pair in both directions with a random negative of the
@@ -243,6 +230,8 @@ class HDMLModel(EmbeddingModel):
         self.window = int(window)
         self.initial_running_mean = float(initial_running_mean)
         self.triplet_margin = float(triplet_margin)
+        self._npair_loss = NPairLoss()
+        self._triplet_loss = TripletLoss(margin=self.triplet_margin)
         self.generator_learning_rate = float(generator_learning_rate)
         self.classifier_learning_rate = float(classifier_learning_rate)
         self.generator_weight_decay = float(generator_weight_decay)
@@ -339,12 +328,12 @@ class HDMLModel(EmbeddingModel):
 
     # -- rows and losses -------------------------------------------------------------------------
 
-    def _triplets(self, labels: tf.Tensor) -> _Triplets:
+    def _triplets(self, labels: tf.Tensor) -> Tuples:
+        """The rows HDML synthesises negatives for. "npair": `NPairMiner`'s N^2 rows. "triplet" and
+        "pddm": `QuadrupletMiner`'s layout (row r < q is (i, j, k) for the positive pair i < j, row
+        q + r is (j, i, l)) with k and l drawn uniformly among the negatives (the authors' sampler)."""
         if self.base == "npair":
-            pairs = npair_pairs(labels)  # [N, 2]
-            n = tf.shape(pairs)[0]
-            rows = tf.stack([tf.repeat(pairs[:, 0], n), tf.repeat(pairs[:, 1], n), tf.tile(pairs[:, 1], [n])], axis=1)
-            return _Triplets(rows, n)
+            return npair_tuples(npair_pairs(labels))
         positive, negative = pair_masks(labels)
         has_negative = tf.reduce_any(negative, axis=1)
         upper = tf.linalg.band_part(tf.ones_like(positive, dtype=tf.int32), 0, -1) > 0
@@ -357,34 +346,23 @@ class HDMLModel(EmbeddingModel):
         logits = tf.where(tf.gather(negative, anchors), 0.0, -1e9)
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.generator_optimizer.iterations, tf.int64)])
         negatives = tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-        return _Triplets(tf.stack([anchors, positives, negatives], axis=1), tf.shape(pairs)[0])
+        return Tuples(anchors, positives, negatives, tf.shape(pairs)[0])
 
-    def _metric_loss(self, rows: _Triplets, anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
-        """J_m of the base loss on [t, d] row embeddings laid out as `rows` describes."""
+    def _metric_loss(self, rows: Tuples, anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
+        """J_m of the base loss on [t, d] row embeddings laid out as `rows` describes: the public
+        `from_embeddings` of `NPairLoss`, `TripletLoss` and `DoubleHeaderHingeLoss`."""
         if self.base == "npair":
-            n, dim = rows.groups, tf.shape(anchor)[1]
-            anchors = tf.reshape(anchor, [n, n, dim])[:, 0]  # a_i, repeated along j
-            candidates = tf.reshape(negative, [n, n, dim])  # [i, j]: the j-th candidate of anchor i
-            logits = tf.einsum("id,ijd->ij", anchors, candidates)  # target j = i (the positive)
-            cross_entropy = tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits)
-            return tf.reduce_sum(cross_entropy) / tf.maximum(tf.cast(n, anchor.dtype), 1.0)
+            return self._npair_loss.from_embeddings(anchor, positive, negative, rows.groups)
         if self.base == "triplet":
-            d_ap = safe_norm(anchor - positive, keepdims=False)
-            d_an = safe_norm(anchor - negative, keepdims=False)
-            hinge = tf.nn.relu(self.triplet_margin + d_ap - d_an)
-            return tf.reduce_sum(hinge) / tf.maximum(tf.cast(tf.size(hinge), anchor.dtype), 1.0)
+            return self._triplet_loss.from_embeddings(anchor, positive, negative)
         # pddm: rows r and q + r are the two halves (i, j, k) and (j, i, l) of one quadruplet.
-        q = rows.groups
         assert self.pddm is not None and self.pddm_loss is not None  # base "pddm" sets both
         scores = self.pddm((tf.concat([anchor, anchor], 0), tf.concat([positive, negative], 0)))
         s_ap, s_an = tf.split(scores, 2)
-        d_ap, d_an = squared_distances_of_pairs(anchor, positive), squared_distances_of_pairs(anchor, negative)
-        loss = self.pddm_loss
-        return double_header_hinge(s_ap[:q], s_an[:q], s_an[q:], d_ap[:q], d_an[:q], d_an[q:],
-                                   loss.alpha, loss.beta, loss.embedding_weight, loss.heads).total
+        return self.pddm_loss.from_embeddings(anchor, positive, negative, rows.groups, s_ap, s_an).total
 
-    def _gather_rows(self, rows: _Triplets, embeddings: tf.Tensor) -> list[tf.Tensor]:
-        return [tf.gather(embeddings, rows.indices[:, c]) for c in range(3)]
+    def _gather_rows(self, rows: Tuples, embeddings: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.gather(embeddings, indices) for indices in (rows.anchors, rows.positives, rows.negatives)]
 
     def hdml_terms(self, images: tf.Tensor, labels: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
         """Every HDML loss of one (replica's) batch: the scalars of `metric_names`.
@@ -421,10 +399,10 @@ class HDMLModel(EmbeddingModel):
         rebuilt_anchor, rebuilt_positive, _ = self._gather_rows(rows, generated_embeddings[:m])
         synthetic_loss = self._metric_loss(rows, rebuilt_anchor, rebuilt_positive, generated_embeddings[m:])
 
-        source_labels = tf.gather(labels, rows.indices[:, 2])
+        source_labels = tf.gather(labels, rows.negatives)
         synthetic_logits = tf.cast(self.classifier(synthetic), tf.float32)
-        anchor_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.indices[:, 0])), tf.float32)
-        anchor_labels = tf.gather(labels, rows.indices[:, 0])
+        anchor_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.anchors)), tf.float32)
+        anchor_labels = tf.gather(labels, rows.anchors)
         j_recon = (1.0 - self.soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
         j_soft = self.soft_weight * self.softmax_scale * (_mean_cross_entropy(source_labels, synthetic_logits)
                                                           + _mean_cross_entropy(anchor_labels, anchor_logits))

@@ -21,6 +21,7 @@ from pddm_tf.fault_tolerance import BackupAndRestore, SamplerPosition
 from pddm_tf.hdml import HDMLModel
 from pddm_tf.layers import PDDM
 from pddm_tf.method_names import METHOD_NAMES
+from pddm_tf.miners import DistanceWeightedMiner
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 
 
@@ -48,7 +49,8 @@ def loss_hyperparameters(loss_class: type[keras.losses.Loss]) -> tuple[str, ...]
 
 
 #: Annotation of a loss hyperparameter -> the JSON values it accepts (bool is not a number here).
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,),
+                                              "dict[str, Any]": (dict,)}
 
 
 def _check_option_types(loss_class: type[keras.losses.Loss], options: dict[str, Any]) -> None:
@@ -120,7 +122,7 @@ def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
         # The authors' setting: margin 0.2 around a fixed boundary beta = 1.2 (METHODS.md section 4)
         # and their released sampler, each anchor's closest negatives beyond 0.5 (section 7). It is
         # deterministic, so a resumed run draws the same triplets.
-        loss = losses.MarginLoss(learn_beta=False, sampler="closest_beyond_cutoff")
+        loss = losses.MarginLoss(learn_beta=False, miner="closest_beyond_cutoff")
         return DivideAndConquerModel(backbone, embedding_dim=embedding_dim, num_learners=num_learners, loss=loss,
                                      dropout=dropout)
 
@@ -141,11 +143,11 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "pddm_triplet": _pddm(heads=1, default_mining_score="pddm"),
     "euclidean_quadruplet": _pddm(heads=2, default_mining_score="euclidean"),
     "contrastive": _baseline(losses.ContrastiveLoss),
-    "triplet_semihard": _baseline(losses.TripletLoss, fixed={"mining": "semi_hard"}),
-    "triplet_batchhard": _baseline(losses.TripletLoss, fixed={"mining": "batch_hard"}),
+    "triplet_semihard": _baseline(losses.TripletLoss, fixed={"miner": "semi_hard"}),
+    "triplet_batchhard": _baseline(losses.TripletLoss, fixed={"miner": "batch_hard"}),
     "lifted_structured": _baseline(losses.LiftedStructuredLoss),
     "npair": _baseline(losses.NPairLoss),
-    "margin": _baseline(losses.MarginLoss, seed=0),  # seeded by default: see dc_margin
+    "margin": _baseline(losses.MarginLoss, miner=DistanceWeightedMiner(seed=0)),  # seeded: see dc_margin
     "multi_similarity": _baseline(losses.MultiSimilarityLoss),
     "hdml_npair": _hdml("npair"),
     "hdml_triplet": _hdml("triplet"),

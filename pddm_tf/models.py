@@ -21,6 +21,7 @@ from pddm_tf import _compat
 from pddm_tf.index import Index, Lookup, lookups
 from pddm_tf.layers import PDDM, EmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
+from pddm_tf.miners import quadruplet_tuples
 from pddm_tf.mining import check_labels, euclidean_scores, mine_quadruplets, score_gap
 
 MINING_SCORES = ("pddm", "euclidean")
@@ -315,7 +316,8 @@ def pddm_quadruplet_terms(pddm: PDDM, loss: DoubleHeaderHingeLoss, embeddings: t
     # One batched PDDM call for the three pair sets of every quadruplet: [3q] pairs.
     scores = pddm((tf.gather(embeddings, tf.concat([i, i, j], 0)), tf.gather(embeddings, tf.concat([j, k, l], 0))))
     s_ij, s_ik, s_jl = tf.split(scores, 3)
-    terms = loss.from_quadruplets(embeddings, quads, s_ij, s_ik, s_jl)
+    terms = loss.from_indices(embeddings, quadruplet_tuples(quads), tf.concat([s_ij, s_ij], 0),
+                              tf.concat([s_ik, s_jl], 0))
     return {"loss": terms.total, "metric_loss": terms.metric, "embedding_loss": terms.embedding,
             "valid_fraction": quads.valid_fraction(), "score_gap": mined["score_gap"]}
 

@@ -70,7 +70,7 @@ _DC = {**_COMMON, "method": "dc_margin", "backbone": "ResNet50", "embedding_dim"
        "weight_decay": 1e-4}
 _DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of which 20 conquer, and dropout 0.01 "
                "are not given in METHODS.md. Negatives: the authors' sampler (closest beyond 0.5, MarginLoss "
-               "sampler='closest_beyond_cutoff'), not distance-weighted sampling. Weight decay 1e-4 as the "
+               "miner='closest_beyond_cutoff'), not distance-weighted sampling. Weight decay 1e-4 as the "
                "authors' Adam(weight_decay=1e-4), which in PyTorch is an L2 term coupled to the gradient; "
                "here it is decoupled AdamW decay with the same coefficient (equal for SGD, not under Adam).")
 

@@ -14,6 +14,7 @@ from pddm_tf import (
     TripletLoss,
     small_convnet,
 )
+from pddm_tf.miners import DistanceWeightedMiner
 
 STEPS = 120
 
@@ -25,11 +26,11 @@ STEPS = 120
 # N-pair (defaults as published) learn slowest at this budget, hence their lower bars.
 CONFIGS = {
     "contrastive": (lambda: ContrastiveLoss(), 0.08),
-    "triplet_semi_hard": (lambda: TripletLoss(mining="semi_hard"), 0.12),
-    "triplet_batch_hard": (lambda: TripletLoss(mining="batch_hard"), 0.12),
+    "triplet_semi_hard": (lambda: TripletLoss(miner="semi_hard"), 0.12),
+    "triplet_batch_hard": (lambda: TripletLoss(miner="batch_hard"), 0.12),
     "lifted": (lambda: LiftedStructuredLoss(), 0.05),
     "npair": (lambda: NPairLoss(), 0.06),
-    "margin": (lambda: MarginLoss(seed=0), 0.08),
+    "margin": (lambda: MarginLoss(miner=DistanceWeightedMiner(seed=0)), 0.08),
     "multi_similarity": (lambda: MultiSimilarityLoss(), 0.08),
 }
 

@@ -18,6 +18,7 @@ from pddm_tf import (
     small_convnet,
 )
 from pddm_tf.distances import pairwise_distances
+from pddm_tf.miners import ClosestBeyondCutoffMiner, DistanceWeightedMiner, Tuples
 from pddm_tf.mining import closest_negatives_beyond_cutoff, distance_weighted_negatives, semi_hard_negatives
 
 # -- brute-force references (float64, explicit loops over pairs and triplets) -----------------
@@ -178,7 +179,7 @@ def test_loss_equals_brute_force_reference(name, case):
 
 @pytest.mark.parametrize("name", list(LOSSES) + ["margin"])
 def test_gradients_finite_and_traceable_with_unknown_batch(name):
-    loss = MarginLoss(seed=0) if name == "margin" else LOSSES[name][0]
+    loss = MarginLoss(miner=DistanceWeightedMiner(seed=0)) if name == "margin" else LOSSES[name][0]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 6], tf.float32)])
     def loss_and_grad(y, f):
@@ -202,21 +203,21 @@ def test_gradients_finite_and_traceable_with_unknown_batch(name):
 def test_margin_loss_equals_reference_on_its_sampled_triplets(num_classes, case, monkeypatch):
     y = LABEL_CASES[case].astype(np.int32)
     f = _unit(np.random.default_rng(3), len(y), 6)
-    loss = MarginLoss(alpha=0.3, beta=0.9, num_classes=num_classes, nu=0.05, seed=1)
+    loss = MarginLoss(alpha=0.3, beta=0.9, num_classes=num_classes, nu=0.05, miner=DistanceWeightedMiner(seed=1))
     if num_classes:
         loss.beta.assign(np.linspace(0.6, 1.1, num_classes))
     beta = loss.beta.numpy().astype(np.float64)
     sampled = []
-    sample = loss.sample_triplets
-    monkeypatch.setattr(loss, "sample_triplets", lambda *args: sampled.append(sample(*args)) or sampled[-1])
+    sample = loss.miner.mine
+    monkeypatch.setattr(loss.miner, "mine", lambda *args: sampled.append(sample(*args)) or sampled[-1])
     value = loss(y, f.astype(np.float32)).numpy()
-    triplets = sampled[0].numpy()
+    triplets = sampled[0].rows().numpy()
     assert len(triplets) == sum(y[a] == y[p] for a, p in itertools.permutations(range(len(y)), 2))
     np.testing.assert_allclose(value, ref_margin(f, y, triplets, 0.3, beta, 0.05), rtol=1e-5)
     # The deterministic entry point agrees, and gives 0 for no triplet.
     d = pairwise_distances(f.astype(np.float32))
-    np.testing.assert_allclose(loss.from_triplets(y, d, triplets).numpy(), value, rtol=1e-6)
-    assert loss.from_triplets(y, d, np.zeros((0, 3), np.int32)).numpy() == 0.0
+    np.testing.assert_allclose(loss.from_indices(y, Tuples.from_rows(triplets), d).numpy(), value, rtol=1e-6)
+    assert loss.from_indices(y, Tuples.from_rows(np.zeros((0, 3), np.int32)), d).numpy() == 0.0
 
 
 def test_margin_loss_no_triplet_is_zero():
@@ -323,9 +324,9 @@ def test_closest_beyond_cutoff_sampler_equals_brute_force(case):
     below = d[got[:, 0], got[:, 2]] < cutoff
     assert below.any() and (~below).any()
     # Through the loss: the margin loss of exactly these triplets.
-    loss = MarginLoss(alpha=0.2, beta=1.0, learn_beta=False, cutoff=cutoff, sampler="closest_beyond_cutoff")
+    loss = MarginLoss(alpha=0.2, beta=1.0, learn_beta=False, miner=ClosestBeyondCutoffMiner(cutoff))
     np.testing.assert_allclose(loss(y, f).numpy(), ref_margin(f, y, expected, 0.2, np.float64(1.0), 0.0), rtol=1e-5)
-    assert MarginLoss.from_config(loss.get_config()).sampler == "closest_beyond_cutoff"
+    assert MarginLoss.from_config(loss.get_config()).miner == ClosestBeyondCutoffMiner(cutoff)
 
 
 def test_closest_beyond_cutoff_sampler_is_traceable():
@@ -354,7 +355,7 @@ def _metric_model(loss):
 
 @pytest.mark.parametrize("num_classes", [None, 6])
 def test_learnable_beta_is_trained_by_metric_loss_model(num_classes):
-    loss = MarginLoss(num_classes=num_classes, seed=0)
+    loss = MarginLoss(num_classes=num_classes, miner=DistanceWeightedMiner(seed=0))
     model = _metric_model(loss)
     assert any(v is loss.beta for v in model.trainable_variables)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -380,11 +381,11 @@ def test_fixed_beta_is_not_trained():
 
 SETTINGS = [
     ContrastiveLoss(pos_margin=0.05, neg_margin=0.7),
-    TripletLoss(margin=0.4, mining="batch_hard"),
+    TripletLoss(margin=0.4, miner="batch_hard"),
     LiftedStructuredLoss(margin=0.8),
     NPairLoss(l2_reg=0.002),
-    MarginLoss(alpha=0.1, beta=1.0, learn_beta=False, num_classes=7, nu=0.01, cutoff=0.4,
-               nonzero_loss_cutoff=1.3, seed=5),
+    MarginLoss(alpha=0.1, beta=1.0, learn_beta=False, num_classes=7, nu=0.01,
+               miner=DistanceWeightedMiner(cutoff=0.4, nonzero_loss_cutoff=1.3, seed=5)),
     MultiSimilarityLoss(alpha=1.5, beta=40.0, base=0.6, epsilon=0.05),
 ]
 
@@ -399,12 +400,12 @@ def test_serialization_round_trip(loss):
 
 
 def test_bad_arguments_and_labels():
-    with pytest.raises(ValueError, match="mining"):
-        TripletLoss(mining="hard")
+    with pytest.raises(ValueError, match="unknown miner 'hard'"):
+        TripletLoss(miner="hard")
     with pytest.raises(ValueError, match="neg_margin"):
         ContrastiveLoss(pos_margin=0.5, neg_margin=0.5)
     with pytest.raises(ValueError, match="cutoff"):
-        MarginLoss(cutoff=1.5)
+        MarginLoss(miner=DistanceWeightedMiner(cutoff=1.5))
     f = _unit(np.random.default_rng(0), 4, 3).astype(np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes"):
         MarginLoss(num_classes=2)(np.array([0, 0, 3, 3], np.int32), f)

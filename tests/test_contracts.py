@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import pddm_tf
-from pddm_tf import mining
+from pddm_tf import miners, mining
 from pddm_tf.backbones import PREPROCESSING_MODES
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.losses.margin import MARGIN_SAMPLERS
@@ -56,8 +56,10 @@ _LOSSES = _registered(keras.losses.Loss)
 # The options that change a loss's code path; any other registered loss runs with its defaults.
 # Seeded samplers, so that two instances of one config draw the same negatives.
 _LOSS_OPTIONS = {
-    "TripletLoss": [{"mining": m} for m in TRIPLET_MINING] + [{"mining": "batch_hard", "distance": "cosine"}],
-    "MarginLoss": [{"sampler": s, "seed": 0} for s in MARGIN_SAMPLERS] + [{"num_classes": 4, "seed": 0}],
+    "TripletLoss": [{"miner": m} for m in TRIPLET_MINING] + [{"miner": "batch_hard", "distance": "cosine"}],
+    "MarginLoss": [{"miner": {"name": s, "config": {"seed": 0} if s == "distance_weighted" else {}}}
+                   for s in MARGIN_SAMPLERS] + [{"num_classes": 4, "miner": {"name": "distance_weighted",
+                                                                              "config": {"seed": 0}}}],
     "DoubleHeaderHingeLoss": [{"mining": m, "heads": h} for m in mining.MINING_MODES for h in (1, 2)],
 }
 _LOSS_CASES = [pytest.param(name, options, id=f"{name}-{options}".replace(" ", ""))
@@ -233,6 +235,81 @@ def test_miner_of_bfloat16_distances(name, k):
     expected = _MINERS[name][k](tf.constant(_LABELS), rounded).numpy()
     np.testing.assert_array_equal(_MINERS[name][k](tf.constant(_LABELS), tf.cast(distances, tf.bfloat16)).numpy(),
                                   expected)
+
+
+# -- miner objects (pddm_tf.miners) -------------------------------------------------------------
+# Every registered Miner, with its defaults and with every float argument moved (a round-trip that
+# drops one changes the tuples); seeded, so that two instances draw the same negatives.
+_MINER_OBJECT_OPTIONS = {"distance_weighted": {"seed": 0}}
+# Miners whose tuples pair an anchor with candidates of any label (the N-pair softmax).
+_CANDIDATE_MINERS = {"npair"}
+_MINER_OBJECT_CASES = [pytest.param(name, id=name) for name in sorted(miners.MINERS)]
+
+
+def _miner(name: str, perturbed: bool = False) -> miners.Miner:
+    cls = miners.MINERS[name]
+    options = dict(_MINER_OBJECT_OPTIONS.get(name, {}))
+    return cls(**(_perturbed(cls, options) if perturbed else options))
+
+
+def _rows(tuples: miners.Tuples) -> np.ndarray:
+    return tuples.rows().numpy()
+
+
+def test_the_registry_holds_the_miners():
+    assert {"semi_hard", "batch_hard", "quadruplet", "npair", "distance_weighted",
+            "closest_beyond_cutoff"} <= set(miners.MINERS)
+
+
+@pytest.mark.parametrize("name", _MINER_OBJECT_CASES)
+def test_miner_object_round_trip_and_valid_tuples(name):
+    miner = _miner(name, perturbed=True)
+    _check_config_holds_every_argument(miner)
+    copy = miners.get_miner(miners.serialize_miner(miner))
+    assert type(copy) is type(miner) and copy == miner and copy is not miner
+    labels, embeddings = tf.constant(_LABELS), tf.constant(_embeddings(seed=1))
+    rows = _rows(miner(labels, embeddings))
+    assert len(rows) > 0
+    np.testing.assert_array_equal(_rows(copy(labels, embeddings)), rows)
+    y = _LABELS
+    assert np.all(y[rows[:, 0]] == y[rows[:, 1]]) and np.all(rows[:, 0] != rows[:, 1])
+    if name not in _CANDIDATE_MINERS:
+        assert np.all(y[rows[:, 0]] != y[rows[:, 2]])
+
+
+@pytest.mark.parametrize("batch", sorted(_NO_TUPLE))
+@pytest.mark.parametrize("name", _MINER_OBJECT_CASES)
+def test_miner_object_finds_nothing_without_a_valid_tuple(name, batch):
+    labels = _NO_TUPLE[batch]
+    tuples = _miner(name)(tf.constant(labels), tf.constant(_embeddings(seed=1)[: len(labels)]))
+    if name in _CANDIDATE_MINERS and batch == "one_class":
+        assert _rows(tuples).tolist() == [[0, 1, 1]]  # a pair needs no negative
+    else:
+        assert int(tuples.count) == 0 and int(tuples.groups) == 0
+
+
+@pytest.mark.parametrize("name", _MINER_OBJECT_CASES)
+def test_miner_object_traces_with_an_unknown_batch_size(name):
+    traced_miner, eager_miner = _miner(name), _miner(name)
+    traced = tf.function(lambda labels, embeddings: tuple(traced_miner(labels, embeddings)),
+                         input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, _DIM], tf.float32)])
+    for m in (8, 6):
+        labels, embeddings = tf.constant(_LABELS[:m]), tf.constant(_embeddings(seed=1)[:m])
+        expected = eager_miner(labels, embeddings)
+        got = miners.Tuples(*traced(labels, embeddings))
+        np.testing.assert_array_equal(_rows(got), _rows(expected))
+        assert int(got.groups) == int(expected.groups)
+    assert traced.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("name", _MINER_OBJECT_CASES)
+def test_miner_object_of_bfloat16_distances(name):
+    distances = _distances()
+    rounded = tf.cast(tf.cast(distances, tf.bfloat16), tf.float32)
+    embeddings = tf.constant(_embeddings(seed=1))
+    expected = _rows(_miner(name)(tf.constant(_LABELS), embeddings, rounded))
+    got = _rows(_miner(name)(tf.constant(_LABELS), embeddings, tf.cast(distances, tf.bfloat16)))
+    np.testing.assert_array_equal(got, expected)
 
 
 # -- layers -------------------------------------------------------------------------------------

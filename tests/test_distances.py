@@ -77,7 +77,7 @@ def test_a_user_distance_registers_itself_and_survives_a_loss_round_trip():
         def pairwise(self, x):
             return tf.reduce_max(tf.abs(x[:, None] - x[None, :]), axis=-1)
 
-    loss = TripletLoss(margin=0.1, mining="batch_hard", distance=Chebyshev())
+    loss = TripletLoss(margin=0.1, miner="batch_hard", distance=Chebyshev())
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert restored.get_config()["distance"] == "test_chebyshev" and restored.distance == Chebyshev()
     x = _points(1)
@@ -100,7 +100,7 @@ def _np_batch_hard(labels, d, margin):
 def test_triplet_loss_on_another_distance_matches_numpy(name):
     x = _points(2)
     labels = np.array([0, 0, 1, 1, 2, 2, 0], np.int32)
-    got = TripletLoss(margin=0.3, mining="batch_hard", distance=name)(labels, x).numpy()
+    got = TripletLoss(margin=0.3, miner="batch_hard", distance=name)(labels, x).numpy()
     assert got == pytest.approx(_np_batch_hard(labels, _brute_force(name, x), 0.3), rel=1e-5)
 
 

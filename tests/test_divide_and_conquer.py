@@ -28,6 +28,7 @@ from pddm_tf.clustering import (
 )
 from pddm_tf.data import ImageFiles
 from pddm_tf.methods import build_model, training_pipeline
+from pddm_tf.miners import DistanceWeightedMiner
 from pddm_tf.optimizers import make_optimizer
 
 K_LEARNERS = 4
@@ -115,8 +116,8 @@ def _learner_state(model, learner):
 @pytest.mark.parametrize("pddm_loss, learners, optimizer", [(False, 3, "adam"), (False, 3, "adamw"),
                                                             (True, 2, "adam")])
 def test_a_learner_stands_still_while_other_clusters_train(pddm_loss, learners, optimizer):
-    model = _dc(learners, loss=DoubleHeaderHingeLoss() if pddm_loss else MarginLoss(learn_beta=False, seed=0),
-                dim=6 if learners == 3 else 8)
+    margin = MarginLoss(learn_beta=False, miner=DistanceWeightedMiner(seed=0))
+    model = _dc(learners, loss=DoubleHeaderHingeLoss() if pddm_loss else margin, dim=6 if learners == 3 else 8)
     # AdamW with a warm-up + cosine schedule: decoupled decay moves every weight it is applied to.
     model.compile(optimizer=keras.optimizers.Adam(0.01) if optimizer == "adam"
                   else make_optimizer(0.01, weight_decay=0.5, schedule="cosine", total_steps=20, warmup_steps=2))
@@ -162,9 +163,10 @@ def test_one_learner_is_exactly_the_plain_model(pddm_loss):
         dc = DivideAndConquerModel(small_convnet(16, 1, width=8, depth=2), embedding_dim=8, num_learners=1,
                                    loss=DoubleHeaderHingeLoss())
     else:
-        plain = MetricLossModel(small_convnet(16, 1, width=8, depth=2), MarginLoss(seed=3), embedding_dim=8)
+        plain = MetricLossModel(small_convnet(16, 1, width=8, depth=2), MarginLoss(miner=DistanceWeightedMiner(seed=3)),
+                                embedding_dim=8)
         dc = DivideAndConquerModel(small_convnet(16, 1, width=8, depth=2), embedding_dim=8, num_learners=1,
-                                   loss=MarginLoss(seed=3))
+                                   loss=MarginLoss(miner=DistanceWeightedMiner(seed=3)))
     for model in (plain, dc):
         model.build((None, 16, 16, 1))
         model.compile(optimizer=keras.optimizers.Adam(0.01))

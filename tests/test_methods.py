@@ -89,8 +89,8 @@ def test_loss_options_reach_every_baseline_loss_and_are_strict():
         build_model("npair", _net(), 8, loss_options={"l2_reg": True})
     assert build_model("npair", _net(), 8, loss_options={"l2_reg": 1}).embedding_loss.get_config()["l2_reg"] == 1.0
     # The mining defines the method: triplet_batchhard cannot be turned into semi-hard mining.
-    with pytest.raises(ValueError, match="takes no loss option 'mining'"):
-        build_model("triplet_batchhard", _net(), 8, loss_options={"mining": "semi_hard"})
+    with pytest.raises(ValueError, match="takes no loss option 'miner'"):
+        build_model("triplet_batchhard", _net(), 8, loss_options={"miner": "semi_hard"})
 
 
 def test_a_loss_option_changes_the_loss_as_the_numpy_reference():

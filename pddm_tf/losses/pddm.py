@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import keras
@@ -9,7 +10,8 @@ import tensorflow as tf
 
 from pddm_tf.distances import squared_distances_of_pairs
 from pddm_tf.losses._base import check_embeddings, labels_from_y_true
-from pddm_tf.mining import MINING_MODES, Quadruplets, euclidean_scores, mine_quadruplets
+from pddm_tf.miners import QuadrupletMiner, Tuples
+from pddm_tf.mining import MINING_MODES, euclidean_scores
 
 
 class LossTerms(NamedTuple):
@@ -54,10 +56,10 @@ class DoubleHeaderHingeLoss(keras.losses.Loss):
 
     Standalone use: `loss(labels, {"embeddings": f, "scores": S})` with labels [m] int, f [m, d]
     embeddings and S [m, m] the all-pairs similarity (e.g. `PDDM()(f)`). Quadruplets are mined on
-    S (`pddm_tf.mining.mine_quadruplets`, mode `mining`) and the loss is evaluated on them; gradients flow
-    through S and f. Without "scores" the similarity is -||f_i - f_j||^2, i.e. the quadruplet loss
-    with Euclidean hard mining. `PDDMModel` instead calls `from_quadruplets` with pair scores
-    computed only for the mined pairs.
+    S (`miner`, a `pddm_tf.miners.QuadrupletMiner` of mode `mining`) and the loss is evaluated on
+    them; gradients flow through S and f. Without "scores" the similarity is -||f_i - f_j||^2, i.e.
+    the quadruplet loss with Euclidean hard mining. `PDDMModel` instead calls `from_indices` with
+    pair scores computed only for the mined pairs, and HDML `from_embeddings` with synthetic ones.
 
     Args:
       alpha: margin of the metric (PDDM score) hinge. The defaults (alpha 1.0, beta 0.5,
@@ -90,30 +92,41 @@ class DoubleHeaderHingeLoss(keras.losses.Loss):
         self.heads = int(heads)
         self.mining = mining
 
-    def from_quadruplets(self, embeddings: tf.Tensor, quadruplets: Quadruplets,
-                         s_ij: tf.Tensor, s_ik: tf.Tensor, s_jl: tf.Tensor) -> LossTerms:
-        """Loss terms for mined quadruplets given the scores of their three pairs (each [q])."""
-        i, j, k, l = tf.unstack(quadruplets.indices, num=4, axis=1)
-        f_i, f_j = tf.gather(embeddings, i), tf.gather(embeddings, j)
-        return double_header_hinge(
-            s_ij, s_ik, s_jl,
-            squared_distances_of_pairs(f_i, f_j),
-            squared_distances_of_pairs(f_i, tf.gather(embeddings, k)),
-            squared_distances_of_pairs(f_j, tf.gather(embeddings, l)),
-            self.alpha, self.beta, self.embedding_weight, self.heads)
+    @property
+    def miner(self) -> QuadrupletMiner:
+        """The miner of this loss's quadruplets: `QuadrupletMiner(self.mining)`."""
+        return QuadrupletMiner(self.mining)
+
+    def from_indices(self, embeddings: tf.Tensor, tuples: Tuples, s_ap: tf.Tensor, s_an: tf.Tensor) -> LossTerms:
+        """Loss terms of `QuadrupletMiner`'s tuples of a batch: embeddings [m, d], tuples (2q rows, row
+        r = (i, j, k) and row q + r = (j, i, l)), and the scores of each row's pairs, s_ap [2q]
+        (S_ij, then S_ji = S_ij) and s_an [2q] (S_ik, then S_jl)."""
+        gather = functools.partial(tf.gather, embeddings)
+        return self.from_embeddings(gather(tuples.anchors), gather(tuples.positives), gather(tuples.negatives),
+                                    tuples.groups, s_ap, s_an)
+
+    def from_embeddings(self, anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor, groups: tf.Tensor | int,
+                        s_ap: tf.Tensor, s_an: tf.Tensor) -> LossTerms:
+        """Loss terms of q = `groups` quadruplets given as 2q rows of embeddings [2q, d] each, laid out as
+        `QuadrupletMiner`'s tuples (the negatives may be synthetic, as HDML's), with their pair
+        scores s_ap, s_an [2q]."""
+        q = groups
+        d_ap, d_an = squared_distances_of_pairs(anchor, positive), squared_distances_of_pairs(anchor, negative)
+        return double_header_hinge(s_ap[:q], s_an[:q], s_an[q:], d_ap[:q], d_an[:q], d_an[q:],
+                                   self.alpha, self.beta, self.embedding_weight, self.heads)
 
     def terms(self, labels: tf.Tensor, embeddings: tf.Tensor, scores: tf.Tensor | None = None) -> LossTerms:
         """All loss terms for a batch, mining on `scores` ([m, m]; default negative squared distances)."""
         embeddings = check_embeddings(embeddings, labels)
         if scores is None:
             scores = euclidean_scores(embeddings)
-        quads = mine_quadruplets(labels, tf.stop_gradient(scores), self.mining)
-        i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
+        tuples = self.miner(labels, embeddings, -scores)
 
         def pick(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
             return tf.gather_nd(scores, tf.stack([a, b], axis=1))
 
-        return self.from_quadruplets(embeddings, quads, pick(i, j), pick(i, k), pick(j, l))
+        return self.from_indices(embeddings, tuples, pick(tuples.anchors, tuples.positives),
+                                 pick(tuples.anchors, tuples.negatives))
 
     def call(self, y_true: tf.Tensor, y_pred: Any) -> tf.Tensor:
         if isinstance(y_pred, dict):

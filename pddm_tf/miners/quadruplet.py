@@ -1,0 +1,44 @@
+"""PDDM's hard quadruplets (METHODS.md section 2), as two rows of triplets each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from pddm_tf.miners._base import Miner, Tuples
+from pddm_tf.mining import MINING_MODES, Quadruplets, mine_quadruplets
+
+
+def quadruplet_tuples(quadruplets: Quadruplets) -> Tuples:
+    """The `Tuples` layout of mined quadruplets [q, 4] (i, j, k, l): rows (i, j, k) then (j, i, l)."""
+    i, j, k, l = tf.unstack(quadruplets.indices, num=4, axis=1)
+    return Tuples(tf.concat([i, j], 0), tf.concat([j, i], 0), tf.concat([k, l], 0), tf.shape(i)[0])
+
+
+class QuadrupletMiner(Miner):
+    """Hard quadruplets (i, j, k, l) of `pddm_tf.mining.mine_quadruplets`, ranked by -distances
+    (pass PDDM scores S as distances = -S to mine as the paper does). Returned as 2q rows: row r
+    is (i, j, k), row q + r is (j, i, l); groups = q.
+
+    Args:
+      mode: "per_pair" (one quadruplet per positive pair i < j) or "hardest" (one per batch).
+
+    Example (points 0, 1 | 1.5, 3 on a line: quadruplets (0, 1, 2, 2) and (2, 3, 1, 1)):
+      >>> tuples = QuadrupletMiner()(tf.constant([0, 0, 1, 1]), tf.constant([[0.0], [1.0], [1.5], [3.0]]))
+      >>> tuples.rows().numpy().tolist(), int(tuples.groups)
+      ([[0, 1, 2], [2, 3, 1], [1, 0, 2], [3, 2, 1]], 2)
+    """
+
+    name = "quadruplet"
+
+    def __init__(self, mode: str = "per_pair") -> None:
+        if mode not in MINING_MODES:
+            raise ValueError(f"unknown mining mode {mode!r}; expected one of {MINING_MODES}")
+        self.mode = mode
+
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
+        return quadruplet_tuples(mine_quadruplets(labels, -distances, self.mode))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mode": self.mode}
