@@ -12,13 +12,8 @@ Exit codes: 0 done, 1 an error while running, 2 a flag refused before any work s
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,119 +22,136 @@ from absl import app, flags
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
 from pddm_tf import atomic, cli_validation, logs
 from pddm_tf.method_names import METHOD_NAMES
+from pddm_tf.training.config import TrainConfig
+from pddm_tf.training.run import CURRENT_RUN as _RUN
 
 FLAGS = flags.FLAGS
+#: `pddm-tf train`'s defaults are those of `TrainConfig`: one source for the CLI and Python.
+_D = TrainConfig()
 
 _COMMANDS = ("train", "evaluate", "export")
 
 flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.recipes (e.g. pddm_cub, hdml_sop, dc_cars): sets "
                     "the flags below; flags given on the command line win.")
-flags.DEFINE_string("dataset", "omniglot", "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
+flags.DEFINE_string("dataset", _D.dataset, "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
                     "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
-flags.DEFINE_string("data_dir", None, "TFDS datasets: the tensorflow-datasets data directory.")
-flags.DEFINE_string("cache_dir", None, "TFDS datasets: where the extracted image files go (default under data_dir).")
-flags.DEFINE_bool("download", False, "TFDS datasets: download and prepare the data if it is not there yet.")
-flags.DEFINE_string("manual_dir", None, "TFDS datasets: directory with manually downloaded files (Cars196, ImageNet).")
-flags.DEFINE_float("test_fraction", 0.5, "Fraction of classes held out for testing (0 = train on all).")
-flags.DEFINE_enum("split_by", "character", ["character", "alphabet"], "Split unit: single classes, or whole "
+flags.DEFINE_string("data_dir", _D.data_dir, "TFDS datasets: the tensorflow-datasets data directory.")
+flags.DEFINE_string("cache_dir", _D.cache_dir, "TFDS datasets: where the extracted image files go (default under "
+                    "data_dir).")
+flags.DEFINE_bool("download", _D.download, "TFDS datasets: download and prepare the data if it is not there yet.")
+flags.DEFINE_string("manual_dir", _D.manual_dir, "TFDS datasets: directory with manually downloaded files (Cars196, "
+                    "ImageNet).")
+flags.DEFINE_float("test_fraction", _D.test_fraction, "Fraction of classes held out for testing (0 = train on all).")
+flags.DEFINE_enum("split_by", _D.split_by, ["character", "alphabet"], "Split unit: single classes, or whole "
                   "alphabets (Omniglot) / top-level folders (folder:PATH), so no group is on both sides.")
-flags.DEFINE_list("test_groups", None, "Hold out these alphabets / top-level folders (e.g. Greek,Latin); overrides "
-                  "--test_fraction and --split_by.")
-flags.DEFINE_bool("rotations", False, "Add 90/180/270-degree rotations of the training classes as new classes "
+flags.DEFINE_list("test_groups", _D.test_groups, "Hold out these alphabets / top-level folders (e.g. Greek,Latin); "
+                  "overrides --test_fraction and --split_by.")
+flags.DEFINE_bool("rotations", _D.rotations, "Add 90/180/270-degree rotations of the training classes as new classes "
                   "(any dataset; held-out classes stay upright).")
-flags.DEFINE_integer("seed", 0, "Seed for the class split, sampling and initialisation.")
-flags.DEFINE_integer("image_size", 32, "Images are resized to image_size x image_size.")
-flags.DEFINE_bool("augment", False, "The papers' pipeline: random resized crop + horizontal flip for training, "
+flags.DEFINE_integer("seed", _D.seed, "Seed for the class split, sampling and initialisation.")
+flags.DEFINE_integer("image_size", _D.image_size, "Images are resized to image_size x image_size.")
+flags.DEFINE_bool("augment", _D.augment, "The papers' pipeline: random resized crop + horizontal flip for training, "
                   "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
-flags.DEFINE_bool("affine", False, "Small random affine distortions of training images (rotation, shear, scale, "
+flags.DEFINE_bool("affine", _D.affine, "Small random affine distortions of training images (rotation, shear, scale, "
                   "shift; Koch et al. 2015), for characters and drawings; no flip.")
-flags.DEFINE_enum("small_classes", "error", ["error", "cycle"],
+flags.DEFINE_enum("small_classes", _D.small_classes, ["error", "cycle"],
                   "Classes with fewer than batch_per_class images: refuse them, or cycle their images (SOP).")
-flags.DEFINE_integer("channels", None, "Image channels (default: 1 for omniglot, 3 for folders).")
-flags.DEFINE_string("json", None, "Write the final held-out metrics to this JSON file.")
-flags.DEFINE_integer("eval_batch_size", 256, "Batch size for embedding the evaluation images.")
-flags.DEFINE_list("episodes", ["20way1shot", "5way1shot", "20way5shot"],
+flags.DEFINE_integer("channels", _D.channels, "Image channels (default: 1 for omniglot, 3 for folders).")
+flags.DEFINE_string("json", _D.json, "Write the final held-out metrics to this JSON file.")
+flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size for embedding the evaluation images.")
+flags.DEFINE_list("episodes", list(_D.episodes),
                   "Few-shot settings <N>way<K>shot evaluated on the held-out classes (N classes of one alphabet / "
                   "top-level folder, support and query by different drawers); empty to skip.")
-flags.DEFINE_integer("num_episodes", 400, "Episodes per few-shot setting.")
-flags.DEFINE_integer("rerank", 0, "PDDM ranking: re-rank each query's Euclidean top-R shortlist by the "
+flags.DEFINE_integer("num_episodes", _D.num_episodes, "Episodes per few-shot setting.")
+flags.DEFINE_integer("rerank", _D.rerank, "PDDM ranking: re-rank each query's Euclidean top-R shortlist by the "
                      "learned PDDM score (0 = plain Euclidean retrieval).")
 
 # train
-flags.DEFINE_enum("method", "pddm_quadruplet", list(METHOD_NAMES),
+flags.DEFINE_enum("method", _D.method, list(METHOD_NAMES),
                   "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
                   "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
                   "over the margin or PDDM loss (dc_margin, dc_pddm).")
-flags.DEFINE_enum("mining", "per_pair", ["per_pair", "hardest"],
+flags.DEFINE_enum("mining", _D.mining, ["per_pair", "hardest"],
                   "Quadruplets per batch: one per positive pair, or the single hardest (the paper).")
-flags.DEFINE_enum("mining_score", None, ["pddm", "euclidean"],
+flags.DEFINE_enum("mining_score", _D.mining_score, ["pddm", "euclidean"],
                   "PDDM methods: similarity that mining ranks pairs by (default: the method's own; "
                   "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
-flags.DEFINE_bool("pddm_normalize_inputs", True, "pddm_quadruplet, pddm_triplet, euclidean_quadruplet: "
-                  "L2-normalise the PDDM's inputs u = |f_i - f_j| and v = (f_i + f_j)/2 (the paper's reading; "
-                  "the score then cannot see the distance of two unit embeddings, see PDDM).")
-flags.DEFINE_integer("embedding_dim", 64, "Embedding size d.")
-flags.DEFINE_string("backbone", "small_convnet", "Backbone: small_convnet or a keras.applications network "
+flags.DEFINE_bool("pddm_normalize_inputs", _D.pddm_normalize_inputs, "pddm_quadruplet, pddm_triplet, "
+                  "euclidean_quadruplet: L2-normalise the PDDM's inputs u = |f_i - f_j| and v = (f_i + f_j)/2 "
+                  "(the paper's reading; the score then cannot see the distance of two unit embeddings, see PDDM).")
+flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Embedding size d.")
+flags.DEFINE_string("backbone", _D.backbone, "Backbone: small_convnet or a keras.applications network "
                     "(ResNet50, InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")
-flags.DEFINE_enum("weights", "none", ["none", "imagenet"], "Backbone initialisation (imagenet: downloaded by Keras).")
-flags.DEFINE_enum("pooling", "avg", ["avg", "max", "gem"], "Global pooling of the backbone's feature map.")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"],
+flags.DEFINE_enum("weights", _D.weights, ["none", "imagenet"], "Backbone initialisation (imagenet: downloaded by "
+                  "Keras).")
+flags.DEFINE_enum("pooling", _D.pooling, ["avg", "max", "gem"], "Global pooling of the backbone's feature map.")
+flags.DEFINE_enum("mixed_precision", _D.mixed_precision, ["none", "float16", "bfloat16"],
                   "Mixed precision: the network computes in float16 (GPUs; with loss scaling) or bfloat16 (TPUs, "
                   "recent GPUs and CPUs), its variables stay float32, and the embedding, losses and PDDM scores are "
                   "float32 (keras.mixed_precision). HDML and Divide-and-Conquer take bfloat16 only.")
-flags.DEFINE_bool("freeze_batchnorm", False, "Keep the backbone's BatchNorm statistics (and gamma, beta) fixed.")
-flags.DEFINE_float("dropout", 0.0, "Dropout before the embedding projection.")
-flags.DEFINE_integer("backbone_width", 64, "Filters per block of the small convolutional backbone.")
-flags.DEFINE_integer("epochs", 10, "Training epochs (0 = evaluate and export the untrained model).")
-flags.DEFINE_integer("steps_per_epoch", 100, "Gradient steps per epoch (0 = one pass over the training images).")
-flags.DEFINE_integer("batch_classes", 16, "P: classes per batch.")
-flags.DEFINE_integer("batch_per_class", 4, "K: images per class in a batch.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the peak of a schedule).")
-flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam.")
-flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate schedule over the whole run.")
-flags.DEFINE_float("warmup_fraction", 0.0, "Fraction of the steps with a linear learning-rate warm-up.")
-flags.DEFINE_float("ema_momentum", 0.0, "Keep an exponential moving average of the weights with this momentum (e.g. "
-                   "0.99) and end training with it; 0 = off.")
-flags.DEFINE_string("loss_options", None, "Baseline-loss methods (contrastive, triplet_*, lifted_structured, npair, "
-                    "margin, multi_similarity): a JSON object of the loss's hyperparameters, e.g. "
+flags.DEFINE_bool("freeze_batchnorm", _D.freeze_batchnorm, "Keep the backbone's BatchNorm statistics (and gamma, "
+                  "beta) fixed.")
+flags.DEFINE_float("dropout", _D.dropout, "Dropout before the embedding projection.")
+flags.DEFINE_integer("backbone_width", _D.backbone_width, "Filters per block of the small convolutional backbone.")
+flags.DEFINE_integer("epochs", _D.epochs, "Training epochs (0 = evaluate and export the untrained model).")
+flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Gradient steps per epoch (0 = one pass over the "
+                     "training images).")
+flags.DEFINE_integer("batch_classes", _D.batch_classes, "P: classes per batch.")
+flags.DEFINE_integer("batch_per_class", _D.batch_per_class, "K: images per class in a batch.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (the peak of a schedule).")
+flags.DEFINE_float("weight_decay", _D.weight_decay, "Decoupled weight decay (AdamW) per unit learning rate; 0 = "
+                   "plain Adam.")
+flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ["constant", "cosine"], "Learning-rate schedule over the whole run.")
+flags.DEFINE_float("warmup_fraction", _D.warmup_fraction, "Fraction of the steps with a linear learning-rate warm-up.")
+flags.DEFINE_float("ema_momentum", _D.ema_momentum, "Keep an exponential moving average of the weights with this "
+                   "momentum (e.g. 0.99) and end training with it; 0 = off.")
+flags.DEFINE_string("loss_options", None, "Baseline-loss methods (contrastive, triplet_*, "
+                    "lifted_structured, npair, margin, multi_similarity): a JSON object of the loss's "
+                    "hyperparameters, e.g. "
                     "'{\"margin\": 0.3}' or '{\"distance\": \"cosine\"}' for triplet_*, contrastive and "
                     "lifted_structured (methods.loss_hyperparameters lists them; an unknown one is refused).")
-flags.DEFINE_float("alpha", 1.0, "Margin of the PDDM-score hinge (E_m).")
-flags.DEFINE_float("beta", 0.5, "Margin of the squared-distance hinge (E_e).")
-flags.DEFINE_float("embedding_weight", 0.5, "lambda, the weight of the embedding loss E_e.")
-flags.DEFINE_float("hdml_alpha", None, "HDML: hardness temperature alpha; unset: calibrated at the end of the first "
-                   "64-step block for unit-norm embeddings (HDMLModel); 90 = the original's constant.")
-flags.DEFINE_enum("hdml_generator_input", "single", ["single", "anchor_pair"],
+flags.DEFINE_float("alpha", _D.alpha, "Margin of the PDDM-score hinge (E_m).")
+flags.DEFINE_float("beta", _D.beta, "Margin of the squared-distance hinge (E_e).")
+flags.DEFINE_float("embedding_weight", _D.embedding_weight, "lambda, the weight of the embedding loss E_e.")
+flags.DEFINE_float("hdml_alpha", _D.hdml_alpha, "HDML: hardness temperature alpha; unset: calibrated at the end of "
+                   "the first 64-step block for unit-norm embeddings (HDMLModel); 90 = the original's constant.")
+flags.DEFINE_enum("hdml_generator_input", _D.hdml_generator_input, ["single", "anchor_pair"],
                   "HDML: the generator takes single embeddings (the original) or [anchor; sample] pairs.")
-flags.DEFINE_float("hdml_beta", 1e4, "HDML: weighting temperature beta.")
-flags.DEFINE_bool("hdml_synthetic", True, "HDML: train on the synthetic negatives; --nohdml_synthetic trains the base "
-                  "loss alone on HDML's rows, the exact 'without HDML' twin of a run (for ablations).")
-flags.DEFINE_integer("num_learners", 4, "Divide-and-Conquer: K clusters / embedding slices (embedding_dim "
-                     "must be divisible by it).")
-flags.DEFINE_integer("recluster_every", 2, "Divide-and-Conquer: re-cluster every T epochs (0 = cluster once).")
-flags.DEFINE_integer("conquer_epochs", 1, "Divide-and-Conquer: final epochs that train the whole embedding on all "
-                     "data.")
-flags.DEFINE_enum("cluster_on", "features", ["features", "embeddings"],
+flags.DEFINE_float("hdml_beta", _D.hdml_beta, "HDML: weighting temperature beta.")
+flags.DEFINE_bool("hdml_synthetic", _D.hdml_synthetic, "HDML: train on the synthetic negatives; --nohdml_synthetic "
+                  "trains the base loss alone on HDML's rows, the exact 'without HDML' twin of a run (for ablations).")
+flags.DEFINE_integer("num_learners", _D.num_learners, "Divide-and-Conquer: K clusters / embedding slices "
+                     "(embedding_dim must be divisible by it).")
+flags.DEFINE_integer("recluster_every", _D.recluster_every, "Divide-and-Conquer: re-cluster every T epochs (0 = "
+                     "cluster once).")
+flags.DEFINE_integer("conquer_epochs", _D.conquer_epochs, "Divide-and-Conquer: final epochs that train the whole "
+                     "embedding on all data.")
+flags.DEFINE_enum("cluster_on", _D.cluster_on, ["features", "embeddings"],
                   "Divide-and-Conquer: cluster the backbone features (the authors) or the embeddings.")
-flags.DEFINE_integer("eval_every", 0, "Evaluate held-out retrieval every N epochs during training (0 = off).")
-flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).")
-flags.DEFINE_bool("backup", True, "Fault tolerance (keras BackupAndRestore): back up the whole training state between "
-                  "epochs and, when the same command is run again after an interruption, resume from it exactly.")
-flags.DEFINE_string("backup_dir", None, "Where the backups go (deleted once training has completed and every output "
-                    "is written). Default: a folder under the system temp dir named by a hash of the flags, so the "
-                    "same command finds it. Multi-worker runs must give one on storage "
-                    "every worker sees.")
-flags.DEFINE_bool("strict", False, "Fail, rather than warn, after an epoch that learned nothing (valid_fraction 0, "
+flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate held-out retrieval every N epochs during training (0 = "
+                     "off).")
+flags.DEFINE_string("export_dir", _D.export_dir, "Export a TF Serving SavedModel under this directory "
+                    "(<dir>/<version>/).")
+flags.DEFINE_bool("backup", _D.backup, "Fault tolerance (keras BackupAndRestore): back up the whole training state "
+                  "between epochs and, when the same command is run again after an interruption, resume from it "
+                  "exactly.")
+flags.DEFINE_string("backup_dir", _D.backup_dir, "Where the backups go (deleted once training has completed and "
+                    "every output is written). Default: a folder under the system temp dir named by a hash of the "
+                    "flags, so the same command finds it. Multi-worker runs must give one on storage every worker "
+                    "sees.")
+flags.DEFINE_bool("strict", _D.strict, "Fail, rather than warn, after an epoch that learned nothing (valid_fraction 0, "
                   "or a loss of exactly 0 at every step).")
 
 # distribution
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+flags.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored", "multi_worker"],
                   "default: one device; mirrored: every local device; multi_worker: one worker of a cluster "
                   "(MultiWorkerMirroredStrategy; the cluster comes from --worker_hosts or TF_CONFIG).")
-flags.DEFINE_list("worker_hosts", None, "multi_worker: host:port of every worker, the same list for every worker "
-                  "(sets TF_CONFIG). Without it TF_CONFIG must be set, e.g. by a scheduler.")
-flags.DEFINE_integer("task_index", 0, "multi_worker with --worker_hosts: this worker's index in the list (0 = chief).")
-flags.DEFINE_enum("communication", "auto", ["auto", "ring", "nccl"], "multi_worker: collective implementation.")
+flags.DEFINE_list("worker_hosts", _D.worker_hosts, "multi_worker: host:port of every worker, the same list for every "
+                  "worker (sets TF_CONFIG). Without it TF_CONFIG must be set, e.g. by a scheduler.")
+flags.DEFINE_integer("task_index", _D.task_index, "multi_worker with --worker_hosts: this worker's index in the list "
+                     "(0 = chief).")
+flags.DEFINE_enum("communication", _D.communication, ["auto", "ring", "nccl"], "multi_worker: collective "
+                  "implementation.")
 
 # evaluate
 flags.DEFINE_string("model_dir", None, "evaluate: a SavedModel version folder, or a base folder (latest version).")
@@ -156,7 +168,7 @@ flags.DEFINE_bool("onednn", False, "Use oneDNN's CPU kernels (TF_ENABLE_ONEDNN_O
                   "TF_ENABLE_ONEDNN_OPTS already in the environment wins.")
 
 # output
-flags.DEFINE_bool("progress", True, "Progress bars for long steps (folder checks, TFDS extraction, embedding, "
+flags.DEFINE_bool("progress", _D.progress, "Progress bars for long steps (folder checks, TFDS extraction, embedding, "
                   "k-means, kNN); drawn only when the output is a terminal. --noprogress turns them off.")
 # absl.logging defines --log_dir (for log files this tool never writes) and --verbosity: reused here.
 FLAGS["log_dir"].help = ("train: write TensorBoard logs here: training scalars, held-out metrics and a retrieval "
@@ -169,8 +181,8 @@ flags.declare_key_flag("log_dir")
 flags.declare_key_flag("verbosity")
 
 # train --save_model, export
-flags.DEFINE_string("save_model", None, "train: also save the trained Keras model to this .keras file (atomically), "
-                    "the input of `pddm-tf export`.")
+flags.DEFINE_string("save_model", _D.save_model, "train: also save the trained Keras model to this .keras file "
+                    "(atomically), the input of `pddm-tf export`.")
 flags.DEFINE_string("keras_model", None, "export: the .keras model file to export (from train --save_model).")
 flags.DEFINE_string("gallery", None, "export: add a `search` signature over this gallery: 'folder:PATH' (every image "
                     "below PATH, id = its relative path) or a dataset name (its held-out images, id = class/file).")
@@ -178,7 +190,8 @@ flags.DEFINE_integer("search_k", 10, "export: neighbours returned by `search` (f
 flags.DEFINE_integer("search_rerank", 0, "export: `search` re-ranks the Euclidean top-R by the PDDM score "
                      "(R, fixed in the SavedModel; 0 = off).")
 # The default is pddm_tf.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
-flags.DEFINE_integer("max_image_pixels", 16_000_000, "Images whose header declares more pixels (width x height) are "
+flags.DEFINE_integer("max_image_pixels", _D.max_image_pixels, "Images whose header declares more pixels (width x "
+                     "height) are "
                      "refused before decoding: skipped by folder checks, an error in the training and evaluation "
                      "pipelines, and an InvalidArgumentError from the exported SavedModel (the limit is fixed in it).")
 
@@ -221,264 +234,71 @@ def _check_episodes() -> None:
             raise cli_validation.FlagError(f"--episodes: {error}") from None
 
 
+def _config() -> TrainConfig:
+    """The `TrainConfig` of the flags (after the recipe's values are applied); --log_dir counts only
+    when given on the command line (absl's default may come from TEST_TMPDIR)."""
+    values: dict[str, Any] = {name: FLAGS[name].value for name in TrainConfig.field_names() if name != "log_dir"}
+    values["log_dir"] = FLAGS.log_dir if FLAGS["log_dir"].present and FLAGS.log_dir else None
+    return TrainConfig(**values)
+
+
 def _load_split(rotate_training: bool = True):
-    """The dataset split of the flags; with --rotations (and `rotate_training`) its training classes
-    get their rotated copies as new classes."""
-    import dataclasses
+    """The dataset split of the flags (`training.load_split`)."""
+    from pddm_tf.training import run
 
-    from pddm_tf import data
-    from pddm_tf.datasets import TFDS_LOADERS
-
-    kwargs: dict[str, Any] = {}
-    if FLAGS.dataset == "omniglot" or FLAGS.dataset.startswith("folder:"):
-        kwargs.update(split_by=FLAGS.split_by, test_groups=FLAGS.test_groups)
-    if FLAGS.dataset != "omniglot" and FLAGS.channels is not None:
-        kwargs.update(channels=FLAGS.channels)
-    if FLAGS.dataset in TFDS_LOADERS:
-        kwargs.update(data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, download=FLAGS.download,
-                      manual_dir=FLAGS.manual_dir)
-    split = data.load_dataset(FLAGS.dataset, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed, **kwargs)
-    if FLAGS.rotations and rotate_training:
-        split = dataclasses.replace(split, train=data.with_rotations(split.train))
-    channels = FLAGS.channels or split.channels
-    return split, channels
+    return run.load_split(_config(), rotate_training)
 
 
 def _report(metrics: dict[str, float], header: str) -> None:
-    from pddm_tf.evaluation import format_table
+    from pddm_tf.training import run
 
-    print(f"\n{header}\n{format_table(metrics)}", flush=True)
-    if FLAGS.json:
-        _write_json(FLAGS.json, metrics)
-        print(f"metrics written to {FLAGS.json}")
-
-
-def _training_transform():
-    """The training augmentation of the flags: --augment (crop + flip), --affine, or none."""
-    from pddm_tf import pipeline
-
-    if FLAGS.augment and FLAGS.affine:
-        raise ValueError("--augment and --affine are two different training augmentations; choose one")
-    if FLAGS.augment:
-        return pipeline.train_transform(FLAGS.image_size)
-    return pipeline.affine_transform(FLAGS.image_size) if FLAGS.affine else None
+    run.report(metrics, header, FLAGS.json)
 
 
 def _few_shot(embeddings, files, say: Callable[..., None] = print) -> dict[str, float]:
-    """The --episodes few-shot accuracies of held-out `files`; a setting the classes cannot fill
-    (fewer than N classes in every group) is skipped with a note."""
-    from pddm_tf import few_shot
+    from pddm_tf.training import run
 
-    metrics: dict[str, float] = {}
-    for setting in FLAGS.episodes or ():
-        try:
-            metrics.update(few_shot.evaluate_few_shot(embeddings, files, (setting,), FLAGS.num_episodes, FLAGS.seed))
-        except few_shot.ImpossibleSettingError as error:
-            say(f"few-shot {setting} skipped: {error}")
-    return metrics
+    return run.few_shot_metrics(_config(), embeddings, files, say)
 
 
 def build_model(channels: int, num_classes: int, total_steps: int | None = None):
-    """The model `pddm-tf train` trains, from the flags; `num_classes` training classes (used by HDML),
-    `total_steps` the length of the run (for the learning-rate schedule), under --mixed_precision's policy."""
-    import keras
+    """The model `pddm-tf train` trains, from the flags (`training.build_model`)."""
+    from pddm_tf.training import run
 
-    options = {"width": FLAGS.backbone_width} if FLAGS.backbone == "small_convnet" else {}
-    # Layers take the global policy when they are made; it is restored once the model is built and compiled.
-    previous = keras.mixed_precision.global_policy()
-    if FLAGS.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{FLAGS.mixed_precision}")
-    try:
-        return _build_model(channels, num_classes, total_steps, options)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    return run.build_model(_config(), channels, num_classes, total_steps)
 
 
 def _method_settings(num_classes: int) -> dict[str, Any]:
-    """Every method option, from the flags; `methods.method_options` keeps those of --method."""
-    return dict(alpha=FLAGS.alpha, beta=FLAGS.beta, embedding_weight=FLAGS.embedding_weight, mining=FLAGS.mining,
-                mining_score=FLAGS.mining_score, num_classes=num_classes,
-                pddm_normalize_inputs=FLAGS.pddm_normalize_inputs, num_learners=FLAGS.num_learners,
-                dropout=FLAGS.dropout, hdml_alpha=FLAGS.hdml_alpha, hdml_beta=FLAGS.hdml_beta,
-                hdml_generator_input=FLAGS.hdml_generator_input, hdml_synthetic=FLAGS.hdml_synthetic,
-                loss_options=cli_validation.parse_loss_options(FLAGS.loss_options))
+    """Every method option, from the flags (`training.run.method_settings`)."""
+    from pddm_tf.training import run
 
-
-def _build_model(channels: int, num_classes: int, total_steps: int | None, options: dict[str, Any]):
-    """`build_model` under the global dtype policy."""
-    from pddm_tf import backbone
-    from pddm_tf.methods import build_model as build_method_model
-    from pddm_tf.methods import method_options
-    from pddm_tf.optimizers import make_optimizer
-
-    network = backbone(FLAGS.backbone, FLAGS.image_size, channels,
-                       weights=None if FLAGS.weights == "none" else "imagenet",
-                       pooling=FLAGS.pooling, freeze_batchnorm=FLAGS.freeze_batchnorm, **options)
-    model = build_method_model(FLAGS.method, network, FLAGS.embedding_dim,
-                               **method_options(FLAGS.method, **_method_settings(num_classes)))
-    model.build((None, FLAGS.image_size, FLAGS.image_size, channels))
-    total_steps = max(total_steps or 1, 1)
-    model.compile(optimizer=make_optimizer(FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.lr_schedule,
-                                           total_steps, round(FLAGS.warmup_fraction * total_steps),
-                                           FLAGS.ema_momentum))
-    return model
-
-
-def _backup_dir() -> str:
-    """--backup_dir, or a folder named by the flags that define the run (the same command finds it again)."""
-    if FLAGS.backup_dir:
-        return FLAGS.backup_dir
-    if FLAGS.strategy == "multi_worker":
-        raise ValueError("a multi_worker run needs --backup_dir on storage every worker sees (or --nobackup)")
-    ignored = {"backup_dir", "task_index", "json", "strict"}
-    defining = sorted(f"{name}={FLAGS[name].value!r}" for name in FLAGS if name not in ignored
-                      and FLAGS.find_module_defining_flag(name) == __name__)
-    digest = hashlib.sha1("\n".join(defining).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), "pddm_tf_backup", digest)
-
-
-@contextlib.contextmanager
-def _output_dir(path: str, chief: bool):
-    """`path` on the chief; elsewhere a temporary folder, deleted after: under a multi-worker strategy
-    every worker runs the same saving code (it may take part in collectives), only the chief keeps it."""
-    if chief:
-        yield path
-        return
-    scratch = tempfile.mkdtemp(prefix="pddm_tf_worker_")
-    try:
-        yield os.path.join(scratch, os.path.basename(os.path.normpath(path)) or "out")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-# The backup of the running `train` command, for the message of an interrupted or failed run.
-_RUN: dict[str, Any] = {}
+    return run.method_settings(_config(), num_classes)
 
 
 def _with_pixel_limit(command: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
-    """Runs `command` with --max_image_pixels as the loaders' limit (`image_header.MAX_IMAGE_PIXELS`),
-    restored after."""
+    """Runs `command` with --max_image_pixels as the loaders' limit, restored after."""
     import functools
 
     @functools.wraps(command)
     def run() -> dict[str, float]:
-        from pddm_tf import image_header
+        from pddm_tf.training.run import pixel_limit
 
-        default = image_header.MAX_IMAGE_PIXELS
-        image_header.MAX_IMAGE_PIXELS = FLAGS.max_image_pixels
-        try:
+        with pixel_limit(FLAGS.max_image_pixels):
             return command()
-        finally:
-            image_header.MAX_IMAGE_PIXELS = default
 
     return run
 
 
-@_with_pixel_limit
 def train() -> dict[str, float]:
+    """`pddm-tf train`: `pddm_tf.training.train` of the flags' `TrainConfig`."""
     _apply_recipe(announce=False)  # main applied and announced it; a direct call from Python may not have
     _check_flags("train")
     _check_episodes()
-    _RUN.clear()
-    from pddm_tf import distributed
+    from pddm_tf.training import train as train_config
 
-    # A multi-worker strategy must exist before any other TensorFlow operation runs.
-    strategy = distributed.make_strategy(FLAGS.strategy, FLAGS.worker_hosts, FLAGS.task_index, FLAGS.communication)
-    chief = distributed.is_chief(strategy)
-
-    import keras
-
-    from pddm_tf import data, evaluation, pipeline
-    from pddm_tf.export import export_saved_model
-    from pddm_tf.methods import training_pipeline
-    from pddm_tf.training_checks import LearningCheck
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    split, channels = _load_split()
-    say = print if chief else (lambda *args, **kwargs: None)
-    say(f"dataset {FLAGS.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
-        + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
-    if strategy.num_replicas_in_sync > 1:
-        index, workers = distributed.worker_info(strategy)
-        say(f"strategy {FLAGS.strategy}: {strategy.num_replicas_in_sync} replicas on {workers} worker(s); "
-            f"this is worker {index}")
-    steps_per_epoch = FLAGS.steps_per_epoch or -(-len(split.train) // (FLAGS.batch_classes * FLAGS.batch_per_class))
-    with strategy.scope():
-        model = build_model(channels, split.train.num_classes, total_steps=FLAGS.epochs * steps_per_epoch)
-    transform = pipeline.eval_transform(FLAGS.image_size) if FLAGS.augment else None
-    backup = None
-    if FLAGS.epochs > 0:
-        backup_dir = _backup_dir() if FLAGS.backup else None
-        # The backup is kept when fit completes, and deleted only once every output is written.
-        train_data, callbacks = training_pipeline(
-            model, split.train, FLAGS.batch_classes, FLAGS.batch_per_class, FLAGS.image_size, channels,
-            seed=FLAGS.seed, recluster_every=FLAGS.recluster_every, conquer_epochs=FLAGS.conquer_epochs,
-            cluster_on=FLAGS.cluster_on, small_classes=FLAGS.small_classes,
-            augment=_training_transform(), steps_per_epoch=steps_per_epoch, backup_dir=backup_dir,
-            delete_backup=False)
-        callbacks.append(LearningCheck(strict=FLAGS.strict))
-        if backup_dir:
-            backup = callbacks[0]
-            _RUN.update(backup_dir=backup_dir, epochs=FLAGS.epochs)
-        trained = backup.restore_completed(model) if backup is not None else None
-        if trained is not None:
-            say(f"training had completed ({trained} epochs, backed up in {backup_dir}): no training step, "
-                "writing the outputs")
-        else:
-            if backup_dir:
-                say(f"backing up to {backup_dir} between epochs (run the same command again to resume)")
-            if split.test is not None and (FLAGS.eval_every > 0 or _log_dir()):
-                evaluation_data = data.evaluation_dataset(split.test, FLAGS.image_size, channels,
-                                                          FLAGS.eval_batch_size, transform=transform)
-                callbacks.append(evaluation.RetrievalEvaluation(
-                    evaluation_data, every=FLAGS.eval_every or FLAGS.epochs, seed=FLAGS.seed))
-            if _log_dir() and chief:
-                callbacks.append(_tensorboard(split.test, channels, transform, callbacks))
-            start = time.perf_counter()
-            history = model.fit(train_data, epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch,
-                                callbacks=callbacks,
-                                verbose=0 if not chief else 1 if sys.stdout.isatty() and FLAGS.progress else 2)
-            seconds = max(time.perf_counter() - start, 1e-9)
-            # Only what this run trained: a resumed run starts after the backed-up epochs.
-            epochs_run = len(history.epoch)
-            images = epochs_run * steps_per_epoch * FLAGS.batch_classes * FLAGS.batch_per_class
-            resumed = backup.restored_epoch if backup is not None else None
-            say(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.1f} s "
-                f"({images / seconds:.0f} images/s)"
-                + (f", resumed after epoch {resumed} ({FLAGS.epochs} epochs in all)" if resumed else ""))
-        _RUN["trained"] = backup is not None
-    metrics: dict[str, float] = {}
-    if split.test is not None:
-        # Sharded over every replica of every worker, gathered on all of them.
-        embeddings = distributed.embed_files(model, split.test, FLAGS.image_size, channels, FLAGS.eval_batch_size,
-                                             transform=transform)
-        labels = split.test.labels
-        metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=FLAGS.seed, rerank=FLAGS.rerank,
-                                                pair_scores=lambda a, b: model.pddm((a, b)).numpy())
-        metrics.update(_few_shot(embeddings, split.test, say))
-        if chief:
-            _report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)")
-            if _log_dir() and FLAGS.epochs == 0:  # no fit, so no TensorBoard callback: the projector only
-                _tensorboard(split.test, channels, transform, []).write_projector_of(embeddings, labels)
-    if FLAGS.export_dir:
-        with _output_dir(FLAGS.export_dir, chief) as export_dir:
-            path = export_saved_model(model, export_dir, FLAGS.image_size, channels, transform=transform,
-                                      max_image_pixels=FLAGS.max_image_pixels)
-        say(f"SavedModel exported to {path}")
-    if FLAGS.save_model:
-        from pddm_tf.export import save_keras_model
-
-        with _output_dir(FLAGS.save_model, chief) as save_path:
-            path = save_keras_model(model, save_path)
-        say(f"Keras model saved to {path}")
-    if backup is not None and chief:
-        # Every output is written: only now may the trained state go.
-        shutil.rmtree(backup.backup_dir, ignore_errors=True)
-    _RUN.clear()
-    return metrics
+    return train_config(_config())
 
 
-@_with_pixel_limit
 def export() -> dict[str, float]:
     """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
     _check_flags("export")
@@ -510,24 +330,6 @@ def export() -> dict[str, float]:
                               rerank=FLAGS.search_rerank, transform=transform, max_image_pixels=FLAGS.max_image_pixels)
     print(f"SavedModel exported to {path}")
     return {}
-
-
-def _log_dir() -> str | None:
-    """--log_dir when given on the command line (absl's default may come from TEST_TMPDIR)."""
-    return FLAGS.log_dir if FLAGS["log_dir"].present and FLAGS.log_dir else None
-
-
-def _tensorboard(files, channels: int, transform, callbacks: list):
-    """The TensorBoard callback of --log_dir, reading the RetrievalEvaluation among `callbacks`."""
-    from pddm_tf import evaluation, visualize
-    from pddm_tf.tensorboard import TensorBoard
-
-    log_dir = _log_dir()
-    assert log_dir is not None  # called only with --log_dir
-    retrieval = next((c for c in callbacks if isinstance(c, evaluation.RetrievalEvaluation)), None)
-    load_images = visualize.load_file_images(files, FLAGS.image_size, channels, transform) if files else None
-    return TensorBoard(log_dir, retrieval, load_images, class_names=files.class_names if files else None,
-                       seed=FLAGS.seed)
 
 
 @_with_pixel_limit

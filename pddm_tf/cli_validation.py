@@ -268,7 +268,8 @@ def _check_writable(name: str, value: str, folder: pathlib.Path) -> None:
 
 
 def parse_loss_options(text: str | None) -> dict[str, Any] | None:
-    """--loss_options: a JSON object of hyperparameter name -> number, string or bool (None if unset)."""
+    """--loss_options: a JSON object of hyperparameter name -> number, string, bool or object (a miner's
+    `{"name": ..., "config": {...}}`); None if unset."""
     if text is None:
         return None
     try:
@@ -279,8 +280,9 @@ def parse_loss_options(text: str | None) -> dict[str, Any] | None:
     if not isinstance(options, dict):
         raise FlagError(f"--loss_options={text}: expected a JSON object such as '{{\"margin\": 0.3}}'")
     for name, value in options.items():
-        if not isinstance(value, (int, float, str, bool)) or (isinstance(value, float) and not math.isfinite(value)):
-            raise FlagError(f"--loss_options: {name}={value!r} is not a finite number, a string or a bool")
+        if not isinstance(value, (int, float, str, bool, dict)) or (isinstance(value, float)
+                                                                     and not math.isfinite(value)):
+            raise FlagError(f"--loss_options: {name}={value!r} is not a finite number, a string, a bool or an object")
     return options
 
 

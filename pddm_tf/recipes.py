@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pddm_tf.training.config import TrainConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -34,6 +36,15 @@ class Recipe:
     reported: dict[str, float]
     source: str
     choices: str
+
+    def config(self, **overrides: Any) -> TrainConfig:
+        """The recipe as a `TrainConfig` (the defaults, then the recipe's values, then `overrides`).
+
+        Example:
+          >>> get_recipe("pddm_cub").config(epochs=1).backbone, get_recipe("pddm_cub").config(epochs=1).epochs
+          ('InceptionV3', 1)
+        """
+        return TrainConfig().replace(**{**self.flags, **overrides})
 
 
 # Shared by every recipe: ImageNet-pretrained backbones, the papers' augmentation, one pass of the

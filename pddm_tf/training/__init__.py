@@ -1,0 +1,13 @@
+"""Training as a function of a value: `train(TrainConfig(...))`, what `pddm-tf train` runs.
+
+    from pddm_tf.training import TrainConfig, train
+    metrics = train(TrainConfig(method="triplet_batchhard", epochs=5, export_dir="/tmp/model"))
+
+Recipes are `TrainConfig`s too: `pddm_tf.recipes.get_recipe("omniglot").config(epochs=3)`.
+Importing this package does not import TensorFlow; running `train` does.
+"""
+
+from pddm_tf.training.config import TrainConfig
+from pddm_tf.training.run import build_model, load_split, train
+
+__all__ = ["TrainConfig", "build_model", "load_split", "train"]
