@@ -45,10 +45,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pddm_tf import atomic, cli, data, evaluation, few_shot, methods, pipeline, recipes  # noqa: E402
+from pddm_tf import atomic, data, evaluation, few_shot, methods, pipeline, recipes  # noqa: E402
 from pddm_tf import backbone as make_backbone  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
 from pddm_tf.optimizers import make_optimizer  # noqa: E402
+from pddm_tf.training import TrainConfig, build_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "pddm_recipe", "hdml_npair",
@@ -63,6 +64,7 @@ flags.DEFINE_string("row_steps", None, "JSON: row -> steps, for rows whose steps
                     "measured earlier on a quiet machine (a busy machine's measurement would short the rows "
                     "measured during a load peak); other rows are measured as usual.")
 flags.DEFINE_bool("quick", False, "CI mode: fold 0, 20 steps, 20 episodes.")
+flags.DEFINE_integer("num_episodes", TrainConfig().num_episodes, "Episodes per few-shot setting.")
 
 #: The held-out alphabets of each fold: the 8 embedded alphabets in name order, in pairs.
 FOLDS = (("Balinese", "Early_Aramaic"), ("Greek", "Japanese_(katakana)"), ("Korean", "Latin"),
@@ -103,14 +105,14 @@ class PrototypicalNetwork(EmbeddingModel):
 
 
 def _cli_defaults() -> dict[str, Any]:
-    """`pddm-tf train`'s flag defaults: the single source of the "defaults" rows."""
-    return {name: FLAGS[name].default for name in FLAGS if FLAGS.find_module_defining_flag(name) == cli.__name__}
+    """`pddm-tf train`'s defaults (`TrainConfig()`): the single source of the "defaults" rows."""
+    return TrainConfig().flag_values()
 
 
 def configurations() -> dict[str, dict[str, Any]]:
     """Row name -> `pddm-tf train` flag values (plus "method": "protonet" / "pixel")."""
     defaults = _cli_defaults()
-    recipe = {**defaults, **recipes.get_recipe("omniglot").flags}
+    recipe = recipes.get_recipe("omniglot").config().flag_values()
     rows = {
         "pixel": {**defaults, "method": "pixel"},
         # The recipe's batches: P = 32 classes of 1 support + 3 queries each, as many steps as the recipe.
@@ -134,20 +136,14 @@ def _fold_split(fold: int, rotations: bool) -> data.DatasetSplit:
 
 
 def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -> EmbeddingModel:
+    """The row's model, compiled: `pddm_tf.training.build_model` of its `TrainConfig` (what `pddm-tf
+    train` builds), or the prototypical network around the same backbone and optimiser."""
+    if config["method"] != "protonet":
+        train_config = TrainConfig(**{name: config[name] for name in TrainConfig.field_names() if name in config})
+        return build_model(train_config, 1, split.train.num_classes, total_steps)
     size = config["image_size"]
     network = make_backbone("small_convnet", size, 1, width=config["backbone_width"])
-    if config["method"] == "protonet":
-        model: EmbeddingModel = PrototypicalNetwork(network, config["batch_per_class"])
-    else:
-        settings = dict(alpha=config["alpha"], beta=config["beta"], embedding_weight=config["embedding_weight"],
-                        mining=config["mining"], mining_score=config["mining_score"],
-                        pddm_normalize_inputs=config["pddm_normalize_inputs"],
-                        num_classes=split.train.num_classes, num_learners=config["num_learners"],
-                        dropout=config["dropout"], hdml_alpha=config["hdml_alpha"], hdml_beta=config["hdml_beta"],
-                        hdml_generator_input=config["hdml_generator_input"],
-                        hdml_synthetic=config["hdml_synthetic"])
-        model = methods.build_model(config["method"], network, config["embedding_dim"],
-                                    **methods.method_options(config["method"], **settings))
+    model: EmbeddingModel = PrototypicalNetwork(network, config["batch_per_class"])
     model.build((None, size, size, 1))
     warmup = round(config.get("warmup_fraction", 0.0) * total_steps)
     model.compile(optimizer=make_optimizer(config["learning_rate"], config["weight_decay"],

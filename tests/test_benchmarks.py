@@ -1,4 +1,4 @@
-"""benchmarks/paper_table.py: the overlap measure it reports, and its --quick run as CI runs it."""
+"""benchmarks/paper_table.py and few_shot.py: the overlap measure, and their --quick runs as CI runs them."""
 
 import json
 import os
@@ -41,6 +41,26 @@ def test_quick_run_writes_table_and_plots(tmp_path):
         # The table's mean is the mean of the per-run figures in results.json.
         expected = f"| {method} | {np.mean([r['recall@1'] for r in seeds]):.3f} ±"
         assert expected in table, method
+
+
+@pytest.mark.slow
+def test_few_shot_quick_run_trains_every_kind_of_row(tmp_path):
+    """Pixels, the benchmark's prototypical network and `pddm_tf.training.build_model`'s rows (plus a
+    variant): every figure in [0, 1], and the table's mean is results.json's."""
+    rows = "pixel,protonet,pddm_defaults,d_ms"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "few_shot.py"), "--quick", f"--rows={rows}",
+         '--variants={"d_ms": {"base": "pddm_defaults", "method": "multi_similarity"}}', f"--out_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == set(rows.split(","))
+    table = (tmp_path / "table.md").read_text()
+    for row, folds in results.items():
+        figures = folds["0"]
+        assert all(0.0 <= figures[key] <= 1.0 for key in ("oneshot_20way", "oneshot_5way", "fiveshot_20way"))
+        assert f"| {row} | {figures['oneshot_20way']:.3f} |" in table
+    assert results["pixel"]["0"]["steps"] == 0 and results["d_ms"]["0"]["steps"] == 20
 
 
 def test_ablation_table_pairs_each_row_with_its_base_on_the_same_fold(tmp_path):
