@@ -15,7 +15,8 @@ Rows:
                      queries per class); squared Euclidean distances between unnormalised features
   triplet_batchhard  `pddm-tf train --method=triplet_batchhard` with the CLI's defaults
   pddm_defaults      `pddm-tf train` with its defaults
-  pddm_recipe        `pddm-tf train --recipe=omniglot`
+  recipe             `pddm-tf train --recipe=omniglot`
+  pddm_recipe        the same with --method=pddm_quadruplet
   hdml_npair         `pddm-tf train --method=hdml_npair` with the defaults
   dc_margin          `pddm-tf train --method=dc_margin` with the defaults
 
@@ -52,7 +53,7 @@ from pddm_tf.optimizers import make_optimizer  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "pddm_recipe", "hdml_npair",
+flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "recipe", "hdml_npair",
                            "dc_margin"], "Rows to run (see the module docstring); --variants adds more.")
 flags.DEFINE_list("folds", ["0", "1", "2", "3"], "Folds to run (each holds out two alphabets).")
 flags.DEFINE_float("budget_seconds", 300.0, "Training budget of every method, in seconds of training steps.")
@@ -119,7 +120,9 @@ def configurations() -> dict[str, dict[str, Any]]:
         "protonet": {**recipe, "method": "protonet"},
         "triplet_batchhard": {**defaults, "method": "triplet_batchhard"},
         "pddm_defaults": defaults,
-        "pddm_recipe": recipe,
+        "recipe": recipe,
+        # The recipe with PDDM quadruplets (its loss before multi-similarity measured better).
+        "pddm_recipe": {**recipe, "method": "pddm_quadruplet"},
         "hdml_npair": {**defaults, "method": "hdml_npair"},
         "dc_margin": {**defaults, "method": "dc_margin"},
     }

@@ -87,16 +87,19 @@ _DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of whic
 
 # Small character-like images (Omniglot, `folder:` sets of drawn symbols), from a 2-core CPU in under
 # 15 minutes; measured in BENCHMARKS.md, "Few-shot classification on unseen alphabets".
-_OMNIGLOT = {"dataset": "omniglot", "method": "pddm_quadruplet", "backbone": "small_convnet", "image_size": 28,
+# The loss is multi-similarity: at these settings and 1,500 steps it was 2.1 points above PDDM quadruplets
+# on folds 0 and 3 of the few-shot protocol (and 2.0 above the prototypical network); PDDM stays one flag away
+# (--method=pddm_quadruplet, with --nopddm_normalize_inputs, its better input reading here).
+_OMNIGLOT = {"dataset": "omniglot", "method": "multi_similarity", "backbone": "small_convnet", "image_size": 28,
              "backbone_width": 64, "embedding_dim": 64, "batch_classes": 32, "batch_per_class": 4,
              "learning_rate": 2e-3, "lr_schedule": "cosine", "warmup_fraction": 0.02, "weight_decay": 1e-4,
-             "rotations": True, "affine": True, "epochs": 25, "steps_per_epoch": 200, "channels": 1,
+             "rotations": True, "affine": True, "epochs": 15, "steps_per_epoch": 200, "channels": 1,
              "pddm_normalize_inputs": False}
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
-        Recipe("omniglot", "PDDM + quadruplet for small character-like images (this library's recipe)",
+        Recipe("omniglot", "multi-similarity for small character-like images (this library's recipe)",
                _OMNIGLOT, {}, "METHODS.md sections 1, 2, 6, 7 (weight decay)",
                "Everything: chosen by measurement on the few-shot protocol (benchmarks/few_shot.py)."),
         Recipe("pddm_cub", "PDDM + quadruplet, CUB-200-2011 (Huang et al., NIPS 2016)",
