@@ -44,8 +44,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -247,48 +245,39 @@ def apply_recipe(flag_values: flags.FlagValues) -> dict[str, Any]:
     return applied
 
 
-def _load_split(f: flags.FlagValues):
-    """The seen (train) / unseen (test) `DatasetSplit` of `--dataset`."""
-    from pddm_tf import data
+def _config(f: flags.FlagValues):
+    """The run as a `pddm_tf.training.TrainConfig`: seen classes train, unseen ones are held out
+    (whole alphabets for Omniglot); no backup, no evaluation inside the library (this script's own
+    protocol follows)."""
+    from pddm_tf.training import TrainConfig
 
-    kwargs: dict[str, Any] = {}
-    if f.dataset == "omniglot":
-        kwargs["split_by"] = "alphabet"
-    elif not f.dataset.startswith("folder:"):
-        kwargs.update(data_dir=f.data_dir, cache_dir=f.cache_dir, manual_dir=f.manual_dir, download=f.download)
-    if f.channels is not None and f.dataset != "omniglot":
-        kwargs["channels"] = f.channels
-    split = data.load_dataset(f.dataset, test_fraction=f.unseen_fraction, seed=f.seed, **kwargs)
+    weights = "none" if (f.weights or "none").lower() == "none" else f.weights
+    return TrainConfig(
+        dataset=f.dataset, data_dir=f.data_dir, cache_dir=f.cache_dir, manual_dir=f.manual_dir, download=f.download,
+        test_fraction=f.unseen_fraction, split_by="alphabet" if f.dataset == "omniglot" else "character",
+        channels=f.channels if f.dataset != "omniglot" else None, seed=f.seed, image_size=f.image_size,
+        method=f.method, backbone=f.backbone, weights=weights, freeze_batchnorm=f.freeze_batchnorm,
+        backbone_width=f.backbone_width, embedding_dim=f.embedding_dim, batch_classes=f.batch_classes,
+        batch_per_class=f.batch_per_class, small_classes=f.small_classes, learning_rate=f.learning_rate,
+        alpha=f.alpha, beta=f.beta, embedding_weight=f.embedding_weight, epochs=f.epochs, steps_per_epoch=f.steps,
+        eval_batch_size=f.eval_batch_size, episodes=(), backup=False)
+
+
+def _load_split(f: flags.FlagValues):
+    """The seen (train) / unseen (test) `DatasetSplit` of `--dataset` and its channel count."""
+    from pddm_tf.training import load_split
+
+    split, channels = load_split(_config(f))
     if split.test is None:
         raise ValueError("--unseen_fraction must hold out some classes")
-    return split
+    return split, channels
 
 
-def _train(f: flags.FlagValues, split, channels: int):
-    """The model of `--method`, trained on the seen classes; returns it."""
-    import keras
+def _train(f: flags.FlagValues):
+    """The model of `--method`, trained on the seen classes by `pddm_tf.training.fit`; returns it."""
+    from pddm_tf.training import fit
 
-    from pddm_tf import backbones, data, methods
-
-    keras.utils.set_random_seed(f.seed)
-    extra = {"width": f.backbone_width} if f.backbone == "small_convnet" else {}
-    weights = None if (f.weights or "none").lower() == "none" else f.weights
-    net = backbones.backbone(f.backbone, f.image_size, channels, weights=weights,
-                             freeze_batchnorm=f.freeze_batchnorm, **extra)
-    model = methods.build_model(f.method, net, f.embedding_dim, **methods.method_options(
-        f.method, alpha=f.alpha, beta=f.beta, embedding_weight=f.embedding_weight, num_classes=split.train.num_classes))
-    model.build((None, f.image_size, f.image_size, channels))
-    model.compile(optimizer=keras.optimizers.Adam(f.learning_rate))
-    steps = f.steps or data.steps_per_pass(split.train, f.batch_classes, f.small_classes)
-    if f.epochs > 0 and steps > 0:
-        dataset, callbacks = methods.training_pipeline(model, split.train, f.batch_classes, f.batch_per_class,
-                                                       f.image_size, channels, seed=f.seed,
-                                                       small_classes=f.small_classes, steps_per_epoch=steps)
-        start = time.perf_counter()
-        model.fit(dataset, epochs=f.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
-        print(f"trained {f.epochs} x {steps} steps in {time.perf_counter() - start:.1f} s")
-    return model
+    return fit(_config(f)).model
 
 
 def _embed(model, files, image_size: int, channels: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,12 +316,11 @@ def run(f: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     applied = apply_recipe(f)
     if f.method not in METHODS:
         raise app.UsageError(f"--method={f.method} is not one of {sorted(METHODS)}")
-    split = _load_split(f)
-    channels = f.channels or split.channels
+    split, channels = _load_split(f)
     seen, unseen = split.train, split.test
     print(f"{f.dataset}: {seen.num_classes} seen classes ({len(seen)} images), "
           f"{unseen.num_classes} unseen classes ({len(unseen)} images)")
-    model = _train(f, split, channels)
+    model = _train(f)
     embeddings, labels = _embed(model, unseen, f.image_size, channels, f.eval_batch_size)
     results: dict[str, Any] = {
         "dataset": f.dataset, "method": f.method, "recipe": f.recipe, "recipe_applied": applied, "seed": f.seed,

@@ -30,6 +30,7 @@ _PDDM_CLAIMS = {
     "pddm_triplet": {"method": "pddm_triplet"},
     "euclidean_quadruplet": {"method": "euclidean_quadruplet"},
     "pddm_raw_inputs": {"pddm_normalize_inputs": False},
+    "multi_similarity": {"method": "multi_similarity"},  # "PDDM beats the standard losses"
 }
 # HDML's exact "without" twins: its base loss on its own rows and random negatives, no synthetics.
 _HDML_TWINS = {f"hdml_{base}_base": {"method": f"hdml_{base}", "hdml_synthetic": False}
@@ -44,7 +45,7 @@ BASES = {
     "hdml_npair_base": "npair", "hdml_triplet_base": "triplet_bh", "hdml_pddm_base": "pddm",
     "dc_margin_k2": "dc_margin_k1", "dc_margin_k4": "dc_margin_k1",
     "dc_pddm_k2": "dc_pddm_k1", "dc_pddm_k4": "dc_pddm_k1",
-    "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_raw_inputs": "pddm",
+    "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_raw_inputs": "pddm", "multi_similarity": "pddm",
 }
 
 

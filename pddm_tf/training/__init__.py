@@ -8,6 +8,6 @@ Importing this package does not import TensorFlow; running `train` does.
 """
 
 from pddm_tf.training.config import TrainConfig
-from pddm_tf.training.run import build_model, load_split, train
+from pddm_tf.training.run import Trained, build_model, fit, load_split, train
 
-__all__ = ["TrainConfig", "build_model", "load_split", "train"]
+__all__ = ["TrainConfig", "Trained", "build_model", "fit", "load_split", "train"]

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from pddm_tf import atomic
 from pddm_tf.training.config import TrainConfig
@@ -119,7 +119,7 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
     from pddm_tf.optimizers import make_optimizer
 
     network = backbone(config.backbone, config.image_size, channels,
-                       weights=None if config.weights == "none" else "imagenet",
+                       weights=None if config.weights == "none" else config.weights,
                        pooling=config.pooling, freeze_batchnorm=config.freeze_batchnorm, **options)
     model = build_method_model(config.method, network, config.embedding_dim,
                                **method_options(config.method, **method_settings(config, num_classes)))
@@ -181,16 +181,37 @@ def tensorboard_callback(config: TrainConfig, files, channels: int, transform, c
                        seed=config.seed)
 
 
+class Trained(NamedTuple):
+    """What `fit` returns: the trained model, the data it was trained on and how to read it."""
+
+    model: Any  # pddm_tf.models.EmbeddingModel
+    split: Any  # pddm_tf.data.DatasetSplit (training classes with their rotations, if any)
+    channels: int
+    transform: Any  # the evaluation transform (None: a plain resize)
+    chief: bool  # whether this process writes the outputs
+    backup: Any  # the BackupAndRestore callback, or None
+
+
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
     held-out split). Raises `pddm_tf.cli_validation.FlagError` for a refused setting, before any work."""
     config.check()
     with pixel_limit(config.max_image_pixels):
-        return _train(config)
+        CURRENT_RUN.clear()
+        trained = _fit(config)
+        return _finish(config, trained)
 
 
-def _train(config: TrainConfig) -> dict[str, float]:
-    CURRENT_RUN.clear()
+def fit(config: TrainConfig) -> Trained:
+    """Only the training of `train(config)`: the model trained on the training classes (resumed from
+    its backup, as `train`), without evaluation or outputs; for scripts that evaluate in their own
+    way (`examples/zero_shot_imagenet.py`). The backup, if any, is kept; delete it once done."""
+    config.check()
+    with pixel_limit(config.max_image_pixels):
+        return _fit(config)
+
+
+def _fit(config: TrainConfig) -> Trained:
     from pddm_tf import distributed
 
     # A multi-worker strategy must exist before any other TensorFlow operation runs.
@@ -201,7 +222,6 @@ def _train(config: TrainConfig) -> dict[str, float]:
     import keras
 
     from pddm_tf import data, evaluation, pipeline
-    from pddm_tf.export import export_saved_model
     from pddm_tf.methods import training_pipeline
     from pddm_tf.training_checks import LearningCheck
 
@@ -260,6 +280,16 @@ def _train(config: TrainConfig) -> dict[str, float]:
                 f"({images / seconds:.0f} images/s)"
                 + (f", resumed after epoch {resumed} ({config.epochs} epochs in all)" if resumed else ""))
         CURRENT_RUN["trained"] = backup is not None
+    return Trained(model, split, channels, transform, chief, backup)
+
+
+def _finish(config: TrainConfig, trained: Trained) -> dict[str, float]:
+    """The evaluation and outputs of `train` after `fit`; the backup is deleted once all are written."""
+    from pddm_tf import distributed, evaluation
+    from pddm_tf.export import export_saved_model
+
+    model, split, channels, transform, chief, backup = trained
+    say = print if chief else (lambda *args, **kwargs: None)
     metrics: dict[str, float] = {}
     if split.test is not None:
         # Sharded over every replica of every worker, gathered on all of them.
