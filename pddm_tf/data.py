@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from pddm_tf import image_header, progress
+from pddm_tf.registry import Registry
 
 _logger = logging.getLogger(__name__)
 
@@ -213,33 +214,33 @@ def load_folder(
     return DatasetSplit(train=train, test=test, channels=channels)
 
 
-# Named datasets; "folder:PATH" is handled apart since its name carries an argument. The TFDS
-# datasets ("cub200", "cars196", "sop", ...) are `pddm_tf.datasets.TFDS_LOADERS`, looked up lazily
-# by `load_dataset`: that module imports this one, and importing TFDS is slow.
-_DATASETS: dict[str, Callable[..., DatasetSplit]] = {"omniglot": load_omniglot}
+#: Named datasets: name -> loader(test_fraction=..., seed=..., **kwargs) -> DatasetSplit. A loader
+#: registers itself (`DATASETS.register(name, loader)`); `pddm_tf.datasets` registers the TFDS ones
+#: ("cub200", "cars196", "sop", ...) when imported, which `load_dataset` does lazily (importing TFDS
+#: is slow). "folder:PATH" is handled apart since its name carries an argument.
+DATASETS: Registry[Callable[..., DatasetSplit]] = Registry("dataset")
+DATASETS.register("omniglot", load_omniglot)
 _FOLDER_PREFIX = "folder:"
 
 
 def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) -> DatasetSplit:
-    """Loads a dataset by name: "omniglot", "folder:PATH" or a TFDS dataset of `pddm_tf.datasets`
-    ("cub200", "cars196", "sop", "tfds_omniglot", "imagenet2012" and their aliases).
+    """Loads a dataset by name: "omniglot", "folder:PATH", a TFDS dataset of `pddm_tf.datasets`
+    ("cub200", "cars196", "sop", "tfds_omniglot", "imagenet2012" and their aliases) or any loader
+    registered in `DATASETS`.
 
-    `kwargs` go to the loader (`load_omniglot` / `load_folder` / the `pddm_tf.datasets` loader).
+    `kwargs` go to the loader (`load_omniglot` / `load_folder` / the registered loader).
 
     Raises:
       ValueError: an unknown name (the message lists the known ones).
     """
     if name.startswith(_FOLDER_PREFIX) and name[len(_FOLDER_PREFIX) :]:
         return load_folder(name[len(_FOLDER_PREFIX) :], test_fraction, seed, **kwargs)
-    loaders = _DATASETS
-    if name not in loaders:
-        from pddm_tf.datasets import TFDS_LOADERS  # Lazy: pddm_tf.datasets imports this module.
-
-        loaders = {**_DATASETS, **TFDS_LOADERS}
-    if name not in loaders:
-        known = ", ".join(repr(n) for n in [*loaders, _FOLDER_PREFIX + "PATH"])
+    if name not in DATASETS:
+        import pddm_tf.datasets  # noqa: F401  Registers the TFDS loaders (lazily: it imports this module).
+    if name not in DATASETS:
+        known = ", ".join(repr(n) for n in [*DATASETS, _FOLDER_PREFIX + "PATH"])
         raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
-    return loaders[name](test_fraction=test_fraction, seed=seed, **kwargs)
+    return DATASETS[name](test_fraction=test_fraction, seed=seed, **kwargs)
 
 
 # --------------------------------------------------------------------------- decoding

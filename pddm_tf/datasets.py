@@ -83,7 +83,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from pddm_tf import atomic, progress
-from pddm_tf.data import DatasetSplit, ImageFiles, _check_channels, _check_test_fraction, _random_class_mask
+from pddm_tf.data import DATASETS, DatasetSplit, ImageFiles, _check_channels, _check_test_fraction, _random_class_mask
 
 _logger = logging.getLogger(__name__)
 
@@ -367,6 +367,8 @@ TFDS_LOADERS: dict[str, Callable[..., DatasetSplit]] = {
     "tfds_omniglot": load_tfds_omniglot,
     "imagenet2012": load_imagenet2012,
 }
+for _name, _loader in TFDS_LOADERS.items():
+    DATASETS.register(_name, _loader)
 
 
 def load_tfds(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) -> DatasetSplit:

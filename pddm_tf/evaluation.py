@@ -30,6 +30,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from pddm_tf import progress
 from pddm_tf.few_shot import evaluate_few_shot, few_shot_accuracy  # noqa: F401  (evaluation.few_shot_accuracy)
+from pddm_tf.registry import Registry
 
 DEFAULT_KS = (1, 2, 4, 8)
 # One k-means++ run, scikit-learn's own default for k-means++: restarts multiply the cost,
@@ -44,8 +45,15 @@ PairScores = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # ----------------------------------------------------------------------------------------
 
 
+#: The built-in search backends; "auto" is faiss when it is importable, numpy otherwise. Every
+#: backend is an entry of `SEARCH_BACKENDS`, where a new one registers itself.
 BACKENDS = ("numpy", "tf", "faiss", "auto")
 DEFAULT_BACKEND = "numpy"
+#: (queries [n, d] float32, gallery [g, d] float32, k, exclude_self, chunk_size, gallery_chunk_size or
+#: None for the backend's default) -> (indices [n, k] int64, squared distances [n, k] float32), exact,
+#: by ascending distance, for inputs that `nearest_neighbors` has validated.
+SearchBackend = Callable[[np.ndarray, np.ndarray, int, bool, int, "int | None"], tuple[np.ndarray, np.ndarray]]
+SEARCH_BACKENDS: Registry[SearchBackend] = Registry("search backend")
 # Gallery rows per distance block when `gallery_chunk_size` is not given. "numpy": a [1,024 x 4,096]
 # float32 block is 16 MB, inside the L3 cache of the 2-core test machine (32 MB), where the passes
 # that select candidates from it run several times faster than from memory; the sgemm of
@@ -131,8 +139,7 @@ def nearest_neighbors(
             candidates (n_gallery, minus one when the query itself is excluded).
         ImportError: backend="faiss" without faiss installed.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     queries = _as_matrix(queries, "queries")
     self_search = gallery is None
     gallery = queries if gallery is None else _as_matrix(gallery, "gallery embeddings")
@@ -148,12 +155,15 @@ def nearest_neighbors(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if gallery_chunk_size is not None and gallery_chunk_size < 1:
         raise ValueError(f"gallery_chunk_size must be positive, got {gallery_chunk_size}")
-    faiss = _import_faiss(required=backend == "faiss") if backend in ("faiss", "auto") else None
-    if faiss is not None:
-        return _faiss_search(faiss, queries, gallery, int(k), exclude_self)
-    search = _tf_search if backend == "tf" else _numpy_search
-    gallery_chunk_size = gallery_chunk_size or DEFAULT_GALLERY_CHUNK_SIZES["tf" if backend == "tf" else "numpy"]
-    return search(queries, gallery, int(k), exclude_self, int(chunk_size), int(gallery_chunk_size))
+    if backend == "auto":
+        backend = "faiss" if _import_faiss(required=False) is not None else "numpy"
+    return SEARCH_BACKENDS[backend](queries, gallery, int(k), exclude_self, int(chunk_size), gallery_chunk_size)
+
+
+def check_backend(backend: str) -> None:
+    """Raises ValueError unless `backend` is "auto" or registered in `SEARCH_BACKENDS`."""
+    if backend != "auto" and backend not in SEARCH_BACKENDS:
+        raise ValueError(f"backend must be one of {(*SEARCH_BACKENDS, 'auto')}, got {backend!r}")
 
 
 def exact_top_k(queries: tf.Tensor, gallery: tf.Tensor, k: int, gallery_sq_norms: tf.Tensor | None = None
@@ -450,6 +460,24 @@ def _faiss_search(faiss, queries: np.ndarray, gallery: np.ndarray, k: int, exclu
         indices = np.take_along_axis(indices, order, axis=1)
         distances = np.take_along_axis(distances, order, axis=1)
     return indices.astype(np.int64), np.maximum(distances, 0.0).astype(np.float32)
+
+
+@SEARCH_BACKENDS.register("numpy")
+def _numpy_backend(queries, gallery, k, exclude_self, chunk_size, gallery_chunk_size):
+    return _numpy_search(queries, gallery, k, exclude_self, chunk_size,
+                         int(gallery_chunk_size or DEFAULT_GALLERY_CHUNK_SIZES["numpy"]))
+
+
+@SEARCH_BACKENDS.register("tf")
+def _tf_backend(queries, gallery, k, exclude_self, chunk_size, gallery_chunk_size):
+    return _tf_search(queries, gallery, k, exclude_self, chunk_size,
+                      int(gallery_chunk_size or DEFAULT_GALLERY_CHUNK_SIZES["tf"]))
+
+
+@SEARCH_BACKENDS.register("faiss")
+def _faiss_backend(queries, gallery, k, exclude_self, chunk_size, gallery_chunk_size):
+    del chunk_size, gallery_chunk_size  # faiss blocks the search itself
+    return _faiss_search(_import_faiss(required=True), queries, gallery, k, exclude_self)
 
 
 # ----------------------------------------------------------------------------------------

@@ -72,8 +72,7 @@ class Index:
 
     def __init__(self, backend: str = evaluation.DEFAULT_BACKEND, chunk_size: int = 1024,
                  gallery_chunk_size: int | None = None) -> None:
-        if backend not in evaluation.BACKENDS:
-            raise ValueError(f"backend must be one of {evaluation.BACKENDS}, got {backend!r}")
+        evaluation.check_backend(backend)
         self.backend = backend
         self.chunk_size = int(chunk_size)
         self.gallery_chunk_size = None if gallery_chunk_size is None else int(gallery_chunk_size)

@@ -7,7 +7,7 @@ way around the same backbone and embedding size.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import keras
@@ -23,6 +23,7 @@ from pddm_tf.layers import PDDM
 from pddm_tf.method_names import METHOD_NAMES
 from pddm_tf.miners import DistanceWeightedMiner
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
+from pddm_tf.registry import Registry
 
 
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:
@@ -137,8 +138,20 @@ def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
     return build_margin if base == "margin" else build_pddm
 
 
-#: method name -> builder(backbone, embedding_dim, **options) -> model; each builder takes only its options.
-METHODS: dict[str, Callable[..., EmbeddingModel]] = {
+#: method name -> builder(backbone, embedding_dim, **options) -> model; each builder takes only its
+#: options, as keyword-only arguments. `register_method` adds one.
+METHODS: Registry[Callable[..., EmbeddingModel]] = Registry("method")
+
+
+def register_method(name: str, builder: Callable[..., EmbeddingModel]) -> Callable[..., EmbeddingModel]:
+    """Makes `builder(backbone, embedding_dim, *, option=..., ...) -> EmbeddingModel` the method `name`
+    of `build_model` (and of `pddm_tf.training.train(TrainConfig(method=name, ...))`); its keyword-only
+    parameters are its options. Returns `builder`. The command line's --method lists the built-in
+    methods only (`pddm_tf.method_names`)."""
+    return METHODS.register(name, builder)
+
+
+for _name, _builder in {
     "pddm_quadruplet": _pddm(heads=2, default_mining_score="pddm"),
     "pddm_triplet": _pddm(heads=1, default_mining_score="pddm"),
     "euclidean_quadruplet": _pddm(heads=2, default_mining_score="euclidean"),
@@ -154,16 +167,29 @@ METHODS: dict[str, Callable[..., EmbeddingModel]] = {
     "hdml_pddm": _hdml("pddm"),
     "dc_margin": _divide_and_conquer("margin"),
     "dc_pddm": _divide_and_conquer("pddm"),
-}
+}.items():
+    register_method(_name, _builder)
 # The command line lists METHOD_NAMES without importing this module (and TensorFlow): keep them equal.
 if tuple(METHODS) != METHOD_NAMES:
-    raise ImportError("pddm_tf.method_names.METHOD_NAMES is out of date: it must list the keys of METHODS")
+    raise ImportError("pddm_tf.method_names.METHOD_NAMES is out of date: it must list the built-in methods")
 
-#: method name -> the options its builder takes (the keyword-only parameters after backbone, embedding_dim).
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    name: tuple(p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY)
-    for name, builder in METHODS.items()
-}
+
+class _MethodOptions(Mapping[str, tuple[str, ...]]):
+    """method name -> the options its builder takes (the keyword-only parameters after backbone,
+    embedding_dim), read from the registered builders, so a method registered later is included."""
+
+    def __getitem__(self, method: str) -> tuple[str, ...]:
+        parameters = inspect.signature(METHODS[method]).parameters.values()
+        return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+
+METHOD_OPTIONS: Mapping[str, tuple[str, ...]] = _MethodOptions()
 
 
 def _check_method(method: str) -> None:
