@@ -177,8 +177,8 @@ class HDMLModel(EmbeddingModel):
       generator_learning_rate, classifier_learning_rate: learning rates of the two extra optimisers,
         which the model creates itself (attributes `generator_optimizer`, `classifier_optimizer`,
         saved with the model) so `compile(optimizer=...)` is enough: Adam, or AdamW when the
-        matching weight decay is positive. Another optimiser may be assigned to either attribute
-        before the model is built; a saved model's config only records these settings.
+        matching weight decay is positive. `compile(generator_optimizer=..., classifier_optimizer=...)`
+        replaces either; a saved model's config only records these settings.
       generator_weight_decay, classifier_weight_decay: decoupled (AdamW) weight decay of the two
         extra optimisers; 0 (default) as the original, which regularises the metric network only.
       seed: seed of the random negatives of "triplet"/"pddm".
@@ -262,6 +262,22 @@ class HDMLModel(EmbeddingModel):
     def _state(self, name: str, shape: tuple[int, ...], value: float) -> keras.Variable:
         return self.add_weight(name=name, shape=shape, trainable=False, aggregation="only_first_replica",
                                initializer=keras.initializers.Constant(value))
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, generator_optimizer: Any = None,
+                classifier_optimizer: Any = None, **kwargs: Any) -> None:
+        """`keras.Model.compile` with one optimiser per network, as Keras' GAN guide does: `optimizer`
+        trains the metric network; `generator_optimizer` and `classifier_optimizer` (an optimiser or
+        its Keras name; None keeps the model's own Adam of `generator_learning_rate` /
+        `classifier_learning_rate`) the generator and the classifier. Under a strategy, create them
+        in its scope. A saved model's config records the model's own settings, not these objects."""
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        for group, given in (("generator", generator_optimizer), ("classifier", classifier_optimizer)):
+            if given is None:
+                continue
+            given = keras.optimizers.get(given)
+            setattr(self, f"{group}_optimizer", given)
+            if self.built and not given.built:
+                given.build(self.parameter_groups()[group])
 
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)

@@ -86,15 +86,18 @@ def _batches(steps=3, seed=0):
 
 
 def _model(base="npair", sgd=None, **kwargs):
-    """A small HDMLModel, built; with `sgd` = (metric, generator, classifier) learning rates, three SGDs."""
+    """A small HDMLModel, built; with `sgd` = (metric, generator, classifier) learning rates, three SGDs
+    given to `compile` (one optimiser per network, as Keras' GAN guide)."""
     keras.utils.set_random_seed(0)
     model = HDMLModel(small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, base=base,
                       generator_units=16, **kwargs)
-    if sgd is not None:  # replaced before `build`, which builds them
-        model.generator_optimizer = keras.optimizers.SGD(sgd[1])
-        model.classifier_optimizer = keras.optimizers.SGD(sgd[2])
     model.build((None, SIZE, SIZE, 1))
-    model.compile(optimizer=keras.optimizers.SGD(sgd[0]) if sgd is not None else keras.optimizers.Adam(1e-3))
+    if sgd is None:
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    else:
+        model.compile(optimizer=keras.optimizers.SGD(sgd[0]), generator_optimizer=keras.optimizers.SGD(sgd[1]),
+                      classifier_optimizer=keras.optimizers.SGD(sgd[2]))
+        assert [type(o).__name__ for o in (model.generator_optimizer, model.classifier_optimizer)] == ["SGD"] * 2
     return model
 
 
