@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from pddm_tf import progress
-from pddm_tf.data import ImageFiles, _from_step, _shard_size, balanced_batch_indices, read_image
+from pddm_tf.data import ImageFiles, balanced_batch_indices, from_step, read_image
+from pddm_tf.data import shard_size as rows_per_shard
 from pddm_tf.distributed import embed_files
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
@@ -225,7 +226,7 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
     rotations = tf.constant(files.rotations)
     num_clusters = assignment.num_clusters
     batch_size = batch_classes * batch_per_class
-    shard_size = _shard_size(batch_size, shard)
+    shard_size = rows_per_shard(batch_size, shard)
 
     def batch_indices(step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         conquer = assignment.conquer.read_value()
@@ -254,7 +255,7 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
             image = read_image(paths[index], image_size, channels, rotations[index], transform=augment, seed=image_seed)
         return image, labels[index], tag
 
-    rows = _from_step(start_step, steps_from)
+    rows = from_step(start_step, steps_from)
     if shard[1] > 1:
         rows = rows.filter(lambda position, _: (position % batch_size) // shard_size == shard[0])
     batches = rows.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(shard_size,

@@ -83,7 +83,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from pddm_tf import atomic, progress
-from pddm_tf.data import DATASETS, DatasetSplit, ImageFiles, _check_channels, _check_test_fraction, _random_class_mask
+from pddm_tf.data import DATASETS, DatasetSplit, ImageFiles, check_channels, check_test_fraction, random_class_mask
 
 _logger = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def load_imagenet2012(
     builder, parts = _extract(_IMAGENET, splits, test_fraction, data_dir, cache_dir, download, manual_dir)
     names = _class_names(parts)
     num_classes = builder.info.features[_IMAGENET.label_key].num_classes
-    held_out = _random_class_mask(num_classes, test_fraction, np.random.default_rng(seed))
+    held_out = random_class_mask(num_classes, test_fraction, np.random.default_rng(seed))
     train = parts[0]
     train_rows = ~held_out[train.labels]
     train_files = _image_files(train.paths[train_rows], train.labels[train_rows], names, "training", _IMAGENET)
@@ -453,7 +453,7 @@ def _class_names(parts: list[_Extracted]) -> dict[int, str]:
 def _channels(source: _Source, channels: int | None) -> int:
     """The decoding channels: `channels`, or the dataset's default when None."""
     channels = source.channels if channels is None else channels
-    _check_channels(channels)
+    check_channels(channels)
     return channels
 
 
@@ -473,7 +473,7 @@ def _extract(
 
     See the module docstring for the cache layout; TFDS is only read for missing splits.
     """
-    _check_test_fraction(test_fraction)
+    check_test_fraction(test_fraction)
     builder = tfds.builder(source.tfds_name, data_dir=data_dir)
     if cache_dir:
         cache = pathlib.Path(cache_dir).expanduser()

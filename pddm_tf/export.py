@@ -188,7 +188,7 @@ def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, 
         root = pathlib.Path(spec[len("folder:"):])
         if not root.is_dir():
             raise ValueError(f"gallery folder {str(root)!r} does not exist or is not a directory")
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in data._IMAGE_EXTENSIONS)
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in data.IMAGE_EXTENSIONS)
         if not paths:
             raise ValueError(f"no images in gallery folder {str(root)!r}")
         return embed_gallery(model, [str(p) for p in paths], [p.relative_to(root).as_posix() for p in paths],

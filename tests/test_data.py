@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import pddm_tf
 from pddm_tf import data
 
-OMNIGLOT = pathlib.Path(data.__file__).parent / "_data" / "omniglot_background_small"
+OMNIGLOT = pathlib.Path(pddm_tf.__file__).parent / "_data" / "omniglot_background_small"
 A_PNG = OMNIGLOT / "Greek" / "character01" / "0394_01.png"
 
 

@@ -1,0 +1,65 @@
+"""Datasets for deep metric learning: labelled file lists, decoding and class-balanced batches.
+
+Images are never held in memory: loaders return `ImageFiles` (paths + labels) and the `tf.data`
+pipelines read and decode files on the fly. Metric-learning splits are by class: the test classes
+are never seen in training (zero-shot retrieval / clustering protocol).
+
+  files.py     `ImageFiles`, `DatasetSplit`, `with_rotations`
+  splits.py    which classes are held out, and the train / test split
+  decode.py    decoding image files with TensorFlow ops (training, evaluation and the SavedModel)
+  loaders.py   Omniglot, `folder:PATH`, the `DATASETS` registry and `load_dataset`
+  sampling.py  class-balanced P x K training batches and the evaluation pipeline
+"""
+
+from pddm_tf.data.decode import MAGIC_NUMBERS, decode_image, decode_images, image_format_known, read_image
+from pddm_tf.data.files import DatasetSplit, ImageFiles, with_rotations
+from pddm_tf.data.loaders import DATASETS, FOLDER_PREFIX, IMAGE_EXTENSIONS, load_dataset, load_folder, load_omniglot
+from pddm_tf.data.sampling import (
+    SMALL_CLASSES,
+    balanced_batch_indices,
+    class_balanced_dataset,
+    class_balanced_dataset_from_arrays,
+    evaluation_dataset,
+    from_step,
+    shard_size,
+    steps_per_pass,
+)
+from pddm_tf.data.splits import (
+    SPLIT_BY,
+    check_channels,
+    check_test_fraction,
+    random_class_mask,
+    split_classes,
+    test_class_mask,
+)
+
+__all__ = [
+    "DATASETS",
+    "FOLDER_PREFIX",
+    "IMAGE_EXTENSIONS",
+    "MAGIC_NUMBERS",
+    "SMALL_CLASSES",
+    "SPLIT_BY",
+    "DatasetSplit",
+    "ImageFiles",
+    "balanced_batch_indices",
+    "check_channels",
+    "check_test_fraction",
+    "class_balanced_dataset",
+    "class_balanced_dataset_from_arrays",
+    "decode_image",
+    "decode_images",
+    "evaluation_dataset",
+    "from_step",
+    "image_format_known",
+    "load_dataset",
+    "load_folder",
+    "load_omniglot",
+    "random_class_mask",
+    "read_image",
+    "shard_size",
+    "split_classes",
+    "steps_per_pass",
+    "test_class_mask",
+    "with_rotations",
+]
