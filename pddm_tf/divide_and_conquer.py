@@ -228,8 +228,10 @@ class DivideAndConquerModel(EmbeddingModel):
         """The learners whose losses differ: 0..K-1 and K (the whole embedding); just 0 when K = 1."""
         return [0] if self.num_learners == 1 else list(range(self.num_learners + 1))
 
-    def _forward(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None,
-                 tags: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def batch_terms(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None,
+                    tags: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """`EmbeddingModel.batch_terms` for K learners: every learner's loss on its own slice, the
+        batch's learner (its cluster tag) picked."""
         projection = self.head.project(self.backbone(images, training=training), training=training)
         projection = check_embeddings(projection, labels)
         projection, labels = gather_global_batch(projection, labels)

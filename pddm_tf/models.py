@@ -8,6 +8,10 @@ subclasses it and implements two hooks, so models only orchestrate:
     needs (e.g. quadruplet indices), or None.
   * `loss_terms(embeddings, labels, mined)`: returns a dict of scalars with the key "loss" (the
     objective) and any other figure to log.
+
+A method whose batches become loss terms in another way overrides the public `batch_terms` (embed,
+gather the global batch, mine, `loss_terms`), as Divide-and-Conquer does (one loss per embedding
+slice); the train and test steps around it stay shared.
 """
 
 from __future__ import annotations
@@ -216,8 +220,12 @@ class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
         tags = data[2] if len(data) > 2 else None
         return images, check_labels(labels), tags
 
-    def _forward(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None,
-                 tags: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def batch_terms(self, images: tf.Tensor, labels: tf.Tensor, training: bool, tape: tf.GradientTape | None = None,
+                    tags: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """The loss terms of one replica's batch (the hook of the train and test steps): images
+        [m, h, w, c] -> embeddings -> the global batch (`gather_global_batch`) -> `mine` outside
+        `tape` -> `loss_terms`. `tags` [m] is the optional third element of a batch (e.g. its
+        cluster id); override this to turn a batch into loss terms another way."""
         embeddings = check_embeddings(self(images, training=training), labels)
         embeddings, labels = gather_global_batch(embeddings, labels)
         if tape is None:
@@ -230,7 +238,7 @@ class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
     def _objective(self, data: Any, tape: tf.GradientTape) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """A training batch's loss terms and the objective this replica differentiates (under `tape`)."""
         images, labels, tags = self._unpack(data)
-        terms = self._forward(images, labels, training=True, tape=tape, tags=tags)
+        terms = self.batch_terms(images, labels, training=True, tape=tape, tags=tags)
         objective = terms["loss"]
         if self.losses:
             objective += tf.add_n(self.losses)
@@ -263,7 +271,7 @@ class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         images, labels, tags = self._unpack(data)
-        return self._record(self._forward(images, labels, training=False, tags=tags))
+        return self._record(self.batch_terms(images, labels, training=False, tags=tags))
 
     def _record(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self._trackers.items():
