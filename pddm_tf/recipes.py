@@ -100,7 +100,8 @@ RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe("omniglot", "multi-similarity for small character-like images (this library's recipe)",
-               _OMNIGLOT, {}, "METHODS.md sections 1, 2, 6, 7 (weight decay)",
+               _OMNIGLOT, {}, "METHODS.md sections 6 (the few-shot protocol it is measured on) and 7 (weight "
+               "decay); the multi-similarity loss of Wang et al. (CVPR 2019), pddm_tf.losses.MultiSimilarityLoss",
                "Everything: chosen by measurement on the few-shot protocol (benchmarks/few_shot.py)."),
         Recipe("pddm_cub", "PDDM + quadruplet, CUB-200-2011 (Huang et al., NIPS 2016)",
                {**_PDDM, "dataset": "cub200"}, {"recall@1": 58.3, "recall@2": 69.2, "recall@4": 79.0,
