@@ -1,0 +1,183 @@
+"""The PDDM similarity unit (METHODS.md section 1), pair and all-pairs modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.distances import EPSILON, l2_normalize
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class PDDM(keras.layers.Layer):
+    """Position-Dependent Deep Metric unit (METHODS.md section 1).
+
+    For features f_i, f_j (L2-normalised inside the layer):
+      u = |f_i - f_j|,  v = (f_i + f_j) / 2
+      u' = ReLU(W_u u/||u|| + b_u),  v' = ReLU(W_v v/||v|| + b_v)
+      u'' = u'/||u'||,  v'' = v'/||v'||
+      c = ReLU(W_c [u''; v''] + b_c),  S_ij = w_s . c + b_s   (higher = more similar)
+
+    Call modes:
+      * `layer((f_a, f_b))` with f_a, f_b of shape [n, d] -> scores of the n given pairs, [n].
+      * `layer(f)` with f of shape [m, d] -> all-pairs score matrix [m, m], symmetric.
+        Only the pairs i <= j are scored (S is symmetric). The v branch is factorised
+        (W_v v = (W_v f_i + W_v f_j)/2 and ||v||^2 = (||f_i||^2 + ||f_j||^2 + 2 f_i.f_j)/4), so no
+        per-pair feature tensor is formed for it; only the u branch, which is non-linear in the
+        pair, needs the [m (m + 1) / 2, d] differences.
+
+    Every norm is floored (see `distances.EPSILON`), so identical features (u = 0) give finite
+    scores and finite gradients.
+
+    Args:
+      units: width h of the u and v branches.
+      combined_units: width of the joint layer c.
+      normalize_inputs: divide u and v by their norms before W_u, W_v. The paper's reading is
+        recalled, not confirmed (METHODS.md); default on. With it the score sees only the
+        directions of u and v, not how far apart two unit features are: the pairs
+        (cos t e1 + sin t e2, cos t e1 - sin t e2) have u/||u|| = e2 and v/||v|| = e1 for every
+        t in (0, pi/2), so they all get the same score. The distance then reaches the loss only
+        through the embedding term E_e. Measured (BENCHMARKS.md section 9): raw inputs did
+        slightly better than normalised ones within the fold-to-fold spread; the default stays on.
+      normalize_hidden: L2-normalise u' and v' before concatenation (confirmed in a second
+        implementation); default on.
+      dtype: the layer's dtype policy; default "float32" whatever the global policy, so that under
+        mixed precision the scores that mining ranks and the hinge margins compare keep float32
+        precision (the unit is small next to the backbone). Pass a policy to override.
+
+    Example (the all-pairs matrix holds the scores of the pair mode):
+      >>> import numpy as np
+      >>> pddm = PDDM(units=8, combined_units=8)
+      >>> f = tf.constant([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+      >>> scores = pddm(f)
+      >>> scores.shape
+      TensorShape([3, 3])
+      >>> pair = pddm((f[:2], f[1:]))  # S_01 and S_12
+      >>> np.allclose(pair, [scores[0, 1], scores[1, 2]], atol=1e-5)
+      True
+      >>> np.allclose(scores, tf.transpose(scores), atol=1e-5)
+      True
+    """
+
+    def __init__(
+        self,
+        units: int = 128,
+        combined_units: int = 128,
+        normalize_inputs: bool = True,
+        normalize_hidden: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        kernel_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if units < 1 or combined_units < 1:
+            raise ValueError(f"PDDM units must be positive, got units={units}, combined_units={combined_units}")
+        self.units = int(units)
+        self.combined_units = int(combined_units)
+        self.normalize_inputs = bool(normalize_inputs)
+        self.normalize_hidden = bool(normalize_hidden)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape: Any) -> None:
+        # Pair mode receives two shapes, all-pairs mode one; both carry the feature size last.
+        paired = isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple))
+        shape = input_shape[0] if paired else input_shape
+        dim = shape[-1]
+        if dim is None:
+            raise ValueError("PDDM needs a known feature dimension (last axis)")
+
+        def kernel(name: str, shape: tuple[int, ...]) -> keras.Variable:
+            return self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer,
+                                   regularizer=self.kernel_regularizer)
+
+        def bias(name: str, size: int) -> keras.Variable:
+            return self.add_weight(name=name, shape=(size,), initializer="zeros")
+
+        self.u_kernel = kernel("u_kernel", (dim, self.units))
+        self.u_bias = bias("u_bias", self.units)
+        self.v_kernel = kernel("v_kernel", (dim, self.units))
+        self.v_bias = bias("v_bias", self.units)
+        self.c_kernel = kernel("c_kernel", (2 * self.units, self.combined_units))
+        self.c_bias = bias("c_bias", self.combined_units)
+        self.s_kernel = kernel("s_kernel", (self.combined_units, 1))
+        self.s_bias = bias("s_bias", 1)
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"PDDM pair mode takes (f_a, f_b), got {len(inputs)} tensors")
+            return self.pair_scores(inputs[0], inputs[1])
+        return self.all_pair_scores(inputs)
+
+    def pair_scores(self, f_a: tf.Tensor, f_b: tf.Tensor) -> tf.Tensor:
+        """Scores S(f_a[n], f_b[n]) of n given pairs: [n, d], [n, d] -> [n]."""
+        f_a, f_b = l2_normalize(f_a), l2_normalize(f_b)
+        u = tf.abs(f_a - f_b)
+        v = 0.5 * (f_a + f_b)
+        if self.normalize_inputs:
+            u, v = l2_normalize(u), l2_normalize(v)
+        u_h = tf.nn.relu(tf.matmul(u, self.u_kernel) + self.u_bias)
+        v_h = tf.nn.relu(tf.matmul(v, self.v_kernel) + self.v_bias)
+        return self._head(u_h, v_h)
+
+    def all_pair_scores(self, f: tf.Tensor) -> tf.Tensor:
+        """Score matrix S[i, j] of every pair of one batch: [m, d] -> [m, m], symmetric.
+
+        u and v are symmetric in the pair, so only the m (m + 1) / 2 pairs i <= j are scored and
+        the lower triangle is their mirror image: half the work of scoring every ordered pair, and
+        each score equals the pair mode's up to float rounding.
+        """
+        f = l2_normalize(f)
+        m = tf.shape(f)[0]
+        upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
+        pairs = tf.cast(tf.where(upper), tf.int32)  # [P, 2], row-major
+        i, j = pairs[:, 0], pairs[:, 1]
+        # u branch: |f_i - f_j| is not linear in the pair, so it is formed for every pair ([P, d]).
+        u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
+        if self.normalize_inputs:
+            u = l2_normalize(u)
+        u_h = tf.nn.relu(tf.matmul(u, self.u_kernel) + self.u_bias)
+        # v branch: W_v (f_i + f_j)/2 from per-sample products; its norm from the Gram matrix.
+        proj = tf.matmul(f, self.v_kernel)  # [m, h]
+        v_lin = 0.5 * (tf.gather(proj, i) + tf.gather(proj, j))  # [P, h]
+        if self.normalize_inputs:
+            sq = tf.reduce_sum(tf.square(f), axis=1)
+            gram = tf.matmul(f, f, transpose_b=True)
+            v_sq_norm = 0.25 * (tf.gather(sq, i) + tf.gather(sq, j) + 2.0 * tf.gather_nd(gram, pairs))
+            v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, None]
+        v_h = tf.nn.relu(v_lin + self.v_bias)
+        upper_scores = tf.scatter_nd(pairs, self._head(u_h, v_h), tf.stack([m, m]))
+        return tf.where(upper, upper_scores, tf.transpose(upper_scores))
+
+    def _head(self, u_h: tf.Tensor, v_h: tf.Tensor) -> tf.Tensor:
+        """Shared top of both modes: [..., h], [..., h] -> scores [...]."""
+        if self.normalize_hidden:
+            u_h, v_h = l2_normalize(u_h), l2_normalize(v_h)
+        # W_c [u''; v''] split into its two halves: same product, no concatenated copy.
+        c = tf.nn.relu(
+            tf.tensordot(u_h, self.c_kernel[: self.units], axes=1)
+            + tf.tensordot(v_h, self.c_kernel[self.units:], axes=1)
+            + self.c_bias
+        )
+        return tf.squeeze(tf.tensordot(c, self.s_kernel, axes=1), axis=-1) + self.s_bias[0]
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            return (input_shape[0][0],)
+        return (input_shape[0], input_shape[0])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            combined_units=self.combined_units,
+            normalize_inputs=self.normalize_inputs,
+            normalize_hidden=self.normalize_hidden,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+        return config
