@@ -78,7 +78,8 @@ flags.DEFINE_enum("mining_score", _D.mining_score, ["pddm", "euclidean"],
                   "pddm_quadruplet with euclidean is the euclidean_quadruplet ablation).")
 flags.DEFINE_bool("pddm_normalize_inputs", _D.pddm_normalize_inputs, "pddm_quadruplet, pddm_triplet, "
                   "euclidean_quadruplet: L2-normalise the PDDM's inputs u = |f_i - f_j| and v = (f_i + f_j)/2 "
-                  "(the paper's reading; the score then cannot see the distance of two unit embeddings, see PDDM).")
+                  "(the paper's reading; the score then cannot see the distance of two unit embeddings, see PDDM). "
+                  "Off by default: raw inputs learned better on the few-shot protocol (BENCHMARKS.md section 2).")
 flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Embedding size d.")
 flags.DEFINE_string("backbone", _D.backbone, "Backbone: small_convnet or a keras.applications network "
                     "(ResNet50, InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")

@@ -29,7 +29,7 @@ from pddm_tf.registry import Registry
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:
     def build(backbone: keras.Model, embedding_dim: int, *, alpha: float = 1.0, beta: float = 0.5,
               embedding_weight: float = 0.5, mining: str = "per_pair", mining_score: str | None = None,
-              pddm_normalize_inputs: bool = True, dropout: float = 0.0) -> EmbeddingModel:
+              pddm_normalize_inputs: bool = False, dropout: float = 0.0) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
                                             heads=heads, mining=mining)
         pddm = PDDM(normalize_inputs=pddm_normalize_inputs, name="pddm")

@@ -39,8 +39,10 @@ class PDDM(keras.layers.Layer):
         directions of u and v, not how far apart two unit features are: the pairs
         (cos t e1 + sin t e2, cos t e1 - sin t e2) have u/||u|| = e2 and v/||v|| = e1 for every
         t in (0, pi/2), so they all get the same score. The distance then reaches the loss only
-        through the embedding term E_e. Measured (BENCHMARKS.md section 9): raw inputs did
-        slightly better than normalised ones within the fold-to-fold spread; the default stays on.
+        through the embedding term E_e. Measured on the few-shot protocol (BENCHMARKS.md section
+        2): raw inputs learned better, so the library's PDDM methods (`pddm-tf train`,
+        `methods.build_model`, `TrainConfig`) default to `normalize_inputs=False`; the layer's own
+        default stays the paper's reading.
       normalize_hidden: L2-normalise u' and v' before concatenation (confirmed in a second
         implementation); default on.
       dtype: the layer's dtype policy; default "float32" whatever the global policy, so that under

@@ -57,7 +57,7 @@ class TrainConfig:
     method: str = "pddm_quadruplet"
     mining: str = "per_pair"
     mining_score: str | None = None
-    pddm_normalize_inputs: bool = True
+    pddm_normalize_inputs: bool = False
     embedding_dim: int = 64
     backbone: str = "small_convnet"
     weights: str = "none"
