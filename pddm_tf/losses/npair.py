@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 
 from pddm_tf.losses._base import EmbeddingLoss
-from pddm_tf.miners import NPairMiner, Tuples
+from pddm_tf.miners import Tuples, npair_tuples
+from pddm_tf.mining import npair_pairs
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
@@ -38,7 +39,9 @@ class NPairLoss(EmbeddingLoss):
         self.l2_reg = float(l2_reg)
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        return self.from_indices(NPairMiner()(labels, embeddings), embeddings)
+        # NPairMiner's tuples, built from the labels alone: calling the miner would also compute the
+        # batch's pairwise distances, which the N-pair pairing does not use.
+        return self.from_indices(npair_tuples(npair_pairs(labels)), embeddings)
 
     def from_indices(self, tuples: Tuples, embeddings: tf.Tensor) -> tf.Tensor:
         """The loss of `NPairMiner`'s tuples (N^2 rows, row i N + j = (a_i, p_i, p_j)) of embeddings [m, d]."""
