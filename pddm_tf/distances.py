@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from pddm_tf.registry import check_registered
+
 # Squared-norm floor used wherever we divide by a norm. 1e-12 keeps float32 finite and, because the
 # floor is applied to the squared norm before the square root, the gradient at an exact zero vector
 # is 0 instead of NaN (d sqrt(x)/dx is infinite at 0).
@@ -181,9 +183,7 @@ def get_distance(identifier: str | Distance) -> Distance:
       ValueError: an unknown name, listing the known ones, or a Distance whose class has no name.
     """
     if isinstance(identifier, Distance):
-        if DISTANCES.get(identifier.name) is not type(identifier):
-            raise ValueError(f"{identifier!r} has no registered name: set the class attribute `name` so that a "
-                             "loss's config can refer to it")
+        check_registered(identifier, DISTANCES)
         return identifier
     if identifier not in DISTANCES:
         raise ValueError(f"unknown distance {identifier!r}; expected one of {sorted(DISTANCES)} or a Distance")

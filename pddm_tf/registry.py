@@ -26,6 +26,14 @@ from typing import Generic, TypeVar, overload
 T = TypeVar("T")
 
 
+def check_registered(instance: object, table: Mapping[str, type]) -> None:
+    """Raises ValueError unless `instance`'s class is the one `table` holds under `instance.name`: the
+    check of the class registries (`DISTANCES`, `MINERS`) that a loss's config names its parts by."""
+    if table.get(getattr(instance, "name", "")) is not type(instance):
+        raise ValueError(f"{instance!r} has no registered name: set the class attribute `name` so that a "
+                         "loss's config can refer to it")
+
+
 class Registry(Mapping[str, T], Generic[T]):
     """Names -> objects of one kind (e.g. "dataset"); read like a dict, added to with `register`."""
 

@@ -111,8 +111,9 @@ class DoubleHeaderHingeLoss(keras.losses.Loss):
         `QuadrupletMiner`'s tuples (the negatives may be synthetic, as HDML's), with their pair
         scores s_ap, s_an [2q]."""
         q = groups
-        d_ap, d_an = squared_distances_of_pairs(anchor, positive), squared_distances_of_pairs(anchor, negative)
-        return double_header_hinge(s_ap[:q], s_an[:q], s_an[q:], d_ap[:q], d_an[:q], d_an[q:],
+        # D_ij once (rows q + r repeat the pair as (j, i)); D_ik and D_jl from all 2q rows.
+        d_ij, d_an = squared_distances_of_pairs(anchor[:q], positive[:q]), squared_distances_of_pairs(anchor, negative)
+        return double_header_hinge(s_ap[:q], s_an[:q], s_an[q:], d_ij, d_an[:q], d_an[q:],
                                    self.alpha, self.beta, self.embedding_weight, self.heads)
 
     def terms(self, labels: tf.Tensor, embeddings: tf.Tensor, scores: tf.Tensor | None = None) -> LossTerms:

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.mining import check_labels
+from pddm_tf.registry import check_registered
 
 
 class Tuples(NamedTuple):
@@ -123,9 +124,7 @@ def get_miner(identifier: str | dict[str, Any] | Miner) -> Miner:
       ValueError: an unknown name, listing the known ones, or a Miner whose class has no name.
     """
     if isinstance(identifier, Miner):
-        if MINERS.get(identifier.name) is not type(identifier):
-            raise ValueError(f"{identifier!r} has no registered name: set the class attribute `name` so that a "
-                             "loss's config can refer to it")
+        check_registered(identifier, MINERS)
         return identifier
     name, config = (identifier, {}) if isinstance(identifier, str) else (identifier.get("name"),
                                                                           identifier.get("config", {}))
