@@ -229,7 +229,14 @@ def _numpy_search(
     largest_norm = 1.001 * float(np.sqrt(gallery_sq_norms.max()))
     # One score block and one mask, reused: a fresh 16 MB array per block costs page faults.
     buffers = (np.empty(chunk_size * gallery_chunk_size, np.float32), np.empty(chunk_size * gallery_chunk_size, bool))
-    blocks = -(-n_gallery // gallery_chunk_size) * -(-len(queries) // chunk_size)
+    # A self-search: the product block of rows i x rows j, transposed, is that of rows j x rows i, so
+    # each pair of blocks is multiplied once and screened from both sides (half the sgemm).
+    self_search = gallery is queries
+    side = _self_search_block(chunk_size, gallery_chunk_size)
+    if self_search:
+        blocks = _triangle_blocks(n_gallery, side)
+    else:
+        blocks = -(-n_gallery // gallery_chunk_size) * -(-len(queries) // chunk_size)
     bar = progress.bar(total=blocks, desc=f"kNN of {len(queries)} queries in {n_gallery}", unit="block")
 
     def search(rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,8 +246,11 @@ def _numpy_search(
         step = max(1, min(chunk_size, chunk_size * max(gallery_chunk_size, first_width) // width))
         for start in range(0, len(rows), step):
             part = rows[start : start + step]
-            scores, candidates = _screen(queries[part], part, gallery, gallery_sq_norms, width, exclude_self,
-                                         gallery_chunk_size, buffers, bar if width == first_width else None)
+            if screened is not None and width == first_width:  # the whole first screen is done
+                scores, candidates = screened[0][part], screened[1][part]
+            else:
+                scores, candidates = _screen(queries[part], part, gallery, gallery_sq_norms, width, exclude_self,
+                                             gallery_chunk_size, buffers, bar if width == first_width else None)
             query_norms = np.sqrt(np.einsum("ij,ij->i", queries[part], queries[part]).astype(np.float64))
             # Twice the rounding bound of `_rank_near_ties`, per query.
             margin = 4.0 * gamma * (1.001 * query_norms + largest_norm) ** 2
@@ -252,6 +262,8 @@ def _numpy_search(
         return indices, distances
 
     first_width = min(k + _SPARE_WIDTH, n_gallery)
+    screened = (_screen_self_search(queries, gallery_sq_norms, first_width, exclude_self, side, bar)
+                if self_search else None)
     result = search(np.arange(len(queries)), first_width)
     bar.close()
     return result
@@ -336,6 +348,66 @@ def _rank_near_ties(queries: np.ndarray, gallery: np.ndarray, rows: np.ndarray, 
     return indices, distances.astype(np.float32), overflow
 
 
+def _self_search_block(chunk_size: int, gallery_chunk_size: int) -> int:
+    """The side of the square blocks of a self-search: two float32 [side, side] buffers (the products
+    and one side's scores) hold as many entries as the [chunk_size, gallery_chunk_size] block."""
+    return max(1, int(np.sqrt(chunk_size * gallery_chunk_size / 2)))
+
+
+def _triangle_blocks(n: int, side: int) -> int:
+    """Block pairs (i, j), j >= i, of a self-search of n points in blocks of `side` rows."""
+    blocks = -(-n // side)
+    return blocks * (blocks + 1) // 2
+
+
+def _screen_self_search(points: np.ndarray, sq_norms: np.ndarray, width: int, exclude_self: bool, side: int,
+                        bar) -> tuple[np.ndarray, np.ndarray]:
+    """`_screen` of every point [n, dim] against all points, the same result in half the sgemm.
+
+    Blocks of `side` rows are taken in pairs (i, j) with j >= i. One sgemm gives the products
+    P[a, b] = 2 p_a.p_b of rows a in block i and b in block j; P - ||p_b||^2 are the scores of
+    the queries in block i against gallery block j (screened row by row), and P - ||p_a||^2 those
+    of the queries in block j against gallery block i (screened column by column). Every query
+    thus meets the gallery blocks in ascending order, as `_merge_scores` requires: the blocks
+    before its own through the column screens of earlier rows of blocks, the rest in its own row.
+
+    Returns:
+      ([n, width] scores by descending value, then ascending index; [n, width] their indices).
+    """
+    n = len(points)
+    best_scores = np.full((n, width), -np.inf, np.float32)
+    best_indices = np.full((n, width), -1, np.int64)
+    products, scores = np.empty(side * side, np.float32), np.empty(side * side, np.float32)
+    mask = np.empty(side * side, bool)
+    for i in range(0, n, side):
+        rows = slice(i, min(i + side, n))
+        twice_rows = points[rows] * np.float32(2.0)  # exact: an exponent shift
+        for j in range(i, n, side):
+            columns = slice(j, min(j + side, n))
+            shape = (rows.stop - i, columns.stop - j)
+            block = products[: shape[0] * shape[1]].reshape(shape)
+            np.matmul(twice_rows, points[columns].T, out=block)
+            row_scores = np.subtract(block, sq_norms[columns], out=scores[: block.size].reshape(shape))
+            if exclude_self and i == j:
+                np.fill_diagonal(row_scores, -np.inf)
+            _merge_scores(row_scores, mask[: block.size].reshape(shape), j, best_scores[rows], best_indices[rows])
+            if j > i:
+                column_scores = np.subtract(block, sq_norms[rows, None], out=block)
+                if i == 0:
+                    # The first gallery block of these queries: every one of them has more than k
+                    # candidates, and cutting those to k is a partition per row, not per strided column.
+                    transposed = scores[: block.size].reshape(shape[::-1])
+                    np.copyto(transposed, column_scores.T)
+                    _merge_scores(transposed, mask[: block.size].reshape(shape[::-1]), i, best_scores[columns],
+                                  best_indices[columns])
+                else:
+                    _merge_score_columns(column_scores, mask[: block.size].reshape(shape), i, best_scores[columns],
+                                         best_indices[columns])
+            if bar is not None:
+                bar.update(1)
+    return best_scores, best_indices
+
+
 def _merge_scores(scores: np.ndarray, mask: np.ndarray, offset: int, best_scores: np.ndarray,
                   best_indices: np.ndarray) -> None:
     """Merges a block of scores [m, c] (gallery rows offset..offset + c - 1) into the running top k
@@ -349,30 +421,62 @@ def _merge_scores(scores: np.ndarray, mask: np.ndarray, offset: int, best_scores
     m, c = scores.shape
     k = best_scores.shape[1]
     np.greater(scores, best_scores[:, k - 1 :], out=mask)
-    if np.count_nonzero(mask) > m:
-        # Some rows may have more than k candidates (every row of a chunk's first block does): cut
-        # those to their k best of the block, the ties at the k-th best value included, so that
-        # the merge below sorts at most a few entries per row. Rows with at most k are kept whole.
-        crowded = np.flatnonzero(np.count_nonzero(mask, axis=1) > k)
-        if len(crowded):
-            rows = scores[crowded]
-            kth = np.partition(rows, c - k, axis=1)[:, c - k : c - k + 1]  # k-th largest per row
-            mask[crowded] = rows >= kth
     flat = np.flatnonzero(mask)
-    if not len(flat):
-        return
     rows = flat // c
-    per_row = np.bincount(rows, minlength=m)
+    crowded = np.flatnonzero(np.bincount(rows, minlength=m) > k)
+    if len(crowded):
+        # Rows with more than k candidates (every row of a chunk's first block): cut those to
+        # their k best of the block, the ties at the k-th best value included, so that the merge
+        # sorts at most a few entries per row. Rows with at most k are kept whole.
+        crowded_scores = scores[crowded]
+        kth = np.partition(crowded_scores, c - k, axis=1)[:, c - k : c - k + 1]  # k-th largest per row
+        mask[crowded] = crowded_scores >= kth
+        flat = np.flatnonzero(mask)
+        rows = flat // c
+    _merge_candidates(rows, flat - rows * c + offset, scores.ravel()[flat], best_scores, best_indices)
+
+
+def _merge_score_columns(scores: np.ndarray, mask: np.ndarray, offset: int, best_scores: np.ndarray,
+                         best_indices: np.ndarray) -> None:
+    """`_merge_scores` of a transposed block: scores [r, m] of the gallery rows offset..offset + r - 1
+    (rows) for the m queries of `best_scores` [m, k] (columns), merged in place."""
+    r, m = scores.shape
+    k = best_scores.shape[1]
+    # A contiguous copy of the thresholds: compared along the block's rows as a strided view, they
+    # make the comparison several times slower.
+    np.greater(scores, np.ascontiguousarray(best_scores[:, k - 1]), out=mask)
+    flat = np.flatnonzero(mask)
+    queries = flat % m
+    crowded = np.flatnonzero(np.bincount(queries, minlength=m) > k)
+    if len(crowded):  # as in `_merge_scores`: a query's k best of the block, ties included
+        crowded_scores = scores[:, crowded]
+        kth = np.partition(crowded_scores.T, r - k, axis=1)[:, r - k]
+        mask[:, crowded] = crowded_scores >= kth
+        flat = np.flatnonzero(mask)
+        queries = flat % m
+    order = np.argsort(queries, kind="stable")  # by query, gallery rows still ascending within each
+    flat = flat[order]
+    _merge_candidates(queries[order], flat // m + offset, scores.ravel()[flat], best_scores, best_indices)
+
+
+def _merge_candidates(queries: np.ndarray, indices: np.ndarray, scores: np.ndarray, best_scores: np.ndarray,
+                      best_indices: np.ndarray) -> None:
+    """Merges candidates (query rows [p], ascending; gallery indices [p], ascending within a query and
+    above the running entries'; scores [p]) into the running top k [m, k] of the queries, in place."""
+    if not len(queries):
+        return
+    m, k = best_scores.shape
+    per_row = np.bincount(queries, minlength=m)
     touched = np.flatnonzero(per_row)  # rows with candidates, ascending
-    slot = (np.cumsum(per_row > 0) - 1)[rows]  # each candidate's row among `touched`
-    position = k + np.arange(len(flat)) - (np.cumsum(per_row) - per_row)[rows]  # column order kept
+    slot = (np.cumsum(per_row > 0) - 1)[queries]  # each candidate's row among `touched`
+    position = k + np.arange(len(queries)) - (np.cumsum(per_row) - per_row)[queries]  # order kept
     width = k + int(per_row.max())
     merged_scores = np.full((len(touched), width), -np.inf, np.float32)
     merged_indices = np.full((len(touched), width), -1, np.int64)
     merged_scores[:, :k], merged_indices[:, :k] = best_scores[touched], best_indices[touched]
-    merged_scores[slot, position] = scores.ravel()[flat]
-    merged_indices[slot, position] = flat - rows * c + offset
-    # Running entries hold lower indices than this block's and are themselves in (score, index)
+    merged_scores[slot, position] = scores
+    merged_indices[slot, position] = indices
+    # Running entries hold lower indices than these candidates and are themselves in (score, index)
     # order, so a stable sort by descending score orders equal scores by ascending index.
     order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
     best_scores[touched] = np.take_along_axis(merged_scores, order, axis=1)

@@ -147,7 +147,11 @@ def test_nearest_neighbors_large_input_stays_chunked(monkeypatch, backend):
     indices, distances = nearest_neighbors(x, k=8, chunk_size=512, backend=backend)
 
     assert indices.shape == distances.shape == (20_000, 8)
-    assert max(rows for rows, _ in block_shapes) == 512  # never a 20,000 x 20,000 block
+    # Never a 20,000 x 20,000 block: at most chunk_size x the default gallery chunk, the bound the
+    # docstring's memory figure is computed from (a self-search's square blocks hold half of it).
+    limit = 512 * evaluation.DEFAULT_GALLERY_CHUNK_SIZES[backend]
+    assert max(rows * columns for rows, columns in block_shapes) <= limit
+    assert max(rows for rows, _ in block_shapes) < 20_000
     sample = np.random.default_rng(4).choice(20_000, size=50, replace=False)
     full = np.stack([np.sum((x - x[q].astype(np.float64)) ** 2, axis=1) for q in sample])
     full[np.arange(50), sample] = np.inf

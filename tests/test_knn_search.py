@@ -146,6 +146,20 @@ def test_default_search_screens_wider_when_ties_overflow_its_spare_width():
         np.testing.assert_array_equal(distances, 0.0)
 
 
+@pytest.mark.parametrize("chunk_size, gallery_chunk_size", [(1024, 4096), (64, 100), (5, 7)])
+def test_self_search_screens_each_block_pair_from_both_sides_like_a_separate_gallery(chunk_size, gallery_chunk_size):
+    # A self-search multiplies each pair of blocks once and screens it row-wise and column-wise; a
+    # separate gallery (a copy) takes the one-sided path. Both must return the same neighbours,
+    # the query itself included (exclude_self=False), here on unrounded data with float duplicates.
+    x = _float_duplicates()[:400]
+    expected = brute_force(x, x, 9, exclude_self=False)
+    for gallery in (None, x.copy()):
+        indices, distances = nearest_neighbors(x, gallery, k=9, exclude_self=False, chunk_size=chunk_size,
+                                               gallery_chunk_size=gallery_chunk_size)
+        np.testing.assert_array_equal(indices, expected[0])
+        np.testing.assert_allclose(distances, expected[1], rtol=1e-5, atol=1e-4)
+
+
 def test_numpy_and_tf_backends_agree_on_exactly_computed_data(float_data):
     gallery, queries = float_data
     for backend_args in ({}, {"chunk_size": 99, "gallery_chunk_size": 301}):
