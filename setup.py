@@ -44,7 +44,7 @@ setup(
         "serving": ["tensorflow-serving-api", "requests"],
         # faiss-cpu: the optional exact-search backend, nearest_neighbors(backend="faiss"|"auto").
         "faiss": ["faiss-cpu"],
-        # pddm_tf.visualize and `pddm-tf evaluate --plots`.
+        # pddm_tf.evaluation.visualize and `pddm-tf evaluate --plots`.
         "plots": ["matplotlib>=3.7"],
         # Viewing the `pddm-tf train --log_dir` logs (writing them needs only TensorFlow).
         "tensorboard": ["tensorboard"],

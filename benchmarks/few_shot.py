@@ -46,8 +46,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pddm_tf import atomic, data, evaluation, few_shot, methods, pipeline, recipes  # noqa: E402
+from pddm_tf import atomic, data, evaluation, methods, pipeline, recipes  # noqa: E402
 from pddm_tf import backbone as make_backbone  # noqa: E402
+from pddm_tf.evaluation import few_shot  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
 from pddm_tf.optimizers import make_optimizer  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402

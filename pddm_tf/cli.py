@@ -226,7 +226,7 @@ def _check_flags(command: str) -> None:
 
 def _check_episodes() -> None:
     """Refuses a malformed --episodes setting before any work (the parser needs TensorFlow's modules)."""
-    from pddm_tf import few_shot
+    from pddm_tf.evaluation import few_shot
 
     for setting in FLAGS.episodes or ():
         try:
@@ -369,7 +369,8 @@ def evaluate() -> dict[str, float]:
     metrics.update(_few_shot(embeddings, files))
     _report(metrics, f"{model_dir} on {FLAGS.dataset} ({files.num_classes} classes, {len(files)} images)")
     if FLAGS.plots:
-        from pddm_tf import progress, visualize
+        from pddm_tf import progress
+        from pddm_tf.evaluation import visualize
 
         written = visualize.save_plots(FLAGS.plots, embeddings, files.labels,
                                        visualize.load_file_images(files, size, channels, transform),

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from pddm_tf import _compat
-from pddm_tf.index import Index, Lookup, lookups
+from pddm_tf.evaluation.index import Index, Lookup, lookups
 from pddm_tf.layers import PDDM, EmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
 from pddm_tf.miners import quadruplet_tuples

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from pddm_tf import atomic, visualize
-from pddm_tf.evaluation import RetrievalEvaluation
+from pddm_tf import atomic
+from pddm_tf.evaluation import RetrievalEvaluation, visualize
 
 #: The projector's largest sprite side in pixels.
 MAX_SPRITE_SIZE = 8192

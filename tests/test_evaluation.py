@@ -8,6 +8,7 @@ import tensorflow as tf
 from pddm_tf import evaluation
 from pddm_tf.evaluation import (
     RetrievalEvaluation,
+    _blas_search,
     embed_dataset,
     evaluate_retrieval,
     format_table,
@@ -137,13 +138,13 @@ def test_nearest_neighbors_large_input_stays_chunked(monkeypatch, backend):
 
         monkeypatch.setattr(tf.math, "top_k", recording_top_k)
     else:
-        merge = evaluation._merge_scores
+        merge = _blas_search._merge_scores
 
         def recording_merge(scores, *args):
             block_shapes.append(scores.shape)
             return merge(scores, *args)
 
-        monkeypatch.setattr(evaluation, "_merge_scores", recording_merge)
+        monkeypatch.setattr(_blas_search, "_merge_scores", recording_merge)
     indices, distances = nearest_neighbors(x, k=8, chunk_size=512, backend=backend)
 
     assert indices.shape == distances.shape == (20_000, 8)

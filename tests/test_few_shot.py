@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from pddm_tf import data, few_shot
+from pddm_tf import data
+from pddm_tf.evaluation import few_shot
 
 
 def _synthetic(classes_per_group=(6, 5), images=4, dim=3, seed=0, separated=False):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import pddm_tf
 from pddm_tf import data, evaluation
-from pddm_tf.index import Index
+from pddm_tf.evaluation.index import Index
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

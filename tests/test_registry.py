@@ -5,7 +5,7 @@ import pytest
 
 from pddm_tf import data, evaluation, methods
 from pddm_tf.backbones import small_convnet
-from pddm_tf.index import Index
+from pddm_tf.evaluation.index import Index
 from pddm_tf.losses import TripletLoss
 from pddm_tf.models import MetricLossModel
 from pddm_tf.registry import Registry

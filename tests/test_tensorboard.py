@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import pddm_tf
-from pddm_tf import data, evaluation, visualize
+from pddm_tf import data, evaluation
+from pddm_tf.evaluation import visualize
 from pddm_tf.tensorboard import TensorBoard, write_projector
 
 

@@ -1,11 +1,12 @@
-"""`pddm_tf.visualize` pictures, progress bars and the quiet start-up filter, checked against brute force."""
+"""`pddm_tf.evaluation.visualize` pictures, progress bars and the quiet start-up filter, checked against brute force."""
 
 import sys
 
 import numpy as np
 import pytest
 
-from pddm_tf import evaluation, logs, progress, visualize
+from pddm_tf import evaluation, logs, progress
+from pddm_tf.evaluation import visualize
 
 
 def _sq_distances(x):

@@ -64,7 +64,7 @@ def training_transform(config: TrainConfig):
 def few_shot_metrics(config: TrainConfig, embeddings, files, say: Callable[..., None] = print) -> dict[str, float]:
     """The `episodes` few-shot accuracies of held-out `files`; a setting the classes cannot fill (fewer
     than N classes in every group) is skipped with a note."""
-    from pddm_tf import few_shot
+    from pddm_tf.evaluation import few_shot
 
     metrics: dict[str, float] = {}
     for setting in config.episodes or ():
@@ -171,7 +171,8 @@ def pixel_limit(max_image_pixels: int) -> Iterator[None]:
 
 def tensorboard_callback(config: TrainConfig, files, channels: int, transform, callbacks: list):
     """The TensorBoard callback of `config.log_dir`, reading the RetrievalEvaluation among `callbacks`."""
-    from pddm_tf import evaluation, visualize
+    from pddm_tf import evaluation
+    from pddm_tf.evaluation import visualize
     from pddm_tf.tensorboard import TensorBoard
 
     assert config.log_dir is not None  # called only with a log_dir

@@ -2,7 +2,7 @@
 
 The search is `pddm_tf.evaluation.nearest_neighbors` against the stored embeddings: exact squared
 Euclidean distance, chunked, with numpy's BLAS matmul (the default), in TensorFlow with
-`backend="tf"` (`evaluation.exact_top_k`, the kernel the SavedModel's `search` signature uses), or
+`backend="tf"` (`pddm_tf.evaluation.exact_top_k`, the kernel the SavedModel's `search` signature uses), or
 faiss's exact `IndexFlatL2` with `backend="faiss"` (optional, `pip install faiss-cpu`). Ties go to
 the lower (earlier added) row. `EmbeddingModel.index` /
 `EmbeddingModel.lookup` wrap it in the style of TF Similarity.
@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pddm_tf import atomic, evaluation
+from pddm_tf import atomic
+from pddm_tf.evaluation import search
+from pddm_tf.evaluation._inputs import as_matrix
 
 
 class SearchResult(NamedTuple):
@@ -62,7 +64,7 @@ class Index:
     """Embeddings [g, d] (and optional labels [g]) searched exactly by squared Euclidean distance.
 
     Args:
-      backend: "numpy" (default), "tf", "faiss" or "auto", see `evaluation.nearest_neighbors`.
+      backend: "numpy" (default), "tf", "faiss" or "auto", see `pddm_tf.evaluation.nearest_neighbors`.
       chunk_size: queries per distance block.
       gallery_chunk_size: index rows per distance block ("numpy", "tf"); None: the backend's default.
 
@@ -70,9 +72,9 @@ class Index:
       index = Index(); index.add(embeddings, labels); index.search(queries, k=5).labels
     """
 
-    def __init__(self, backend: str = evaluation.DEFAULT_BACKEND, chunk_size: int = 1024,
+    def __init__(self, backend: str = search.DEFAULT_BACKEND, chunk_size: int = 1024,
                  gallery_chunk_size: int | None = None) -> None:
-        evaluation.check_backend(backend)
+        search.check_backend(backend)
         self.backend = backend
         self.chunk_size = int(chunk_size)
         self.gallery_chunk_size = None if gallery_chunk_size is None else int(gallery_chunk_size)
@@ -116,7 +118,7 @@ class Index:
           ValueError: malformed or non-finite embeddings, a dimension other than the index's, labels
             of another length, labels given to an index without them (or missing for one with them).
         """
-        embeddings = evaluation._as_matrix(embeddings, "embeddings to index")
+        embeddings = as_matrix(embeddings, "embeddings to index")
         if self.dim is not None and embeddings.shape[1] != self.dim:
             raise ValueError(f"the index holds {self.dim}-dimensional embeddings, got {embeddings.shape[1]}")
         if labels is not None:
@@ -145,7 +147,7 @@ class Index:
             raise ValueError("the index is empty: add embeddings first")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        indices, distances = evaluation.nearest_neighbors(
+        indices, distances = search.nearest_neighbors(
             queries, self.embeddings, k=min(int(k), self._size), chunk_size=self.chunk_size,
             gallery_chunk_size=self.gallery_chunk_size, backend=self.backend)
         labels = self.labels

@@ -34,7 +34,7 @@ def _matplotlib_figure(**kwargs: Any):
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError('pddm_tf.visualize needs matplotlib: pip install matplotlib (or "pddm-tf[plots]")'
+        raise ImportError('pddm_tf.evaluation.visualize needs matplotlib: pip install matplotlib (or "pddm-tf[plots]")'
                           ) from error
     return Figure(**kwargs)
 
