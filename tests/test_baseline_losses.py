@@ -195,6 +195,79 @@ def test_gradients_finite_and_traceable_with_unknown_batch(name):
     assert value.numpy() == 0.0 and not np.any(grad.numpy())  # one image: nothing to learn
 
 
+# -- pair losses on a miner's tuples: only the pairs the tuples name -----------------------------
+
+
+def ref_pairs(tuples):
+    """The (anchor, positive) and (anchor, negative) pairs that index tuples name, as sets."""
+    rows = tuples.rows().numpy()
+    return {(a, p) for a, p, _ in rows}, {(a, n) for a, _, n in rows}
+
+
+def ref_contrastive_pairs(f, positives, negatives, pos_margin, neg_margin):
+    pull = [max(0.0, _dist(f, i, j) - pos_margin) ** 2 for i, j in positives]
+    push = [max(0.0, neg_margin - _dist(f, i, j)) ** 2 for i, j in negatives]
+    return _mean([v for v in pull if v > 0]) + _mean([v for v in push if v > 0])
+
+
+def ref_lifted_pairs(f, positives, negatives, margin):
+    """1 / (2 |P|) sum_{(i, j) in P} max(0, J_ij)^2 over the named ordered positive pairs whose anchor
+    has a named negative, N(i) being the negatives named with anchor i."""
+    def negative_sum(i):
+        return sum(np.exp(margin - _dist(f, a, k)) for a, k in negatives if a == i)
+
+    terms = [max(0.0, np.log(negative_sum(i) + negative_sum(j)) + _dist(f, i, j)) ** 2
+             for i, j in positives if any(a == i for a, _ in negatives)]
+    return sum(terms) / (2 * len(terms)) if terms else 0.0
+
+
+def ref_multi_similarity_pairs(f, positives, negatives, alpha, beta, base):
+    s = (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (f / np.linalg.norm(f, axis=1, keepdims=True)).T
+    total = 0.0
+    for i in range(len(f)):
+        kept_positives = [s[i, j] for a, j in positives if a == i]
+        kept_negatives = [s[i, k] for a, k in negatives if a == i]
+        if kept_positives and kept_negatives:
+            total += np.log(1 + sum(np.exp(-alpha * (v - base)) for v in kept_positives)) / alpha
+            total += np.log(1 + sum(np.exp(beta * (v - base)) for v in kept_negatives)) / beta
+    return total / len(f)
+
+
+# name -> (loss class, arguments, reference(f, positive pairs, negative pairs))
+PAIR_LOSSES = {
+    "contrastive": (ContrastiveLoss, {"pos_margin": 0.1, "neg_margin": 0.9},
+                    lambda f, p, n: ref_contrastive_pairs(f, p, n, 0.1, 0.9)),
+    "lifted": (LiftedStructuredLoss, {"margin": 1.0}, lambda f, p, n: ref_lifted_pairs(f, p, n, 1.0)),
+    "multi_similarity": (MultiSimilarityLoss, {"alpha": 2.0, "beta": 10.0, "base": 0.3},
+                         lambda f, p, n: ref_multi_similarity_pairs(f, p, n, 2.0, 10.0, 0.3)),
+}
+
+
+@pytest.mark.parametrize("miner", ["batch_hard", "semi_hard"])
+@pytest.mark.parametrize("case", ["random", "singleton", "all_distinct"])
+@pytest.mark.parametrize("name", list(PAIR_LOSSES))
+def test_pair_losses_score_the_pairs_of_a_miners_tuples(name, case, miner):
+    # A pair loss composes with any miner: with miner=..., and through from_indices, it scores only
+    # the pairs the tuples name. The tuples are mined on the loss's own distance (for multi-
+    # similarity, the cosine distance 1 - S), as `compute` does.
+    cls, arguments, reference = PAIR_LOSSES[name]
+    y = LABEL_CASES[case].astype(np.int32)
+    f = (_unit(np.random.default_rng(len(y)), len(y), 6) * 1.3).astype(np.float32)  # not unit: S is cosine
+    loss = cls(**arguments, miner=miner)
+    if name == "multi_similarity":
+        unit = f / np.linalg.norm(f, axis=1, keepdims=True)
+        distances = 1.0 - unit @ unit.T
+    else:
+        distances = loss.distance.pairwise(tf.constant(f))
+    tuples = loss.miner(y, f, tf.constant(distances))
+    expected = reference(f.astype(np.float64), *ref_pairs(tuples))
+    np.testing.assert_allclose(loss(y, f).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cls(**arguments).from_indices(tuples, embeddings=tf.constant(f)).numpy(), expected,
+                               rtol=1e-5, atol=1e-6)
+    if case == "all_distinct":  # no positive pair, so no tuple: nothing to score, even for contrastive
+        assert expected == 0.0 and ref_pairs(tuples) == (set(), set())
+
+
 # -- margin loss: deterministic part, sampling, beta ---------------------------------------------
 
 
@@ -387,6 +460,9 @@ SETTINGS = [
     MarginLoss(alpha=0.1, beta=1.0, learn_beta=False, num_classes=7, nu=0.01,
                miner=DistanceWeightedMiner(cutoff=0.4, nonzero_loss_cutoff=1.3, seed=5)),
     MultiSimilarityLoss(alpha=1.5, beta=40.0, base=0.6, epsilon=0.05),
+    ContrastiveLoss(miner="batch_hard", distance="cosine"),
+    LiftedStructuredLoss(miner={"name": "semi_hard", "config": {}}),
+    MultiSimilarityLoss(miner="batch_hard"),
 ]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 
+from pddm_tf.miners import Miner, Tuples, get_miner, serialize_miner
 from pddm_tf.mining import check_labels
 
 # Stand-in for -inf in masked log-sum-exps: exp(_MASKED - max) underflows to exactly 0 like -inf
@@ -61,6 +64,30 @@ def masked_logsumexp(values: tf.Tensor, mask: tf.Tensor, axis: int = -1, with_on
         zeros = tf.zeros_like(tf.reduce_sum(values, axis=axis, keepdims=True))
         values = tf.concat([values, zeros], axis=axis)
     return tf.reduce_logsumexp(values, axis=axis)
+
+
+def tuple_pair_masks(tuples: Tuples, batch_size: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The pairs that index tuples name, as masks: (positive [m, m] bool, true at every (anchor,
+    positive) of a row; negative [m, m] bool, true at every (anchor, negative)). A pair named by
+    several rows is one pair. This is how a pair loss (contrastive, lifted structured, multi-
+    similarity) reads a miner's tuples."""
+    shape = tf.stack([batch_size, batch_size])
+    ones = tf.ones_like(tuples.anchors)
+
+    def mask(others: tf.Tensor) -> tf.Tensor:
+        return tf.scatter_nd(tf.stack([tuples.anchors, others], axis=1), ones, shape) > 0
+
+    return mask(tuples.positives), mask(tuples.negatives)
+
+
+def optional_miner(miner: str | dict[str, Any] | Miner | None) -> Miner | None:
+    """`get_miner` for the pair losses' optional miner (None: the loss's own choice of pairs)."""
+    return None if miner is None else get_miner(miner)
+
+
+def miner_config(miner: Miner | None) -> dict[str, Any] | None:
+    """The config entry of an optional miner (`serialize_miner`, or None)."""
+    return None if miner is None else serialize_miner(miner)
 
 
 class EmbeddingLoss(keras.losses.Loss):

@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 
 from pddm_tf.distances import Distance, get_distance
-from pddm_tf.losses._base import EmbeddingLoss, masked_mean
+from pddm_tf.losses._base import EmbeddingLoss, masked_mean, miner_config, optional_miner, tuple_pair_masks
+from pddm_tf.miners import Miner, Tuples
 from pddm_tf.mining import pair_masks
 
 
@@ -26,6 +27,8 @@ class ContrastiveLoss(EmbeddingLoss):
     pair contributes 0, so a batch without positive or negative pairs is not NaN.
     Squared hinges follow Hadsell et al.; margins are on the distance (unit embeddings: D in [0, 2]).
 
+    With a `miner`, P and N are the pairs its tuples name instead (P: every (anchor, positive),
+    N: every (anchor, negative)); `from_indices` evaluates the pairs of given tuples.
     Usage: `loss(labels [m] int, embeddings [m, d] L2-normalised) -> scalar`.
 
     Args:
@@ -33,24 +36,46 @@ class ContrastiveLoss(EmbeddingLoss):
       neg_margin: negative pairs farther than this cost nothing.
       distance: D, a `pddm_tf.distances` name ("euclidean", "squared_euclidean", "cosine") or a
         registered `Distance`; the margins are on its scale.
+      miner: None (all pairs), or a `pddm_tf.miners.Miner`, its registered name or config dict.
     """
 
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5, distance: str | Distance = "euclidean",
-                 name: str = "contrastive_loss", **kwargs: Any) -> None:
+                 miner: str | dict[str, Any] | Miner | None = None, name: str = "contrastive_loss",
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if not 0.0 <= pos_margin < neg_margin:
             raise ValueError(f"need 0 <= pos_margin < neg_margin, got {pos_margin} and {neg_margin}")
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
         self.distance = get_distance(distance)
+        self.miner = optional_miner(miner)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """The miner's state, for the model to save."""
+        return [] if self.miner is None else self.miner.variables
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        positive, negative = pair_masks(labels)
         d = self.distance.pairwise(embeddings)
+        if self.miner is not None:
+            return self.from_indices(self.miner(labels, embeddings, d), distances=d)
+        return self._from_masks(d, *pair_masks(labels))
+
+    def from_indices(self, tuples: Tuples, embeddings: tf.Tensor | None = None,
+                     distances: tf.Tensor | None = None) -> tf.Tensor:
+        """The loss of the pairs that tuples name (`tuple_pair_masks`), from the batch's embeddings
+        [m, d] or its distances [m, m]."""
+        if distances is None:
+            if embeddings is None:
+                raise ValueError("from_indices needs the batch's embeddings or its distances")
+            distances = self.distance.pairwise(embeddings)
+        return self._from_masks(distances, *tuple_pair_masks(tuples, tf.shape(distances)[0]))
+
+    def _from_masks(self, d: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
         pull = tf.square(tf.nn.relu(d - self.pos_margin))
         push = tf.square(tf.nn.relu(self.neg_margin - d))
         return masked_mean(pull, positive & (pull > 0)) + masked_mean(push, negative & (push > 0))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin,
-                "distance": self.distance.name}
+                "distance": self.distance.name, "miner": miner_config(self.miner)}

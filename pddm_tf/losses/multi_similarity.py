@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 
 from pddm_tf.distances import l2_normalize
-from pddm_tf.losses._base import EmbeddingLoss, masked_logsumexp
+from pddm_tf.losses._base import EmbeddingLoss, masked_logsumexp, miner_config, optional_miner, tuple_pair_masks
+from pddm_tf.miners import Miner, Tuples
 from pddm_tf.mining import pair_masks
 
 
@@ -28,16 +29,20 @@ class MultiSimilarityLoss(EmbeddingLoss):
     gives 0. Both log(1 + sum exp) terms are computed as max-shifted log-sum-exps (beta = 50 would
     overflow otherwise). Positives exclude the anchor itself by index (the authors' code drops
     positives with S >= 1 - 1e-5, which also drops exact duplicates).
+    With a `miner`, its tuples' pairs replace this mining (P~_i: the positives named with anchor i,
+    N~_i: the negatives), ranked by the cosine distance 1 - S; `from_indices` evaluates given tuples so.
     Usage: `loss(labels [m] int, embeddings [m, d]) -> scalar`.
 
     Args:
       alpha, beta: scales of the positive and negative terms.
       base: lambda, the similarity margin.
-      epsilon: the mining margin.
+      epsilon: the mining margin (of the loss's own mining, without `miner`).
+      miner: None (the mining above), or a `pddm_tf.miners.Miner`, its registered name or config dict.
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
-                 name: str = "multi_similarity_loss", **kwargs: Any) -> None:
+                 miner: str | dict[str, Any] | Miner | None = None, name: str = "multi_similarity_loss",
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if alpha <= 0 or beta <= 0 or epsilon < 0:
             raise ValueError(f"need alpha > 0, beta > 0, epsilon >= 0; got {alpha}, {beta}, {epsilon}")
@@ -45,12 +50,35 @@ class MultiSimilarityLoss(EmbeddingLoss):
         self.beta = float(beta)
         self.base = float(base)
         self.epsilon = float(epsilon)
+        self.miner = optional_miner(miner)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """The miner's state, for the model to save."""
+        return [] if self.miner is None else self.miner.variables
 
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        positive, negative = pair_masks(labels)
+        s = self._similarities(embeddings)
+        if self.miner is not None:
+            tuples = self.miner(labels, embeddings, 1.0 - s)
+            return self._from_masks(s, *tuple_pair_masks(tuples, tf.shape(s)[0]))
+        return self._from_masks(s, *self._mine(tf.stop_gradient(s), *pair_masks(labels)))
+
+    def from_indices(self, tuples: Tuples, embeddings: tf.Tensor | None = None,
+                     distances: tf.Tensor | None = None) -> tf.Tensor:
+        """The loss of the pairs that tuples name (`tuple_pair_masks`) as the kept pairs, from the
+        batch's embeddings [m, d] (the loss is on cosine similarities, so distances are not enough)."""
+        if embeddings is None:
+            raise ValueError("MultiSimilarityLoss scores cosine similarities: from_indices needs the embeddings")
+        s = self._similarities(embeddings)
+        return self._from_masks(s, *tuple_pair_masks(tuples, tf.shape(s)[0]))
+
+    @staticmethod
+    def _similarities(embeddings: tf.Tensor) -> tf.Tensor:
         f = l2_normalize(embeddings)
-        s = tf.matmul(f, f, transpose_b=True)
-        kept_positive, kept_negative = self._mine(tf.stop_gradient(s), positive, negative)
+        return tf.matmul(f, f, transpose_b=True)
+
+    def _from_masks(self, s: tf.Tensor, kept_positive: tf.Tensor, kept_negative: tf.Tensor) -> tf.Tensor:
         pull = masked_logsumexp(-self.alpha * (s - self.base), kept_positive, axis=1, with_one=True) / self.alpha
         push = masked_logsumexp(self.beta * (s - self.base), kept_negative, axis=1, with_one=True) / self.beta
         valid = tf.reduce_any(kept_positive, axis=1) & tf.reduce_any(kept_negative, axis=1)
@@ -67,4 +95,4 @@ class MultiSimilarityLoss(EmbeddingLoss):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "base": self.base,
-                "epsilon": self.epsilon}
+                "epsilon": self.epsilon, "miner": miner_config(self.miner)}
