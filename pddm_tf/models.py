@@ -26,7 +26,7 @@ from pddm_tf.index import Index, Lookup, lookups
 from pddm_tf.layers import PDDM, EmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
 from pddm_tf.miners import quadruplet_tuples
-from pddm_tf.mining import check_labels, euclidean_scores, mine_quadruplets, score_gap
+from pddm_tf.miners.mining import check_labels, euclidean_scores, mine_quadruplets, score_gap
 
 MINING_SCORES = ("pddm", "euclidean")
 

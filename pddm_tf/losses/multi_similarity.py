@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pddm_tf.distances import l2_normalize
 from pddm_tf.losses._base import EmbeddingLoss, masked_logsumexp
-from pddm_tf.mining import pair_masks
+from pddm_tf.miners.mining import pair_masks
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
