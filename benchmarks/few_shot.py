@@ -46,8 +46,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pddm_tf import atomic, data, evaluation, few_shot, methods, pipeline, recipes  # noqa: E402
+from pddm_tf import atomic, data, evaluation, few_shot, methods, recipes  # noqa: E402
 from pddm_tf import backbone as make_backbone  # noqa: E402
+from pddm_tf.data import transforms  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
 from pddm_tf.optimizers import make_optimizer  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
@@ -157,7 +158,7 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
 
 def _pipeline(model, config, split, steps_per_epoch):
     size = config["image_size"]
-    augment = pipeline.affine_transform(size) if config["affine"] else None
+    augment = transforms.affine_transform(size) if config["affine"] else None
     return methods.training_pipeline(model, split.train, config["batch_classes"], config["batch_per_class"], size, 1,
                                      seed=config["seed"], recluster_every=config["recluster_every"],
                                      conquer_epochs=config["conquer_epochs"], cluster_on=config["cluster_on"],

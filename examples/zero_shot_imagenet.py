@@ -4,7 +4,7 @@ Protocol (METHODS.md section 2, "Transfer and zero-shot"; the paper's exact prot
 recovered, this is the standard unseen-class one):
 
 1. Split the classes into seen and unseen. ImageNet 2012 (`--dataset=imagenet2012`, TFDS, manual
-   download, see `pddm_tf.datasets`): the 1000 classes are shuffled with `--seed` and
+   download, see `pddm_tf.data.tfds_loaders`): the 1000 classes are shuffled with `--seed` and
    `--unseen_fraction` (default 0.2: 800 seen / 200 unseen, the size of the ImageNet 2010
    zero-shot splits) are held out; training uses the seen classes' "train" images, the protocol
    the unseen classes' "validation" images (50 each). The embedded Omniglot data

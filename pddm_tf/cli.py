@@ -190,7 +190,7 @@ flags.DEFINE_string("gallery", None, "export: add a `search` signature over this
 flags.DEFINE_integer("search_k", 10, "export: neighbours returned by `search` (fixed in the SavedModel).")
 flags.DEFINE_integer("search_rerank", 0, "export: `search` re-ranks the Euclidean top-R by the PDDM score "
                      "(R, fixed in the SavedModel; 0 = off).")
-# The default is pddm_tf.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
+# The default is pddm_tf.data.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
 flags.DEFINE_integer("max_image_pixels", _D.max_image_pixels, "Images whose header declares more pixels (width x "
                      "height) are "
                      "refused before decoding: skipped by folder checks, an error in the training and evaluation "
@@ -303,8 +303,8 @@ def train() -> dict[str, float]:
 def export() -> dict[str, float]:
     """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
     _check_flags("export")
-    from pddm_tf import pipeline
-    from pddm_tf.datasets import TFDS_LOADERS
+    from pddm_tf.data import transforms
+    from pddm_tf.data.tfds_loaders import TFDS_LOADERS
     from pddm_tf.export import export_saved_model, image_geometry, load_gallery, load_keras_model
 
     model = load_keras_model(FLAGS.keras_model)
@@ -313,7 +313,7 @@ def export() -> dict[str, float]:
                                        f"{FLAGS.keras_model} is a model without a PDDM unit")
     size, channels = image_geometry(model)
     # A model trained with --augment was evaluated on resized, centre-cropped images: serve the same.
-    transform = pipeline.eval_transform(size) if FLAGS.augment else None
+    transform = transforms.eval_transform(size) if FLAGS.augment else None
     gallery = None
     if FLAGS.gallery:
         kwargs: dict[str, Any] = {}
@@ -337,7 +337,8 @@ def export() -> dict[str, float]:
 def evaluate() -> dict[str, float]:
     import tensorflow as tf
 
-    from pddm_tf import data, evaluation, pipeline
+    from pddm_tf import data, evaluation
+    from pddm_tf.data import transforms
     from pddm_tf.export import load_saved_model
 
     _check_flags("evaluate")
@@ -358,7 +359,7 @@ def evaluate() -> dict[str, float]:
     _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
     split, _ = _load_split(rotate_training=False)
     files = split.test if split.test is not None else split.train
-    transform = pipeline.eval_transform(size) if FLAGS.augment else None
+    transform = transforms.eval_transform(size) if FLAGS.augment else None
     pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size, transform=transform)
     from pddm_tf import progress
 

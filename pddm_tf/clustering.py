@@ -196,7 +196,7 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
     drawn, so changing it (re-clustering, the conquer phase) takes effect in the running pipeline;
     in the conquer phase every batch is drawn from all images and tagged `CONQUER`. Deterministic
     given `seed` and the sequence of assignments. `augment(image, seed [2])` (e.g.
-    `pddm_tf.pipeline.train_transform(...)`) replaces the plain resize of every image, with a
+    `pddm_tf.data.transforms.train_transform(...)`) replaces the plain resize of every image, with a
     stateless seed per image position.
 
     Args:

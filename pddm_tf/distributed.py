@@ -137,7 +137,7 @@ def embed_files(network: keras.Model, files: ImageFiles, image_size: int, channe
       files: the images.
       image_size, channels: decoding, as `data.evaluation_dataset`.
       batch_size: images per step, over all replicas.
-      transform: as `data.evaluation_dataset` (e.g. `pipeline.eval_transform(s)`), or a plain resize.
+      transform: as `data.evaluation_dataset` (e.g. `transforms.eval_transform(s)`), or a plain resize.
     """
     strategy = network.distribute_strategy
     replicas = strategy.num_replicas_in_sync

@@ -5,7 +5,7 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
 
 * `serving_default`: `images` [n] tf.string (PNG/JPEG/GIF/BMP bytes) -> `embeddings` [n, d],
   decoded, resized and scaled exactly as in training (`pddm_tf.data.decode_image`). Before any
-  image is decoded, every header is read (`pddm_tf.image_header`) and a batch holding an image of
+  image is decoded, every header is read (`pddm_tf.data.image_header`) and a batch holding an image of
   more than `max_image_pixels` pixels (width x height, fixed at export, 16 MP by default) is
   refused with an InvalidArgumentError naming the image, its size and the limit: a few hundred
   kilobytes that declare a huge image cannot take the server's memory. The limit is kept in the
@@ -39,8 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf import atomic, data, evaluation, image_header
-from pddm_tf.data import decode_images
+from pddm_tf import atomic, data, evaluation
+from pddm_tf.data import decode_images, image_header
 from pddm_tf.models import EmbeddingModel
 
 
@@ -256,7 +256,7 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
       rerank: R, re-rank the Euclidean top-R shortlist by the PDDM score (0 = off; needs a PDDM
         unit; clamped to the gallery size, and at least k).
       transform: the evaluation transform the model was evaluated with (e.g.
-        `pipeline.eval_transform(image_size)` after `--augment` training), applied by
+        `transforms.eval_transform(image_size)` after `--augment` training), applied by
         `serving_default` and `search` after decoding; None = plain resize (`decode_image`).
       max_image_pixels: `serving_default` and `search` refuse images whose header declares more
         pixels (width x height) before decoding them; None = `image_header.MAX_IMAGE_PIXELS`.

@@ -275,7 +275,7 @@ def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_class
     trains on per-cluster batches (`cluster_balanced_dataset`) under the `DivideAndConquer`
     schedule: cluster at the start, re-cluster every `recluster_every` epochs, and the last
     `conquer_epochs` epochs on all data; the other arguments are then used. `augment` (e.g.
-    `pipeline.train_transform(...)`) transforms every training image; `small_classes` says what
+    `transforms.train_transform(...)`) transforms every training image; `small_classes` says what
     plain P x K batches do with classes of fewer than K images (see `data.class_balanced_dataset`;
     clusters always cycle such classes' images).
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import PDDM, PDDMModel, cli, data, image_header, small_convnet
+from pddm_tf import PDDM, PDDMModel, cli, data, small_convnet
+from pddm_tf.data import image_header
 from pddm_tf.evaluation import nearest_neighbors, rerank_shortlist
 from pddm_tf.export import embed_gallery, export_saved_model, load_keras_model, save_keras_model
 
