@@ -50,8 +50,8 @@ from pddm_tf import atomic, data, evaluation, few_shot, methods, recipes  # noqa
 from pddm_tf import backbone as make_backbone  # noqa: E402
 from pddm_tf.data import transforms  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
-from pddm_tf.optimizers import make_optimizer  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
+from pddm_tf.training.optimizers import make_optimizer  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "recipe", "hdml_npair",

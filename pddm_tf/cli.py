@@ -386,7 +386,7 @@ EXIT_INTERRUPTED = 130
 
 def _interrupted_message() -> str:
     """The one line printed on Ctrl-C: how to carry on, from what the backup on disk holds."""
-    from pddm_tf.fault_tolerance import backup_status
+    from pddm_tf.training.fault_tolerance import backup_status
 
     if not _RUN.get("backup_dir"):
         return "interrupted"

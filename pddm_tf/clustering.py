@@ -28,7 +28,7 @@ import tensorflow as tf
 from pddm_tf import progress
 from pddm_tf.data import ImageFiles, balanced_batch_indices, from_step, read_image
 from pddm_tf.data import shard_size as rows_per_shard
-from pddm_tf.distributed import embed_files
+from pddm_tf.training.distributed import embed_files
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
 CONQUER = -1

@@ -15,15 +15,15 @@ import tensorflow as tf
 
 from pddm_tf import data, losses
 from pddm_tf.clustering import ClusterAssignment, DivideAndConquer, cluster_balanced_dataset
-from pddm_tf.distributed import distribute_training_data
 from pddm_tf.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.fault_tolerance import BackupAndRestore, SamplerPosition
 from pddm_tf.hdml import HDMLModel
 from pddm_tf.layers import PDDM
 from pddm_tf.method_names import METHOD_NAMES
 from pddm_tf.miners import DistanceWeightedMiner
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
 from pddm_tf.registry import Registry
+from pddm_tf.training.distributed import distribute_training_data
+from pddm_tf.training.fault_tolerance import BackupAndRestore, SamplerPosition
 
 
 def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel]:

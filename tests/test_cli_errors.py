@@ -19,7 +19,7 @@ from absl import flags
 
 from pddm_tf import cli, cli_validation, export
 from pddm_tf.cli_validation import BOUNDS, FlagError, check_flags
-from pddm_tf.fault_tolerance import backup_status
+from pddm_tf.training.fault_tolerance import backup_status
 
 FLAGS = flags.FLAGS
 NAN = float("nan")

@@ -116,7 +116,7 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
     from pddm_tf import backbone
     from pddm_tf.methods import build_model as build_method_model
     from pddm_tf.methods import method_options
-    from pddm_tf.optimizers import make_optimizer
+    from pddm_tf.training.optimizers import make_optimizer
 
     network = backbone(config.backbone, config.image_size, channels,
                        weights=None if config.weights == "none" else config.weights,
@@ -212,7 +212,7 @@ def fit(config: TrainConfig) -> Trained:
 
 
 def _fit(config: TrainConfig) -> Trained:
-    from pddm_tf import distributed
+    from pddm_tf.training import distributed
 
     # A multi-worker strategy must exist before any other TensorFlow operation runs.
     strategy = distributed.make_strategy(config.strategy, list(config.worker_hosts or []) or None, config.task_index,
@@ -224,7 +224,7 @@ def _fit(config: TrainConfig) -> Trained:
     from pddm_tf import data, evaluation
     from pddm_tf.data import transforms
     from pddm_tf.methods import training_pipeline
-    from pddm_tf.training_checks import LearningCheck
+    from pddm_tf.training.checks import LearningCheck
 
     keras.utils.set_random_seed(config.seed)
     split, channels = load_split(config)
@@ -286,8 +286,9 @@ def _fit(config: TrainConfig) -> Trained:
 
 def _finish(config: TrainConfig, trained: Trained) -> dict[str, float]:
     """The evaluation and outputs of `train` after `fit`; the backup is deleted once all are written."""
-    from pddm_tf import distributed, evaluation
+    from pddm_tf import evaluation
     from pddm_tf.export import export_saved_model
+    from pddm_tf.training import distributed
 
     model, split, channels, transform, chief, backup = trained
     say = print if chief else (lambda *args, **kwargs: None)

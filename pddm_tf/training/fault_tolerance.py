@@ -46,7 +46,7 @@ import keras
 import tensorflow as tf
 
 from pddm_tf import _compat, atomic
-from pddm_tf.distributed import is_chief
+from pddm_tf.training.distributed import is_chief
 
 _LATEST = "latest"
 _WEIGHTS = "model.weights.h5"
