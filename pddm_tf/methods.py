@@ -14,13 +14,13 @@ import keras
 import tensorflow as tf
 
 from pddm_tf import data, losses
-from pddm_tf.clustering import ClusterAssignment, DivideAndConquer, cluster_balanced_dataset
-from pddm_tf.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.hdml import HDMLModel
 from pddm_tf.layers import PDDM
 from pddm_tf.method_names import METHOD_NAMES
 from pddm_tf.miners import DistanceWeightedMiner
 from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
+from pddm_tf.models.clustering import ClusterAssignment, DivideAndConquer, cluster_balanced_dataset
+from pddm_tf.models.divide_and_conquer import DivideAndConquerModel
+from pddm_tf.models.hdml import HDMLModel
 from pddm_tf.registry import Registry
 from pddm_tf.training.distributed import distribute_training_data
 from pddm_tf.training.fault_tolerance import BackupAndRestore, SamplerPosition

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from pddm_tf import backbones, data, methods
-from pddm_tf.clustering import ClusterAssignment, cluster_balanced_dataset
+from pddm_tf.models.clustering import ClusterAssignment, cluster_balanced_dataset
 from pddm_tf.training import distributed
 from pddm_tf.training.fault_tolerance import BackupAndRestore, backup_status
 

@@ -6,10 +6,10 @@ import pytest
 from absl import flags
 
 from pddm_tf import cli, small_convnet
-from pddm_tf.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.hdml import HDMLModel
 from pddm_tf.methods import METHOD_OPTIONS, METHODS, build_model, method_options
 from pddm_tf.models import PDDMModel
+from pddm_tf.models.divide_and_conquer import DivideAndConquerModel
+from pddm_tf.models.hdml import HDMLModel
 
 
 def _net():
