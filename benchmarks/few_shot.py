@@ -46,9 +46,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pddm_tf import atomic, data, evaluation, few_shot, methods, recipes  # noqa: E402
+from pddm_tf import atomic, data, evaluation, few_shot, methods  # noqa: E402
 from pddm_tf import backbone as make_backbone  # noqa: E402
 from pddm_tf.data import transforms  # noqa: E402
+from pddm_tf.methods import recipes  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
 from pddm_tf.training.optimizers import make_optimizer  # noqa: E402

@@ -21,7 +21,7 @@ from absl import app, flags
 
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
 from pddm_tf import atomic, cli_validation, logs
-from pddm_tf.method_names import METHOD_NAMES
+from pddm_tf.methods.names import METHOD_NAMES
 from pddm_tf.training.config import TrainConfig
 from pddm_tf.training.run import CURRENT_RUN as _RUN
 
@@ -31,8 +31,8 @@ _D = TrainConfig()
 
 _COMMANDS = ("train", "evaluate", "export")
 
-flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.recipes (e.g. pddm_cub, hdml_sop, dc_cars): sets "
-                    "the flags below; flags given on the command line win.")
+flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.methods.recipes (e.g. pddm_cub, hdml_sop, "
+                    "dc_cars): sets the flags below; flags given on the command line win.")
 flags.DEFINE_string("dataset", _D.dataset, "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
                     "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
 flags.DEFINE_string("data_dir", _D.data_dir, "TFDS datasets: the tensorflow-datasets data directory.")
@@ -204,7 +204,7 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
 
 def _apply_recipe(announce: bool = True) -> None:
     """Sets the recipe's flag values, except those given on the command line (idempotent)."""
-    from pddm_tf.recipes import get_recipe
+    from pddm_tf.methods.recipes import get_recipe
 
     if not FLAGS.recipe:
         return

@@ -196,7 +196,7 @@ def test_a_folder_without_write_permission_is_refused(tmp_path):
 
 
 def test_every_recipe_passes_the_checks():
-    from pddm_tf.recipes import RECIPES
+    from pddm_tf.methods.recipes import RECIPES
 
     for recipe in RECIPES.values():
         check_flags("train", _defaults(**recipe.flags))

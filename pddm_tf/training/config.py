@@ -1,7 +1,7 @@
 """`TrainConfig`: everything one training run is made of, as a value (no TensorFlow import here).
 
 `pddm-tf train` builds one from its flags (whose defaults are this class's), recipes are
-`TrainConfig`s (`pddm_tf.recipes`), and `pddm_tf.training.train(config)` runs one from Python:
+`TrainConfig`s (`pddm_tf.methods.recipes`), and `pddm_tf.training.train(config)` runs one from Python:
 
     >>> config = TrainConfig(epochs=2, steps_per_epoch=5).replace(method="triplet_batchhard")
     >>> config.method, config.epochs, config.image_size
@@ -25,7 +25,7 @@ class TrainConfig:
     Every field is the `pddm-tf train` flag of the same name (`pddm-tf train --helpfull` says what
     each does), with the same default; `loss_options` is the parsed JSON object of
     `--loss_options`, and `log_dir` is None unless given. Build one with keywords, change one with
-    `replace`, start from a recipe with `pddm_tf.recipes.get_recipe(name).config(...)`, and check
+    `replace`, start from a recipe with `pddm_tf.methods.recipes.get_recipe(name).config(...)`, and check
     one with `check` (`train` does).
     """
 
