@@ -6,8 +6,8 @@ import tensorflow_datasets as tfds
 import test_datasets
 from absl import flags
 
-from pddm_tf import cli
 from pddm_tf.backbones import BACKBONES
+from pddm_tf.cli import main as cli
 from pddm_tf.methods import METHODS, recipes
 
 FLAGS = flags.FLAGS

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from pddm_tf import evaluation, logs, progress, visualize
+from pddm_tf import evaluation, progress, visualize
+from pddm_tf.cli import logs
 
 
 def _sq_distances(x):

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pddm_tf import cli_validation
+from pddm_tf.cli import validation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -109,7 +109,7 @@ class TrainConfig:
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if isinstance(self.loss_options, str):  # the --loss_options JSON
-            object.__setattr__(self, "loss_options", cli_validation.parse_loss_options(self.loss_options or None))
+            object.__setattr__(self, "loss_options", validation.parse_loss_options(self.loss_options or None))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -133,7 +133,7 @@ class TrainConfig:
         return values
 
     def check(self) -> None:
-        """Raises `pddm_tf.cli_validation.FlagError` naming the first value `pddm-tf train` would refuse."""
-        cli_validation.check_flags("train", self.flag_values())
+        """Raises `pddm_tf.cli.validation.FlagError` naming the first value `pddm-tf train` would refuse."""
+        validation.check_flags("train", self.flag_values())
         if self.loss_options:
-            cli_validation.parse_loss_options(json.dumps(dict(self.loss_options)))
+            validation.parse_loss_options(json.dumps(dict(self.loss_options)))

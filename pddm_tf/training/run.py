@@ -194,7 +194,7 @@ class Trained(NamedTuple):
 
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
-    held-out split). Raises `pddm_tf.cli_validation.FlagError` for a refused setting, before any work."""
+    held-out split). Raises `pddm_tf.cli.validation.FlagError` for a refused setting, before any work."""
     config.check()
     with pixel_limit(config.max_image_pixels):
         CURRENT_RUN.clear()

@@ -20,7 +20,8 @@ from typing import Any
 from absl import app, flags
 
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
-from pddm_tf import atomic, cli_validation, logs
+from pddm_tf import atomic
+from pddm_tf.cli import logs, validation
 from pddm_tf.methods.names import METHOD_NAMES
 from pddm_tf.training.config import TrainConfig
 from pddm_tf.training.run import CURRENT_RUN as _RUN
@@ -211,7 +212,7 @@ def _apply_recipe(announce: bool = True) -> None:
     try:
         recipe = get_recipe(FLAGS.recipe)
     except ValueError as error:
-        raise cli_validation.FlagError(f"--recipe={FLAGS.recipe}: {error}") from None
+        raise validation.FlagError(f"--recipe={FLAGS.recipe}: {error}") from None
     for name, value in recipe.flags.items():
         if not FLAGS[name].present:
             FLAGS[name].value = value
@@ -220,8 +221,8 @@ def _apply_recipe(announce: bool = True) -> None:
 
 
 def _check_flags(command: str) -> None:
-    """Refuses bad flag values before any work starts (`cli_validation.FlagError`, exit code 2)."""
-    cli_validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
+    """Refuses bad flag values before any work starts (`validation.FlagError`, exit code 2)."""
+    validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
 
 
 def _check_episodes() -> None:
@@ -232,7 +233,7 @@ def _check_episodes() -> None:
         try:
             few_shot.parse_setting(setting)
         except ValueError as error:
-            raise cli_validation.FlagError(f"--episodes: {error}") from None
+            raise validation.FlagError(f"--episodes: {error}") from None
 
 
 def _config() -> TrainConfig:
@@ -309,7 +310,7 @@ def export() -> dict[str, float]:
 
     model = load_keras_model(FLAGS.keras_model)
     if FLAGS.search_rerank > 0 and getattr(model, "pddm", None) is None:
-        raise cli_validation.FlagError(f"--search_rerank={FLAGS.search_rerank} re-ranks by a learned PDDM score, but "
+        raise validation.FlagError(f"--search_rerank={FLAGS.search_rerank} re-ranks by a learned PDDM score, but "
                                        f"{FLAGS.keras_model} is a model without a PDDM unit")
     size, channels = image_geometry(model)
     # A model trained with --augment was evaluated on resized, centre-cropped images: serve the same.
@@ -348,7 +349,7 @@ def evaluate() -> dict[str, float]:
     pair_scores = None
     if FLAGS.rerank > 0:
         if "pddm_similarity" not in signatures:
-            raise cli_validation.FlagError(f"--rerank={FLAGS.rerank} re-ranks by a learned PDDM score, but {model_dir} "
+            raise validation.FlagError(f"--rerank={FLAGS.rerank} re-ranks by a learned PDDM score, but {model_dir} "
                                            "was exported from a model without a PDDM unit (no pddm_similarity "
                                            "signature)")
         similarity = signatures["pddm_similarity"]
@@ -380,7 +381,7 @@ def evaluate() -> dict[str, float]:
     return metrics
 
 
-#: The exit code after Ctrl-C: 128 + SIGINT, as shells report it (usage errors: `cli_validation.EXIT_USAGE`).
+#: The exit code after Ctrl-C: 128 + SIGINT, as shells report it (usage errors: `validation.EXIT_USAGE`).
 EXIT_INTERRUPTED = 130
 
 
@@ -422,8 +423,8 @@ def main(argv: list[str]) -> None:
 
         progress.set_enabled(None if FLAGS.progress else False)
         commands[argv[1]]()
-    except (app.UsageError, cli_validation.FlagError) as error:
-        cli_validation.usage_exit(str(error))
+    except (app.UsageError, validation.FlagError) as error:
+        validation.usage_exit(str(error))
     except KeyboardInterrupt:
         print(f"pddm-tf: {_interrupted_message()}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -439,8 +440,4 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point."""
     # One line and exit code 2 for a flag absl cannot parse, as for every other usage error.
-    app.run(main, flags_parser=cli_validation.parse_flags)
-
-
-if __name__ == "__main__":
-    run()
+    app.run(main, flags_parser=validation.parse_flags)
