@@ -18,8 +18,6 @@ from pddm_tf.models.base import EmbeddingModel
 
 #: How `PDDMModel` ranks pairs for mining: by PDDM score (the paper) or by Euclidean distance (the ablation).
 MINING_SCORES = ("pddm", "euclidean")
-
-
 #: What `pddm_quadruplet_terms` returns, in logging order.
 PDDM_TERMS = ("loss", "metric_loss", "embedding_loss", "valid_fraction", "score_gap")
 
