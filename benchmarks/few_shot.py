@@ -46,12 +46,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pddm_tf import atomic, data, evaluation, methods, pipeline, recipes  # noqa: E402
+from pddm_tf import atomic, data, evaluation, methods  # noqa: E402
 from pddm_tf import backbone as make_backbone  # noqa: E402
+from pddm_tf.data import transforms  # noqa: E402
 from pddm_tf.evaluation import few_shot  # noqa: E402
+from pddm_tf.methods import recipes  # noqa: E402
 from pddm_tf.models import EmbeddingModel  # noqa: E402
-from pddm_tf.optimizers import make_optimizer  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
+from pddm_tf.training.optimizers import make_optimizer  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "recipe", "hdml_npair",
@@ -158,7 +160,7 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
 
 def _pipeline(model, config, split, steps_per_epoch):
     size = config["image_size"]
-    augment = pipeline.affine_transform(size) if config["affine"] else None
+    augment = transforms.affine_transform(size) if config["affine"] else None
     return methods.training_pipeline(model, split.train, config["batch_classes"], config["batch_per_class"], size, 1,
                                      seed=config["seed"], recluster_every=config["recluster_every"],
                                      conquer_epochs=config["conquer_epochs"], cluster_on=config["cluster_on"],

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import data, small_convnet  # noqa: E402
-from pddm_tf.hdml import HDMLModel  # noqa: E402
+from pddm_tf.models.hdml import HDMLModel  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 640, "Training steps per run.")

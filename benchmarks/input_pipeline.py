@@ -39,7 +39,8 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from pddm_tf import data, pipeline
+from pddm_tf import data
+from pddm_tf.data import transforms
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 2000, "JPEGs to generate.")
@@ -161,10 +162,10 @@ def run(root: pathlib.Path) -> None:
 
     size, p, k = FLAGS.image_size, FLAGS.batch_classes, FLAGS.batch_per_class
     batch = p * k
-    eval_transform = pipeline.eval_transform(size, FLAGS.resize_size)
+    eval_transform = transforms.eval_transform(size, FLAGS.resize_size)
     pipelines = {
         "bare_decode": bare_decode_dataset(files, batch),
-        "train": data.class_balanced_dataset(files, p, k, size, 3, seed=0, augment=pipeline.train_transform(size)),
+        "train": data.class_balanced_dataset(files, p, k, size, 3, seed=0, augment=transforms.train_transform(size)),
         "train_plain": data.class_balanced_dataset(files, p, k, size, 3, seed=0),
         "eval": data.evaluation_dataset(files, size, 3, batch, transform=eval_transform).repeat(),
     }

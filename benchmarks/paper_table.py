@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import atomic, data, evaluation, methods, small_convnet  # noqa: E402
-from pddm_tf.clustering import DivideAndConquer  # noqa: E402
 from pddm_tf.models import PDDMModel  # noqa: E402
+from pddm_tf.models.clustering import DivideAndConquer  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", list(methods.METHODS), "Methods to train (keys of pddm_tf.methods.METHODS).")

@@ -4,7 +4,7 @@ Protocol (METHODS.md section 2, "Transfer and zero-shot"; the paper's exact prot
 recovered, this is the standard unseen-class one):
 
 1. Split the classes into seen and unseen. ImageNet 2012 (`--dataset=imagenet2012`, TFDS, manual
-   download, see `pddm_tf.datasets`): the 1000 classes are shuffled with `--seed` and
+   download, see `pddm_tf.data.tfds_loaders`): the 1000 classes are shuffled with `--seed` and
    `--unseen_fraction` (default 0.2: 800 seen / 200 unseen, the size of the ImageNet 2010
    zero-shot splits) are held out; training uses the seen classes' "train" images, the protocol
    the unseen classes' "validation" images (50 each). The embedded Omniglot data
@@ -13,7 +13,7 @@ recovered, this is the standard unseen-class one):
    `folder:PATH` and the other TFDS names use their loader's class split.
 2. Train the embedding on the seen classes with any method of `pddm_tf.methods.METHODS`
    (`--method`, default PDDM quadruplet) for `--epochs` x `--steps` steps; `--recipe` takes the
-   training settings of a `pddm_tf.recipes` recipe (flags given on the command line win).
+   training settings of a `pddm_tf.methods.recipes` recipe (flags given on the command line win).
 3. Embed the unseen images and report flat hit@k (k = 1, 2, 5, 10; "flat": the true class among
    the k best-ranked unseen classes, no credit for related classes) by:
    * nearest class prototype: each unseen class is the mean of n labelled embeddings (n = 1, 5):
@@ -193,7 +193,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("cache_dir", None, "Where TFDS images are extracted (default <data_dir>/pddm_tf_files).", **fv)
     flags.DEFINE_string("manual_dir", None, "TFDS manual download directory (ImageNet's tar files).", **fv)
     flags.DEFINE_bool("download", False, "Let TFDS prepare the dataset (from the manual files for ImageNet).", **fv)
-    flags.DEFINE_string("recipe", None, "A pddm_tf.recipes recipe for the training settings.", **fv)
+    flags.DEFINE_string("recipe", None, "A pddm_tf.methods.recipes recipe for the training settings.", **fv)
     flags.DEFINE_string("method", "pddm_quadruplet", "A method of pddm_tf.methods.METHODS.", **fv)
     flags.DEFINE_string("backbone", "small_convnet", "A pddm_tf.backbones.BACKBONES name.", **fv)
     flags.DEFINE_string("weights", None, "Backbone weights: none, 'imagenet' or a weights file.", **fv)
@@ -223,12 +223,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def apply_recipe(flag_values: flags.FlagValues) -> dict[str, Any]:
     """Sets the flags of `--recipe` that the command line did not give; returns the values applied.
 
-    Ignored when `pddm_tf.recipes` is absent. A recipe's `steps_per_epoch` maps to `--steps`.
+    Ignored when `pddm_tf.methods.recipes` is absent. A recipe's `steps_per_epoch` maps to `--steps`.
     """
     if not flag_values.recipe:
         return {}
     try:
-        from pddm_tf import recipes
+        from pddm_tf.methods import recipes
     except ImportError:
         print(f"--recipe={flag_values.recipe} ignored: this pddm_tf has no recipes module")
         return {}

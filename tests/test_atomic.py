@@ -88,7 +88,7 @@ def test_replacing_directory_is_all_or_nothing(tmp_path):
 
 
 def test_cli_json_file_is_0644_under_umask_022(tmp_path, umask_022):
-    from pddm_tf import cli
+    from pddm_tf.cli import main as cli
 
     cli._write_json(str(tmp_path / "metrics.json"), {"recall@1": 0.25})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"recall@1": 0.25}

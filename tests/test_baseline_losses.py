@@ -19,7 +19,7 @@ from pddm_tf import (
 )
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.miners import ClosestBeyondCutoffMiner, DistanceWeightedMiner, Tuples
-from pddm_tf.mining import closest_negatives_beyond_cutoff, distance_weighted_negatives, semi_hard_negatives
+from pddm_tf.miners.mining import closest_negatives_beyond_cutoff, distance_weighted_negatives, semi_hard_negatives
 
 # -- brute-force references (float64, explicit loops over pairs and triplets) -----------------
 

@@ -17,9 +17,11 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from pddm_tf import cli, cli_validation, export
-from pddm_tf.cli_validation import BOUNDS, FlagError, check_flags
-from pddm_tf.fault_tolerance import backup_status
+from pddm_tf import export
+from pddm_tf.cli import main as cli
+from pddm_tf.cli import validation
+from pddm_tf.cli.validation import BOUNDS, FlagError, check_flags
+from pddm_tf.training.fault_tolerance import backup_status
 
 FLAGS = flags.FLAGS
 NAN = float("nan")
@@ -78,7 +80,7 @@ BOUND_CASES = [
 def test_every_numeric_flag_has_a_range_and_a_case():
     numeric = {name for name in FLAGS if FLAGS.find_module_defining_flag(name) == cli.__name__
                and FLAGS[name].flag_type() in ("int", "float")}
-    assert numeric == set(BOUNDS), "give every int/float flag a range in cli_validation.BOUNDS"
+    assert numeric == set(BOUNDS), "give every int/float flag a range in validation.BOUNDS"
     tested = {name for name, _, allowed in BOUND_CASES if not allowed}
     assert numeric == tested, "give every int/float flag a refused case in BOUND_CASES"
 
@@ -174,7 +176,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch):
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     real_access = os.access
-    monkeypatch.setattr(cli_validation.os, "access",
+    monkeypatch.setattr(validation.os, "access",
                         lambda path, mode: False if pathlib.Path(path) == readonly else real_access(path, mode))
     for overrides in ({"export_dir": str(readonly)}, {"export_dir": str(readonly / "a" / "b")},
                       {"json": str(readonly / "m.json")}, {"save_model": str(readonly / "m.keras")}):
@@ -196,7 +198,7 @@ def test_a_folder_without_write_permission_is_refused(tmp_path):
 
 
 def test_every_recipe_passes_the_checks():
-    from pddm_tf.recipes import RECIPES
+    from pddm_tf.methods.recipes import RECIPES
 
     for recipe in RECIPES.values():
         check_flags("train", _defaults(**recipe.flags))
@@ -211,7 +213,7 @@ def test_pddm_methods_are_the_methods_with_a_pddm_unit():
         return getattr(build_model(name, small_convnet(16, 1, width=4), 8, **options), "pddm", None)
 
     with_pddm = {name for name in METHODS if pddm_unit(name) is not None}
-    assert with_pddm == cli_validation.PDDM_METHODS
+    assert with_pddm == validation.PDDM_METHODS
 
 
 # --------------------------------------------------------------------------- one line, exit code 2
@@ -224,7 +226,7 @@ def run_cli(capsys):
     def run(*args):
         code = 0
         try:
-            cli_validation.parse_flags(["pddm-tf", *args])
+            validation.parse_flags(["pddm-tf", *args])
             cli.main(["pddm-tf", *[a for a in args if not a.startswith("--")]])
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1

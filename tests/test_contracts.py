@@ -2,7 +2,7 @@
 
 The losses and layers come from Keras' serialization registry (every `pddm_tf>` class registered
 with `keras.saving.register_keras_serializable`), the miners from the public functions of
-`pddm_tf.mining`: a new one is checked without being listed here, and a test fails if it needs a
+`pddm_tf.miners.mining`: a new one is checked without being listed here, and a test fails if it needs a
 case this file does not know how to build.
 
 Losses: serialization round-trip, finite gradients (also at coincident embeddings), 0 on a batch
@@ -22,11 +22,12 @@ import pytest
 import tensorflow as tf
 
 import pddm_tf
-from pddm_tf import miners, mining
+from pddm_tf import miners
 from pddm_tf.backbones import PREPROCESSING_MODES
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.losses.margin import MARGIN_SAMPLERS
 from pddm_tf.losses.triplet import TRIPLET_MINING
+from pddm_tf.miners import mining
 
 pddm_tf._import_all()  # registers every Keras class of the library
 
@@ -188,7 +189,7 @@ _MINERS = {
         labels, d, _DIM, seed=tf.constant([0, 0]))],
     "closest_negatives_beyond_cutoff": [mining.closest_negatives_beyond_cutoff],
 }
-# Public functions of pddm_tf.mining that are not miners (validation, masks, scores, a statistic).
+# Public functions of pddm_tf.miners.mining that are not miners (validation, masks, scores, a statistic).
 _NOT_MINERS = {"check_labels", "pair_masks", "euclidean_scores", "score_gap", "pairwise_squared_distances"}
 _MINER_CASES = [pytest.param(name, k, id=f"{name}-{k}") for name in sorted(_MINERS) for k in range(len(_MINERS[name]))]
 
@@ -200,7 +201,7 @@ def _distances(m: int = 8) -> tf.Tensor:
 def test_every_public_function_of_mining_is_a_miner_here_or_a_helper():
     public = {name for name, value in inspect.getmembers(mining, inspect.isfunction)
               if not name.startswith("_") and value.__module__ == mining.__name__}
-    assert public == set(_MINERS) | (_NOT_MINERS & public), "classify the new function of pddm_tf.mining above"
+    assert public == set(_MINERS) | (_NOT_MINERS & public), "classify the new function of pddm_tf.miners.mining above"
 
 
 @pytest.mark.parametrize("batch", sorted(_NO_TUPLE))

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import backbones, data, distributed, methods
-from pddm_tf.clustering import ClusterAssignment, cluster_balanced_dataset
-from pddm_tf.fault_tolerance import BackupAndRestore, backup_status
+from pddm_tf import backbones, data, methods
+from pddm_tf.models.clustering import ClusterAssignment, cluster_balanced_dataset
+from pddm_tf.training import distributed
+from pddm_tf.training.fault_tolerance import BackupAndRestore, backup_status
 
 SIZE = 16
 # A small run every process below trains: 4 classes x 2 images per batch, 16-d embeddings.

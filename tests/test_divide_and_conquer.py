@@ -16,7 +16,10 @@ from pddm_tf import (
     SlicedEmbeddingHead,
     small_convnet,
 )
-from pddm_tf.clustering import (
+from pddm_tf.data import ImageFiles
+from pddm_tf.methods import build_model, training_pipeline
+from pddm_tf.miners import DistanceWeightedMiner
+from pddm_tf.models.clustering import (
     CONQUER,
     DROPPED,
     ClusterAssignment,
@@ -26,10 +29,7 @@ from pddm_tf.clustering import (
     drop_singleton_classes,
     match_clusters,
 )
-from pddm_tf.data import ImageFiles
-from pddm_tf.methods import build_model, training_pipeline
-from pddm_tf.miners import DistanceWeightedMiner
-from pddm_tf.optimizers import make_optimizer
+from pddm_tf.training.optimizers import make_optimizer
 
 K_LEARNERS = 4
 

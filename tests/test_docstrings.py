@@ -29,7 +29,7 @@ _MODULES = _modules_with_examples()
 
 def test_the_central_apis_have_examples():
     # Guards the discovery: these modules' public APIs carry runnable examples.
-    for name in ("pddm_tf.distances", "pddm_tf.layers.pddm", "pddm_tf.losses.pddm", "pddm_tf.mining",
+    for name in ("pddm_tf.distances", "pddm_tf.layers.pddm", "pddm_tf.losses.pddm", "pddm_tf.miners.mining",
                  "pddm_tf.evaluation.retrieval", "pddm_tf.evaluation.few_shot"):
         assert name in _MODULES
 

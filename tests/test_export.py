@@ -100,7 +100,7 @@ def test_serving_default_applies_the_evaluation_transform(model, tmp_path):
     """After --augment training, serving must crop like evaluation: a non-square photo shows the difference."""
     import tensorflow as tf
 
-    from pddm_tf import pipeline
+    from pddm_tf.data import transforms
 
     rng = np.random.default_rng(1)
     photo = (rng.random((48, 80, 1)) * 255).astype(np.uint8)
@@ -108,7 +108,7 @@ def test_serving_default_applies_the_evaluation_transform(model, tmp_path):
     path = tmp_path / "photo.png"
     path.write_bytes(tf.io.encode_png(photo).numpy())
     files = data.ImageFiles([str(path)], [0], ("c",), [0])
-    transform = pipeline.eval_transform(SIZE)
+    transform = transforms.eval_transform(SIZE)
     cropped = next(iter(data.evaluation_dataset(files, SIZE, 1, transform=transform)))[0].numpy()
     resized = next(iter(data.evaluation_dataset(files, SIZE, 1)))[0].numpy()
     assert np.abs(cropped - resized).max() > 0.1  # the two decodings differ, so the check below can fail

@@ -1,4 +1,4 @@
-"""Image sizes read from headers (`pddm_tf.image_header`), against the sizes the encoders were given and
+"""Image sizes read from headers (`pddm_tf.data.image_header`), against the sizes the encoders were given and
 TF's own decoders; and the pixel limit of the training loaders."""
 
 import io
@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pddm_tf import data, image_header
-from pddm_tf.image_header import check_pixel_limit, image_size
+from pddm_tf import data
+from pddm_tf.data import image_header
+from pddm_tf.data.image_header import check_pixel_limit, image_size
 
 # (width, height): odd sizes, a single row and a single column.
 SIZES = [(37, 21), (1, 300), (257, 1)]

@@ -163,7 +163,7 @@ def test_pddm_normalize_inputs_reaches_the_model_from_the_method_options(normali
 def test_all_pairs_mine_the_quadruplets_of_the_float64_scores(mode):
     """The all-pairs mode scores only i <= j and mirrors them; mining on it must pick the same
     quadruplets as mining on the float64 reference of every ordered pair, on fixed 16 x 4 batches."""
-    from pddm_tf.mining import mine_quadruplets
+    from pddm_tf.miners.mining import mine_quadruplets
 
     layer = _layer(16)
     labels = np.repeat(np.arange(16), 4).astype("int32")

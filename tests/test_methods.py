@@ -5,11 +5,12 @@ import inspect
 import pytest
 from absl import flags
 
-from pddm_tf import cli, small_convnet
-from pddm_tf.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.hdml import HDMLModel
+from pddm_tf import small_convnet
+from pddm_tf.cli import main as cli
 from pddm_tf.methods import METHOD_OPTIONS, METHODS, build_model, method_options
 from pddm_tf.models import PDDMModel
+from pddm_tf.models.divide_and_conquer import DivideAndConquerModel
+from pddm_tf.models.hdml import HDMLModel
 
 
 def _net():
@@ -61,11 +62,11 @@ def test_every_method_builds_with_the_cli_settings_and_receives_them():
 
 def test_loss_options_reach_every_baseline_loss_and_are_strict():
     """Every settable hyperparameter of a baseline method's loss, moved off its default, reaches the loss."""
-    from pddm_tf import cli_validation
+    from pddm_tf.cli import validation
     from pddm_tf.methods import loss_hyperparameters
 
     with_options = {name for name in METHODS if "loss_options" in METHOD_OPTIONS[name]}
-    assert with_options == cli_validation.LOSS_OPTION_METHODS
+    assert with_options == validation.LOSS_OPTION_METHODS
     for name in sorted(with_options):
         loss = build_model(name, _net(), 8).embedding_loss
         defaults = loss.get_config()

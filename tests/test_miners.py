@@ -1,7 +1,7 @@
 """Miners compose with losses: every loss that takes `miner=` evaluates exactly the tuples it is given.
 
 The miners' index arithmetic is checked against brute force in test_mining.py and
-test_baseline_losses.py (the functions of `pddm_tf.mining`); the contracts every miner keeps are in
+test_baseline_losses.py (the functions of `pddm_tf.miners.mining`); the contracts every miner keeps are in
 test_contracts.py. Here: the `Tuples` layouts, losses on any miner against numpy, user miners,
 configs saved before miners were objects, and miners chosen from the command line's options.
 """

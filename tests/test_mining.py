@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from pddm_tf import euclidean_scores, mine_quadruplets
-from pddm_tf.mining import score_gap
+from pddm_tf.miners.mining import score_gap
 
 
 def brute_force(labels, scores, mode):

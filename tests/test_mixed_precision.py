@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from pddm_tf import PDDM, cli, small_convnet
+from pddm_tf import PDDM, small_convnet
+from pddm_tf.cli import main as cli
 from pddm_tf.export import export_saved_model
 from pddm_tf.methods import build_model, method_options
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from pddm_tf.optimizers import WarmupCosine, make_optimizer
+from pddm_tf.training.optimizers import WarmupCosine, make_optimizer
 
 
 def test_warmup_cosine_follows_its_formula():

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import test_datasets
+import test_tfds_loaders
 from absl import flags
 
-from pddm_tf import cli, recipes
 from pddm_tf.backbones import BACKBONES
-from pddm_tf.methods import METHODS
+from pddm_tf.cli import main as cli
+from pddm_tf.methods import METHODS, recipes
 
 FLAGS = flags.FLAGS
 
@@ -32,15 +32,15 @@ _FAST = ["--weights=none", "--backbone=small_convnet", "--backbone_width=8", "--
 
 @pytest.fixture
 def mock_tfds(metadata_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(test_datasets, "LABELS", {**test_datasets.LABELS, **_LABELS})
-    test_datasets._FAKE = test_datasets.FakeTFDS(cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(test_tfds_loaders, "LABELS", {**test_tfds_loaders.LABELS, **_LABELS})
+    test_tfds_loaders._FAKE = test_tfds_loaders.FakeTFDS(cache_dir=str(tmp_path / "cache"))
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=metadata_dir,
-                                as_dataset_fn=test_datasets._fake_as_dataset):
+                                as_dataset_fn=test_tfds_loaders._fake_as_dataset):
         yield metadata_dir
-    test_datasets._FAKE = None
+    test_tfds_loaders._FAKE = None
 
 
-metadata_dir = test_datasets.metadata_dir
+metadata_dir = test_tfds_loaders.metadata_dir
 
 
 def _parse(*args):

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import PDDM, PDDMModel, cli, data, image_header, small_convnet
+from pddm_tf import PDDM, PDDMModel, data, small_convnet
+from pddm_tf.cli import main as cli
+from pddm_tf.data import image_header
 from pddm_tf.evaluation import nearest_neighbors, rerank_shortlist
 from pddm_tf.export import embed_gallery, export_saved_model, load_keras_model, save_keras_model
 
@@ -328,7 +330,7 @@ def _cli(*args: str) -> None:
     """Runs `pddm-tf <args>` in this process (a subprocess would re-import TensorFlow: ~10 s each)."""
     from absl import flags
 
-    from pddm_tf import cli
+    from pddm_tf.cli import main as cli
 
     try:
         flags.FLAGS(["pddm-tf", *args])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from pddm_tf import cli, recipes
-from pddm_tf.cli_validation import FlagError
+from pddm_tf.cli import main as cli
+from pddm_tf.cli.validation import FlagError
+from pddm_tf.methods import recipes
 from pddm_tf.training import TrainConfig, train
 from pddm_tf.training import run as training_run
 

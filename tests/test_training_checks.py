@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pddm_tf import small_convnet
 from pddm_tf.methods import build_model
-from pddm_tf.training_checks import LearningCheck, NothingLearnedError
+from pddm_tf.training.checks import LearningCheck, NothingLearnedError
 
 
 def test_the_epoch_means_decide():
@@ -42,11 +42,11 @@ def test_a_batch_without_positive_pairs_is_reported_during_fit(caplog):
         return check
 
     # Four classes of one image each: no positive pair, so no quadruplet can be mined.
-    with caplog.at_level(logging.WARNING, logger="pddm_tf.training_checks"):
+    with caplog.at_level(logging.WARNING, logger="pddm_tf.training.checks"):
         alone = fit([0, 1, 2, 3], LearningCheck())
     assert [w.split(":")[0] for w in alone.warnings] == ["epoch 1 learned nothing", "epoch 2 learned nothing"]
     assert all("valid_fraction stayed 0" in w for w in alone.warnings)
-    assert [r.getMessage() for r in caplog.records if r.name == "pddm_tf.training_checks"] == alone.warnings
+    assert [r.getMessage() for r in caplog.records if r.name == "pddm_tf.training.checks"] == alone.warnings
     # Two classes of two images: every positive pair has negatives.
     assert fit([0, 0, 1, 1], LearningCheck()).warnings == []
     with pytest.raises(NothingLearnedError, match="epoch 1 learned nothing: valid_fraction stayed 0"):

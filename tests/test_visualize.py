@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from pddm_tf import evaluation, logs, progress
+from pddm_tf import evaluation, progress
+from pddm_tf.cli import logs
 from pddm_tf.evaluation import visualize
 
 

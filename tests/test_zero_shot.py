@@ -1,4 +1,4 @@
-"""examples/zero_shot_imagenet.py end to end, on mock ImageNet (a fake TFDS, as in test_datasets.py) and on
+"""examples/zero_shot_imagenet.py end to end, on mock ImageNet (a fake TFDS, as in test_tfds_loaders.py) and on
 the embedded Omniglot data; every reported hit@k is recomputed here with plain loops over the written embeddings."""
 
 import functools
@@ -19,7 +19,7 @@ KS = (1, 2, 5, 10)
 TINY = ["--image_size=16", "--backbone_width=8", "--embedding_dim=8", "--batch_per_class=2", "--eval_batch_size=128",
         "--epochs=1"]
 SEED = 1
-# ImageNet classes held out with --unseen_fraction=0.2 and --seed=SEED (pddm_tf.datasets' documented rule).
+# ImageNet classes held out with --unseen_fraction=0.2 and --seed=SEED (pddm_tf.data.tfds_loaders' documented rule).
 _HELD_OUT = np.random.default_rng(SEED).permutation(1000)[:200]
 _UNSEEN = sorted(int(c) for c in _HELD_OUT[:3])
 _SEEN = sorted(int(c) for c in np.setdiff1d(np.arange(1000), _HELD_OUT)[[0, 10, 100, 500]])

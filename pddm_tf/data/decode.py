@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from pddm_tf import image_header
+from pddm_tf.data import image_header
 
 # Leading bytes of the formats tf.io.decode_image understands: PNG, JPEG, GIF, BMP.
 MAGIC_NUMBERS = tuple(s for signatures in image_header.FORMAT_SIGNATURES.values() for s in signatures)
@@ -48,7 +48,7 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
     """Decodes a batch of image files: [n] tf.string -> [n, s, s, c] float32 in [0, 1].
 
     Without `transform`, each image is `decode_image`d (plain resize); with one (a deterministic
-    evaluation transform such as `pipeline.eval_transform(s)`), it is applied to the full-size
+    evaluation transform such as `transforms.eval_transform(s)`), it is applied to the full-size
     decoded image, as `evaluation_dataset(..., transform=...)` does.
 
     A batch holding bytes of no known image format, or an image whose header declares more than
@@ -98,7 +98,7 @@ def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Ten
     the training, evaluation and embedding pipelines).
 
     Without `transform`: `decode_image` (rotated, resized to s x s, in [0, 1]). With one (a
-    `pddm_tf.pipeline.Transform`, e.g. an augmentation or `pipeline.eval_transform(s)`):
+    `pddm_tf.data.transforms.Transform`, e.g. an augmentation or `transforms.eval_transform(s)`):
     `transform(full-size decoded image rotated, seed)`, checked to be [s, s, c]; `seed` is its
     stateless seed [2] int64 (None: zeros, for a deterministic evaluation transform). Either way
     images over the pixel limit are refused as in `decode_image`.

@@ -1,5 +1,5 @@
 """Named datasets: the embedded Omniglot images, `folder:PATH`, and the `DATASETS` registry that
-`load_dataset` looks names up in (`pddm_tf.datasets` adds the TFDS ones)."""
+`load_dataset` looks names up in (`pddm_tf.data.tfds_loaders` adds the TFDS ones)."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def load_folder(
 
 
 #: Named datasets: name -> loader(test_fraction=..., seed=..., **kwargs) -> DatasetSplit. A loader
-#: registers itself (`DATASETS.register(name, loader)`); `pddm_tf.datasets` registers the TFDS ones
+#: registers itself (`DATASETS.register(name, loader)`); `pddm_tf.data.tfds_loaders` registers the TFDS ones
 #: ("cub200", "cars196", "sop", ...) when imported, which `load_dataset` does lazily (importing TFDS
 #: is slow). "folder:PATH" is handled apart since its name carries an argument.
 DATASETS: Registry[Callable[..., DatasetSplit]] = Registry("dataset")
@@ -145,7 +145,7 @@ FOLDER_PREFIX = "folder:"
 
 
 def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) -> DatasetSplit:
-    """Loads a dataset by name: "omniglot", "folder:PATH", a TFDS dataset of `pddm_tf.datasets`
+    """Loads a dataset by name: "omniglot", "folder:PATH", a TFDS dataset of `pddm_tf.data.tfds_loaders`
     ("cub200", "cars196", "sop", "tfds_omniglot", "imagenet2012" and their aliases) or any loader
     registered in `DATASETS`.
 
@@ -157,7 +157,7 @@ def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs)
     if name.startswith(FOLDER_PREFIX) and name[len(FOLDER_PREFIX) :]:
         return load_folder(name[len(FOLDER_PREFIX) :], test_fraction, seed, **kwargs)
     if name not in DATASETS:
-        import pddm_tf.datasets  # noqa: F401  Registers the TFDS loaders (lazily: it imports this module).
+        import pddm_tf.data.tfds_loaders  # noqa: F401  Registers the TFDS loaders (lazily: it imports this module).
     if name not in DATASETS:
         known = ", ".join(repr(n) for n in [*DATASETS, FOLDER_PREFIX + "PATH"])
         raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")

@@ -142,9 +142,9 @@ def class_balanced_dataset(
         contributes its n images in a shuffled order taken cyclically (repeats only
         there). Classes with a single image are never sampled (no positive pair).
       augment: None (default): `decode_image`, the whole image resized to s x s.
-        Otherwise a `pddm_tf.pipeline.Transform` applied to each decoded full-size image
+        Otherwise a `pddm_tf.data.transforms.Transform` applied to each decoded full-size image
         (after its rotation) with a per-image seed derived from `seed` and the image's
-        position in the stream, e.g. `pipeline.train_transform(s)`; it must return
+        position in the stream, e.g. `transforms.train_transform(s)`; it must return
         [s, s, c] float32.
       start_step: None (default): every iterator starts at batch 0. Otherwise a scalar integer
         variable, read when an iterator starts: the iterator yields batches t, t+1, ... of the
@@ -332,8 +332,8 @@ def evaluation_dataset(
       channels: channels c of the images.
       batch_size: b >= 1.
       transform: None (default): `decode_image`, the whole image resized to s x s.
-        Otherwise a `pddm_tf.pipeline.Transform` applied to each decoded full-size image
-        (after its rotation), e.g. `pipeline.eval_transform(s)` (shorter side to 8/7 s,
+        Otherwise a `pddm_tf.data.transforms.Transform` applied to each decoded full-size image
+        (after its rotation), e.g. `transforms.eval_transform(s)` (shorter side to 8/7 s,
         centre s x s crop); it must return [s, s, c] float32 and is given a zero seed.
       cache: False (default) decodes on every pass. True keeps the decoded images in
         memory after the first complete pass (n * s * s * c * 4 bytes); a string caches

@@ -1,7 +1,7 @@
 """Metric-learning losses: PDDM's double-header hinge and the standard baselines.
 
 Every baseline is a serializable Keras loss called as `loss(labels [m] int, embeddings [m, d])`
-on L2-normalised embeddings, mines its pairs or triplets inside the batch (`pddm_tf.mining`) and
+on L2-normalised embeddings, mines its pairs or triplets inside the batch (`pddm_tf.miners.mining`) and
 returns 0, never NaN, for a batch without a valid pair. Use them with `MetricLossModel`.
 """
 

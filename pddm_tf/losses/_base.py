@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from pddm_tf.miners import Miner, Tuples, get_miner, serialize_miner
-from pddm_tf.mining import check_labels
+from pddm_tf.miners.mining import check_labels
 
 # Stand-in for -inf in masked log-sum-exps: exp(_MASKED - max) underflows to exactly 0 like -inf
 # would, but a row with nothing left stays finite (log-sum-exp of -inf is -inf, whose gradient is NaN).

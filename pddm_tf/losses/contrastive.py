@@ -10,7 +10,7 @@ import tensorflow as tf
 from pddm_tf.distances import Distance, get_distance
 from pddm_tf.losses._base import EmbeddingLoss, masked_mean, miner_config, optional_miner, tuple_pair_masks
 from pddm_tf.miners import Miner, Tuples
-from pddm_tf.mining import pair_masks
+from pddm_tf.miners.mining import pair_masks
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")

@@ -17,7 +17,7 @@ from pddm_tf.losses._base import (
     tuple_pair_masks,
 )
 from pddm_tf.miners import Miner, Tuples
-from pddm_tf.mining import pair_masks
+from pddm_tf.miners.mining import pair_masks
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pddm_tf.losses._base import EmbeddingLoss
 from pddm_tf.miners import Tuples, npair_tuples
-from pddm_tf.mining import npair_pairs
+from pddm_tf.miners.mining import npair_pairs
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")

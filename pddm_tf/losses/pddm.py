@@ -11,7 +11,7 @@ import tensorflow as tf
 from pddm_tf.distances import squared_distances_of_pairs
 from pddm_tf.losses._base import check_embeddings, labels_from_y_true
 from pddm_tf.miners import QuadrupletMiner, Tuples
-from pddm_tf.mining import MINING_MODES, euclidean_scores
+from pddm_tf.miners.mining import MINING_MODES, euclidean_scores
 
 
 class LossTerms(NamedTuple):

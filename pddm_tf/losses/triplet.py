@@ -22,7 +22,7 @@ class TripletLoss(EmbeddingLoss):
 
     miner="semi_hard" (Schroff et al., FaceNet, CVPR 2015; TensorFlow Addons'
     `triplet_semihard_loss`): every ordered positive pair (a, p) with the negative chosen by
-    `pddm_tf.mining.semi_hard_negatives` (closest negative farther than p, else the farthest
+    `pddm_tf.miners.mining.semi_hard_negatives` (closest negative farther than p, else the farthest
     negative). Differences from TFA: the default margin is 0.2 (TFA: 1.0) and an anchor with no
     negative yields no triplet (TFA would compare it with itself), so a batch without one gives 0.
 

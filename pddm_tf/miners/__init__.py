@@ -10,29 +10,57 @@ registers itself under its `name`, so a loss's config (and `--loss_options`) can
     "distance_weighted"      DistanceWeightedMiner     Wu et al.'s distance-weighted sampling
     "closest_beyond_cutoff"  ClosestBeyondCutoffMiner  the Divide-and-Conquer authors' sampler
 
-The index arithmetic itself lives in `pddm_tf.mining`, as pure functions.
+  mining.py    the index arithmetic of every miner and the label masks the losses share, as pure
+               functions (no objects, no state)
+  _base.py     `Tuples`, the `Miner` base class and the `MINERS` registry
 """
 
 from pddm_tf.miners._base import MINERS, Miner, Tuples, get_miner, serialize_miner
 from pddm_tf.miners.batch_hard import BatchHardMiner
 from pddm_tf.miners.closest_beyond_cutoff import ClosestBeyondCutoffMiner
 from pddm_tf.miners.distance_weighted import DistanceWeightedMiner
+from pddm_tf.miners.mining import (
+    MINING_MODES,
+    Quadruplets,
+    batch_hard_triplets,
+    check_labels,
+    closest_negatives_beyond_cutoff,
+    distance_weighted_negatives,
+    euclidean_scores,
+    mine_quadruplets,
+    npair_pairs,
+    pair_masks,
+    score_gap,
+    semi_hard_negatives,
+)
 from pddm_tf.miners.npair import NPairMiner, npair_tuples
 from pddm_tf.miners.quadruplet import QuadrupletMiner, quadruplet_tuples
 from pddm_tf.miners.semi_hard import SemiHardMiner
 
 __all__ = [
     "MINERS",
+    "MINING_MODES",
     "BatchHardMiner",
     "ClosestBeyondCutoffMiner",
     "DistanceWeightedMiner",
     "Miner",
     "NPairMiner",
     "QuadrupletMiner",
+    "Quadruplets",
     "SemiHardMiner",
     "Tuples",
+    "batch_hard_triplets",
+    "check_labels",
+    "closest_negatives_beyond_cutoff",
+    "distance_weighted_negatives",
+    "euclidean_scores",
     "get_miner",
+    "mine_quadruplets",
+    "npair_pairs",
     "npair_tuples",
+    "pair_masks",
     "quadruplet_tuples",
+    "score_gap",
+    "semi_hard_negatives",
     "serialize_miner",
 ]

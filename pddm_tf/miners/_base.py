@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from pddm_tf.distances import pairwise_distances
-from pddm_tf.mining import check_labels
+from pddm_tf.miners.mining import check_labels
 from pddm_tf.registry import check_registered
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pddm_tf.miners._base import Miner, Tuples
-from pddm_tf.mining import batch_hard_triplets
+from pddm_tf.miners.mining import batch_hard_triplets
 
 
 class BatchHardMiner(Miner):
     """One triplet per anchor that has a positive and a negative: its farthest positive and its
-    closest negative (`pddm_tf.mining.batch_hard_triplets`; Hermans, Beyer & Leibe, 2017). Rows in
+    closest negative (`pddm_tf.miners.mining.batch_hard_triplets`; Hermans, Beyer & Leibe, 2017). Rows in
     anchor order; groups = t.
 
     Example (points 0, 1 | 1.5, 3 on a line):

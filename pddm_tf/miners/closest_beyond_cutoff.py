@@ -7,12 +7,12 @@ from typing import Any
 import tensorflow as tf
 
 from pddm_tf.miners._base import Miner, Tuples
-from pddm_tf.mining import closest_negatives_beyond_cutoff
+from pddm_tf.miners.mining import closest_negatives_beyond_cutoff
 
 
 class ClosestBeyondCutoffMiner(Miner):
     """Deterministic: anchor a takes its P_a closest negatives at distance >= `cutoff` and pairs them
-    one to one with its P_a positives (`pddm_tf.mining.closest_negatives_beyond_cutoff`). Rows in
+    one to one with its P_a positives (`pddm_tf.miners.mining.closest_negatives_beyond_cutoff`). Rows in
     row-major (anchor, positive) order; groups = t.
 
     Args:

@@ -8,12 +8,12 @@ import keras
 import tensorflow as tf
 
 from pddm_tf.miners._base import Miner, Tuples
-from pddm_tf.mining import distance_weighted_negatives
+from pddm_tf.miners.mining import distance_weighted_negatives
 
 
 class DistanceWeightedMiner(Miner):
     """Every ordered positive pair (a, p) whose anchor has a negative, with a negative drawn with
-    probability ~ q(D_an)^-1 (`pddm_tf.mining.distance_weighted_negatives`, which gives the
+    probability ~ q(D_an)^-1 (`pddm_tf.miners.mining.distance_weighted_negatives`, which gives the
     density q on the unit sphere of the embedding dimension). Rows in row-major (anchor, positive)
     order; groups = t.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pddm_tf.miners._base import Miner, Tuples
-from pddm_tf.mining import npair_pairs
+from pddm_tf.miners.mining import npair_pairs
 
 
 def npair_tuples(pairs: tf.Tensor) -> Tuples:
@@ -15,7 +15,7 @@ def npair_tuples(pairs: tf.Tensor) -> Tuples:
 
 
 class NPairMiner(Miner):
-    """The N (anchor, positive) pairs of `pddm_tf.mining.npair_pairs` (the first two samples of
+    """The N (anchor, positive) pairs of `pddm_tf.miners.mining.npair_pairs` (the first two samples of
     every class with two or more), each with all N positives as candidates: N^2 rows, anchor-major,
     row i N + j = (a_i, p_i, p_j); groups = N. Distances are not used.
 

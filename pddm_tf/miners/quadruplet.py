@@ -7,7 +7,7 @@ from typing import Any
 import tensorflow as tf
 
 from pddm_tf.miners._base import Miner, Tuples
-from pddm_tf.mining import MINING_MODES, Quadruplets, mine_quadruplets
+from pddm_tf.miners.mining import MINING_MODES, Quadruplets, mine_quadruplets
 
 
 def quadruplet_tuples(quadruplets: Quadruplets) -> Tuples:
@@ -17,7 +17,7 @@ def quadruplet_tuples(quadruplets: Quadruplets) -> Tuples:
 
 
 class QuadrupletMiner(Miner):
-    """Hard quadruplets (i, j, k, l) of `pddm_tf.mining.mine_quadruplets`, ranked by -distances
+    """Hard quadruplets (i, j, k, l) of `pddm_tf.miners.mining.mine_quadruplets`, ranked by -distances
     (pass PDDM scores S as distances = -S to mine as the paper does). Returned as 2q rows: row r
     is (i, j, k), row q + r is (j, i, l); groups = q.
 

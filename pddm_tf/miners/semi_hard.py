@@ -5,12 +5,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pddm_tf.miners._base import Miner, Tuples
-from pddm_tf.mining import pair_masks, semi_hard_negatives
+from pddm_tf.miners.mining import pair_masks, semi_hard_negatives
 
 
 class SemiHardMiner(Miner):
     """Every ordered positive pair (a, p) whose anchor has a negative, with the closest negative
-    farther than p, else the farthest negative (`pddm_tf.mining.semi_hard_negatives`; Schroff et
+    farther than p, else the farthest negative (`pddm_tf.miners.mining.semi_hard_negatives`; Schroff et
     al., CVPR 2015). Rows in row-major (anchor, positive) order; groups = t.
 
     Example (points 0, 1 | 1.5, 3 on a line):

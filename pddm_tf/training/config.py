@@ -1,7 +1,7 @@
 """`TrainConfig`: everything one training run is made of, as a value (no TensorFlow import here).
 
 `pddm-tf train` builds one from its flags (whose defaults are this class's), recipes are
-`TrainConfig`s (`pddm_tf.recipes`), and `pddm_tf.training.train(config)` runs one from Python:
+`TrainConfig`s (`pddm_tf.methods.recipes`), and `pddm_tf.training.train(config)` runs one from Python:
 
     >>> config = TrainConfig(epochs=2, steps_per_epoch=5).replace(method="triplet_batchhard")
     >>> config.method, config.epochs, config.image_size
@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pddm_tf import cli_validation
+from pddm_tf.cli import validation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -25,7 +25,7 @@ class TrainConfig:
     Every field is the `pddm-tf train` flag of the same name (`pddm-tf train --helpfull` says what
     each does), with the same default; `loss_options` is the parsed JSON object of
     `--loss_options`, and `log_dir` is None unless given. Build one with keywords, change one with
-    `replace`, start from a recipe with `pddm_tf.recipes.get_recipe(name).config(...)`, and check
+    `replace`, start from a recipe with `pddm_tf.methods.recipes.get_recipe(name).config(...)`, and check
     one with `check` (`train` does).
     """
 
@@ -109,7 +109,7 @@ class TrainConfig:
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if isinstance(self.loss_options, str):  # the --loss_options JSON
-            object.__setattr__(self, "loss_options", cli_validation.parse_loss_options(self.loss_options or None))
+            object.__setattr__(self, "loss_options", validation.parse_loss_options(self.loss_options or None))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -133,7 +133,7 @@ class TrainConfig:
         return values
 
     def check(self) -> None:
-        """Raises `pddm_tf.cli_validation.FlagError` naming the first value `pddm-tf train` would refuse."""
-        cli_validation.check_flags("train", self.flag_values())
+        """Raises `pddm_tf.cli.validation.FlagError` naming the first value `pddm-tf train` would refuse."""
+        validation.check_flags("train", self.flag_values())
         if self.loss_options:
-            cli_validation.parse_loss_options(json.dumps(dict(self.loss_options)))
+            validation.parse_loss_options(json.dumps(dict(self.loss_options)))

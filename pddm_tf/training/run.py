@@ -34,7 +34,7 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
     """The dataset split of `config` and its channel count; with `rotations` (and `rotate_training`)
     its training classes get their rotated copies as new classes."""
     from pddm_tf import data
-    from pddm_tf.datasets import TFDS_LOADERS
+    from pddm_tf.data.tfds_loaders import TFDS_LOADERS
 
     kwargs: dict[str, Any] = {}
     if config.dataset == "omniglot" or config.dataset.startswith("folder:"):
@@ -52,13 +52,13 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
 
 def training_transform(config: TrainConfig):
     """The training augmentation: `augment` (crop + flip), `affine`, or none."""
-    from pddm_tf import pipeline
+    from pddm_tf.data import transforms
 
     if config.augment and config.affine:
         raise ValueError("augment and affine are two different training augmentations; choose one")
     if config.augment:
-        return pipeline.train_transform(config.image_size)
-    return pipeline.affine_transform(config.image_size) if config.affine else None
+        return transforms.train_transform(config.image_size)
+    return transforms.affine_transform(config.image_size) if config.affine else None
 
 
 def few_shot_metrics(config: TrainConfig, embeddings, files, say: Callable[..., None] = print) -> dict[str, float]:
@@ -116,7 +116,7 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
     from pddm_tf import backbone
     from pddm_tf.methods import build_model as build_method_model
     from pddm_tf.methods import method_options
-    from pddm_tf.optimizers import make_optimizer
+    from pddm_tf.training.optimizers import make_optimizer
 
     network = backbone(config.backbone, config.image_size, channels,
                        weights=None if config.weights == "none" else config.weights,
@@ -159,7 +159,7 @@ def _output_dir(path: str, chief: bool) -> Iterator[str]:
 @contextlib.contextmanager
 def pixel_limit(max_image_pixels: int) -> Iterator[None]:
     """The loaders' image pixel limit (`image_header.MAX_IMAGE_PIXELS`) set for a block, restored after."""
-    from pddm_tf import image_header
+    from pddm_tf.data import image_header
 
     default = image_header.MAX_IMAGE_PIXELS
     image_header.MAX_IMAGE_PIXELS = max_image_pixels
@@ -195,7 +195,7 @@ class Trained(NamedTuple):
 
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
-    held-out split). Raises `pddm_tf.cli_validation.FlagError` for a refused setting, before any work."""
+    held-out split). Raises `pddm_tf.cli.validation.FlagError` for a refused setting, before any work."""
     config.check()
     with pixel_limit(config.max_image_pixels):
         CURRENT_RUN.clear()
@@ -213,7 +213,7 @@ def fit(config: TrainConfig) -> Trained:
 
 
 def _fit(config: TrainConfig) -> Trained:
-    from pddm_tf import distributed
+    from pddm_tf.training import distributed
 
     # A multi-worker strategy must exist before any other TensorFlow operation runs.
     strategy = distributed.make_strategy(config.strategy, list(config.worker_hosts or []) or None, config.task_index,
@@ -222,9 +222,10 @@ def _fit(config: TrainConfig) -> Trained:
 
     import keras
 
-    from pddm_tf import data, evaluation, pipeline
+    from pddm_tf import data, evaluation
+    from pddm_tf.data import transforms
     from pddm_tf.methods import training_pipeline
-    from pddm_tf.training_checks import LearningCheck
+    from pddm_tf.training.checks import LearningCheck
 
     keras.utils.set_random_seed(config.seed)
     split, channels = load_split(config)
@@ -239,7 +240,7 @@ def _fit(config: TrainConfig) -> Trained:
     steps_per_epoch = config.steps_per_epoch or -(-len(split.train) // batch)
     with strategy.scope():
         model = build_model(config, channels, split.train.num_classes, total_steps=config.epochs * steps_per_epoch)
-    transform = pipeline.eval_transform(config.image_size) if config.augment else None
+    transform = transforms.eval_transform(config.image_size) if config.augment else None
     backup = None
     if config.epochs > 0:
         backup_path = backup_dir(config) if config.backup else None
@@ -286,8 +287,9 @@ def _fit(config: TrainConfig) -> Trained:
 
 def _finish(config: TrainConfig, trained: Trained) -> dict[str, float]:
     """The evaluation and outputs of `train` after `fit`; the backup is deleted once all are written."""
-    from pddm_tf import distributed, evaluation
+    from pddm_tf import evaluation
     from pddm_tf.export import export_saved_model
+    from pddm_tf.training import distributed
 
     model, split, channels, transform, chief, backup = trained
     say = print if chief else (lambda *args, **kwargs: None)

@@ -28,7 +28,7 @@ import tensorflow as tf
 from pddm_tf import progress
 from pddm_tf.data import ImageFiles, balanced_batch_indices, from_step, read_image
 from pddm_tf.data import shard_size as rows_per_shard
-from pddm_tf.distributed import embed_files
+from pddm_tf.training.distributed import embed_files
 
 #: Tag of a batch drawn from all images during the conquer phase (it trains the whole embedding).
 CONQUER = -1
@@ -196,7 +196,7 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
     drawn, so changing it (re-clustering, the conquer phase) takes effect in the running pipeline;
     in the conquer phase every batch is drawn from all images and tagged `CONQUER`. Deterministic
     given `seed` and the sequence of assignments. `augment(image, seed [2])` (e.g.
-    `pddm_tf.pipeline.train_transform(...)`) replaces the plain resize of every image, with a
+    `pddm_tf.data.transforms.train_transform(...)`) replaces the plain resize of every image, with a
     stateless seed per image position.
 
     Args:

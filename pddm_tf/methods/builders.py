@@ -1,7 +1,7 @@
 """Named training methods: one place that turns a method name into a model to `compile` and `fit`.
 
 Used by `pddm-tf train --method=NAME` and by the benchmarks, so every method is built the same
-way around the same backbone and embedding size.
+way around the same backbone and embedding size. `register_method` adds a method.
 """
 
 from __future__ import annotations
@@ -11,18 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from pddm_tf import data, losses
-from pddm_tf.clustering import ClusterAssignment, DivideAndConquer, cluster_balanced_dataset
-from pddm_tf.distributed import distribute_training_data
-from pddm_tf.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.fault_tolerance import BackupAndRestore, SamplerPosition
-from pddm_tf.hdml import HDMLModel
+from pddm_tf import losses
 from pddm_tf.layers import PDDM
-from pddm_tf.method_names import METHOD_NAMES
+from pddm_tf.methods.names import METHOD_NAMES
 from pddm_tf.miners import DistanceWeightedMiner
-from pddm_tf.models import EmbeddingModel, MetricLossModel, PDDMModel
+from pddm_tf.models import DivideAndConquerModel, EmbeddingModel, HDMLModel, MetricLossModel, PDDMModel
 from pddm_tf.registry import Registry
 
 
@@ -147,7 +141,7 @@ def register_method(name: str, builder: Callable[..., EmbeddingModel]) -> Callab
     """Makes `builder(backbone, embedding_dim, *, option=..., ...) -> EmbeddingModel` the method `name`
     of `build_model` (and of `pddm_tf.training.train(TrainConfig(method=name, ...))`); its keyword-only
     parameters are its options. Returns `builder`. The command line's --method lists the built-in
-    methods only (`pddm_tf.method_names`)."""
+    methods only (`pddm_tf.methods.names`)."""
     return METHODS.register(name, builder)
 
 
@@ -171,7 +165,7 @@ for _name, _builder in {
     register_method(_name, _builder)
 # The command line lists METHOD_NAMES without importing this module (and TensorFlow): keep them equal.
 if tuple(METHODS) != METHOD_NAMES:
-    raise ImportError("pddm_tf.method_names.METHOD_NAMES is out of date: it must list the built-in methods")
+    raise ImportError("pddm_tf.methods.names.METHOD_NAMES is out of date: it must list the built-in methods")
 
 
 class _MethodOptions(Mapping[str, tuple[str, ...]]):
@@ -260,66 +254,3 @@ def method_options(method: str, **settings: Any) -> dict[str, Any]:
         raise ValueError(f"no method takes the option {_names(unknown)}; {method!r} takes "
                          f"{_names(METHOD_OPTIONS[method])}, and the methods' options are {_names(known)}")
     return {name: value for name, value in settings.items() if name in METHOD_OPTIONS[method]}
-
-
-def training_pipeline(model: EmbeddingModel, files: data.ImageFiles, batch_classes: int, batch_per_class: int,
-                      image_size: int, channels: int, seed: int = 0, recluster_every: int = 2,
-                      conquer_epochs: int = 1, cluster_on: str = "features", small_classes: str = "error",
-                      augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
-                      steps_per_epoch: int | None = None, backup_dir: str | None = None,
-                      delete_backup: bool = True,
-                      ) -> tuple[tf.data.Dataset | tf.distribute.DistributedDataset, list[keras.callbacks.Callback]]:
-    """The training batches and callbacks that `model.fit` needs for `model`'s method.
-
-    Every method trains on P x K class-balanced batches of `files`. A `DivideAndConquerModel`
-    trains on per-cluster batches (`cluster_balanced_dataset`) under the `DivideAndConquer`
-    schedule: cluster at the start, re-cluster every `recluster_every` epochs, and the last
-    `conquer_epochs` epochs on all data; the other arguments are then used. `augment` (e.g.
-    `pipeline.train_transform(...)`) transforms every training image; `small_classes` says what
-    plain P x K batches do with classes of fewer than K images (see `data.class_balanced_dataset`;
-    clusters always cycle such classes' images).
-
-    Batch t of the sampling sequence depends only on `seed` and t (and, for Divide-and-Conquer, on
-    the clustering), and every iterator starts at the optimiser's step counter (the
-    `fault_tolerance.SamplerPosition` callback): a resumed `fit` continues the sequence exactly. Under a
-    multi-worker strategy (the one `model` was created in) each worker reads and decodes only its
-    slice of every batch (`distributed.distribute_training_data`).
-
-    Args:
-      steps_per_epoch: S, the `steps_per_epoch` of `fit`. Divide-and-Conquer needs it so that no
-        batch of an epoch is drawn before that epoch's re-clustering (its iterators end with the
-        epoch); the other methods ignore it.
-      backup_dir: if given, the callbacks start with a `fault_tolerance.BackupAndRestore` there,
-        covering the model, its optimisers, the sampler position and the clustering.
-      delete_backup: delete the backup when `fit` completes; False keeps it, with the completed
-        state (`BackupAndRestore(delete_checkpoint=False)`), for the caller to delete once its
-        outputs are written.
-
-    Returns:
-      (dataset, callbacks) to pass to `fit`; the callbacks are the pipeline's: without them the
-      batches restart from the beginning of the sequence (and Divide-and-Conquer has no clusters).
-    """
-    position = SamplerPosition()
-    start_step = position.step
-    strategy = model.distribute_strategy
-    state: dict[str, tf.Module] = {}
-    if not isinstance(model, DivideAndConquerModel):
-        dataset = distribute_training_data(strategy, lambda shard: data.class_balanced_dataset(
-            files, batch_classes, batch_per_class, image_size, channels, seed=seed, small_classes=small_classes,
-            augment=augment, start_step=start_step, shard=shard))
-        callbacks: list[keras.callbacks.Callback] = [position]
-    else:
-        if steps_per_epoch is None:
-            raise ValueError("Divide-and-Conquer needs steps_per_epoch (that of fit): its batches follow the "
-                             "epoch's clustering")
-        assignment = ClusterAssignment(len(files), model.num_learners)
-        dataset = distribute_training_data(strategy, lambda shard: cluster_balanced_dataset(
-            files, assignment, batch_classes, batch_per_class, image_size, channels, seed, augment=augment,
-            start_step=start_step, steps_per_epoch=steps_per_epoch, shard=shard))
-        callbacks = [position, DivideAndConquer(assignment, files, image_size, channels, batch_classes=batch_classes,
-                                      recluster_every=recluster_every, conquer_epochs=conquer_epochs,
-                                      cluster_on=cluster_on, seed=seed)]
-        state["clusters"] = assignment
-    if backup_dir:
-        callbacks.insert(0, BackupAndRestore(backup_dir, state=state, delete_checkpoint=delete_backup))
-    return dataset, callbacks

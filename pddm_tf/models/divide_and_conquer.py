@@ -1,7 +1,7 @@
 """Divide-and-Conquer the embedding space (Sanakoyeu et al., CVPR 2019), METHODS.md section 4.
 
 `DivideAndConquerModel` is an `EmbeddingModel` whose head is a `SlicedEmbeddingHead` with K
-learners. A training batch comes from one cluster (`pddm_tf.clustering.cluster_balanced_dataset`
+learners. A training batch comes from one cluster (`pddm_tf.models.clustering.cluster_balanced_dataset`
 tags it with the cluster id k) and trains only learner k: the loss sees slice k of the global
 batch's projection, L2-normalised on its own, so the gradient reaches the backbone and the kernel
 columns of slice k only. Batches tagged `CONQUER` (and untagged batches) train the whole
@@ -28,10 +28,11 @@ import keras
 import tensorflow as tf
 
 from pddm_tf import _compat
-from pddm_tf.clustering import CONQUER
 from pddm_tf.layers import PDDM, SlicedEmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, MarginLoss, check_embeddings
-from pddm_tf.models import PDDM_TERMS, EmbeddingModel, gather_global_batch, mine_with_pddm, pddm_quadruplet_terms
+from pddm_tf.models.base import EmbeddingModel, gather_global_batch
+from pddm_tf.models.clustering import CONQUER
+from pddm_tf.models.pddm import PDDM_TERMS, mine_with_pddm, pddm_quadruplet_terms
 
 
 def _clone(loss: keras.losses.Loss) -> keras.losses.Loss:

@@ -98,7 +98,7 @@ def distribute_training_data(strategy: tf.distribute.Strategy, build: Callable[[
 
     `build(shard)` must return the batches' `shard` = (i, n) slice: the i-th of n equal row ranges
     of every global batch (`data.class_balanced_dataset(..., shard=)` and
-    `clustering.cluster_balanced_dataset(..., shard=)`). On one worker this is `build((0, 1))`,
+    `models.cluster_balanced_dataset(..., shard=)`). On one worker this is `build((0, 1))`,
     which Keras splits over the local replicas. With several workers, worker i builds slice i and
     cuts it into one batch per local replica, so replica r of the cluster holds rows
     r*B/R .. (r+1)*B/R - 1 of global batch B, as on one machine with R devices: training matches
@@ -137,7 +137,7 @@ def embed_files(network: keras.Model, files: ImageFiles, image_size: int, channe
       files: the images.
       image_size, channels: decoding, as `data.evaluation_dataset`.
       batch_size: images per step, over all replicas.
-      transform: as `data.evaluation_dataset` (e.g. `pipeline.eval_transform(s)`), or a plain resize.
+      transform: as `data.evaluation_dataset` (e.g. `transforms.eval_transform(s)`), or a plain resize.
     """
     strategy = network.distribute_strategy
     replicas = strategy.num_replicas_in_sync

@@ -1,4 +1,4 @@
-"""Embedding models: the shared train-step machinery and the PDDM hard-quadruplet model.
+"""Embedding models: the train-step machinery every method shares, and `MetricLossModel`.
 
 `EmbeddingModel` owns what every method shares: backbone -> embedding head, the global-batch
 gather under a distribution strategy, the gradient step and the metric trackers. A method
@@ -23,12 +23,9 @@ import tensorflow as tf
 
 from pddm_tf import _compat
 from pddm_tf.evaluation.index import Index, Lookup, lookups
-from pddm_tf.layers import PDDM, EmbeddingHead
-from pddm_tf.losses import DoubleHeaderHingeLoss, check_embeddings
-from pddm_tf.miners import quadruplet_tuples
-from pddm_tf.mining import check_labels, euclidean_scores, mine_quadruplets, score_gap
-
-MINING_SCORES = ("pddm", "euclidean")
+from pddm_tf.layers import EmbeddingHead
+from pddm_tf.losses import check_embeddings
+from pddm_tf.miners import check_labels
 
 
 def gather_global_batch(embeddings: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -296,101 +293,6 @@ class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
-
-
-#: What `pddm_quadruplet_terms` returns, in logging order.
-PDDM_TERMS = ("loss", "metric_loss", "embedding_loss", "valid_fraction", "score_gap")
-
-
-def mine_with_pddm(pddm: PDDM, loss: DoubleHeaderHingeLoss, mining_score: str, embeddings: tf.Tensor,
-                   labels: tf.Tensor) -> dict[str, Any]:
-    """Quadruplet mining of METHODS.md section 2 on a (stopped) batch: embeddings [m, d], labels [m].
-
-    Ranks pairs by the all-pairs PDDM scores [m, m] (or -||f_i - f_j||^2 when `mining_score` is
-    "euclidean") and returns {"quadruplets": `Quadruplets`, "score_gap": scalar}.
-    """
-    scores = pddm(embeddings) if mining_score == "pddm" else euclidean_scores(embeddings)
-    return {"quadruplets": mine_quadruplets(labels, scores, loss.mining), "score_gap": score_gap(labels, scores)}
-
-
-def pddm_quadruplet_terms(pddm: PDDM, loss: DoubleHeaderHingeLoss, embeddings: tf.Tensor,
-                          mined: dict[str, Any]) -> dict[str, tf.Tensor]:
-    """The double-header hinge loss (METHODS.md section 2) of mined quadruplets, with gradient.
-
-    Scores only the mined pairs with `pddm` and returns the scalars named by `PDDM_TERMS`.
-    """
-    quads = mined["quadruplets"]
-    i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
-    # One batched PDDM call for the three pair sets of every quadruplet: [3q] pairs.
-    scores = pddm((tf.gather(embeddings, tf.concat([i, i, j], 0)), tf.gather(embeddings, tf.concat([j, k, l], 0))))
-    s_ij, s_ik, s_jl = tf.split(scores, 3)
-    terms = loss.from_indices(embeddings, quadruplet_tuples(quads), tf.concat([s_ij, s_ij], 0),
-                              tf.concat([s_ik, s_jl], 0))
-    return {"loss": terms.total, "metric_loss": terms.metric, "embedding_loss": terms.embedding,
-            "valid_fraction": quads.valid_fraction(), "score_gap": mined["score_gap"]}
-
-
-@keras.saving.register_keras_serializable(package="pddm_tf")
-class PDDMModel(EmbeddingModel):
-    """Hard-quadruplet training with a PDDM unit (METHODS.md sections 1 and 2).
-
-    Each step: embeddings of the global batch -> all-pairs scores (PDDM, or negative squared
-    distances for the Euclidean-mining ablation) computed without gradient recording -> quadruplet
-    mining -> PDDM scores of only the mined pairs, with gradient -> double-header hinge loss ->
-    one update of backbone, head and PDDM together.
-
-    Logged: loss (E_m + lambda E_e), metric_loss (E_m), embedding_loss (E_e), valid_fraction (mined
-    quadruplets / sought), score_gap (mean positive - mean negative mining score of the batch).
-
-    Args:
-      backbone, embedding_dim, dropout: see `EmbeddingModel`.
-      pddm: the PDDM layer (default `PDDM()`).
-      loss: a `DoubleHeaderHingeLoss` (default settings; heads=1 gives PDDM+Triplet); its `mining`
-        chooses hardest-per-batch or per-positive-pair quadruplets.
-      mining_score: "pddm" (the paper) or "euclidean" (the ablation: mine on -||f_i - f_j||^2, the
-        loss still uses PDDM scores).
-    """
-
-    metric_names = PDDM_TERMS
-
-    def __init__(self, backbone: keras.Model, embedding_dim: int = 64, pddm: PDDM | None = None,
-                 loss: DoubleHeaderHingeLoss | None = None, mining_score: str = "pddm",
-                 dropout: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
-        if mining_score not in MINING_SCORES:
-            raise ValueError(f"unknown mining_score {mining_score!r}; expected one of {MINING_SCORES}")
-        self.pddm = pddm if pddm is not None else PDDM(name="pddm")
-        self.hinge_loss = loss if loss is not None else DoubleHeaderHingeLoss()
-        self.mining_score = mining_score
-
-    def build(self, input_shape: Any) -> None:
-        super().build(input_shape)
-        if not self.pddm.built:
-            self.pddm.build((None, self.embedding_dim))
-
-    def similarity(self, embeddings: tf.Tensor) -> tf.Tensor:
-        """All-pairs PDDM scores of an embedding batch: [m, d] -> [m, m]."""
-        return self.pddm(embeddings)
-
-    def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
-        return mine_with_pddm(self.pddm, self.hinge_loss, self.mining_score, embeddings, labels)
-
-    def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: dict[str, Any]) -> dict[str, tf.Tensor]:
-        return pddm_quadruplet_terms(self.pddm, self.hinge_loss, embeddings, mined)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(pddm=keras.saving.serialize_keras_object(self.pddm),
-                      loss=keras.saving.serialize_keras_object(self.hinge_loss),
-                      mining_score=self.mining_score)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> PDDMModel:
-        config = dict(config)
-        config["pddm"] = keras.saving.deserialize_keras_object(config["pddm"])
-        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
-        return super().from_config(config)
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")

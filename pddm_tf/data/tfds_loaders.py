@@ -83,7 +83,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from pddm_tf import atomic, progress
-from pddm_tf.data import DATASETS, DatasetSplit, ImageFiles, check_channels, check_test_fraction, random_class_mask
+from pddm_tf.data.files import DatasetSplit, ImageFiles
+from pddm_tf.data.loaders import DATASETS
+from pddm_tf.data.splits import check_channels, check_test_fraction, random_class_mask
 
 _logger = logging.getLogger(__name__)
 

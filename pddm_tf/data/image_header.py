@@ -34,7 +34,7 @@ import numbers
 import tensorflow as tf
 
 #: The default pixel limit (width x height) of decoded images: 16 MP. Read when a pipeline or
-#: signature is built (traced), so assigning `pddm_tf.image_header.MAX_IMAGE_PIXELS = n` before
+#: signature is built (traced), so assigning `pddm_tf.data.image_header.MAX_IMAGE_PIXELS = n` before
 #: building one changes the limit of the training loaders (`pddm_tf.data`); an export stores the
 #: value it was given (`export_saved_model(max_image_pixels=...)`).
 MAX_IMAGE_PIXELS = 16_000_000

@@ -5,7 +5,7 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
 
 * `serving_default`: `images` [n] tf.string (PNG/JPEG/GIF/BMP bytes) -> `embeddings` [n, d],
   decoded, resized and scaled exactly as in training (`pddm_tf.data.decode_image`). Before any
-  image is decoded, every header is read (`pddm_tf.image_header`) and a batch holding an image of
+  image is decoded, every header is read (`pddm_tf.data.image_header`) and a batch holding an image of
   more than `max_image_pixels` pixels (width x height, fixed at export, 16 MP by default) is
   refused with an InvalidArgumentError naming the image, its size and the limit: a few hundred
   kilobytes that declare a huge image cannot take the server's memory. The limit is kept in the
@@ -29,41 +29,19 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf import atomic, data, evaluation, image_header
-from pddm_tf.data import decode_images
+from pddm_tf import atomic, evaluation
+from pddm_tf.data import decode_images, image_header
+from pddm_tf.export.gallery import Gallery
 from pddm_tf.models import EmbeddingModel
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Gallery:
-    """The items `search` retrieves: g embeddings and their string ids.
-
-    Attributes:
-      embeddings: [g, d] float32, the model's embeddings of the gallery images.
-      ids: [g] str, user-supplied ids (e.g. file paths or product names) that `search` returns.
-    """
-
-    embeddings: np.ndarray
-    ids: np.ndarray
-
-    def __post_init__(self) -> None:
-        embeddings = np.asarray(self.embeddings, dtype=np.float32)
-        ids = np.asarray(self.ids, dtype=str)
-        if embeddings.ndim != 2 or ids.ndim != 1 or len(ids) != len(embeddings) or len(ids) == 0:
-            raise ValueError(f"a gallery needs [g, d] embeddings and [g] ids with g >= 1, got shapes "
-                             f"{embeddings.shape} and {ids.shape}")
-        object.__setattr__(self, "embeddings", embeddings)
-        object.__setattr__(self, "ids", ids)
 
 
 def next_version(export_dir: str | os.PathLike) -> int:
@@ -153,52 +131,6 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def embed_gallery(model: keras.Model, paths: Sequence[str], ids: Sequence[str], image_size: int, channels: int,
-                  batch_size: int = 256,
-                  transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None) -> Gallery:
-    """Embeds image files with the training pipeline's decoding (and evaluation `transform`, if any):
-    a `Gallery` of [g, d] embeddings and `ids`."""
-    path_array = np.asarray(paths, dtype=str)
-    files = data.ImageFiles(path_array, np.zeros(len(paths), np.int32), ("gallery",), np.zeros(len(paths), np.int32))
-    return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
-
-
-def _embed_gallery_files(model: keras.Model, files: data.ImageFiles, ids: Sequence[str], image_size: int,
-                         channels: int, batch_size: int,
-                         transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None) -> Gallery:
-    """`embed_gallery` of `files` (their rotations included)."""
-    embeddings, _ = evaluation.embed_dataset(
-        model, data.evaluation_dataset(files, image_size, channels, batch_size, transform=transform))
-    return Gallery(embeddings, np.asarray(ids, dtype=str))
-
-
-def load_gallery(model: keras.Model, spec: str, image_size: int, channels: int, *, test_fraction: float = 0.5,
-                 seed: int = 0, batch_size: int = 256,
-                 transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None, **dataset_kwargs) -> Gallery:
-    """The gallery named by `spec`, embedded by `model`.
-
-    Args:
-      spec: "folder:PATH": every image file below PATH (any depth, sorted), id = its path relative
-        to PATH; or a dataset name of `pddm_tf.data.load_dataset`: its held-out images (all of
-        them when it has no held-out side), id = "<class name>/<file name>".
-      test_fraction, seed, dataset_kwargs: for `load_dataset`.
-      transform: the evaluation transform (as in `export_saved_model`), None = plain resize.
-    """
-    if spec.startswith("folder:"):
-        root = pathlib.Path(spec[len("folder:"):])
-        if not root.is_dir():
-            raise ValueError(f"gallery folder {str(root)!r} does not exist or is not a directory")
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in data.IMAGE_EXTENSIONS)
-        if not paths:
-            raise ValueError(f"no images in gallery folder {str(root)!r}")
-        return embed_gallery(model, [str(p) for p in paths], [p.relative_to(root).as_posix() for p in paths],
-                             image_size, channels, batch_size, transform)
-    split = data.load_dataset(spec, test_fraction=test_fraction, seed=seed, **dataset_kwargs)
-    files = split.test if split.test is not None else split.train
-    ids = [f"{files.class_names[label]}/{os.path.basename(path)}" for path, label in zip(files.paths, files.labels)]
-    return _embed_gallery_files(model, files, ids, image_size, channels, batch_size, transform)
-
-
 class _GalleryIndex(tf.Module):
     """The gallery as SavedModel variables, so `search` needs no side file (and no 2 GB graph constant)."""
 
@@ -256,7 +188,7 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
       rerank: R, re-rank the Euclidean top-R shortlist by the PDDM score (0 = off; needs a PDDM
         unit; clamped to the gallery size, and at least k).
       transform: the evaluation transform the model was evaluated with (e.g.
-        `pipeline.eval_transform(image_size)` after `--augment` training), applied by
+        `transforms.eval_transform(image_size)` after `--augment` training), applied by
         `serving_default` and `search` after decoding; None = plain resize (`decode_image`).
       max_image_pixels: `serving_default` and `search` refuse images whose header declares more
         pixels (width x height) before decoding them; None = `image_header.MAX_IMAGE_PIXELS`.

@@ -1,4 +1,4 @@
-"""Tests of pddm_tf.datasets under tfds.testing.mock_data (no download, no real data).
+"""Tests of pddm_tf.data.tfds_loaders under tfds.testing.mock_data (no download, no real data).
 
 The fake TFDS splits are generated here (labels chosen per split, other features random), so
 every expected split, label, class name and image is recomputed from them independently of the
@@ -20,7 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
-from pddm_tf import data, datasets
+from pddm_tf import data
+from pddm_tf.data import tfds_loaders
 
 SIDE = 10  # RandomFakeGenerator(constant_dynamic_shape=True) gives 10 x 10 images.
 BUILDERS = ("caltech_birds2011", "cars196", "stanford_online_products", "omniglot", "imagenet2012")
@@ -133,7 +134,7 @@ def _check_files(files: data.ImageFiles, rows: list[tuple[str, int, dict]], name
 
 
 @pytest.mark.parametrize(
-    "name, loader, first_test", [("cub200", datasets.load_cub200, 100), ("cars196", datasets.load_cars196, 98)]
+    "name, loader, first_test", [("cub200", tfds_loaders.load_cub200, 100), ("cars196", tfds_loaders.load_cars196, 98)]
 )
 def test_image_split_datasets_are_re_split_by_label(fake, name, loader, first_test):
     tfds_name = {"cub200": "caltech_birds2011", "cars196": "cars196"}[name]
@@ -153,7 +154,7 @@ def test_image_split_datasets_are_re_split_by_label(fake, name, loader, first_te
 
 
 def test_cub_class_names_carry_the_paper_ids(fake):
-    split = datasets.load_cub200(cache_dir=fake.cache_dir)
+    split = tfds_loaders.load_cub200(cache_dir=fake.cache_dir)
     train_ids = [int(n.split(".")[0]) for n in split.train.class_names]
     test_ids = [int(n.split(".")[0]) for n in split.test.class_names]
     assert train_ids == [1, 4, 43, 100] and test_ids == [101, 151, 200]
@@ -161,7 +162,7 @@ def test_cub_class_names_carry_the_paper_ids(fake):
 
 @pytest.mark.parametrize(
     "tfds_name, loader, channels",
-    [("stanford_online_products", datasets.load_sop, 3), ("omniglot", datasets.load_tfds_omniglot, 1)],
+    [("stanford_online_products", tfds_loaders.load_sop, 3), ("omniglot", tfds_loaders.load_tfds_omniglot, 1)],
 )
 def test_class_split_datasets_keep_the_tfds_split(fake, tfds_name, loader, channels):
     split = loader(cache_dir=fake.cache_dir)
@@ -175,12 +176,12 @@ def test_class_split_datasets_keep_the_tfds_split(fake, tfds_name, loader, chann
 def test_sop_rejects_a_class_in_both_tfds_splits(fake, monkeypatch):
     monkeypatch.setitem(LABELS, ("stanford_online_products", "test"), [11318, 5])
     with pytest.raises(ValueError, match="class_id=5"):
-        datasets.load_sop(cache_dir=fake.cache_dir)
+        tfds_loaders.load_sop(cache_dir=fake.cache_dir)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_imagenet_holds_out_a_seeded_class_split(fake, seed):
-    split = datasets.load_imagenet2012(test_fraction=0.3, seed=seed, cache_dir=fake.cache_dir)
+    split = tfds_loaders.load_imagenet2012(test_fraction=0.3, seed=seed, cache_dir=fake.cache_dir)
     held_out = set(np.random.default_rng(seed).permutation(1000)[:300].tolist())
     names = dict(enumerate(tfds.builder("imagenet2012").info.features["label"].names))
     train_rows = [r for r in _rows("imagenet2012", ("train",)) if r[1] not in held_out]
@@ -192,20 +193,20 @@ def test_imagenet_holds_out_a_seeded_class_split(fake, seed):
 
 
 def test_test_fraction_zero_trains_on_every_class(fake):
-    cub = datasets.load_cub200(test_fraction=0, cache_dir=fake.cache_dir)
+    cub = tfds_loaders.load_cub200(test_fraction=0, cache_dir=fake.cache_dir)
     rows = _rows("caltech_birds2011", ("train", "test"))
     assert cub.test is None
     assert [int(n.split(".")[0]) - 1 for n in cub.train.class_names] == sorted({r[1] for r in rows})
     assert len(cub.train) == len(rows)
-    sop = datasets.load_sop(test_fraction=0, cache_dir=fake.cache_dir)
+    sop = tfds_loaders.load_sop(test_fraction=0, cache_dir=fake.cache_dir)
     assert sop.test is None and sop.train.class_names == ("0", "5", "11317", "11318", "22633")
-    imagenet = datasets.load_imagenet2012(test_fraction=0, cache_dir=fake.cache_dir)
+    imagenet = tfds_loaders.load_imagenet2012(test_fraction=0, cache_dir=fake.cache_dir)
     assert imagenet.test is None and imagenet.train.num_classes == 20
     assert ("imagenet2012", "validation") not in fake.calls  # Not needed, not extracted.
 
 
 def test_extracted_png_decodes_to_the_mocked_pixels(fake):
-    split = datasets.load_cub200(cache_dir=fake.cache_dir)
+    split = tfds_loaders.load_cub200(cache_dir=fake.cache_dir)
     rows = [r for r in _rows("caltech_birds2011", ("train", "test")) if r[1] < 100]
     for path, (_, _, example) in zip(split.train.paths, rows, strict=True):
         assert path.endswith(".png")
@@ -215,17 +216,17 @@ def test_extracted_png_decodes_to_the_mocked_pixels(fake):
 
 def test_channels_and_test_fraction_are_checked_before_extracting(fake):
     with pytest.raises(ValueError, match="channels"):
-        datasets.load_cub200(channels=2, cache_dir=fake.cache_dir)
+        tfds_loaders.load_cub200(channels=2, cache_dir=fake.cache_dir)
     with pytest.raises(ValueError, match="test_fraction"):
-        datasets.load_cars196(test_fraction=1.0, cache_dir=fake.cache_dir)
+        tfds_loaders.load_cars196(test_fraction=1.0, cache_dir=fake.cache_dir)
     assert not fake.calls and not os.path.exists(fake.cache_dir)
-    assert datasets.load_cub200(channels=1, cache_dir=fake.cache_dir).channels == 1
+    assert tfds_loaders.load_cub200(channels=1, cache_dir=fake.cache_dir).channels == 1
 
 
 def test_works_with_the_stock_mock_data(metadata_dir, tmp_path):
     # TFDS's own fake examples: random labels in 0..199, identical train and test splits.
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=metadata_dir):
-        split = datasets.load_cub200(cache_dir=str(tmp_path))
+        split = tfds_loaders.load_cub200(cache_dir=str(tmp_path))
     ids = {side: [int(n.split(".")[0]) for n in getattr(split, side).class_names] for side in ("train", "test")}
     assert ids["train"] and ids["test"]  # This fake data has classes on both sides.
     assert max(ids["train"]) <= 100 < min(ids["test"])
@@ -238,7 +239,7 @@ def test_works_with_the_stock_mock_data(metadata_dir, tmp_path):
 
 
 def test_second_call_reuses_the_cache(fake):
-    first = datasets.load_cub200(cache_dir=fake.cache_dir)
+    first = tfds_loaders.load_cub200(cache_dir=fake.cache_dir)
     calls = list(fake.calls)
     stamps = {p: os.stat(p).st_mtime_ns for p in first.train.paths}
     second = data.load_dataset("caltech_birds2011", cache_dir=fake.cache_dir)
@@ -254,15 +255,15 @@ def test_second_call_reuses_the_cache(fake):
 def test_interrupted_extraction_is_redone(fake, tmp_path):
     fake.fail_after = 3
     with pytest.raises(tf.errors.OpError, match="interrupted"):
-        datasets.load_cars196(cache_dir=fake.cache_dir)
+        tfds_loaders.load_cars196(cache_dir=fake.cache_dir)
     train_root = pathlib.Path(fake.cache_dir) / "cars196" / str(tfds.builder("cars196").version) / "train"
     assert not (train_root / "index.tsv").exists()  # No completion marker.
     assert len([p for p in train_root.rglob("*.png")]) == 3  # Only whole files under final names.
     fake.fail_after = None
     calls = len(fake.calls)
-    resumed = datasets.load_cars196(cache_dir=fake.cache_dir)
+    resumed = tfds_loaders.load_cars196(cache_dir=fake.cache_dir)
     assert len(fake.calls) > calls  # Extracted again.
-    fresh = datasets.load_cars196(cache_dir=str(tmp_path / "fresh"))
+    fresh = tfds_loaders.load_cars196(cache_dir=str(tmp_path / "fresh"))
     for side in ("train", "test"):
         got, want = getattr(resumed, side), getattr(fresh, side)
         np.testing.assert_array_equal(got.labels, want.labels)
@@ -271,7 +272,7 @@ def test_interrupted_extraction_is_redone(fake, tmp_path):
 
 
 def test_default_cache_dir_is_under_the_data_dir(fake, tmp_path):
-    split = datasets.load_tfds_omniglot(data_dir=str(tmp_path / "tfds"))
+    split = tfds_loaders.load_tfds_omniglot(data_dir=str(tmp_path / "tfds"))
     assert split.train.paths[0].startswith(str(tmp_path / "tfds" / "pddm_tf_files" / "omniglot") + os.sep)
 
 
@@ -292,17 +293,17 @@ def test_load_dataset_dispatches_tfds_names_and_aliases(fake):
 def test_unknown_names_list_the_known_ones(name):
     with pytest.raises(ValueError) as error:
         data.load_dataset(name)
-    for known in ["omniglot", "folder:PATH", *datasets.TFDS_LOADERS]:
+    for known in ["omniglot", "folder:PATH", *tfds_loaders.TFDS_LOADERS]:
         assert repr(known) in str(error.value)
     with pytest.raises(ValueError, match="'tfds_omniglot'"):
-        datasets.load_tfds(name)
+        tfds_loaders.load_tfds(name)
 
 
 def test_not_prepared_cars_says_how_to_give_the_files(tmp_path, monkeypatch):
     prepared = []
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: prepared.append(k))
-    with pytest.raises(datasets.DatasetNotPreparedError) as error:
-        datasets.load_cars196(data_dir=str(tmp_path))
+    with pytest.raises(tfds_loaders.DatasetNotPreparedError) as error:
+        tfds_loaders.load_cars196(data_dir=str(tmp_path))
     message = str(error.value)
     for part in [
         "'cars196'",
@@ -319,8 +320,8 @@ def test_not_prepared_cars_says_how_to_give_the_files(tmp_path, monkeypatch):
 
 
 def test_not_prepared_imagenet_names_the_manual_files(tmp_path):
-    with pytest.raises(datasets.DatasetNotPreparedError) as error:
-        datasets.load_imagenet2012(data_dir=str(tmp_path), manual_dir="/data/imagenet_tars")
+    with pytest.raises(tfds_loaders.DatasetNotPreparedError) as error:
+        tfds_loaders.load_imagenet2012(data_dir=str(tmp_path), manual_dir="/data/imagenet_tars")
     message = str(error.value)
     assert "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar" in message
     assert "'/data/imagenet_tars'" in message and repr(str(tmp_path)) in message
@@ -328,7 +329,7 @@ def test_not_prepared_imagenet_names_the_manual_files(tmp_path):
 
 def test_not_prepared_downloadable_dataset_says_how_to_prepare(tmp_path):
     with pytest.raises(FileNotFoundError) as error:  # DatasetNotPreparedError is one.
-        datasets.load_sop(data_dir=str(tmp_path))
+        tfds_loaders.load_sop(data_dir=str(tmp_path))
     message = str(error.value)
     assert "'stanford_online_products'" in message and repr(str(tmp_path)) in message
     assert "download=True" in message and ".download_and_prepare()" in message
@@ -342,7 +343,7 @@ def test_download_true_prepares_with_the_manual_dir(tmp_path, monkeypatch):
         raise RuntimeError("no internet")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", failing_prepare)
-    with pytest.raises(datasets.DatasetNotPreparedError, match="RuntimeError: no internet") as error:
-        datasets.load_cars196(data_dir=str(tmp_path), download=True, manual_dir=str(tmp_path / "manual"))
+    with pytest.raises(tfds_loaders.DatasetNotPreparedError, match="RuntimeError: no internet") as error:
+        tfds_loaders.load_cars196(data_dir=str(tmp_path), download=True, manual_dir=str(tmp_path / "manual"))
     assert [str(c.manual_dir) for c in configs] == [str(tmp_path / "manual")]
     assert "car_devkit.tgz" in str(error.value)

@@ -46,7 +46,7 @@ import keras
 import tensorflow as tf
 
 from pddm_tf import _compat, atomic
-from pddm_tf.distributed import is_chief
+from pddm_tf.training.distributed import is_chief
 
 _LATEST = "latest"
 _WEIGHTS = "model.weights.h5"
@@ -206,7 +206,7 @@ def backup_status(backup_dir: str | os.PathLike) -> dict[str, Any] | None:
 class SamplerPosition(keras.callbacks.Callback):
     """The `start_step` of the training pipelines: the optimiser's step when training and each epoch begin.
 
-    `data.class_balanced_dataset` and `clustering.cluster_balanced_dataset` read `self.step` when
+    `data.class_balanced_dataset` and `models.cluster_balanced_dataset` read `self.step` when
     an iterator starts, i.e. inside the first training step that asks it for a batch. The
     optimiser's own counter cannot serve: it is incremented by that same step, concurrently with
     the read. This variable changes only between steps, on the host, after those steps finished.

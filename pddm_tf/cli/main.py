@@ -20,8 +20,9 @@ from typing import Any
 from absl import app, flags
 
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
-from pddm_tf import atomic, cli_validation, logs
-from pddm_tf.method_names import METHOD_NAMES
+from pddm_tf import atomic
+from pddm_tf.cli import logs, validation
+from pddm_tf.methods.names import METHOD_NAMES
 from pddm_tf.training.config import TrainConfig
 from pddm_tf.training.run import CURRENT_RUN as _RUN
 
@@ -31,8 +32,8 @@ _D = TrainConfig()
 
 _COMMANDS = ("train", "evaluate", "export")
 
-flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.recipes (e.g. pddm_cub, hdml_sop, dc_cars): sets "
-                    "the flags below; flags given on the command line win.")
+flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.methods.recipes (e.g. pddm_cub, hdml_sop, "
+                    "dc_cars): sets the flags below; flags given on the command line win.")
 flags.DEFINE_string("dataset", _D.dataset, "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
                     "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
 flags.DEFINE_string("data_dir", _D.data_dir, "TFDS datasets: the tensorflow-datasets data directory.")
@@ -190,7 +191,7 @@ flags.DEFINE_string("gallery", None, "export: add a `search` signature over this
 flags.DEFINE_integer("search_k", 10, "export: neighbours returned by `search` (fixed in the SavedModel).")
 flags.DEFINE_integer("search_rerank", 0, "export: `search` re-ranks the Euclidean top-R by the PDDM score "
                      "(R, fixed in the SavedModel; 0 = off).")
-# The default is pddm_tf.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
+# The default is pddm_tf.data.image_header.MAX_IMAGE_PIXELS (a test checks), written out to keep TensorFlow unimported.
 flags.DEFINE_integer("max_image_pixels", _D.max_image_pixels, "Images whose header declares more pixels (width x "
                      "height) are "
                      "refused before decoding: skipped by folder checks, an error in the training and evaluation "
@@ -204,14 +205,14 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
 
 def _apply_recipe(announce: bool = True) -> None:
     """Sets the recipe's flag values, except those given on the command line (idempotent)."""
-    from pddm_tf.recipes import get_recipe
+    from pddm_tf.methods.recipes import get_recipe
 
     if not FLAGS.recipe:
         return
     try:
         recipe = get_recipe(FLAGS.recipe)
     except ValueError as error:
-        raise cli_validation.FlagError(f"--recipe={FLAGS.recipe}: {error}") from None
+        raise validation.FlagError(f"--recipe={FLAGS.recipe}: {error}") from None
     for name, value in recipe.flags.items():
         if not FLAGS[name].present:
             FLAGS[name].value = value
@@ -220,8 +221,8 @@ def _apply_recipe(announce: bool = True) -> None:
 
 
 def _check_flags(command: str) -> None:
-    """Refuses bad flag values before any work starts (`cli_validation.FlagError`, exit code 2)."""
-    cli_validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
+    """Refuses bad flag values before any work starts (`validation.FlagError`, exit code 2)."""
+    validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
 
 
 def _check_episodes() -> None:
@@ -232,7 +233,7 @@ def _check_episodes() -> None:
         try:
             few_shot.parse_setting(setting)
         except ValueError as error:
-            raise cli_validation.FlagError(f"--episodes: {error}") from None
+            raise validation.FlagError(f"--episodes: {error}") from None
 
 
 def _config() -> TrainConfig:
@@ -303,17 +304,17 @@ def train() -> dict[str, float]:
 def export() -> dict[str, float]:
     """`pddm-tf export`: --keras_model -> the next version under --export_dir, with `search` if --gallery."""
     _check_flags("export")
-    from pddm_tf import pipeline
-    from pddm_tf.datasets import TFDS_LOADERS
+    from pddm_tf.data import transforms
+    from pddm_tf.data.tfds_loaders import TFDS_LOADERS
     from pddm_tf.export import export_saved_model, image_geometry, load_gallery, load_keras_model
 
     model = load_keras_model(FLAGS.keras_model)
     if FLAGS.search_rerank > 0 and getattr(model, "pddm", None) is None:
-        raise cli_validation.FlagError(f"--search_rerank={FLAGS.search_rerank} re-ranks by a learned PDDM score, but "
+        raise validation.FlagError(f"--search_rerank={FLAGS.search_rerank} re-ranks by a learned PDDM score, but "
                                        f"{FLAGS.keras_model} is a model without a PDDM unit")
     size, channels = image_geometry(model)
     # A model trained with --augment was evaluated on resized, centre-cropped images: serve the same.
-    transform = pipeline.eval_transform(size) if FLAGS.augment else None
+    transform = transforms.eval_transform(size) if FLAGS.augment else None
     gallery = None
     if FLAGS.gallery:
         kwargs: dict[str, Any] = {}
@@ -337,7 +338,8 @@ def export() -> dict[str, float]:
 def evaluate() -> dict[str, float]:
     import tensorflow as tf
 
-    from pddm_tf import data, evaluation, pipeline
+    from pddm_tf import data, evaluation
+    from pddm_tf.data import transforms
     from pddm_tf.export import load_saved_model
 
     _check_flags("evaluate")
@@ -347,7 +349,7 @@ def evaluate() -> dict[str, float]:
     pair_scores = None
     if FLAGS.rerank > 0:
         if "pddm_similarity" not in signatures:
-            raise cli_validation.FlagError(f"--rerank={FLAGS.rerank} re-ranks by a learned PDDM score, but {model_dir} "
+            raise validation.FlagError(f"--rerank={FLAGS.rerank} re-ranks by a learned PDDM score, but {model_dir} "
                                            "was exported from a model without a PDDM unit (no pddm_similarity "
                                            "signature)")
         similarity = signatures["pddm_similarity"]
@@ -358,7 +360,7 @@ def evaluate() -> dict[str, float]:
     _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
     split, _ = _load_split(rotate_training=False)
     files = split.test if split.test is not None else split.train
-    transform = pipeline.eval_transform(size) if FLAGS.augment else None
+    transform = transforms.eval_transform(size) if FLAGS.augment else None
     pixels = data.evaluation_dataset(files, size, channels, FLAGS.eval_batch_size, transform=transform)
     from pddm_tf import progress
 
@@ -380,13 +382,13 @@ def evaluate() -> dict[str, float]:
     return metrics
 
 
-#: The exit code after Ctrl-C: 128 + SIGINT, as shells report it (usage errors: `cli_validation.EXIT_USAGE`).
+#: The exit code after Ctrl-C: 128 + SIGINT, as shells report it (usage errors: `validation.EXIT_USAGE`).
 EXIT_INTERRUPTED = 130
 
 
 def _interrupted_message() -> str:
     """The one line printed on Ctrl-C: how to carry on, from what the backup on disk holds."""
-    from pddm_tf.fault_tolerance import backup_status
+    from pddm_tf.training.fault_tolerance import backup_status
 
     if not _RUN.get("backup_dir"):
         return "interrupted"
@@ -422,8 +424,8 @@ def main(argv: list[str]) -> None:
 
         progress.set_enabled(None if FLAGS.progress else False)
         commands[argv[1]]()
-    except (app.UsageError, cli_validation.FlagError) as error:
-        cli_validation.usage_exit(str(error))
+    except (app.UsageError, validation.FlagError) as error:
+        validation.usage_exit(str(error))
     except KeyboardInterrupt:
         print(f"pddm-tf: {_interrupted_message()}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -439,8 +441,4 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point."""
     # One line and exit code 2 for a flag absl cannot parse, as for every other usage error.
-    app.run(main, flags_parser=cli_validation.parse_flags)
-
-
-if __name__ == "__main__":
-    run()
+    app.run(main, flags_parser=validation.parse_flags)

@@ -48,8 +48,8 @@ from pddm_tf.distances import EPSILON, safe_norm
 from pddm_tf.layers import PDDM
 from pddm_tf.losses import DoubleHeaderHingeLoss, NPairLoss, TripletLoss, check_embeddings
 from pddm_tf.miners import Tuples, npair_tuples
-from pddm_tf.mining import npair_pairs, pair_masks
-from pddm_tf.models import EmbeddingModel, gather_global_batch
+from pddm_tf.miners.mining import npair_pairs, pair_masks
+from pddm_tf.models.base import EmbeddingModel, gather_global_batch
 
 HDML_BASES = ("npair", "triplet", "pddm")
 #: What the generator is fed (see `HDMLModel`).

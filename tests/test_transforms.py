@@ -1,5 +1,5 @@
 """Tests of the P x K sampler (pddm_tf.data.balanced_batch_indices, class_balanced_dataset's
-small_classes / augment options) and of the transforms in pddm_tf.pipeline, against values
+small_classes / augment options) and of the transforms in pddm_tf.data.transforms, against values
 computed independently (numpy sets and crops, PIL resizing)."""
 
 import io
@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pddm_tf import data, pipeline
+from pddm_tf import data
+from pddm_tf.data import transforms
 
 # --------------------------------------------------------------------------- helpers
 
@@ -250,36 +251,36 @@ def test_a_million_files_are_neither_read_nor_embedded_in_functions(tmp_path):
 
 def test_center_crop_is_the_numpy_crop_of_the_resized_image():
     image = _smooth_image(75, 100)
-    resized = pipeline.resize_shorter_side(tf.constant(image), 64).numpy()
+    resized = transforms.resize_shorter_side(tf.constant(image), 64).numpy()
     assert resized.shape == (64, round(100 * 64 / 75), 3)
     np.testing.assert_allclose(resized, _pil_resize(image / 255, 64, 85), atol=2e-5)
-    crop = pipeline.center_crop(tf.constant(resized), 56).numpy()
+    crop = transforms.center_crop(tf.constant(resized), 56).numpy()
     np.testing.assert_array_equal(crop, resized[4:60, 14:70])  # (64-56)//2, (85-56)//2
-    tall = pipeline.resize_shorter_side(tf.constant(image.transpose(1, 0, 2)), 64)
+    tall = transforms.resize_shorter_side(tf.constant(image.transpose(1, 0, 2)), 64)
     assert tall.shape == (85, 64, 3)
 
 
 @pytest.mark.parametrize("height, width", [(375, 500), (500, 375), (61, 80), (64, 64)])
 def test_resized_center_crop_is_resize_then_crop_in_one_pass(height, width):
     image = tf.constant(_smooth_image(height, width, seed=height))
-    two_steps = pipeline.center_crop(pipeline.resize_shorter_side(image, 37), 32)
-    np.testing.assert_allclose(pipeline.resized_center_crop(image, 37, 32), two_steps, atol=1e-4)
+    two_steps = transforms.center_crop(transforms.resize_shorter_side(image, 37), 32)
+    np.testing.assert_allclose(transforms.resized_center_crop(image, 37, 32), two_steps, atol=1e-4)
 
 
 def test_eval_transform_resizes_then_crops():
     image = _smooth_image(60, 80)
-    out = pipeline.eval_transform(28)(tf.constant(image), tf.zeros([2], tf.int64)).numpy()
+    out = transforms.eval_transform(28)(tf.constant(image), tf.zeros([2], tf.int64)).numpy()
     assert out.dtype == np.float32 and out.shape == (28, 28, 3)  # Shorter side to 32.
     reference = _pil_resize(image / 255, 32, round(80 * 32 / 60))[2:30, 7:35]
     np.testing.assert_allclose(out, reference, atol=2e-5)
-    assert pipeline.eval_transform(224)(tf.constant(_smooth_image(375, 500)), tf.zeros([2], tf.int64)).shape == (
+    assert transforms.eval_transform(224)(tf.constant(_smooth_image(375, 500)), tf.zeros([2], tf.int64)).shape == (
         224, 224, 3)
     with pytest.raises(ValueError, match="resize_size"):
-        pipeline.eval_transform(224, resize_size=200)
+        transforms.eval_transform(224, resize_size=200)
 
 
 def test_random_resized_crop_windows_respect_scale_and_ratio():
-    window = tf.function(pipeline.random_crop_window)
+    window = tf.function(transforms.random_crop_window)
     for height, width in ((75, 100), (40, 200)):
         areas, starts = [], set()
         for s in range(100):
@@ -294,37 +295,37 @@ def test_random_resized_crop_windows_respect_scale_and_ratio():
         # ... and sizes: up to the whole image, or to a 40 x 53 window of the elongated one.
         assert (np.ptp(areas) > 0.5) if height == 75 else (max(areas) <= 40 * 54 / 8000)
     # Nothing with these areas fits a 10 x 1000 strip: the centred window of ratio 4/3.
-    top, left, h, w = (int(v) for v in pipeline.random_crop_window(10, 1000, tf.constant([0, 0]), scale=(0.9, 1)))
+    top, left, h, w = (int(v) for v in transforms.random_crop_window(10, 1000, tf.constant([0, 0]), scale=(0.9, 1)))
     assert (top, left, h, w) == (0, (1000 - 13) // 2, 10, 13)
 
 
 def test_random_resized_crop_cuts_the_window_and_resizes_it():
     image = _smooth_image(75, 100)
     seed = tf.constant([4, 2], tf.int64)
-    out = pipeline.random_resized_crop(tf.constant(image), 32, seed).numpy()
+    out = transforms.random_resized_crop(tf.constant(image), 32, seed).numpy()
     assert out.dtype == np.float32 and out.shape == (32, 32, 3) and 0 <= out.min() and out.max() <= 1
-    top, left, h, w = (int(v) for v in pipeline.random_crop_window(75, 100, seed))
+    top, left, h, w = (int(v) for v in transforms.random_crop_window(75, 100, seed))
     np.testing.assert_allclose(out, _pil_resize(image[top : top + h, left : left + w] / 255, 32, 32), atol=2e-5)
-    np.testing.assert_array_equal(out, pipeline.random_resized_crop(tf.constant(image), 32, seed).numpy())
-    other = pipeline.random_resized_crop(tf.constant(image), 32, tf.constant([5, 2], tf.int64)).numpy()
+    np.testing.assert_array_equal(out, transforms.random_resized_crop(tf.constant(image), 32, seed).numpy())
+    other = transforms.random_resized_crop(tf.constant(image), 32, tf.constant([5, 2], tf.int64)).numpy()
     assert not np.array_equal(out, other)
 
 
 def test_full_scale_square_crop_is_the_plain_resize():
     image = _smooth_image(64, 64)
-    out = pipeline.random_resized_crop(tf.constant(image), 24, tf.constant([0, 0]), scale=(1, 1), ratio=(1, 1))
+    out = transforms.random_resized_crop(tf.constant(image), 24, tf.constant([0, 0]), scale=(1, 1), ratio=(1, 1))
     np.testing.assert_allclose(out.numpy(), _pil_resize(image / 255, 24, 24), atol=2e-5)
     # And exactly what decode_image gives for the same PNG (the default pipeline).
     decoded = data.decode_image(tf.io.encode_png(image), 24, 3).numpy()
     np.testing.assert_allclose(out.numpy(), decoded, atol=1e-6)
     with pytest.raises(ValueError, match="scale"):
-        pipeline.random_resized_crop(tf.constant(image), 24, tf.constant([0, 0]), scale=(0.5, 1.5))
+        transforms.random_resized_crop(tf.constant(image), 24, tf.constant([0, 0]), scale=(0.5, 1.5))
 
 
 def test_train_transform_flips_about_half_the_time():
     image = _smooth_image(48, 48)
-    plain = pipeline.resize(tf.constant(image), 16, 16).numpy()
-    transform = pipeline.train_transform(16, scale=(1, 1), ratio=(1, 1))
+    plain = transforms.resize(tf.constant(image), 16, 16).numpy()
+    transform = transforms.train_transform(16, scale=(1, 1), ratio=(1, 1))
     traced = tf.function(transform)
     flips = 0
     for s in range(100):
@@ -356,7 +357,7 @@ def jpeg_files(tmp_path_factory) -> data.ImageFiles:
 
 def test_augmented_batches_are_reproducible(jpeg_files):
     def make(seed: int) -> tf.data.Dataset:
-        return data.class_balanced_dataset(jpeg_files, 2, 2, 24, 3, seed=seed, augment=pipeline.train_transform(24))
+        return data.class_balanced_dataset(jpeg_files, 2, 2, 24, 3, seed=seed, augment=transforms.train_transform(24))
 
     first = [(x.numpy(), y.numpy()) for x, y in make(0).take(3)]
     for images, labels in first:
@@ -372,11 +373,11 @@ def test_augmented_batches_are_reproducible(jpeg_files):
     plain = [y.numpy() for _, y in data.class_balanced_dataset(jpeg_files, 2, 2, 24, 3, seed=0).take(3)]
     np.testing.assert_array_equal(np.concatenate(plain), np.concatenate([y for _, y in first]))
     with pytest.raises(ValueError):  # The transform's size must be image_size.
-        data.class_balanced_dataset(jpeg_files, 2, 2, 16, 3, augment=pipeline.train_transform(24))
+        data.class_balanced_dataset(jpeg_files, 2, 2, 16, 3, augment=transforms.train_transform(24))
 
 
 def test_evaluation_transform_and_cache(jpeg_files, tmp_path):
-    transform = pipeline.eval_transform(24, resize_size=32)
+    transform = transforms.eval_transform(24, resize_size=32)
     plain = np.concatenate([x.numpy() for x, _ in data.evaluation_dataset(jpeg_files, 24, 3, 5, transform=transform)])
     assert plain.shape == (12, 24, 24, 3)
     decoded = tf.io.decode_jpeg(tf.io.read_file(jpeg_files.paths[7]))
@@ -393,7 +394,7 @@ def test_augment_with_a_plain_resize_reproduces_the_default_pipeline():
     files = data.load_omniglot(test_fraction=0.5, seed=0, rotations=True).test
     plain = data.class_balanced_dataset(files, 4, 2, 28, 1, seed=5)
     resized = data.class_balanced_dataset(files, 4, 2, 28, 1, seed=5,
-                                          augment=lambda image, seed: pipeline.resize(image, 28, 28))
+                                          augment=lambda image, seed: transforms.resize(image, 28, 28))
     for (x1, y1), (x2, y2) in zip(plain.take(2), resized.take(2)):
         np.testing.assert_array_equal(y1, y2)
         np.testing.assert_allclose(x1, x2, atol=1e-6)
@@ -404,9 +405,9 @@ def test_augment_with_a_plain_resize_reproduces_the_default_pipeline():
 
 def test_affine_transform_without_distortion_is_the_resize():
     image = tf.constant(_smooth_image(40, 30))
-    identity = pipeline.affine_transform(20, rotation_degrees=0, shear=0, scale=(1, 1), translate=0)
+    identity = transforms.affine_transform(20, rotation_degrees=0, shear=0, scale=(1, 1), translate=0)
     np.testing.assert_allclose(identity(image, tf.constant([1, 2], tf.int64)).numpy(),
-                               pipeline.resize(image, 20, 20).numpy(), atol=1e-6)
+                               transforms.resize(image, 20, 20).numpy(), atol=1e-6)
 
 
 def test_affine_transform_matches_a_numpy_warp():
@@ -414,8 +415,8 @@ def test_affine_transform_matches_a_numpy_warp():
     drawn from the documented uniform ranges by the seed."""
     size, seed = 16, tf.constant([3, 9], tf.int64)
     image = tf.constant(_smooth_image(24, 24, seed=1))
-    out = pipeline.affine_transform(size, 10, 0.3, (0.8, 1.2), 0.05)(image, seed).numpy()
-    resized = pipeline.resize(image, size, size).numpy().astype(np.float64)
+    out = transforms.affine_transform(size, 10, 0.3, (0.8, 1.2), 0.05)(image, seed).numpy()
+    resized = transforms.resize(image, size, size).numpy().astype(np.float64)
     u = tf.random.stateless_uniform([7], seed, -1.0, 1.0).numpy().astype(np.float64)
     theta, sx, sy = u[0] * np.pi / 18, u[1] * 0.3, u[2] * 0.3
     zx, zy = 0.8 + (u[3] + 1) / 2 * 0.4, 0.8 + (u[4] + 1) / 2 * 0.4
@@ -438,6 +439,6 @@ def test_affine_transform_matches_a_numpy_warp():
 
 def test_affine_transform_rejects_bad_ranges():
     with pytest.raises(ValueError, match="scale"):
-        pipeline.affine_transform(16, scale=(1.2, 0.8))
+        transforms.affine_transform(16, scale=(1.2, 0.8))
     with pytest.raises(ValueError, match=">= 0"):
-        pipeline.affine_transform(16, rotation_degrees=-1)
+        transforms.affine_transform(16, rotation_degrees=-1)
