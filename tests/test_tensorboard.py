@@ -1,4 +1,4 @@
-"""`pddm_tf.tensorboard`: the event files and projector files read back and checked against known values."""
+"""`pddm_tf.training.tensorboard`: the event files and projector files read back and checked against known values."""
 
 import pathlib
 
@@ -10,7 +10,7 @@ import tensorflow as tf
 import pddm_tf
 from pddm_tf import data, evaluation
 from pddm_tf.evaluation import visualize
-from pddm_tf.tensorboard import TensorBoard, write_projector
+from pddm_tf.training.tensorboard import TensorBoard, write_projector
 
 
 def _events(folder: pathlib.Path) -> dict[str, list[tuple[int, object]]]:
@@ -102,7 +102,7 @@ def test_projector_files_hold_the_final_embeddings_labels_and_images(trained):
 
 
 def test_projector_subsamples_and_shrinks_the_sprite(tmp_path, monkeypatch):
-    monkeypatch.setattr("pddm_tf.tensorboard.MAX_SPRITE_SIZE", 20)
+    monkeypatch.setattr("pddm_tf.training.tensorboard.MAX_SPRITE_SIZE", 20)
     images = np.random.default_rng(0).random((30, 8, 8, 3), dtype=np.float32)
     rows = write_projector(tmp_path, np.eye(30, 4), np.arange(30) % 3, lambda r: images[r], max_points=9)
     assert len(rows) == 9 and rows == sorted(set(rows))

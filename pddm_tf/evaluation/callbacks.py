@@ -82,7 +82,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.chunk_size = chunk_size
         self.seed = seed
         self.history: list[tuple[int, dict[str, float]]] = []
-        # The latest evaluation's embeddings [n, d] and labels [n] (e.g. for pddm_tf.tensorboard's pictures).
+        # The latest evaluation's embeddings [n, d] and labels [n] (e.g. for pddm_tf.training.tensorboard's pictures).
         self.last_embeddings: np.ndarray | None = None
         self.last_labels: np.ndarray | None = None
 

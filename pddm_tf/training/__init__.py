@@ -11,6 +11,7 @@ Recipes are `TrainConfig`s too: `pddm_tf.methods.recipes.get_recipe("omniglot").
   distributed.py      strategies (mirrored, multi-worker), the chief, per-worker input, sharded embedding
   fault_tolerance.py  `BackupAndRestore` (every stateful part of a run) and `SamplerPosition`
   checks.py           `LearningCheck`: warns, or stops, after an epoch in which nothing was learned
+  tensorboard.py      `TensorBoard`: training scalars, held-out metrics, a retrieval grid, projector files
 
 Importing this package does not import TensorFlow (the command line's `--help` imports
 `TrainConfig`): the names of the TensorFlow modules are imported when first used (PEP 562), and
@@ -31,6 +32,7 @@ _LAZY: dict[str, str] = {
     "LearningCheck": "pddm_tf.training.checks",
     "NothingLearnedError": "pddm_tf.training.checks",
     "SamplerPosition": "pddm_tf.training.fault_tolerance",
+    "TensorBoard": "pddm_tf.training.tensorboard",
     "WarmupCosine": "pddm_tf.training.optimizers",
     "backup_status": "pddm_tf.training.fault_tolerance",
     "distribute_training_data": "pddm_tf.training.distributed",
@@ -46,6 +48,7 @@ __all__ = [
     "LearningCheck",
     "NothingLearnedError",
     "SamplerPosition",
+    "TensorBoard",
     "TrainConfig",
     "Trained",
     "WarmupCosine",

@@ -173,7 +173,7 @@ def tensorboard_callback(config: TrainConfig, files, channels: int, transform, c
     """The TensorBoard callback of `config.log_dir`, reading the RetrievalEvaluation among `callbacks`."""
     from pddm_tf import evaluation
     from pddm_tf.evaluation import visualize
-    from pddm_tf.tensorboard import TensorBoard
+    from pddm_tf.training.tensorboard import TensorBoard
 
     assert config.log_dir is not None  # called only with a log_dir
     retrieval = next((c for c in callbacks if isinstance(c, evaluation.RetrievalEvaluation)), None)
