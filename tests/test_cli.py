@@ -61,6 +61,46 @@ def test_unknown_dataset_is_a_clear_error():
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # the error, once, and nothing else
 
 
+_PLUGIN = """
+from pddm_tf import MetricLossModel, TripletLoss
+from pddm_tf.methods import register_method
+
+
+def build(backbone, embedding_dim, *, dropout=0.0):
+    return MetricLossModel(backbone, TripletLoss(margin=0.123, miner="batch_hard"), embedding_dim=embedding_dim,
+                           dropout=dropout)
+
+
+register_method("plugin_triplet", build)
+"""
+
+
+def test_plugins_register_a_method_that_train_then_accepts(tmp_path):
+    (tmp_path / "my_plugin.py").write_text(_PLUGIN)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    small = ["--image_size=16", "--backbone_width=8", "--embedding_dim=8", "--epochs=1", "--steps_per_epoch=2",
+             "--episodes=", "--nobackup"]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", *small, *args], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=600)
+
+    unknown = run("--method=plugin_triplet")
+    assert unknown.returncode == 2 and "--method=plugin_triplet: unknown method" in unknown.stderr
+    missing = run("--plugins=no_such_plugin", "--method=plugin_triplet")
+    assert missing.returncode == 2 and "--plugins: cannot import 'no_such_plugin'" in missing.stderr
+    trained = run("--plugins=my_plugin", "--method=plugin_triplet", f"--save_model={tmp_path}/model.keras")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "recall@1" in trained.stdout
+    # The saved model is the plugin's: its loss has the plugin's margin and miner.
+    check = ("import pddm_tf, sys; from pddm_tf.export import load_keras_model; "
+             f"m = load_keras_model({str(tmp_path / 'model.keras')!r}); "
+             "print(type(m).__name__, m.embedding_loss.margin, m.embedding_loss.miner.name)")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300)
+    assert loaded.stdout.split() == ["MetricLossModel", "0.123", "batch_hard"], loaded.stderr[-2000:]
+
+
 def test_help_does_not_import_tensorflow():
     code = ("import runpy, sys, time; sys.argv = ['pddm-tf', '--help']; start = time.perf_counter()\n"
             "try: runpy.run_module('pddm_tf.cli', run_name='__main__')\n"

@@ -114,6 +114,7 @@ COMBINATION_CASES = [
     ("train", {"save_model": "model.h5"}, "--save_model=model.h5 must end in .keras"),
     ("train", {"augment": True, "affine": True}, "--augment and --affine are two different training augmentations"),
     ("train", {"method": "dc_margin", "ema_momentum": 0.99}, "--ema_momentum is not supported with --method=dc_margin"),
+    ("train", {"method": "pddm_quadruplets"}, "--method=pddm_quadruplets: unknown method; expected one of "),
     ("train", {"method": "triplet_batchhard", "loss_options": '{"margin": 0.3}'}, None),
     ("train", {"method": "pddm_quadruplet", "loss_options": '{"margin": 0.3}'},
      "--loss_options sets a baseline loss's hyperparameters, but --method=pddm_quadruplet has none"),

@@ -30,7 +30,8 @@ def test_the_command_line_defaults_are_the_config_defaults():
         value = getattr(config, name)
         assert (list(value) if isinstance(value, tuple) else value) == default, name
     # Every flag of `pddm-tf train` that shapes a run is a field (evaluate/export/runtime flags are not).
-    not_fields = {"recipe", "model_dir", "plots", "onednn", "keras_model", "gallery", "search_k", "search_rerank"}
+    not_fields = {"recipe", "model_dir", "plots", "onednn", "keras_model", "gallery", "search_k", "search_rerank",
+                  "plugins"}
     cli_flags = {name for name in FLAGS if FLAGS.find_module_defining_flag(name) == cli.__name__}
     assert cli_flags - not_fields == set(TrainConfig.field_names()) - {"log_dir"}
 

@@ -68,10 +68,16 @@ flags.DEFINE_integer("rerank", _D.rerank, "PDDM ranking: re-rank each query's Eu
                      "learned PDDM score (0 = plain Euclidean retrieval).")
 
 # train
-flags.DEFINE_enum("method", _D.method, list(METHOD_NAMES),
-                  "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
-                  "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
-                  "over the margin or PDDM loss (dc_margin, dc_pddm).")
+flags.DEFINE_string("method", _D.method,
+                    "Training method: PDDM (quadruplet, triplet), the Euclidean-mining ablation, a baseline "
+                    "loss, HDML over a base loss (hdml_npair, hdml_triplet, hdml_pddm), or Divide-and-Conquer "
+                    f"over the margin or PDDM loss (dc_margin, dc_pddm): one of {', '.join(METHOD_NAMES)}, or a "
+                    "method that a --plugins module registers.")
+flags.DEFINE_list("plugins", [], "Python modules to import before the command runs (importable names, e.g. "
+                  "my_project.metric_learning): a module can register a method "
+                  "(pddm_tf.methods.register_method), a dataset (pddm_tf.data.DATASETS.register), a search backend "
+                  "(pddm_tf.evaluation.SEARCH_BACKENDS.register) or a miner (a pddm_tf.miners.Miner subclass), "
+                  "whose names --method, --dataset and --loss_options then accept.")
 flags.DEFINE_enum("mining", _D.mining, ["per_pair", "hardest"],
                   "Quadruplets per batch: one per positive pair, or the single hardest (the paper).")
 flags.DEFINE_enum("mining_score", _D.mining_score, ["pddm", "euclidean"],
@@ -223,6 +229,17 @@ def _apply_recipe(announce: bool = True) -> None:
 def _check_flags(command: str) -> None:
     """Refuses bad flag values before any work starts (`validation.FlagError`, exit code 2)."""
     validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
+
+
+def _import_plugins() -> None:
+    """Imports the --plugins modules, which register their methods, datasets, backends and miners."""
+    import importlib
+
+    for name in FLAGS.plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise validation.FlagError(f"--plugins: cannot import {name!r}: {error}") from None
 
 
 def _check_episodes() -> None:
@@ -417,7 +434,11 @@ def main(argv: list[str]) -> None:
             raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
         if argv[1] == "train":
             _apply_recipe()
-        _check_flags(argv[1])  # before TensorFlow is imported: a refused command returns at once
+        if FLAGS.plugins:  # they may import TensorFlow: quietly, with the chosen kernels
+            _select_cpu_kernels()
+            logs.import_tensorflow(FLAGS.verbosity)
+            _import_plugins()
+        _check_flags(argv[1])  # without plugins, before TensorFlow is imported: a refused command returns at once
         _select_cpu_kernels()
         logs.import_tensorflow(FLAGS.verbosity)
         from pddm_tf import progress

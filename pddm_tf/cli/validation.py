@@ -22,8 +22,10 @@ import math
 import os
 import pathlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
+
+from pddm_tf.methods.names import METHOD_NAMES
 
 #: The methods whose model has a PDDM unit, i.e. that `--rerank` can re-rank with (tested against
 #: `pddm_tf.methods.METHODS`: the models they build have a `pddm` layer).
@@ -122,13 +124,26 @@ BOUNDS: dict[str, Bound] = {
 }
 
 
-def check_flags(command: str, values: Mapping[str, Any]) -> None:
+def known_methods() -> tuple[str, ...]:
+    """The names --method (and `TrainConfig.method`) accept: the built-in methods and any registered
+    since. A method is registered through `pddm_tf.methods.builders`, so until that module is imported
+    the built-in names are all there are, and TensorFlow stays unimported."""
+    builders = sys.modules.get("pddm_tf.methods.builders")
+    return METHOD_NAMES if builders is None else tuple(builders.METHODS)
+
+
+def check_flags(command: str, values: Mapping[str, Any], methods: Collection[str] | None = None) -> None:
     """Raises `FlagError` naming the first refused flag value of `pddm-tf <command>`.
 
     Args:
       command: "train", "evaluate" or "export".
       values: flag name -> value (every flag of `pddm_tf.cli`; absent names are taken as unset).
+      methods: the names --method accepts; default `known_methods()`.
     """
+    methods = known_methods() if methods is None else methods
+    if command == "train" and values.get("method") not in methods:
+        raise FlagError(f"--method={values.get('method')}: unknown method; expected one of {', '.join(methods)} "
+                        "(or one that a --plugins module registers)")
     for name, bound in BOUNDS.items():
         value = values.get(name)
         if value is None or isinstance(value, bool):

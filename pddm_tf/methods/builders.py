@@ -140,8 +140,8 @@ METHODS: Registry[Callable[..., EmbeddingModel]] = Registry("method")
 def register_method(name: str, builder: Callable[..., EmbeddingModel]) -> Callable[..., EmbeddingModel]:
     """Makes `builder(backbone, embedding_dim, *, option=..., ...) -> EmbeddingModel` the method `name`
     of `build_model` (and of `pddm_tf.training.train(TrainConfig(method=name, ...))`); its keyword-only
-    parameters are its options. Returns `builder`. The command line's --method lists the built-in
-    methods only (`pddm_tf.methods.names`)."""
+    parameters are its options. Returns `builder`. On the command line, a module that registers
+    methods is named with --plugins: `pddm-tf train --plugins=my_module --method=name`."""
     return METHODS.register(name, builder)
 
 
