@@ -113,6 +113,15 @@ def test_help_does_not_import_tensorflow():
     assert float(seconds) < 3.0  # about 0.2 s; importing TensorFlow alone takes 5
 
 
+def test_console_script_help_lists_the_flags():
+    # The installed `pddm-tf` is a generated wrapper module that calls `run`, with argv[0] its path.
+    code = "import sys; sys.argv = ['/venv/bin/pddm-tf', '--help']; from pddm_tf.cli import run; run()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "pddm-tf train [flags]" in result.stdout, result.stderr[-2000:]  # the CLI's docstring
+    for flag in ("--method", "--plugins", "--recipe", "--export_dir"):
+        assert flag in result.stdout, flag
+
+
 def test_folder_without_images_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "class_a").mkdir(parents=True)
     result = pddm_tf("train", f"--dataset=folder:{tmp_path}/empty", "--epochs=0")

@@ -461,5 +461,11 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
+    # absl's --help prints the __main__ module's docstring and the key flags of sys.argv[0]. The
+    # console script's __main__ is a generated wrapper without either, so `pddm-tf --help` would
+    # list no flag at all: lend it this module's.
+    sys.modules["__main__"].__doc__ = __doc__
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     # One line and exit code 2 for a flag absl cannot parse, as for every other usage error.
     app.run(main, flags_parser=validation.parse_flags)

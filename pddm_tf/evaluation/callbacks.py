@@ -21,7 +21,7 @@ def embed_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndar
 
     Args:
         model: a model whose call returns [batch, dim] embeddings; under a strategy it runs on
-            this process's default device (`pddm_tf.distributed.embed_files` shards the work over
+            this process's default device (`pddm_tf.training.distributed.embed_files` shards the work over
             every replica instead).
         dataset: finite tf.data.Dataset yielding (images, labels) batches.
 
