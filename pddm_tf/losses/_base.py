@@ -7,8 +7,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pddm_tf.distances import Distance, get_distance
 from pddm_tf.miners import Miner, Tuples, get_miner, serialize_miner
-from pddm_tf.miners.mining import check_labels
+from pddm_tf.miners.mining import check_labels, pair_masks
 
 # Stand-in for -inf in masked log-sum-exps: exp(_MASKED - max) underflows to exactly 0 like -inf
 # would, but a row with nothing left stays finite (log-sum-exp of -inf is -inf, whose gradient is NaN).
@@ -105,3 +106,44 @@ class EmbeddingLoss(keras.losses.Loss):
     def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
         """The loss of one batch: labels [m] int32, embeddings [m, d] -> float scalar."""
         raise NotImplementedError
+
+
+class PairLoss(EmbeddingLoss):
+    """Base of the losses on pairs of a batch under a `distance`: by default every pair (positive:
+    same label, i != j; negative: different labels), or with a `miner` the pairs its tuples name
+    (`tuple_pair_masks`). Subclasses implement `_from_masks(distances [m, m], positive [m, m] bool,
+    negative [m, m] bool) -> scalar` and add their own arguments to `get_config`.
+    """
+
+    def __init__(self, distance: str | Distance = "euclidean", miner: str | dict[str, Any] | Miner | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.distance = get_distance(distance)
+        self.miner = optional_miner(miner)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """The miner's state, for the model to save."""
+        return [] if self.miner is None else self.miner.variables
+
+    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+        d = self.distance.pairwise(embeddings)
+        if self.miner is not None:
+            return self.from_indices(self.miner(labels, embeddings, d), distances=d)
+        return self._from_masks(d, *pair_masks(labels))
+
+    def from_indices(self, tuples: Tuples, embeddings: tf.Tensor | None = None,
+                     distances: tf.Tensor | None = None) -> tf.Tensor:
+        """The loss of the pairs that tuples name (`tuple_pair_masks`), from the batch's embeddings
+        [m, d] or its distances [m, m]."""
+        if distances is None:
+            if embeddings is None:
+                raise ValueError("from_indices needs the batch's embeddings or its distances")
+            distances = self.distance.pairwise(embeddings)
+        return self._from_masks(distances, *tuple_pair_masks(tuples, tf.shape(distances)[0]))
+
+    def _from_masks(self, d: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "distance": self.distance.name, "miner": miner_config(self.miner)}

@@ -7,14 +7,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import Distance, get_distance
-from pddm_tf.losses._base import EmbeddingLoss, masked_mean, miner_config, optional_miner, tuple_pair_masks
-from pddm_tf.miners import Miner, Tuples
-from pddm_tf.miners.mining import pair_masks
+from pddm_tf.distances import Distance
+from pddm_tf.losses._base import PairLoss, masked_mean
+from pddm_tf.miners import Miner
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
-class ContrastiveLoss(EmbeddingLoss):
+class ContrastiveLoss(PairLoss):
     """Contrastive loss on all pairs of a batch, by default on Euclidean distances D_ij = ||f_i - f_j||.
 
         l_ij = max(0, D_ij - pos_margin)^2   for positive pairs P (y_i = y_j, i != j)
@@ -42,34 +41,11 @@ class ContrastiveLoss(EmbeddingLoss):
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5, distance: str | Distance = "euclidean",
                  miner: str | dict[str, Any] | Miner | None = None, name: str = "contrastive_loss",
                  **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
+        super().__init__(distance=distance, miner=miner, name=name, **kwargs)
         if not 0.0 <= pos_margin < neg_margin:
             raise ValueError(f"need 0 <= pos_margin < neg_margin, got {pos_margin} and {neg_margin}")
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
-        self.distance = get_distance(distance)
-        self.miner = optional_miner(miner)
-
-    @property
-    def variables(self) -> list[keras.Variable]:
-        """The miner's state, for the model to save."""
-        return [] if self.miner is None else self.miner.variables
-
-    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        d = self.distance.pairwise(embeddings)
-        if self.miner is not None:
-            return self.from_indices(self.miner(labels, embeddings, d), distances=d)
-        return self._from_masks(d, *pair_masks(labels))
-
-    def from_indices(self, tuples: Tuples, embeddings: tf.Tensor | None = None,
-                     distances: tf.Tensor | None = None) -> tf.Tensor:
-        """The loss of the pairs that tuples name (`tuple_pair_masks`), from the batch's embeddings
-        [m, d] or its distances [m, m]."""
-        if distances is None:
-            if embeddings is None:
-                raise ValueError("from_indices needs the batch's embeddings or its distances")
-            distances = self.distance.pairwise(embeddings)
-        return self._from_masks(distances, *tuple_pair_masks(tuples, tf.shape(distances)[0]))
 
     def _from_masks(self, d: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
         pull = tf.square(tf.nn.relu(d - self.pos_margin))
@@ -77,5 +53,4 @@ class ContrastiveLoss(EmbeddingLoss):
         return masked_mean(pull, positive & (pull > 0)) + masked_mean(push, negative & (push > 0))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin,
-                "distance": self.distance.name, "miner": miner_config(self.miner)}
+        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}
