@@ -10,7 +10,8 @@ or touch any name, e.g. `pddm_tf.EmbeddingModel`, before loading).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+from pddm_tf._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -96,14 +97,5 @@ def _import_all() -> None:
         importlib.import_module(module)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pddm_tf' has no attribute {name!r}")
-    _import_all()  # all of them at once, so any use registers every Keras class
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+# All of them at once on the first use of any, so that any use registers every Keras class.
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, before_import=_import_all)

@@ -11,19 +11,9 @@ values with validation.py, does not import the flags.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pddm_tf._lazy import lazy_attributes
 
 __all__ = ["run"]
 
 
-def __getattr__(name: str) -> Any:
-    if name != "run":
-        raise AttributeError(f"module 'pddm_tf.cli' has no attribute {name!r}")
-    value = importlib.import_module("pddm_tf.cli.main").run
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"run"})
+__getattr__, __dir__ = lazy_attributes(__name__, {"run": "pddm_tf.cli.main"})

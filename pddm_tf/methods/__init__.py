@@ -13,9 +13,7 @@ first used (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from pddm_tf._lazy import lazy_attributes
 from pddm_tf.methods.names import METHOD_NAMES
 
 # Public name -> the module that holds it, imported on first use (builders and pipeline import TensorFlow).
@@ -49,13 +47,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pddm_tf.methods' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -20,9 +20,7 @@ running `train` imports what it needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from pddm_tf._lazy import lazy_attributes
 from pddm_tf.training.config import TrainConfig
 from pddm_tf.training.run import Trained, build_model, fit, load_split, train
 
@@ -66,13 +64,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pddm_tf.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
