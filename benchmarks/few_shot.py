@@ -69,6 +69,9 @@ flags.DEFINE_string("row_steps", None, "JSON: row -> steps, for rows whose steps
                     "measured during a load peak); other rows are measured as usual.")
 flags.DEFINE_bool("quick", False, "CI mode: fold 0, 20 steps, 20 episodes.")
 flags.DEFINE_integer("num_episodes", TrainConfig().num_episodes, "Episodes per few-shot setting.")
+flags.DEFINE_bool("save_embeddings", False, "Also write each row's held-out embeddings and labels to "
+                  "--out_dir/embeddings/ROW_foldF.npz, with the backbone's features (to study evaluation-side choices "
+                  "without retraining).")
 
 #: The held-out alphabets of each fold: the 8 embedded alphabets in name order, in pairs.
 FOLDS = (("Balinese", "Early_Aramaic"), ("Greek", "Japanese_(katakana)"), ("Korean", "Latin"),
@@ -237,6 +240,14 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
         model.fit(train, epochs=steps // per_epoch, steps_per_epoch=per_epoch, callbacks=[*callbacks, curve],
                   verbose=0)
         embeddings = _embed(model, split.test, config["image_size"])
+        if FLAGS.save_embeddings:
+            folder = pathlib.Path(FLAGS.out_dir) / "embeddings"
+            folder.mkdir(parents=True, exist_ok=True)
+            # The backbone's pooled features too: what the head projects, for comparison.
+            features = _embed(model.backbone, split.test, config["image_size"])
+            with atomic.replacing(folder / f"{name}_fold{fold}.npz", suffix=".npz") as path:
+                np.savez(path, embeddings=embeddings, features=features, labels=split.test.labels,
+                         paths=np.asarray(split.test.paths), rotations=split.test.rotations)
         result = {"steps": steps, "train_seconds": curve.train_seconds, "curve": curve.points,
                   "seconds_per_step": rate}
     result.update(few_shot.evaluate_few_shot(embeddings, split.test, SETTINGS, episodes, seed))

@@ -11,7 +11,10 @@ batch-hard training does not have, each timed alone in its own `tf.function` on 
   * `all_pairs`: the all-pairs PDDM scores of the batch's embeddings (mining input, no gradient);
   * `mining`:   all_pairs + quadruplet mining (`models.mine_with_pddm`);
   * `dense_all_pairs`: the all-pairs scores as the library computed them before (every ordered
-    pair through an [m, m, d] difference tensor), for comparison.
+    pair through an [m, m, d] difference tensor), for comparison;
+  * `all_pairs (XLA)`: all_pairs compiled by XLA, as `compile(jit_compile=True)` runs it.
+A row "METHOD+xla" is METHOD compiled with `jit_compile=True` (XLA for the whole step where it
+compiles, the all-pairs mining scores for the PDDM methods).
 
   nice -n 19 python benchmarks/train_step.py --configs=16x4:64,64x4:128
 """
@@ -67,12 +70,14 @@ def _dense_all_pair_scores(layer, f: tf.Tensor) -> tf.Tensor:
     return layer._head(u_h, tf.nn.relu(v_lin + layer.v_bias))
 
 
-def _model(method: str, classes: int, dim: int) -> keras.Model:
+def _model(row: str, classes: int, dim: int) -> keras.Model:
+    """The row's model: "METHOD", or "METHOD+xla" compiled with jit_compile=True."""
+    method, _, xla = row.partition("+")
     keras.utils.set_random_seed(0)
     network = backbone(FLAGS.backbone, FLAGS.image_size, FLAGS.channels, weights=None)
     model = build_model(method, network, dim, **method_options(method, num_classes=classes))
     model.build((None, FLAGS.image_size, FLAGS.image_size, FLAGS.channels))
-    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=xla == "xla")
     return model
 
 
@@ -109,7 +114,7 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
     for method in FLAGS.methods:
         model = _model(method, classes, dim)
         rows[f"{method} step"] = (lambda m=model: m.train_on_batch(images, labels, return_dict=True)["loss"])
-        if FLAGS.breakdown and hasattr(model, "pddm"):
+        if FLAGS.breakdown and hasattr(model, "pddm") and "+" not in method:
             embeddings = tf.constant(model.predict(images, verbose=0))
             layer = model.pddm
             all_pairs = tf.function(lambda e, layer=layer: layer(e))
@@ -119,6 +124,8 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
             if not np.allclose(all_pairs(embeddings).numpy(), dense(embeddings).numpy(), atol=1e-5):
                 raise RuntimeError("the all-pairs scores differ from the dense reference")
             rows[f"{method}: all_pairs"] = lambda f=all_pairs, e=embeddings: f(e).numpy()
+            compiled = tf.function(layer.all_pair_scores, jit_compile=True)
+            rows[f"{method}: all_pairs (XLA)"] = lambda f=compiled, e=embeddings: f(e).numpy()
             rows[f"{method}: dense_all_pairs"] = lambda f=dense, e=embeddings: f(e).numpy()
             rows[f"{method}: mining"] = lambda f=mine, e=embeddings: f(e).numpy()
     return rows

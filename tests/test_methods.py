@@ -2,6 +2,8 @@
 
 import inspect
 
+import keras
+import numpy as np
 import pytest
 from absl import flags
 
@@ -112,3 +114,24 @@ def test_a_loss_option_changes_the_loss_as_the_numpy_reference():
     for margin, loss in ((0.7, model.embedding_loss), (0.2, default_loss)):
         want = np.maximum(hardest_positive - hardest_negative + margin, 0).mean()
         np.testing.assert_allclose(loss(tf.constant(labels), tf.constant(x)).numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_two_margin_models_draw_from_their_own_samplers():
+    """Each model built by name gets its own seeded sampler: training one leaves another's draws alone
+    (one shared miner instance once made the second model's first draws depend on the first's steps)."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((16, 16, 16, 1)).astype(np.float32), np.repeat(np.arange(4), 4).astype(np.int32)
+
+    def model():
+        keras.utils.set_random_seed(0)
+        built = build_model("margin", small_convnet(16, 1, width=8), 8)
+        built.build((None, 16, 16, 1))
+        built.compile(optimizer=keras.optimizers.SGD(0.1))
+        return built
+
+    first, second = model(), model()
+    assert first.embedding_loss.miner is not second.embedding_loss.miner
+    second.set_weights(first.get_weights())
+    losses_first = [first.train_on_batch(images, labels) for _ in range(3)]
+    losses_second = [second.train_on_batch(images, labels) for _ in range(3)]
+    np.testing.assert_allclose(losses_second, losses_first, rtol=1e-5)

@@ -113,6 +113,10 @@ flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ["constant", "cosine"], "Learni
 flags.DEFINE_float("warmup_fraction", _D.warmup_fraction, "Fraction of the steps with a linear learning-rate warm-up.")
 flags.DEFINE_float("ema_momentum", _D.ema_momentum, "Keep an exponential moving average of the weights with this "
                    "momentum (e.g. 0.99) and end training with it; 0 = off.")
+flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA: the whole train step for the methods whose step compiles, "
+                  "and PDDM's all-pairs mining scores for the PDDM methods (whose mining keeps data-dependent "
+                  "shapes). Off: Keras' 'auto' (XLA on a GPU where the step compiles). BENCHMARKS.md section "
+                  "10 measures it.")
 flags.DEFINE_string("loss_options", None, "Baseline-loss methods (contrastive, triplet_*, "
                     "lifted_structured, npair, margin, multi_similarity): a JSON object of the loss's "
                     "hyperparameters, e.g. "

@@ -5,7 +5,7 @@ on L2-normalised embeddings, mines its pairs or triplets inside the batch (`pddm
 returns 0, never NaN, for a batch without a valid pair. Use them with `MetricLossModel`.
 """
 
-from pddm_tf.losses._base import EmbeddingLoss, PairLoss, check_embeddings, labels_from_y_true
+from pddm_tf.losses._base import EmbeddingLoss, PairLoss, check_embeddings, labels_from_y_true, loss_supports_jit
 from pddm_tf.losses.contrastive import ContrastiveLoss
 from pddm_tf.losses.lifted import LiftedStructuredLoss
 from pddm_tf.losses.margin import MarginLoss
@@ -29,4 +29,5 @@ __all__ = [
     "check_embeddings",
     "double_header_hinge",
     "labels_from_y_true",
+    "loss_supports_jit",
 ]

@@ -81,6 +81,13 @@ def tuple_pair_masks(tuples: Tuples, batch_size: tf.Tensor | int) -> tuple[tf.Te
     return mask(tuples.positives), mask(tuples.negatives)
 
 
+def loss_supports_jit(loss: Any) -> bool:
+    """Whether XLA can compile a loss's computation: False when it mines with a miner that declares
+    `supports_jit = False` (a data-dependent number of tuples, or draws without an XLA kernel)."""
+    miner = getattr(loss, "miner", None)
+    return bool(getattr(miner, "supports_jit", True))
+
+
 def optional_miner(miner: str | dict[str, Any] | Miner | None) -> Miner | None:
     """`get_miner` for the pair losses' optional miner (None: the loss's own choice of pairs)."""
     return None if miner is None else get_miner(miner)

@@ -68,6 +68,10 @@ class Miner:
     """
 
     name: ClassVar[str] = ""
+    #: Whether XLA can compile `mine` (Keras' `supports_jit`, read by the models that train with the
+    #: miner): False for a miner whose number of tuples depends on the data, or whose draws use an op
+    #: XLA cannot compile.
+    supports_jit: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

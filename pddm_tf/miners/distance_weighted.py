@@ -26,6 +26,8 @@ class DistanceWeightedMiner(Miner):
     """
 
     name = "distance_weighted"
+    # tf.random.(stateless_)categorical has no XLA CPU kernel.
+    supports_jit = False
 
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, seed: int | None = None) -> None:
         if not 0.0 <= cutoff < nonzero_loss_cutoff:

@@ -31,6 +31,8 @@ class QuadrupletMiner(Miner):
     """
 
     name = "quadruplet"
+    # One quadruplet per eligible positive pair: a data-dependent count (tf.where), which XLA rejects.
+    supports_jit = False
 
     def __init__(self, mode: str = "per_pair") -> None:
         if mode not in MINING_MODES:

@@ -24,7 +24,7 @@ import tensorflow as tf
 from pddm_tf import _compat
 from pddm_tf.evaluation.index import Index, Lookup, lookups
 from pddm_tf.layers import EmbeddingHead
-from pddm_tf.losses import check_embeddings
+from pddm_tf.losses import check_embeddings, loss_supports_jit
 from pddm_tf.miners import check_labels
 
 
@@ -313,6 +313,9 @@ class MetricLossModel(EmbeddingModel):
                  dropout: float = 0.0, **kwargs: Any) -> None:
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
         self.embedding_loss = loss
+        # Keras' own switch: a step XLA cannot compile then runs as a plain tf.function, which
+        # jit_compile="auto" (True on a GPU) would otherwise fail on at the first batch.
+        self.supports_jit = loss_supports_jit(loss)
         # Assigning the list makes Keras track the loss's variables as the model's weights.
         self.loss_variables = list(getattr(loss, "variables", []))
 

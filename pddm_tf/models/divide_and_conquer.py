@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from pddm_tf import _compat
 from pddm_tf.layers import PDDM, SlicedEmbeddingHead
-from pddm_tf.losses import DoubleHeaderHingeLoss, MarginLoss, check_embeddings
+from pddm_tf.losses import DoubleHeaderHingeLoss, MarginLoss, check_embeddings, loss_supports_jit
 from pddm_tf.models.base import EmbeddingModel, gather_global_batch
 from pddm_tf.models.clustering import CONQUER
 from pddm_tf.models.pddm import PDDM_TERMS, mine_with_pddm, pddm_quadruplet_terms
@@ -95,6 +95,7 @@ class DivideAndConquerModel(EmbeddingModel):
             self.pddm = PDDM(name="pddm")
             self.learner_pddms = ([PDDM(name=f"pddm_learner{k}") for k in range(num_learners)]
                                   if num_learners > 1 else [])
+        self.supports_jit = all(loss_supports_jit(loss_) for loss_ in self.learner_losses)  # as MetricLossModel
         # Listing the losses' variables makes Keras track (and train) e.g. a learnable margin beta.
         self.loss_variables = [v for loss_ in self._distinct_losses() for v in getattr(loss_, "variables", [])]
         self.metric_names = PDDM_TERMS if self.uses_pddm else ("loss",)

@@ -62,6 +62,13 @@ class PDDMModel(EmbeddingModel):
     Logged: loss (E_m + lambda E_e), metric_loss (E_m), embedding_loss (E_e), valid_fraction (mined
     quadruplets / sought), score_gap (mean positive - mean negative mining score of the batch).
 
+    XLA: the step keeps a data-dependent number of quadruplets, which XLA cannot compile, so the model
+    declares Keras' `supports_jit = False` and the step runs as a plain `tf.function` whatever
+    `compile`'s `jit_compile` says (Keras' "auto" picks XLA on a GPU, and would fail there). With
+    `compile(jit_compile=True)` the step's fixed-shape part is compiled instead: the all-pairs PDDM
+    scores that mining ranks ([m, d] -> [m, m], one XLA program per batch size). Their values
+    differ from the uncompiled ones by float rounding only (about 1e-7).
+
     Args:
       backbone, embedding_dim, dropout: see `EmbeddingModel`.
       pddm: the PDDM layer (default `PDDM()`).
@@ -82,6 +89,19 @@ class PDDMModel(EmbeddingModel):
         self.pddm = pddm if pddm is not None else PDDM(name="pddm")
         self.hinge_loss = loss if loss is not None else DoubleHeaderHingeLoss()
         self.mining_score = mining_score
+        self.supports_jit = False
+        self.xla_scores = False  # set by compile(jit_compile=True)
+        self._compiled_scores: Any = None
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, jit_compile: bool | str = "auto",
+                **kwargs: Any) -> None:
+        """`EmbeddingModel.compile`; `jit_compile=True` compiles the all-pairs mining scores with XLA
+        (see the class docstring), "auto" and False leave them to TensorFlow's kernels."""
+        self.xla_scores = jit_compile is True and self.mining_score == "pddm"
+        self._compiled_scores = None
+        super().compile(optimizer=optimizer, loss=loss, jit_compile=False, **kwargs)
+        # Saved as asked, so that a reloaded model compiles its scores again.
+        self._compile_config.config["jit_compile"] = jit_compile
 
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
@@ -93,7 +113,13 @@ class PDDMModel(EmbeddingModel):
         return self.pddm(embeddings)
 
     def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
-        return mine_with_pddm(self.pddm, self.hinge_loss, self.mining_score, embeddings, labels)
+        if not self.xla_scores:
+            return mine_with_pddm(self.pddm, self.hinge_loss, self.mining_score, embeddings, labels)
+        if self._compiled_scores is None:
+            self._compiled_scores = tf.function(self.pddm.all_pair_scores, jit_compile=True, reduce_retracing=True)
+        scores = self._compiled_scores(embeddings)
+        return {"quadruplets": mine_quadruplets(labels, scores, self.hinge_loss.mining),
+                "score_gap": score_gap(labels, scores)}
 
     def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: dict[str, Any]) -> dict[str, tf.Tensor]:
         return pddm_quadruplet_terms(self.pddm, self.hinge_loss, embeddings, mined)

@@ -88,6 +88,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
     ema_momentum: float = 0.0
+    jit_compile: bool = False
     # outputs and fault tolerance
     export_dir: str | None = None
     save_model: str | None = None

@@ -27,7 +27,8 @@ from pddm_tf.training.config import TrainConfig
 CURRENT_RUN: dict[str, Any] = {}
 #: Fields that do not change what a run trains: they do not name its backup folder.
 _NOT_DEFINING = frozenset({"backup_dir", "task_index", "json", "strict", "progress", "log_dir", "export_dir",
-                           "save_model", "eval_every", "episodes", "num_episodes", "rerank", "eval_batch_size"})
+                           "save_model", "eval_every", "episodes", "num_episodes", "rerank", "eval_batch_size",
+                           "jit_compile"})
 
 
 def load_split(config: TrainConfig, rotate_training: bool = True):
@@ -127,7 +128,8 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(config.learning_rate, config.weight_decay, config.lr_schedule,
                                            total_steps, round(config.warmup_fraction * total_steps),
-                                           config.ema_momentum))
+                                           config.ema_momentum),
+                  jit_compile=True if config.jit_compile else "auto")
     return model
 
 
