@@ -6,6 +6,7 @@ Divide-and-Conquer learners with a PDDM loss call on their slice of the embeddin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -22,12 +23,13 @@ MINING_SCORES = ("pddm", "euclidean")
 PDDM_TERMS = ("loss", "metric_loss", "embedding_loss", "valid_fraction", "score_gap")
 
 
-def mine_with_pddm(pddm: PDDM, loss: DoubleHeaderHingeLoss, mining_score: str, embeddings: tf.Tensor,
-                   labels: tf.Tensor) -> dict[str, Any]:
+def mine_with_pddm(pddm: PDDM | Callable[[tf.Tensor], tf.Tensor], loss: DoubleHeaderHingeLoss, mining_score: str,
+                   embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
     """Quadruplet mining of METHODS.md section 2 on a (stopped) batch: embeddings [m, d], labels [m].
 
-    Ranks pairs by the all-pairs PDDM scores [m, m] (or -||f_i - f_j||^2 when `mining_score` is
-    "euclidean") and returns {"quadruplets": `Quadruplets`, "score_gap": scalar}.
+    Ranks pairs by the all-pairs PDDM scores [m, m] of `pddm` (the layer, or a function [m, d] ->
+    [m, m] such as its XLA-compiled `all_pair_scores`), or by -||f_i - f_j||^2 when `mining_score` is
+    "euclidean", and returns {"quadruplets": `Quadruplets`, "score_gap": scalar}.
     """
     scores = pddm(embeddings) if mining_score == "pddm" else euclidean_scores(embeddings)
     return {"quadruplets": mine_quadruplets(labels, scores, loss.mining), "score_gap": score_gap(labels, scores)}
@@ -113,13 +115,10 @@ class PDDMModel(EmbeddingModel):
         return self.pddm(embeddings)
 
     def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
-        if not self.xla_scores:
-            return mine_with_pddm(self.pddm, self.hinge_loss, self.mining_score, embeddings, labels)
-        if self._compiled_scores is None:
+        if self.xla_scores and self._compiled_scores is None:
             self._compiled_scores = tf.function(self.pddm.all_pair_scores, jit_compile=True, reduce_retracing=True)
-        scores = self._compiled_scores(embeddings)
-        return {"quadruplets": mine_quadruplets(labels, scores, self.hinge_loss.mining),
-                "score_gap": score_gap(labels, scores)}
+        scores = self._compiled_scores if self.xla_scores else self.pddm
+        return mine_with_pddm(scores, self.hinge_loss, self.mining_score, embeddings, labels)
 
     def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: dict[str, Any]) -> dict[str, tf.Tensor]:
         return pddm_quadruplet_terms(self.pddm, self.hinge_loss, embeddings, mined)
