@@ -194,7 +194,8 @@ class _Curve(keras.callbacks.Callback):
 
     def __init__(self, test: data.ImageFiles, size: int, episodes: int, seed: int) -> None:
         super().__init__()
-        self.test, self.size, self.episodes, self.seed = test, size, episodes, seed
+        self.test, self.episodes, self.seed = test, episodes, seed
+        self.held_out = _held_out(test, size)
         self.points: list[tuple[float, float]] = []
         self.train_seconds = 0.0
 
@@ -203,13 +204,14 @@ class _Curve(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         self.train_seconds += time.perf_counter() - self._start
-        embeddings = _embed(self.model, self.test, self.size)
+        embeddings = evaluation.embed_dataset(self.model, self.held_out)[0]
         accuracy = few_shot.evaluate_few_shot(embeddings, self.test, ("20way1shot",), self.episodes, self.seed)
         self.points.append((self.train_seconds, accuracy["oneshot_20way"]))
 
 
-def _embed(model: keras.Model, files: data.ImageFiles, size: int) -> np.ndarray:
-    return evaluation.embed_dataset(model, data.evaluation_dataset(files, size, 1, 256))[0]
+def _held_out(files: data.ImageFiles, size: int) -> tf.data.Dataset:
+    """The held-out images in batches, decoded once: every curve point embeds them again."""
+    return data.evaluation_dataset(files, size, 1, 256).cache()
 
 
 def _row_steps() -> dict[str, int]:
@@ -239,12 +241,12 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
         curve = _Curve(split.test, config["image_size"], CURVE_EPISODES if not FLAGS.quick else 10, seed)
         model.fit(train, epochs=steps // per_epoch, steps_per_epoch=per_epoch, callbacks=[*callbacks, curve],
                   verbose=0)
-        embeddings = _embed(model, split.test, config["image_size"])
+        embeddings = evaluation.embed_dataset(model, curve.held_out)[0]
         if FLAGS.save_embeddings:
             folder = pathlib.Path(FLAGS.out_dir) / "embeddings"
             folder.mkdir(parents=True, exist_ok=True)
             # The backbone's pooled features too: what the head projects, for comparison.
-            features = _embed(model.backbone, split.test, config["image_size"])
+            features = evaluation.embed_dataset(model.backbone, curve.held_out)[0]
             with atomic.replacing(folder / f"{name}_fold{fold}.npz", suffix=".npz") as path:
                 np.savez(path, embeddings=embeddings, features=features, labels=split.test.labels,
                          paths=np.asarray(split.test.paths), rotations=split.test.rotations)

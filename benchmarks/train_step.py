@@ -16,14 +16,25 @@ batch-hard training does not have, each timed alone in its own `tf.function` on 
 A row "METHOD+xla" is METHOD compiled with `jit_compile=True` (XLA for the whole step where it
 compiles, the all-pairs mining scores for the PDDM methods).
 
+With --profile, each method's step is then traced by TensorFlow's profiler for --profile_steps
+steps, and the trace (the XPlane the profiler writes) is summed per step: the kernels the executor
+ran (count, and the time inside them, summed over threads) by where they come from (the backbone
+and head, the optimizer update, the rest: loss and mining), and by op type. Beside it, the
+executor's cost per kernel, from a chain of 2,000 dependent tiny ops (`Sin` on 64 floats) in one
+`tf.function`: what each extra kernel costs when its arithmetic is negligible.
+
   nice -n 19 python benchmarks/train_step.py --configs=16x4:64,64x4:128
 """
 
 from __future__ import annotations
 
+import collections
+import glob
 import os
+import pathlib
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +62,8 @@ flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per row before the rounds
 flags.DEFINE_integer("steps", 10, "Timed steps per round and row.")
 flags.DEFINE_integer("rounds", 5, "Rounds; the median over rounds is reported.")
 flags.DEFINE_bool("breakdown", True, "Also time the PDDM parts (all-pairs scores, mining) alone.")
+flags.DEFINE_bool("profile", False, "Also profile each method's step (see the module docstring).")
+flags.DEFINE_integer("profile_steps", 20, "Steps traced per method by --profile.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 
@@ -104,6 +117,72 @@ def _time_rounds(rows: dict[str, Callable[[], Any]]) -> dict[str, list[float]]:
     return times
 
 
+def _part(node: str) -> str:
+    """Which part of a train step a graph node belongs to, from its name scope."""
+    if "small_convnet" in node or "/embedding" in node or node.startswith("embedding"):
+        return "backbone + head"
+    if "adam" in node.lower() or "optimizer" in node.lower():
+        return "optimizer"
+    return "loss + mining"
+
+
+def _profile(step: Callable[[], Any]) -> dict[str, Any]:
+    """Runs `step` --profile_steps times under TensorFlow's profiler and sums its trace per step: wall ms,
+    kernels run, kernel ms (summed over threads) by part (`_part`) and by op type."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # TensorFlow's own trace format
+
+    step()
+    folder = tempfile.mkdtemp()
+    tf.profiler.experimental.start(folder)
+    start = time.perf_counter()
+    for _ in range(FLAGS.profile_steps):
+        step()
+    wall = (time.perf_counter() - start) / FLAGS.profile_steps * 1000
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(pathlib.Path(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
+    parts: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    types: dict[str, float] = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue  # kernels run on the executor's threads; the Eigen pool's events nest in them
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                node, _, op = name.rpartition(":")
+                if not node or "::" in name:
+                    continue  # executor bookkeeping, not a kernel
+                ms = event.duration_ps / 1e9 / FLAGS.profile_steps
+                parts[_part(node)][0] += 1 / FLAGS.profile_steps
+                parts[_part(node)][1] += ms
+                types[op] += ms
+    kernels = sum(ms for _, ms in parts.values())
+    return {"wall_ms": wall, "kernels": sum(n for n, _ in parts.values()), "kernel_ms": kernels,
+            "parts": {name: {"kernels": n, "kernel_ms": ms} for name, (n, ms) in sorted(parts.items())},
+            "op_types_ms": dict(types.most_common(12))}
+
+
+def _per_kernel_us(length: int = 2000) -> float:
+    """Microseconds per kernel of a chain of `length` dependent tiny ops run by TensorFlow's executor."""
+
+    @tf.function
+    def chain(x: tf.Tensor) -> tf.Tensor:
+        for _ in range(length):
+            x = tf.sin(x)
+        return x
+
+    x = tf.ones([64])
+    chain(x)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        chain(x).numpy()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / length * 1e6
+
+
 def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
     classes, per_class, dim = _parse(config)
     rng = np.random.default_rng(0)
@@ -131,6 +210,24 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
     return rows
 
 
+def _print_profiles(rows: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Profiles every full-step row (`_profile`) and prints the per-step sums as a table."""
+    profiles = {name: _profile(step) for name, step in rows.items() if name.endswith(" step")}
+    names = sorted({part for p in profiles.values() for part in p["parts"]})
+    print(f"\nprofile, per step ({FLAGS.profile_steps} steps traced): kernels run / kernel ms (summed over threads)")
+    print(f"{'row':<34} {'wall ms':>8} {'kernels':>8} {'kernel ms':>10} " + " ".join(f"{name:>18}" for name in names))
+    for name, p in profiles.items():
+        cells = [f"{p['parts'][part]['kernels']:.0f} / {p['parts'][part]['kernel_ms']:.1f}" if part in p["parts"]
+                 else "-" for part in names]
+        print(f"{name:<34} {p['wall_ms']:>8.1f} {p['kernels']:>8.0f} {p['kernel_ms']:>10.1f} "
+              + " ".join(f"{c:>18}" for c in cells))
+    for name, p in profiles.items():
+        print(f"  {name} by op type (kernel ms): " + ", ".join(f"{op} {ms:.1f}" for op, ms in p["op_types_ms"].items()))
+    per_kernel = _per_kernel_us()
+    print(f"  executor cost per kernel (a chain of 2,000 tiny dependent ops): {per_kernel:.1f} us")
+    return {"rows": profiles, "per_kernel_us": per_kernel}
+
+
 def main(argv: list[str]) -> None:
     del argv
     print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}; {FLAGS.rounds} rounds of "
@@ -138,7 +235,8 @@ def main(argv: list[str]) -> None:
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}")
     results: dict[str, Any] = {}
     for config in FLAGS.configs:
-        times = _time_rounds(_rows_of(config))
+        rows = _rows_of(config)
+        times = _time_rounds(rows)
         base = statistics.median(next(iter(times.values())))
         classes, per_class, dim = _parse(config)
         print(f"\nbatch {classes} x {per_class}, d = {dim}")
@@ -149,6 +247,8 @@ def main(argv: list[str]) -> None:
             results[config][name] = {"median_ms": median, "min_ms": min(values), "max_ms": max(values),
                                      "ratio": median / base}
             print(f"{name:<42} {median:>10.1f} {min(values):>8.1f} {max(values):>8.1f} {median / base:>7.2f}")
+        if FLAGS.profile:
+            results[config]["profile"] = _print_profiles(rows)
     if FLAGS.json:
         atomic.write_json(FLAGS.json, {"flags": {name: FLAGS[name].value for name in (
             "configs", "methods", "backbone", "image_size", "steps", "rounds")},

@@ -3,6 +3,7 @@
 import functools
 
 import keras
+import tensorflow as tf
 
 from pddm_tf import data, evaluation
 
@@ -15,10 +16,15 @@ def split() -> data.DatasetSplit:
     return data.load_omniglot(test_fraction=0.5, seed=0)
 
 
+@functools.lru_cache(maxsize=1)
+def held_out() -> tf.data.Dataset:
+    """The held-out characters' images in batches, decoded once per test process."""
+    return data.evaluation_dataset(split().test, SIZE, 1).cache()
+
+
 def held_out_recall_1(model: keras.Model) -> float:
     """Recall@1 of `model`'s embeddings over the held-out characters."""
-    held_out = data.evaluation_dataset(split().test, SIZE, 1)
-    return evaluation.recall_at_k(*evaluation.embed_dataset(model, held_out), ks=(1,))["recall@1"]
+    return evaluation.recall_at_k(*evaluation.embed_dataset(model, held_out()), ks=(1,))["recall@1"]
 
 
 def train_and_measure(model: keras.Model, steps: int, steps_per_epoch: int | None = None):

@@ -376,9 +376,10 @@ def test_a_failed_or_interrupted_export_is_redone_without_training(tmp_path, run
 # --------------------------------------------------------------------------- Ctrl-C and resuming
 
 
-def _run_until(args, condition, sig):
-    """Runs `pddm-tf <args>` in a fresh process, sends it `sig` once `condition()` holds; (code, stdout, stderr)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+def _run_until(args, condition, sig, **environment):
+    """Runs `pddm-tf <args>` in a fresh process (with `environment` added to this one's), sends it `sig`
+    once `condition()` holds; (code, stdout, stderr)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **environment)
     # A child inherits its parent's ignored signals and signal mask, and Python leaves an inherited
     # SIG_IGN for SIGINT in place. A test runner's process may have either (in CI a pytest-xdist
     # worker's child ignored every SIGINT), so the child is started as a terminal would start it:
@@ -403,25 +404,51 @@ def _run_until(args, condition, sig):
     return process.returncode, out, err
 
 
+#: A --plugins module for the test below. With PDDM_TF_TEST_HOLD set, training waits after each
+#: epoch's backup until a signal ends it: the Ctrl-C then arrives mid-training however fast the
+#: machine (a tiny run can otherwise finish between the backup and the signal).
+_HOLD_PLUGIN = """
+import os, time
+from pddm_tf.training import fault_tolerance
+
+if os.environ.get("PDDM_TF_TEST_HOLD"):
+    _save = fault_tolerance.BackupAndRestore._save
+
+    def _save_then_hold(self, epochs_done, complete=False):
+        _save(self, epochs_done, complete)
+        if not complete:
+            time.sleep(600)
+
+    fault_tolerance.BackupAndRestore._save = _save_then_hold
+"""
+
+
 def test_ctrl_c_then_a_kill_during_the_export_then_the_outputs_without_training(tmp_path, run_cli, monkeypatch):
     """A real SIGINT during training (after the first backup): one line, exit code 130. The same
     command resumes, counts only the epochs it trains, and is killed (SIGKILL) during the export.
     The same command again writes every output with no training step."""
-    backup, exported = tmp_path / "backup", tmp_path / "export"
+    backup, exported, plugins = tmp_path / "backup", tmp_path / "export", tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hold_after_backup.py").write_text(_HOLD_PLUGIN)
+    monkeypatch.syspath_prepend(str(plugins))
+    path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
     args = ["train", _folder_dataset(tmp_path / "data"), *TINY, "--epochs=3", "--steps_per_epoch=12",
-            f"--backup_dir={backup}", f"--export_dir={exported}", f"--save_model={tmp_path / 'model.keras'}"]
+            f"--backup_dir={backup}", f"--export_dir={exported}", f"--save_model={tmp_path / 'model.keras'}",
+            "--plugins=hold_after_backup"]
 
-    code, out, err = _run_until(args, lambda: (backup / "latest").exists(), signal.SIGINT)  # epoch 2 began
+    code, out, err = _run_until(args, lambda: (backup / "latest").exists(), signal.SIGINT,  # epoch 2 began
+                                PYTHONPATH=path, PDDM_TF_TEST_HOLD="1")
     assert code == 130, (out[-3000:], err[-3000:])
-    status = backup_status(backup)  # what the backup on disk holds: 1 or 2 epochs of 3
-    assert not status["complete"], "training ended before the interrupt arrived"
+    status = backup_status(backup)
+    assert status == {"epoch": 1, "step": 12, "steps_per_epoch": 12, "complete": False}
     done = status["epoch"]
     assert err.splitlines()[-1] == (f"pddm-tf: interrupted; run the same command again to resume from epoch "
                                     f"{done + 1} of 3 (backed up in {backup})")
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
     # Resumed; killed once the export has begun writing (its staging folder exists).
-    code, out, err = _run_until(args, lambda: exported.is_dir() and any(exported.iterdir()), signal.SIGKILL)
+    code, out, err = _run_until(args, lambda: exported.is_dir() and any(exported.iterdir()), signal.SIGKILL,
+                                PYTHONPATH=path)
     assert code == -signal.SIGKILL, err[-3000:]
     assert f"resumed from {backup / f'backup-{done}'} at epoch {done}" in out
     epochs, images = 3 - done, (3 - done) * 12 * 2 * 2

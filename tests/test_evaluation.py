@@ -301,6 +301,34 @@ def test_embed_dataset_keeps_images_and_labels_aligned_under_reshuffling():
     np.testing.assert_array_equal(embeddings[:, 0], labels)
 
 
+def test_embed_dataset_runs_one_graph_per_model_that_follows_its_weights_and_dies_with_it():
+    """The forward pass is traced once per model (a short last batch included) and reused by later
+    calls, gives the eager call's embeddings after the weights change, and is dropped with the model."""
+    import gc
+    import weakref
+
+    from pddm_tf.evaluation import callbacks
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(21, 3)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(21))).batch(8)  # 8, 8, 5
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+
+    first, _ = embed_dataset(model, dataset)
+    np.testing.assert_allclose(first, model(images).numpy(), rtol=1e-6, atol=1e-6)
+    model.set_weights([w + 1.0 for w in model.get_weights()])
+    second, _ = embed_dataset(model, dataset)
+    np.testing.assert_allclose(second, model(images).numpy(), rtol=1e-6, atol=1e-6)
+    assert np.abs(second - first).max() > 0.1
+    forward = callbacks._INFERENCE[model]
+    assert forward.experimental_get_tracing_count() <= 2  # batch 8, then batch None at most
+
+    owner, cached = weakref.ref(model), len(callbacks._INFERENCE)
+    del model, forward
+    gc.collect()
+    assert owner() is None and len(callbacks._INFERENCE) == cached - 1
+
+
 def test_callback_logs_match_evaluate_retrieval():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(9)
