@@ -19,7 +19,8 @@ compiles, the all-pairs mining scores for the PDDM methods).
 With --profile, each method's step is then traced by TensorFlow's profiler for --profile_steps
 steps, and the trace (the XPlane the profiler writes) is summed per step: the kernels the executor
 ran (count, and the time inside them, summed over threads) by where they come from (the backbone
-and head, the optimizer update, the rest: loss and mining), and by op type. Beside it, the
+and head, the optimizer update, gradient sums that Grappler rewrote into accumulations, the rest:
+loss and mining), and by op type. Beside it, the
 executor's cost per kernel, from a chain of 2,000 dependent tiny ops (`Sin` on 64 floats) in one
 `tf.function`: what each extra kernel costs when its arithmetic is negligible.
 
@@ -121,6 +122,10 @@ def _part(node: str) -> str:
     """Which part of a train step a graph node belongs to, from its name scope."""
     if "small_convnet" in node or "/embedding" in node or node.startswith("embedding"):
         return "backbone + head"
+    if node.startswith("AddN"):
+        # Grappler's rewrite of a gradient sum (a temporary buffer, assigned then accumulated); the
+        # large ones sum BatchNormalization's three backward paths, common to every method.
+        return "gradient sums"
     if "adam" in node.lower() or "optimizer" in node.lower():
         return "optimizer"
     return "loss + mining"
@@ -142,7 +147,7 @@ def _profile(step: Callable[[], Any]) -> dict[str, Any]:
     space = xplane_pb2.XSpace()
     space.ParseFromString(pathlib.Path(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
     parts: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
-    types: dict[str, float] = collections.Counter()
+    types: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for plane in space.planes:
         if plane.name != "/host:CPU":
             continue
@@ -157,11 +162,11 @@ def _profile(step: Callable[[], Any]) -> dict[str, Any]:
                 ms = event.duration_ps / 1e9 / FLAGS.profile_steps
                 parts[_part(node)][0] += 1 / FLAGS.profile_steps
                 parts[_part(node)][1] += ms
-                types[op] += ms
+                types[_part(node)][op] += ms
     kernels = sum(ms for _, ms in parts.values())
     return {"wall_ms": wall, "kernels": sum(n for n, _ in parts.values()), "kernel_ms": kernels,
             "parts": {name: {"kernels": n, "kernel_ms": ms} for name, (n, ms) in sorted(parts.items())},
-            "op_types_ms": dict(types.most_common(12))}
+            "op_types_ms": {part: dict(counter.most_common(8)) for part, counter in sorted(types.items())}}
 
 
 def _per_kernel_us(length: int = 2000) -> float:
@@ -222,7 +227,9 @@ def _print_profiles(rows: dict[str, Callable[[], Any]]) -> dict[str, Any]:
         print(f"{name:<34} {p['wall_ms']:>8.1f} {p['kernels']:>8.0f} {p['kernel_ms']:>10.1f} "
               + " ".join(f"{c:>18}" for c in cells))
     for name, p in profiles.items():
-        print(f"  {name} by op type (kernel ms): " + ", ".join(f"{op} {ms:.1f}" for op, ms in p["op_types_ms"].items()))
+        for part, types in p["op_types_ms"].items():
+            print(f"  {name}, {part}, by op type (kernel ms): "
+                  + ", ".join(f"{op} {ms:.1f}" for op, ms in types.items()))
     per_kernel = _per_kernel_us()
     print(f"  executor cost per kernel (a chain of 2,000 tiny dependent ops): {per_kernel:.1f} us")
     return {"rows": profiles, "per_kernel_us": per_kernel}
