@@ -24,7 +24,13 @@ def _inference(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     if forward is None:
         # A weak reference: the function must not keep alive the model that keys it.
         owner = weakref.ref(model)
-        forward = tf.function(lambda images: owner()(images, training=False), reduce_retracing=True)
+
+        def call(images: tf.Tensor) -> tf.Tensor:
+            live = owner()
+            assert live is not None  # the entry dies with its model
+            return live(images, training=False)
+
+        forward = tf.function(call, reduce_retracing=True)
         _INFERENCE[model] = forward
     return forward
 
