@@ -20,9 +20,9 @@ With --profile, each method's step is then traced by TensorFlow's profiler for -
 steps, and the trace (the XPlane the profiler writes) is summed per step: the kernels the executor
 ran (count, and the time inside them, summed over threads) by where they come from (the backbone
 and head, the optimizer update, gradient sums that Grappler rewrote into accumulations, the rest:
-loss and mining), and by op type. Beside it, the
-executor's cost per kernel, from a chain of 2,000 dependent tiny ops (`Sin` on 64 floats) in one
-`tf.function`: what each extra kernel costs when its arithmetic is negligible.
+loss and mining), and by op type. Beside it, the executor's cost per kernel, from a chain of 2,000
+dependent tiny ops (`Sin` on 64 floats) in one `tf.function`, timed like the steps: what each extra
+kernel costs when its arithmetic is negligible.
 
   nice -n 19 python benchmarks/train_step.py --configs=16x4:64,64x4:128
 """
@@ -137,15 +137,15 @@ def _profile(step: Callable[[], Any]) -> dict[str, Any]:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # TensorFlow's own trace format
 
     step()
-    folder = tempfile.mkdtemp()
-    tf.profiler.experimental.start(folder)
-    start = time.perf_counter()
-    for _ in range(FLAGS.profile_steps):
-        step()
-    wall = (time.perf_counter() - start) / FLAGS.profile_steps * 1000
-    tf.profiler.experimental.stop()
     space = xplane_pb2.XSpace()
-    space.ParseFromString(pathlib.Path(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
+    with tempfile.TemporaryDirectory() as folder:
+        tf.profiler.experimental.start(folder)
+        start = time.perf_counter()
+        for _ in range(FLAGS.profile_steps):
+            step()
+        wall = (time.perf_counter() - start) / FLAGS.profile_steps * 1000
+        tf.profiler.experimental.stop()
+        space.ParseFromString(pathlib.Path(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
     parts: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     types: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for plane in space.planes:
@@ -159,10 +159,10 @@ def _profile(step: Callable[[], Any]) -> dict[str, Any]:
                 node, _, op = name.rpartition(":")
                 if not node or "::" in name:
                     continue  # executor bookkeeping, not a kernel
-                ms = event.duration_ps / 1e9 / FLAGS.profile_steps
-                parts[_part(node)][0] += 1 / FLAGS.profile_steps
-                parts[_part(node)][1] += ms
-                types[_part(node)][op] += ms
+                ms, part = event.duration_ps / 1e9 / FLAGS.profile_steps, _part(node)
+                parts[part][0] += 1 / FLAGS.profile_steps
+                parts[part][1] += ms
+                types[part][op] += ms
     kernels = sum(ms for _, ms in parts.values())
     return {"wall_ms": wall, "kernels": sum(n for n, _ in parts.values()), "kernel_ms": kernels,
             "parts": {name: {"kernels": n, "kernel_ms": ms} for name, (n, ms) in sorted(parts.items())},
@@ -179,13 +179,8 @@ def _per_kernel_us(length: int = 2000) -> float:
         return x
 
     x = tf.ones([64])
-    chain(x)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        chain(x).numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / length * 1e6
+    ms_per_chain = statistics.median(_time_rounds({"chain": lambda: chain(x).numpy()})["chain"])
+    return ms_per_chain * 1000 / length
 
 
 def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
