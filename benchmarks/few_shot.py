@@ -17,6 +17,8 @@ Rows:
   pddm_defaults      `pddm-tf train` with its defaults
   recipe             `pddm-tf train --recipe=omniglot`
   pddm_recipe        the same with --method=pddm_quadruplet
+  euclidean_recipe   the same with --method=euclidean_quadruplet (quadruplets mined by Euclidean distance)
+  pddm_triplet_recipe  the same with --method=pddm_triplet (one negative head)
   hdml_npair         `pddm-tf train --method=hdml_npair` with the defaults
   dc_margin          `pddm-tf train --method=dc_margin` with the defaults
 
@@ -26,6 +28,12 @@ Rows:
 More rows (e.g. a sweep) come from --variants, a JSON object: name -> {"base": row, flag: value},
 e.g. '{"recipe_w96": {"base": "pddm_recipe", "backbone_width": 96}}'. Outputs in --out_dir:
 results.json (every figure and curve), table.md, accuracy_vs_time.png.
+
+Beside the episodes, every row's held-out images are scored by retrieval (Recall@K, MAP@R: each
+image queries all the others of its fold's unseen alphabets), and for rows with a PDDM unit the
+paper's claims about its score: "PDDM ranking" (the Euclidean top 20 re-ranked by the score) and
+how well the score separates positive from negative pairs against the Euclidean distance of the
+same embeddings (`evaluation.distribution_overlap`, 0 = separated); table.md's second table.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from pddm_tf import backbone as make_backbone  # noqa: E402
 from pddm_tf.data import transforms  # noqa: E402
 from pddm_tf.evaluation import few_shot  # noqa: E402
 from pddm_tf.methods import recipes  # noqa: E402
-from pddm_tf.models import EmbeddingModel  # noqa: E402
+from pddm_tf.models import EmbeddingModel, PDDMModel  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
 from pddm_tf.training.optimizers import make_optimizer  # noqa: E402
 
@@ -79,6 +87,8 @@ FOLDS = (("Balinese", "Early_Aramaic"), ("Greek", "Japanese_(katakana)"), ("Kore
 CURVE_POINTS = 10
 CURVE_EPISODES = 100
 SETTINGS = ("20way1shot", "5way1shot", "20way5shot")
+#: Shortlist re-ranked by the PDDM score ("PDDM ranking"), as in benchmarks/paper_table.py.
+RERANK = 20
 
 
 # ----------------------------------------------------------------------------- prototypical network
@@ -129,6 +139,9 @@ def configurations() -> dict[str, dict[str, Any]]:
         "recipe": recipe,
         # The recipe with PDDM quadruplets (its loss before multi-similarity measured better).
         "pddm_recipe": {**recipe, "method": "pddm_quadruplet"},
+        # The PDDM paper's ablations at the recipe's settings (issue 13, item 5).
+        "euclidean_recipe": {**recipe, "method": "euclidean_quadruplet"},
+        "pddm_triplet_recipe": {**recipe, "method": "pddm_triplet"},
         "hdml_npair": {**defaults, "method": "hdml_npair"},
         "dc_margin": {**defaults, "method": "dc_margin"},
     }
@@ -218,6 +231,26 @@ def _row_steps() -> dict[str, int]:
     return {name: int(steps) for name, steps in json.loads(FLAGS.row_steps or "{}").items()}
 
 
+def retrieval_figures(model: keras.Model | None, embeddings: np.ndarray, labels: np.ndarray, seed: int
+                      ) -> dict[str, float]:
+    """Recall@K, MAP@R and NMI of the held-out embeddings; the overlap of positive- and negative-pair
+    similarities ("euclidean_overlap"); and for a model with a PDDM unit, the same with its score
+    ("score_overlap") and the retrieval figures after re-ranking each Euclidean top `RERANK` by it
+    ("pddm_ranking_recall@1", "pddm_ranking_map@r")."""
+    figures = evaluation.evaluate_retrieval(embeddings, labels, seed=seed)
+    pair_scores = None
+    if isinstance(model, PDDMModel):
+        def pair_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return model.pddm((a, b)).numpy()
+
+        ranked = evaluation.evaluate_retrieval(embeddings, labels, seed=seed, rerank=RERANK, pair_scores=pair_scores)
+        figures.update({f"pddm_ranking_{key}": ranked[key] for key in ("recall@1", "map@r")})
+    similarities = evaluation.pair_similarities(embeddings, labels, pair_scores, seed=seed)
+    for kind, positive in similarities["positive"].items():
+        figures[f"{kind}_overlap"] = evaluation.distribution_overlap(positive, similarities["negative"][kind])
+    return figures
+
+
 def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, episodes: int) -> dict[str, Any]:
     """Trains (or not, for pixels) one row on one fold; returns its figures."""
     split = _fold_split(fold, config["rotations"] and config["method"] != "pixel")
@@ -226,6 +259,7 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
         pixels = data.evaluation_dataset(split.test, config["image_size"], 1, 256)
         embeddings = np.concatenate([x.numpy().reshape(len(x), -1) for x, _ in pixels])
         result: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "curve": []}
+        model = None
     else:
         if FLAGS.quick:
             steps = 20
@@ -253,9 +287,10 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
         result = {"steps": steps, "train_seconds": curve.train_seconds, "curve": curve.points,
                   "seconds_per_step": rate}
     result.update(few_shot.evaluate_few_shot(embeddings, split.test, SETTINGS, episodes, seed))
+    result.update(retrieval_figures(model, embeddings, split.test.labels, seed))
     print(f"fold {fold} {name:<22} " + " ".join(f"{few_shot.setting_key(*few_shot.parse_setting(s))} "
           f"{result[few_shot.setting_key(*few_shot.parse_setting(s))]:.3f}" for s in SETTINGS)
-          + f"  ({result['steps']} steps, {result['train_seconds']:.0f} s)", flush=True)
+          + f" R@1 {result['recall@1']:.3f}  ({result['steps']} steps, {result['train_seconds']:.0f} s)", flush=True)
     return result
 
 
@@ -275,6 +310,22 @@ def _table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
             cells.append(f"{values.mean():.3f} ± {spread:.3f}")
         cells.append(f"{np.mean([r['steps'] for r in per_fold.values()]):.0f}")
         cells.append(f"{np.mean([r['train_seconds'] for r in per_fold.values()]):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+RETRIEVAL_COLUMNS = (("recall@1", "R@1"), ("recall@8", "R@8"), ("map@r", "MAP@R"),
+                     ("pddm_ranking_recall@1", "PDDM ranking R@1"), ("euclidean_overlap", "overlap, distance"),
+                     ("score_overlap", "overlap, PDDM score"))
+
+
+def _retrieval_table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Retrieval among the held-out images and the pair-score separation: the mean over folds."""
+    head = ["row (mean over folds)", *[title for _, title in RETRIEVAL_COLUMNS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, per_fold in results.items():
+        cells = [name] + [f"{np.mean([r[key] for r in per_fold.values()]):.3f}"
+                          if all(key in r for r in per_fold.values()) else "—" for key, _ in RETRIEVAL_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -328,8 +379,8 @@ def main(argv: list[str]) -> None:
                        "command": " ".join(sys.argv), "configs": {n: configs[n] for n in FLAGS.rows},
                        "results": results}
             atomic.write_text(out_dir / "results.json", json.dumps(payload, indent=1, default=str))
-    table = _table(results)
-    (out_dir / "table.md").write_text(table)
+    table = _table(results) + "\n" + _retrieval_table(results)
+    atomic.write_text(out_dir / "table.md", table)
     print("\n" + table)
     _plot(results, out_dir / "accuracy_vs_time.png")
 

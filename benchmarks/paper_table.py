@@ -140,24 +140,8 @@ def _run(name: str, method: str, options: dict, seed: int, split: data.DatasetSp
                                                          pair_scores=pair_scores),
                          "wall_s": wall, "curve": []}
         if seed == int(FLAGS.seeds[0]):
-            runs[RANKING]["similarity"] = _similarity_distributions(model, embeddings, labels, seed)
+            runs[RANKING]["similarity"] = evaluation.pair_similarities(embeddings, labels, pair_scores, seed=seed)
     return runs
-
-
-def _similarity_distributions(model: PDDMModel, embeddings: np.ndarray, labels: np.ndarray, seed: int) -> dict:
-    """PDDM scores and negative squared distances of held-out positive and (sampled) negative pairs."""
-    rng = np.random.default_rng(seed)
-    same = labels[:, None] == labels[None, :]
-    pos = np.argwhere(np.triu(same, 1))
-    neg = np.argwhere(np.triu(~same, 1))
-    neg = neg[rng.choice(len(neg), size=min(len(neg), 10 * len(pos)), replace=False)]
-    out = {}
-    for name, pairs in (("positive", pos), ("negative", neg)):
-        a, b = embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]
-        out[name] = {"pddm": np.concatenate([model.pddm((a[i:i + 65536], b[i:i + 65536])).numpy()
-                                             for i in range(0, len(a), 65536)]),
-                     "euclidean": -np.sum((a - b) ** 2, axis=1)}
-    return out
 
 
 def _summarise(results: dict[str, list[dict]]) -> str:
@@ -212,7 +196,7 @@ def _plots(results: dict[str, list[dict]], similarity: dict | None, out: pathlib
     if similarity is None:
         return overlaps
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, kind, title in zip(axes, ("pddm", "euclidean"), ("PDDM score", "-squared Euclidean distance")):
+    for ax, kind, title in zip(axes, ("score", "euclidean"), ("PDDM score", "-squared Euclidean distance")):
         pos, neg = similarity["positive"][kind], similarity["negative"][kind]
         overlaps[kind] = evaluation.distribution_overlap(pos, neg)
         ax.hist(neg, bins=100, density=True, alpha=0.6, label="negative pairs")
@@ -252,7 +236,7 @@ def main(argv: list[str]) -> None:
     overlaps = _plots(results, similarity, out)
     if overlaps:
         table += (f"\nOverlap of held-out positive/negative similarity distributions (0 = separated): "
-                  f"PDDM score {overlaps['pddm']:.3f}, Euclidean distance {overlaps['euclidean']:.3f}.\n")
+                  f"PDDM score {overlaps['score']:.3f}, Euclidean distance {overlaps['euclidean']:.3f}.\n")
     config = {k: getattr(FLAGS, k) for k in ("steps", "eval_every", "image_size", "embedding_dim",
                                               "batch_classes", "batch_per_class", "learning_rate", "rerank",
                                               "alpha", "beta", "embedding_weight", "mining", "num_learners",

@@ -61,6 +61,12 @@ def test_few_shot_quick_run_trains_every_kind_of_row(tmp_path):
         assert all(0.0 <= figures[key] <= 1.0 for key in ("oneshot_20way", "oneshot_5way", "fiveshot_20way"))
         assert f"| {row} | {figures['oneshot_20way']:.3f} |" in table
     assert results["pixel"]["0"]["steps"] == 0 and results["d_ms"]["0"]["steps"] == 20
+    # The retrieval table: R@1 of every row, PDDM ranking and the PDDM score's overlap only where there is a PDDM unit.
+    for row, folds in results.items():
+        figures = folds["0"]
+        assert 0.0 <= figures["recall@1"] <= figures["recall@8"] <= 1.0
+        assert f"| {row} | {figures['recall@1']:.3f} | {figures['recall@8']:.3f} |" in table
+        assert ("score_overlap" in figures) == ("pddm_ranking_recall@1" in figures) == (row == "pddm_defaults")
 
 
 def test_ablation_table_pairs_each_row_with_its_base_on_the_same_fold(tmp_path):

@@ -411,3 +411,58 @@ def test_rerank_shortlist_keeps_candidates_and_breaks_ties_by_position():
 def test_rerank_needs_a_score():
     with pytest.raises(ValueError, match="pair_scores"):
         evaluate_retrieval(np.eye(4, dtype=np.float32), [0, 0, 1, 1], rerank=2)
+
+
+# --------------------------------------------------------------------------- pair similarities
+
+
+def test_pair_similarities_match_a_pair_loop():
+    """Every positive pair once, a seeded sample of negatives (all of them when fewer), the score
+    taken in small batches agreeing with one call per pair."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    y = rng.integers(0, 6, size=30)
+    pairs = [(i, j) for i in range(30) for j in range(i + 1, 30)]
+    positive = [(i, j) for i, j in pairs if y[i] == y[j]]
+    negative = {(i, j) for i, j in pairs if y[i] != y[j]}
+    out = evaluation.pair_similarities(x, y, _negative_l1, negatives_per_positive=2, seed=3, batch_pairs=7)
+    expected = [-np.sum((x[i].astype(np.float64) - x[j]) ** 2) for i, j in positive]
+    np.testing.assert_allclose(np.sort(out["positive"]["euclidean"]), np.sort(expected), rtol=1e-5)
+    np.testing.assert_allclose(np.sort(out["positive"]["score"]),
+                               np.sort([_negative_l1(x[i:i + 1], x[j:j + 1])[0] for i, j in positive]), rtol=1e-5)
+    assert len(out["negative"]["euclidean"]) == len(out["negative"]["score"]) == 2 * len(positive)
+    # Each sampled negative is a distinct negative pair: its distance and score belong to one pair of the set.
+    lookup = {round(float(-np.sum((x[i].astype(np.float64) - x[j]) ** 2)), 4): (i, j) for i, j in negative}
+    found = {lookup[round(float(d), 4)] for d in out["negative"]["euclidean"]}
+    assert len(found) == 2 * len(positive)
+    again = evaluation.pair_similarities(x, y, None, negatives_per_positive=2, seed=3)
+    assert set(again["negative"]) == {"euclidean"}
+    np.testing.assert_array_equal(again["negative"]["euclidean"], out["negative"]["euclidean"])
+    everything = evaluation.pair_similarities(x, y, negatives_per_positive=10_000)
+    assert len(everything["negative"]["euclidean"]) == len(negative)
+
+
+def test_pair_similarities_of_separated_classes_do_not_overlap():
+    x = np.repeat(np.eye(3, dtype=np.float32) * 10, 4, axis=0) + np.random.default_rng(0).normal(
+        scale=0.01, size=(12, 3)).astype(np.float32)
+    y = np.repeat(np.arange(3), 4)
+    out = evaluation.pair_similarities(x, y)
+    assert evaluation.distribution_overlap(out["positive"]["euclidean"], out["negative"]["euclidean"]) == 0.0
+
+
+@pytest.mark.parametrize("labels, options, message", [
+    ([0, 1, 2, 3], {}, "singleton"),
+    ([0, 0, 0, 0], {}, "2 classes"),
+    ([0, 0, 1, 1], {"negatives_per_positive": 0}, "negatives_per_positive"),
+])
+def test_pair_similarities_rejects_bad_input(labels, options, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.pair_similarities(np.eye(4, dtype=np.float32), labels, **options)
+
+
+def test_pair_similarities_refuses_a_set_too_large_to_enumerate(monkeypatch):
+    from pddm_tf.evaluation import retrieval
+
+    monkeypatch.setattr(retrieval, "MAX_PAIR_SIMILARITY_ITEMS", 5)
+    with pytest.raises(ValueError, match="over the limit of 5"):
+        evaluation.pair_similarities(np.eye(6, dtype=np.float32), [0, 0, 1, 1, 2, 2])

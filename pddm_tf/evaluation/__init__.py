@@ -15,12 +15,14 @@ from pddm_tf.evaluation.index import Index, Lookup
 from pddm_tf.evaluation.retrieval import (
     DEFAULT_KS,
     KMEANS_N_INIT,
+    MAX_PAIR_SIMILARITY_ITEMS,
     PairScores,
     distribution_overlap,
     evaluate_retrieval,
     format_table,
     map_at_r,
     nmi,
+    pair_similarities,
     recall_at_k,
     rerank_shortlist,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "DEFAULT_GALLERY_CHUNK_SIZES",
     "DEFAULT_KS",
     "KMEANS_N_INIT",
+    "MAX_PAIR_SIMILARITY_ITEMS",
     "SEARCH_BACKENDS",
     "FewShotResult",
     "Index",
@@ -59,6 +62,7 @@ __all__ = [
     "map_at_r",
     "nearest_neighbors",
     "nmi",
+    "pair_similarities",
     "recall_at_k",
     "rerank_shortlist",
 ]

@@ -222,6 +222,64 @@ def distribution_overlap(positive: np.ndarray, negative: np.ndarray, bins: int =
     return float(np.minimum(p, n).sum())
 
 
+# All pairs of a set are enumerated: beyond this many embeddings the [n, n] masks grow past ~1 GB.
+MAX_PAIR_SIMILARITY_ITEMS = 20_000
+
+
+def pair_similarities(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    pair_scores: PairScores | None = None,
+    negatives_per_positive: int = 10,
+    seed: int = 0,
+    batch_pairs: int = 65536,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Similarities of positive and negative pairs of a labelled set, for judging how well a
+    similarity separates them (the PDDM paper's score-separation claim, METHODS.md section 2).
+
+    Every positive pair {i, j}, i < j, is taken, and `negatives_per_positive` times as many
+    negative pairs drawn uniformly without replacement (all of them when there are fewer).
+    Pass each kind's arrays to `distribution_overlap` for a figure in [0, 1] (0 = separated).
+
+    Args:
+        embeddings: [n, dim], n <= `MAX_PAIR_SIMILARITY_ITEMS`.
+        labels: [n] class labels.
+        pair_scores: a learned similarity of row-aligned pairs, ([p, dim], [p, dim]) -> [p]
+            (the PDDM pair mode); scored in batches of `batch_pairs`.
+        negatives_per_positive: negative pairs drawn per positive pair.
+        seed: the negative pairs' draw.
+        batch_pairs: pairs per `pair_scores` call, bounding memory.
+
+    Returns:
+        {"positive": {...}, "negative": {...}}, each with "euclidean" (minus the squared distance,
+        so higher = more similar for both) and, with `pair_scores`, "score"; float arrays.
+    """
+    # validate_labelled asks for 2 classes and a non-singleton one: both kinds of pair exist.
+    embeddings, class_ids, _ = validate_labelled(embeddings, labels)
+    n = len(embeddings)
+    if n > MAX_PAIR_SIMILARITY_ITEMS:
+        raise ValueError(f"pair_similarities enumerates every pair: {n} embeddings is over the limit of "
+                         f"{MAX_PAIR_SIMILARITY_ITEMS}; pass a random subset")
+    if negatives_per_positive < 1:
+        raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
+    upper = np.triu(np.ones((n, n), bool), 1)
+    same = class_ids[:, None] == class_ids[None, :]
+    positive = np.argwhere(upper & same)
+    negative = np.argwhere(upper & ~same)
+    rng = np.random.default_rng(seed)
+    keep = min(len(negative), negatives_per_positive * len(positive))
+    negative = negative[np.sort(rng.choice(len(negative), size=keep, replace=False))]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for kind, pairs in (("positive", positive), ("negative", negative)):
+        a, b = embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]
+        out[kind] = {"euclidean": -np.sum(np.square(a - b), axis=1)}
+        if pair_scores is not None:
+            out[kind]["score"] = np.concatenate([
+                np.asarray(pair_scores(a[s:s + batch_pairs], b[s:s + batch_pairs])).reshape(-1)
+                for s in range(0, len(a), batch_pairs)])
+    return out
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Render {"metric": value} as an aligned two-column text table, values to 4 decimals."""
     width = max(len("metric"), *map(len, metrics))
