@@ -91,6 +91,27 @@ def test_ablation_table_pairs_each_row_with_its_base_on_the_same_fold(tmp_path):
     assert ("| dc_margin_k2 | 0.600 | 0.650 | 0.625 | 0.825 | 0.725 | dc_margin_k1 | +2.5 (+10.0, -5.0) | 1 of 2 |"
             in table)
     assert (out / "curves.png").stat().st_size > 0
+    assert "Retrieval among the held-out images" not in table  # these results have no retrieval figures
+
+
+def test_ablation_table_pairs_the_retrieval_figures_when_every_row_has_them(tmp_path):
+    """few_shot.py results with its retrieval figures: a second table pairs R@1 fold by fold; a figure
+    only PDDM rows have (the re-ranked R@1) is a dash for the others."""
+    recall = {"pddm_recipe": {0: 0.70, 3: 0.80}, "recipe": {0: 0.75, 3: 0.78}}  # change +5.0 and -2.0 points
+    results = {row: {str(fold): {"oneshot_20way": 0.5, "oneshot_5way": 0.7, "fiveshot_20way": 0.6, "steps": 20,
+                                 "curve": [[1.0, 0.5]], "recall@1": value, "map@r": value / 2,
+                                 "euclidean_overlap": 0.3, **({"pddm_ranking_recall@1": 0.6, "score_overlap": 0.2}
+                                                              if row == "pddm_recipe" else {})}
+                     for fold, value in per_fold.items()} for row, per_fold in recall.items()}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": results}))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ablation" / "table.py"),
+                             f"--out_dir={tmp_path}", str(path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "| pddm_recipe | 0.700 | 0.800 | 0.750 | 0.375 | 0.600 | 0.300 | 0.200 |  |  |  |" in table
+    assert ("| recipe | 0.750 | 0.780 | 0.765 | 0.383 | — | 0.300 | — | pddm_recipe | +1.5 (+5.0, -2.0) | 1 of 2 |"
+            in table)
 
 
 def test_ablation_table_pairs_recall_seed_by_seed(tmp_path):

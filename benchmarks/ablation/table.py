@@ -75,16 +75,26 @@ def load_recall(paths: list[str]) -> dict[str, dict[int, dict[str, Any]]]:
     return merged
 
 
-def table(results: dict[str, dict[int, dict[str, Any]]], recall: bool = False) -> str:
+#: few_shot.py's retrieval figures of the held-out images (its second table), for --retrieval.
+RETRIEVAL_KEYS = (("recall@1", "R@1"), ("map@r", "MAP@R"), ("pddm_ranking_recall@1", "PDDM ranking R@1"),
+                  ("euclidean_overlap", "overlap, distance"), ("score_overlap", "overlap, PDDM score"))
+
+
+def table(results: dict[str, dict[int, dict[str, Any]]], recall: bool = False, retrieval: bool = False) -> str:
+    """One line per row: its first figure per fold (or seed), every figure's mean, and the paired change
+    of the first against its base row. `recall`: paper_table.py results; `retrieval`: few_shot.py's
+    retrieval figures instead of its episodes (a figure a row lacks is shown as a dash)."""
     folds = sorted({f for per_fold in results.values() for f in per_fold})
-    keys = (("recall@1", "recall@1"), ("recall@4", "recall@4"), ("nmi", "nmi")) if recall else KEYS
+    keys = (("recall@1", "recall@1"), ("recall@4", "recall@4"), ("nmi", "nmi")) if recall else (
+        RETRIEVAL_KEYS if retrieval else KEYS)
     first, bases, unit = keys[0][0], RECALL_BASES if recall else BASES, "seed" if recall else "fold"
     head = ["row", *[f"{unit} {f}" for f in folds], *[name for _, name in keys], "base",
-            f"change {'R@1' if recall else '20w1s'} (per {unit})", f"{unit}s better"]
+            f"change {'R@1' if recall or retrieval else '20w1s'} (per {unit})", f"{unit}s better"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, per_fold in results.items():
         cells = [row, *[f"{per_fold[f][first]:.3f}" if f in per_fold else "" for f in folds]]
-        cells += [f"{np.mean([per_fold[f][key] for f in per_fold]):.3f}" for key, _ in keys]
+        cells += [f"{np.mean([per_fold[f][key] for f in per_fold]):.3f}"
+                  if all(key in per_fold[f] for f in per_fold) else "—" for key, _ in keys]
         candidates = bases.get(row, ())
         base = next((b for b in ((candidates,) if isinstance(candidates, str) else candidates) if b in results), None)
         if base is not None:
@@ -134,6 +144,9 @@ def main(argv: list[str]) -> None:
         return
     results = load(argv[1:])
     text = table(results)
+    if all("recall@1" in figures for per_fold in results.values() for figures in per_fold.values()):
+        text += "\nRetrieval among the held-out images (few_shot.py's second table), paired the same way:\n\n"
+        text += table(results, retrieval=True)
     (out / "table.md").write_text(text)
     print(text)
     plot(results, out / "curves.png")
