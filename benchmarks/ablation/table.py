@@ -75,7 +75,7 @@ def load_recall(paths: list[str]) -> dict[str, dict[int, dict[str, Any]]]:
     return merged
 
 
-#: few_shot.py's retrieval figures of the held-out images (its second table), for --retrieval.
+#: few_shot.py's retrieval figures of the held-out images: a second table when every row has them.
 RETRIEVAL_KEYS = (("recall@1", "R@1"), ("map@r", "MAP@R"), ("pddm_ranking_recall@1", "PDDM ranking R@1"),
                   ("euclidean_overlap", "overlap, distance"), ("score_overlap", "overlap, PDDM score"))
 
