@@ -473,3 +473,15 @@ def test_read_image_applies_a_transform_to_the_full_size_rotated_image():
     assert [list(np.asarray(s)) for s in seen] == [[0, 0], [3, 9]]
     with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected shape"):  # [s, s, c]
         data.read_image(tf.constant(str(A_PNG)), 9, 1, transform=corner)
+
+
+def test_quarter_turns_equal_numpy_rot90_eager_and_traced():
+    """The loader's rotation (pixels gathered, not transposed: see `decode._rot90`) is np.rot90 for
+    every number of turns, on a non-square image, with the turns known or a tensor."""
+    from pddm_tf.data.decode import _rot90
+
+    image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3)).astype(np.uint8)
+    traced = tf.function(_rot90)
+    for turns in range(-1, 6):
+        np.testing.assert_array_equal(_rot90(tf.constant(image), turns).numpy(), np.rot90(image, turns))
+        np.testing.assert_array_equal(traced(tf.constant(image), tf.constant(turns)).numpy(), np.rot90(image, turns))

@@ -17,10 +17,15 @@ from pddm_tf.evaluation import nearest_neighbors
 
 
 def brute_force(queries, gallery, k, exclude_self):
-    """[n, k] indices by (float64 squared distance, gallery index) and their distances."""
+    """[n, k] indices by (float64 squared distance, gallery index) and their distances.
+
+    The distances are sums of squared differences, not ||q||^2 - 2 q.g + ||g||^2: a matrix product
+    (float64 BLAS too) rounds a row differently by where it sits in the block, so exact copies
+    would not tie in the reference either.
+    """
     q = np.asarray(queries, np.float64)
     g = np.asarray(gallery, np.float64)
-    d = np.sum(q * q, axis=1)[:, None] - 2.0 * q @ g.T + np.sum(g * g, axis=1)[None, :]
+    d = np.concatenate([np.square(q[s:s + 64, None, :] - g[None]).sum(axis=2) for s in range(0, len(q), 64)])
     if exclude_self:
         np.fill_diagonal(d, np.inf)
     indices = np.argsort(d, axis=1, kind="stable")[:, :k]

@@ -147,4 +147,28 @@ def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int 
         )
     else:
         image = _decode(encoded, channels)
-    return tf.image.rot90(image, k=rotation)
+    return _rot90(image, rotation)
+
+
+def _rot90(image: tf.Tensor, turns: tf.Tensor | int) -> tf.Tensor:
+    """[h, w, c] -> the image rotated by `turns` x 90 degrees counter-clockwise (`tf.image.rot90`).
+
+    The quarter turns gather pixels instead of transposing: with oneDNN's kernels on (TensorFlow's
+    default on CPUs with AVX-512), a transpose of any tensor but float32 logs an ERROR line ("oneDNN
+    supports DT_UINT8 only on platforms with AVX-512", seen on an AMD EPYC that has AVX-512) in the
+    middle of a quiet run; gathers and reversals go to TensorFlow's own kernels.
+    """
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    rows, columns = tf.range(w)[:, None], tf.range(h)[None, :]  # output [w, h] coordinates
+
+    def quarter(source: tf.Tensor) -> tf.Tensor:  # source: [w, h] flat input positions
+        flat = tf.reshape(image, tf.stack([h * w, shape[2]]))
+        return tf.reshape(tf.gather(flat, tf.reshape(source, [-1])), tf.stack([w, h, shape[2]]))
+
+    return tf.switch_case(tf.math.floormod(tf.cast(turns, tf.int32), 4), [
+        lambda: image,
+        lambda: quarter(columns * w + (w - 1 - rows)),  # out[i, j] = in[j, w - 1 - i]
+        lambda: tf.reverse(image, [0, 1]),
+        lambda: quarter((h - 1 - columns) * w + rows),  # out[i, j] = in[h - 1 - j, i]
+    ])
