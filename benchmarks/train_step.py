@@ -12,7 +12,12 @@ batch-hard training does not have, each timed alone in its own `tf.function` on 
   * `mining`:   all_pairs + quadruplet mining (`models.mine_with_pddm`);
   * `dense_all_pairs`: the all-pairs scores as the library computed them before (every ordered
     pair through an [m, m, d] difference tensor), for comparison;
-  * `all_pairs (XLA)`: all_pairs compiled by XLA, as `compile(jit_compile=True)` runs it.
+  * `all_pairs (XLA)`: all_pairs compiled by XLA, as `compile(jit_compile=True)` runs it;
+  * `all_pairs products`: only the matrix products of all_pairs, on random inputs of their shapes
+    ([P, d] x [d, h] and twice [P, h] x [h, h'] for the P = m (m + 1) / 2 pairs i <= j, plus the
+    small ones): the arithmetic that exact scores of every pair cannot avoid, at this machine's
+    matrix-product speed. Reference step + products, over the reference step, is printed as the
+    lowest step ratio an exact PDDM-mined step can reach (`floor ratio`).
 A row "METHOD+xla" is METHOD compiled with `jit_compile=True` (XLA for the whole step where it
 compiles, the all-pairs mining scores for the PDDM methods).
 
@@ -183,6 +188,25 @@ def _per_kernel_us(length: int = 2000) -> float:
     return ms_per_chain * 1000 / length
 
 
+def _all_pairs_products(layer, m: int, d: int, rng: np.random.Generator) -> Callable[[], Any]:
+    """The matrix products of `layer.all_pair_scores` on m embeddings of size d, alone (random inputs)."""
+    pairs, h, h2 = m * (m + 1) // 2, layer.units, layer.combined_units
+
+    def const(*shape: int) -> tf.Tensor:
+        return tf.constant(rng.random(shape, np.float32))
+
+    u, f, uh, vh = const(pairs, d), const(m, d), const(pairs, h), const(pairs, h)
+    w_u, w_v, w_c1, w_c2, w_s = const(d, h), const(d, h), const(h, h2), const(h, h2), const(h2, 1)
+
+    @tf.function
+    def products() -> tf.Tensor:
+        # Each product's result feeds a sum so that none is pruned as unused.
+        return (tf.reduce_sum(tf.matmul(u, w_u)) + tf.reduce_sum(tf.matmul(f, w_v))
+                + tf.reduce_sum(tf.matmul(tf.matmul(uh, w_c1) + tf.matmul(vh, w_c2), w_s)))
+
+    return lambda: products().numpy()
+
+
 def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
     classes, per_class, dim = _parse(config)
     rng = np.random.default_rng(0)
@@ -206,6 +230,7 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
             compiled = tf.function(layer.all_pair_scores, jit_compile=True)
             rows[f"{method}: all_pairs (XLA)"] = lambda f=compiled, e=embeddings: f(e).numpy()
             rows[f"{method}: dense_all_pairs"] = lambda f=dense, e=embeddings: f(e).numpy()
+            rows[f"{method}: all_pairs products"] = _all_pairs_products(layer, size, dim, rng)
             rows[f"{method}: mining"] = lambda f=mine, e=embeddings: f(e).numpy()
     return rows
 
@@ -249,6 +274,12 @@ def main(argv: list[str]) -> None:
             results[config][name] = {"median_ms": median, "min_ms": min(values), "max_ms": max(values),
                                      "ratio": median / base}
             print(f"{name:<42} {median:>10.1f} {min(values):>8.1f} {max(values):>8.1f} {median / base:>7.2f}")
+        for name in list(results[config]):
+            if name.endswith(": all_pairs products"):
+                floor = 1 + results[config][name]["median_ms"] / base
+                results[config][name]["floor_ratio"] = floor
+                print(f"{name.split(':')[0]}: floor ratio (reference step + all-pairs products) / reference "
+                      f"step = {floor:.3f}")
         if FLAGS.profile:
             results[config]["profile"] = _print_profiles(rows)
     if FLAGS.json:

@@ -123,3 +123,45 @@ def test_compile_refuses_a_loss_and_keeps_the_optimizer(tmp_path):
     assert isinstance(loaded.optimizer, keras.optimizers.SGD)
     np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.25)
     np.testing.assert_allclose(loaded.predict(images[0], verbose=0), model.predict(images[0], verbose=0), atol=1e-6)
+
+
+def test_mined_pairs_are_scored_once_each_with_the_gradient_of_every_pair():
+    from pddm_tf.miners import mine_quadruplets
+    from pddm_tf.models import pddm_quadruplet_terms
+
+    class CountingPDDM(PDDM):
+        def pair_scores(self, f_a, f_b):
+            self.pairs_scored = int(f_a.shape[0])
+            return super().pair_scores(f_a, f_b)
+
+    rng = np.random.default_rng(3)
+    labels = tf.constant(np.repeat(np.arange(6), 4).astype(np.int32))
+    unit = rng.normal(size=(24, 5))
+    embeddings = tf.Variable((unit / np.linalg.norm(unit, axis=1, keepdims=True)).astype(np.float32))
+    pddm, loss = CountingPDDM(units=6, combined_units=6), DoubleHeaderHingeLoss(alpha=2.0, beta=2.0)
+    pddm(embeddings)
+    quads = mine_quadruplets(labels, pddm(embeddings), "per_pair")
+    mined = {"quadruplets": quads, "score_gap": tf.constant(0.0)}
+    with tf.GradientTape() as tape:
+        total = pddm_quadruplet_terms(pddm, loss, embeddings, mined)["loss"]
+    grads = tape.gradient(total, [embeddings, *pddm.trainable_variables])
+    # 36 positive pairs and 72 negative pairs, of which at most one per anchor (24) are distinct.
+    q = quads.indices.shape[0]
+    distinct_negatives = len({(a, n) for a, _, n, _ in quads.indices.numpy()}
+                             | {(a, n) for _, a, _, n in quads.indices.numpy()})
+    assert q == 36 and distinct_negatives <= 24
+    assert pddm.pairs_scored == q + distinct_negatives
+
+    # Reference: every one of the 3q pairs scored on its own, as the loss is written (METHODS.md section 2).
+    i, j, k, l = (quads.indices[:, c] for c in range(4))
+    with tf.GradientTape() as tape:
+        f = embeddings
+        s_ij, s_ik, s_jl = (pddm.pair_scores(tf.gather(f, a), tf.gather(f, b)) for a, b in ((i, j), (i, k), (j, l)))
+        d = lambda a, b: tf.reduce_sum(tf.square(tf.gather(f, a) - tf.gather(f, b)), 1)  # noqa: E731
+        reference = (tf.reduce_mean(tf.nn.relu(2.0 + s_ik - s_ij) + tf.nn.relu(2.0 + s_jl - s_ij))
+                     + 0.5 * tf.reduce_mean(tf.nn.relu(2.0 + d(i, j) - d(i, k)) + tf.nn.relu(2.0 + d(i, j) - d(j, l))))
+    expected = tape.gradient(reference, [embeddings, *pddm.trainable_variables])
+    np.testing.assert_allclose(total.numpy(), reference.numpy(), rtol=1e-5)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), tf.convert_to_tensor(want).numpy(),
+                                   rtol=1e-4, atol=1e-6)
