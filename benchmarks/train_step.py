@@ -17,7 +17,10 @@ batch-hard training does not have, each timed alone in its own `tf.function` on 
     ([P, d] x [d, h] and twice [P, h] x [h, h'] for the P = m (m + 1) / 2 pairs i <= j, plus the
     small ones): the arithmetic that exact scores of every pair cannot avoid, at this machine's
     matrix-product speed. Reference step + products, over the reference step, is printed as the
-    lowest step ratio an exact PDDM-mined step can reach (`floor ratio`).
+    lowest step ratio an exact PDDM-mined step can reach (`floor ratio`);
+  * `loss`: the double-header loss of the mined quadruplets and its gradient (embeddings and unit),
+    as the step computes it (`models.pddm_quadruplet_terms`, each distinct pair scored once), and
+    `loss, 3q pairs` the same with all 3q pairs scored, as the library did before.
 A row "METHOD+xla" is METHOD compiled with `jit_compile=True` (XLA for the whole step where it
 compiles, the all-pairs mining scores for the PDDM methods).
 
@@ -55,7 +58,8 @@ from absl import app, flags  # noqa: E402
 from pddm_tf import atomic, backbone  # noqa: E402
 from pddm_tf.distances import EPSILON, l2_normalize  # noqa: E402
 from pddm_tf.methods import build_model, method_options  # noqa: E402
-from pddm_tf.models import mine_with_pddm  # noqa: E402
+from pddm_tf.miners import quadruplet_tuples  # noqa: E402
+from pddm_tf.models import mine_with_pddm, pddm_quadruplet_terms  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["16x4:64", "64x4:128"], "Batch configurations PxK:d.")
@@ -87,6 +91,30 @@ def _dense_all_pair_scores(layer, f: tf.Tensor) -> tf.Tensor:
         v_sq_norm = 0.25 * (sq[:, None] + sq[None, :] + 2.0 * tf.matmul(f, f, transpose_b=True))
         v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, :, None]
     return layer._head(u_h, tf.nn.relu(v_lin + layer.v_bias))
+
+
+def _every_pair_terms(layer, loss, embeddings: tf.Tensor, mined: dict[str, Any]) -> tf.Tensor:
+    """The former loss of the mined quadruplets: all 3q pairs through the unit, repeats included."""
+    i, j, k, l = tf.unstack(mined["quadruplets"].indices, num=4, axis=1)
+    s_ij, s_ik, s_jl = tf.split(layer((tf.gather(embeddings, tf.concat([i, i, j], 0)),
+                                       tf.gather(embeddings, tf.concat([j, k, l], 0)))), 3)
+    return loss.from_indices(embeddings, quadruplet_tuples(mined["quadruplets"]), tf.concat([s_ij, s_ij], 0),
+                             tf.concat([s_ik, s_jl], 0)).total
+
+
+def _loss_with_gradient(terms: Callable[..., tf.Tensor], layer, loss, embeddings: tf.Tensor,
+                        mined: dict[str, Any]) -> Callable[[], Any]:
+    """`terms`' loss and its gradient with respect to the embeddings and the unit, as one `tf.function`."""
+    variable = tf.Variable(embeddings)
+
+    @tf.function
+    def step() -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            total = terms(layer, loss, variable, mined)
+        gradients = tape.gradient(total, [variable, *layer.trainable_variables])
+        return total + tf.add_n([tf.reduce_sum(tf.convert_to_tensor(g)) for g in gradients])
+
+    return lambda: step().numpy()
 
 
 def _model(row: str, classes: int, dim: int) -> keras.Model:
@@ -231,6 +259,11 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
             rows[f"{method}: all_pairs (XLA)"] = lambda f=compiled, e=embeddings: f(e).numpy()
             rows[f"{method}: dense_all_pairs"] = lambda f=dense, e=embeddings: f(e).numpy()
             rows[f"{method}: all_pairs products"] = _all_pairs_products(layer, size, dim, rng)
+            mined = mine_with_pddm(model.pddm, model.hinge_loss, model.mining_score, embeddings, labels)
+            rows[f"{method}: loss"] = _loss_with_gradient(
+                lambda *a: pddm_quadruplet_terms(*a)["loss"], layer, model.hinge_loss, embeddings, mined)
+            rows[f"{method}: loss, 3q pairs"] = _loss_with_gradient(
+                _every_pair_terms, layer, model.hinge_loss, embeddings, mined)
             rows[f"{method}: mining"] = lambda f=mine, e=embeddings: f(e).numpy()
     return rows
 
