@@ -70,7 +70,7 @@ def test_the_backup_folder_is_named_by_what_the_run_trains():
     config = TrainConfig(**_TINY)
     assert training_run.backup_dir(config) == training_run.backup_dir(config.replace(json="/tmp/metrics.json",
                                                                                      num_episodes=5))
-    assert training_run.backup_dir(config) != training_run.backup_dir(config.replace(learning_rate=2e-3))
+    assert training_run.backup_dir(config) != training_run.backup_dir(config.replace(learning_rate=5e-4))
     assert training_run.backup_dir(config.replace(backup_dir="/somewhere")) == "/somewhere"
 
 

@@ -49,10 +49,11 @@ class Recipe:
 
 # Shared by every recipe: ImageNet-pretrained backbones, the papers' augmentation, one pass of the
 # training images per epoch (steps_per_epoch=0), evaluation every 5 epochs.
-# The papers train at a constant learning rate without warm-up (the CLI's defaults are a cosine schedule).
+# The papers train at a constant learning rate without warm-up (the CLI's defaults are a warm-up and a cosine
+# schedule) and with the weight decay each recipe states (none where METHODS.md gives none).
 _COMMON: dict[str, Any] = {"weights": "imagenet", "augment": True, "image_size": 224, "steps_per_epoch": 0,
                            "eval_every": 5, "small_classes": "cycle", "lr_schedule": "constant",
-                           "warmup_fraction": 0.0}
+                           "warmup_fraction": 0.0, "weight_decay": 0.0}
 
 _PDDM = {**_COMMON, "method": "pddm_quadruplet", "backbone": "InceptionV3", "embedding_dim": 64,
          "batch_classes": 16, "batch_per_class": 4, "learning_rate": 1e-5, "epochs": 60, "alpha": 1.0,
