@@ -4,7 +4,9 @@ as a `benchmarks/few_shot.py --variants` JSON object for one seed (issues 13 ite
   python benchmarks/ablation/rows.py SEED [GROUP]     # GROUP: methods (default), pddm_claims or hdml_twins
 
 Every row is `pddm-tf train`'s defaults with one change, so a row and its base differ only in
-that change; `BASES` names each row's base for `benchmarks/ablation/table.py`.
+that change; `BASES` names each row's base for `benchmarks/ablation/table.py`. The optimiser is
+pinned to the defaults these tables were measured with (Adam at a constant 1e-3; the defaults
+have a warm-up, a cosine decay and AdamW since), so BENCHMARKS.md sections 2-4 reproduce.
 """
 
 from __future__ import annotations
@@ -51,9 +53,14 @@ BASES = {
 }
 
 
+#: The defaults' optimiser when these comparisons were measured.
+OPTIMISER = {"learning_rate": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "warmup_fraction": 0.0}
+
+
 def variants(seed: int, group: str = "methods") -> dict[str, dict]:
-    """Row name -> few_shot.py variant (base row "pddm_defaults", the seed, the row's change)."""
-    return {name: {"base": "pddm_defaults", "seed": seed, **change} for name, change in GROUPS[group].items()}
+    """Row name -> few_shot.py variant (base row "pddm_defaults" with `OPTIMISER`, the seed, the row's change)."""
+    return {name: {"base": "pddm_defaults", "seed": seed, **OPTIMISER, **change}
+            for name, change in GROUPS[group].items()}
 
 
 if __name__ == "__main__":
