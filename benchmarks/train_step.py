@@ -260,10 +260,12 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
             rows[f"{method}: dense_all_pairs"] = lambda f=dense, e=embeddings: f(e).numpy()
             rows[f"{method}: all_pairs products"] = _all_pairs_products(layer, size, dim, rng)
             mined = mine_with_pddm(model.pddm, model.hinge_loss, model.mining_score, embeddings, labels)
-            rows[f"{method}: loss"] = _loss_with_gradient(
-                lambda *a: pddm_quadruplet_terms(*a)["loss"], layer, model.hinge_loss, embeddings, mined)
-            rows[f"{method}: loss, 3q pairs"] = _loss_with_gradient(
-                _every_pair_terms, layer, model.hinge_loss, embeddings, mined)
+            loss = _loss_with_gradient(lambda *a: pddm_quadruplet_terms(*a)["loss"], layer, model.hinge_loss,
+                                       embeddings, mined)
+            every_pair = _loss_with_gradient(_every_pair_terms, layer, model.hinge_loss, embeddings, mined)
+            if not np.isclose(loss(), every_pair(), rtol=1e-4):
+                raise RuntimeError("the loss of the distinct pairs differs from that of every pair")
+            rows[f"{method}: loss"], rows[f"{method}: loss, 3q pairs"] = loss, every_pair
             rows[f"{method}: mining"] = lambda f=mine, e=embeddings: f(e).numpy()
     return rows
 

@@ -139,7 +139,6 @@ def test_mined_pairs_are_scored_once_each_with_the_gradient_of_every_pair():
     unit = rng.normal(size=(24, 5))
     embeddings = tf.Variable((unit / np.linalg.norm(unit, axis=1, keepdims=True)).astype(np.float32))
     pddm, loss = CountingPDDM(units=6, combined_units=6), DoubleHeaderHingeLoss(alpha=2.0, beta=2.0)
-    pddm(embeddings)
     quads = mine_quadruplets(labels, pddm(embeddings), "per_pair")
     mined = {"quadruplets": quads, "score_gap": tf.constant(0.0)}
     with tf.GradientTape() as tape:
