@@ -67,7 +67,7 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
         return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
 
     known = image_format_known(encoded)
-    first_unknown = tf.argmin(tf.cast(known, tf.int32), output_type=tf.int32)
+    first_unknown = image_header.first_true(tf.logical_not(known))
     check = tf.debugging.Assert(tf.reduce_all(known), [tf.strings.format(
         "image {} of the batch (counting from 0) is not a PNG, JPEG, GIF or BMP file", first_unknown)])
     with tf.control_dependencies([check]):

@@ -141,14 +141,23 @@ def check_batch_pixel_limit(encoded: tf.Tensor, max_pixels: int) -> tf.Tensor:
     sizes = tf.map_fn(image_size, encoded, fn_output_signature=tf.TensorSpec([2], tf.int64))  # [n, 2]
     pixels = sizes[:, 0] * sizes[:, 1]
     over = pixels > max_pixels
-    first = tf.argmax(tf.cast(over, tf.int32), output_type=tf.int32)
-    size = tf.gather(sizes, first, axis=0) if encoded.shape.rank else sizes[0]
+    first = first_true(over)
+    # The message's inputs are computed even when the check passes: pad one row so an empty batch gathers too.
+    size = tf.gather(tf.concat([sizes, tf.zeros([1, 2], tf.int64)], axis=0), first)
     check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(over)), [tf.strings.format(
         "image {} of the batch (counting from 0) is {} x {} = {} pixels (width x height), over the limit of {} "
         "pixels (max_image_pixels); refused before decoding",
         (first, size[1], size[0], size[0] * size[1], tf.constant(int(max_pixels), tf.int64)))])
     with tf.control_dependencies([check]):
         return tf.identity(encoded)
+
+
+def first_true(mask: tf.Tensor) -> tf.Tensor:
+    """Index of the first true element of a [n] bool mask, n when there is none (an empty mask included).
+
+    For error messages about a batch: a plain argmax reduces over an empty batch and fails.
+    """
+    return tf.argmax(tf.concat([tf.cast(mask, tf.int32), [1]], axis=0), output_type=tf.int32)
 
 
 def _check_limit(max_pixels: int) -> None:

@@ -23,6 +23,13 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
   export time (so REST and gRPC requests carry only the images); ties go to the lower gallery
   row (Euclidean) or keep the shortlist order (PDDM), as in `pddm_tf.evaluation`.
 
+No request can end the serving process: every input is declared with an unknown shape and checked
+in the graph before any kernel sees it (`pddm_tf.export._requests`). A wrong rank or static
+dimension (`pixels` of another size or channel count than the export's, `images` that are not
+a vector), NaN or inf values, pixels outside [0, 1] by more than 0.1, or `pddm_similarity` pairs of
+unequal counts get an InvalidArgumentError naming the input. An empty batch is a valid request:
+`[0, d]` embeddings, `[0, k]` search results.
+
 `save_keras_model` / `load_keras_model` write and read the `.keras` file that `pddm-tf train
 --save_model` produces and `pddm-tf export` consumes.
 """
@@ -40,8 +47,13 @@ import tensorflow as tf
 
 from pddm_tf import atomic, evaluation
 from pddm_tf.data import decode_images, image_header
+from pddm_tf.export import _requests
 from pddm_tf.export.gallery import Gallery
 from pddm_tf.models import EmbeddingModel
+
+# embed_pixels accepts values this far outside the documented [0, 1] (a client's resampling may
+# overshoot a little); far outside means pixels in 0-255 or garbage, which would embed silently.
+_PIXEL_SLACK = 0.1
 
 
 def next_version(export_dir: str | os.PathLike) -> int:
@@ -142,6 +154,20 @@ class _GalleryIndex(tf.Module):
                                     name="gallery_sq_norms")
 
 
+def _pddm_similarity_fn(pddm: keras.layers.Layer, dim: int):
+    """embeddings_a, embeddings_b [n, d] -> {"scores": [n]}, the pairs checked first (shape, equal n, finite)."""
+
+    def pddm_similarity(embeddings_a: tf.Tensor, embeddings_b: tf.Tensor) -> dict[str, tf.Tensor]:
+        a = _requests.checked_values(_requests.checked(embeddings_a, "embeddings_a", [None, dim]), "embeddings_a")
+        b = _requests.checked_values(_requests.checked(embeddings_b, "embeddings_b", [None, dim]), "embeddings_b")
+        same = tf.debugging.Assert(tf.equal(tf.shape(a)[0], tf.shape(b)[0]), [tf.strings.format(
+            "embeddings_a and embeddings_b must hold as many rows, got {} and {}", (tf.shape(a)[0], tf.shape(b)[0]))])
+        with tf.control_dependencies([same]):
+            return {"scores": pddm((tf.identity(a), b))}
+
+    return pddm_similarity
+
+
 def _search_fn(embed, pddm: keras.layers.Layer | None, index: _GalleryIndex, k: int, rerank: int):
     """queries [n, d] -> the `search` outputs (see the module docstring)."""
 
@@ -208,31 +234,32 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
     if target.exists():
         raise FileExistsError(f"export version {target} already exists; versions are never overwritten")
 
-    pixel_spec = tf.TensorSpec([None, image_size, image_size, channels], tf.float32, name="pixels")
-    images_spec = tf.TensorSpec([None], tf.string, name="images")
-
     def embed(pixels: tf.Tensor) -> tf.Tensor:
         return model(pixels, training=False)
 
     def embed_images(images: tf.Tensor) -> tf.Tensor:
+        images = _requests.checked(images, "images", [None], "a batch of encoded image files")
         return embed(decode_images(images, image_size, channels, transform, max_pixels=max_image_pixels))
+
+    def embed_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = _requests.checked(pixels, "pixels", [None, image_size, image_size, channels],
+                                   "float32 in [0, 1], the size and channels of this export")
+        return {"embeddings": embed(_requests.checked_values(pixels, "pixels", -_PIXEL_SLACK, 1 + _PIXEL_SLACK))}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     # Readable by clients and tools; the signatures use the value traced in as a constant.
     archive.add_variable_collection("max_image_pixels", [tf.Variable(max_image_pixels, dtype=tf.int64,
                                                                      trainable=False, name="max_image_pixels")])
+    images_spec = _requests.spec(tf.string, "images")
     archive.add_endpoint("serving_default", lambda images: {"embeddings": embed_images(images)},
                          input_signature=[images_spec])
-    archive.add_endpoint("embed_pixels", lambda pixels: {"embeddings": embed(pixels)},
-                         input_signature=[pixel_spec])
+    archive.add_endpoint("embed_pixels", embed_pixels, input_signature=[_requests.spec(tf.float32, "pixels")])
     pddm = getattr(model, "pddm", None)
     if pddm is not None:
-        archive.add_endpoint(
-            "pddm_similarity",
-            lambda embeddings_a, embeddings_b: {"scores": pddm((embeddings_a, embeddings_b))},
-            input_signature=[tf.TensorSpec([None, model.embedding_dim], tf.float32, name=name)
-                             for name in ("embeddings_a", "embeddings_b")])
+        archive.add_endpoint("pddm_similarity", _pddm_similarity_fn(pddm, model.embedding_dim),
+                             input_signature=[_requests.spec(tf.float32, name)
+                                              for name in ("embeddings_a", "embeddings_b")])
     if gallery is not None:
         size = len(gallery.ids)
         if search_k < 1 or rerank < 0:
