@@ -34,7 +34,8 @@ _CLIENT = textwrap.dedent("""
     signatures = tf.saved_model.load(path).signatures
     results = {}
     for case, (signature, inputs) in cases.items():
-        feed = {name: tf.reshape(tf.constant(flat, dtype=dtype), shape) for name, (flat, dtype, shape) in inputs.items()}
+        feed = {name: tf.reshape(tf.constant(flat, dtype=dtype), shape)
+                for name, (flat, dtype, shape) in inputs.items()}
         try:
             out = signatures[signature](**feed)
             results[case] = {"shapes": {k: list(v.shape) for k, v in out.items()}}
