@@ -17,6 +17,7 @@ from pddm_tf.losses import (
     MarginLoss,
     MultiSimilarityLoss,
     NPairLoss,
+    PairLoss,
     TripletLoss,
 )
 from pddm_tf.miners import BatchHardMiner, DistanceWeightedMiner, QuadrupletMiner, Tuples
@@ -285,3 +286,17 @@ def test_a_loss_config_names_its_distance_reducer_and_miner():
     assert config["miner"] == {"name": "batch_hard", "config": {}}
     copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert float(copy(LABELS, _unit())) == pytest.approx(float(loss(LABELS, _unit())), rel=1e-6)
+
+
+def test_a_pair_loss_subclass_written_before_the_contract_still_works_with_a_warning():
+    class OldPairLoss(PairLoss):  # the pre-contract hook: a scalar from the distance matrix and masks
+        def _from_masks(self, d, positive, negative):
+            return tf.reduce_sum(tf.where(positive, d, 0.0)) - tf.reduce_sum(tf.where(negative, d, 0.0))
+
+    x = _unit(10)
+    d = _euclid(x, x)
+    same = LABELS[:, None] == LABELS[None]
+    expected = d[same & ~np.eye(8, dtype=bool)].sum() - d[~same].sum()
+    with pytest.warns(DeprecationWarning, match="implement pair_terms"):
+        value = float(OldPairLoss()(LABELS, x))
+    assert value == pytest.approx(expected, rel=1e-4)
