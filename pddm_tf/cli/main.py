@@ -22,7 +22,7 @@ from absl import app, flags
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
 from pddm_tf import atomic
 from pddm_tf.cli import logs, validation
-from pddm_tf.methods.names import METHOD_NAMES
+from pddm_tf.methods.catalog import METHOD_NAMES
 from pddm_tf.training.config import TrainConfig
 from pddm_tf.training.run import CURRENT_RUN as _RUN
 

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
 
-from pddm_tf.methods.names import METHOD_NAMES
+from pddm_tf.methods.catalog import METHOD_NAMES
 
 #: The methods whose model has a PDDM unit, i.e. that `--rerank` can re-rank with (tested against
 #: `pddm_tf.methods.METHODS`: the models they build have a `pddm` layer).
