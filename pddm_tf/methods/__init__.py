@@ -37,7 +37,24 @@ _LAZY: dict[str, str] = {
     "training_pipeline": "pddm_tf.methods.pipeline",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "METHODS",
+    "METHOD_NAMES",
+    "METHOD_OPTIONS",
+    "METHOD_SPECS",
+    "MethodConfig",
+    "MethodSpec",
+    "RECIPES",
+    "Recipe",
+    "build_model",
+    "get_recipe",
+    "get_spec",
+    "loss_hyperparameters",
+    "method_options",
+    "recipes_table",
+    "register_method",
+    "training_pipeline",
+]
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

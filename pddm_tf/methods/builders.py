@@ -24,7 +24,7 @@ _KERAS_LOSS_ARGUMENTS = frozenset({"self", "name", "reduction", "dtype"})
 
 def loss_hyperparameters(loss_class: type) -> tuple[str, ...]:
     """The hyperparameters of a loss class: its constructor's named arguments but Keras' own."""
-    return tuple(p.name for p in inspect.signature(loss_class.__init__).parameters.values()
+    return tuple(p.name for p in inspect.signature(loss_class).parameters.values()
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _KERAS_LOSS_ARGUMENTS)
 
 
