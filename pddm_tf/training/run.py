@@ -21,11 +21,13 @@ from typing import Any, NamedTuple
 import keras
 
 from pddm_tf import atomic, backbone, data, evaluation, export
+from pddm_tf.backbones import BACKBONES
 from pddm_tf.data import image_header, transforms
 from pddm_tf.data.tfds_loaders import TFDS_LOADERS
 from pddm_tf.evaluation import few_shot, visualize
 from pddm_tf.methods.catalog import METHOD_SPECS
 from pddm_tf.methods.pipeline import training_pipeline
+from pddm_tf.options import ConfigError
 from pddm_tf.training import distributed
 from pddm_tf.training.checks import LearningCheck
 from pddm_tf.training.config import TrainConfig
@@ -175,7 +177,7 @@ class Trained(NamedTuple):
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
     held-out split). Raises `pddm_tf.options.ConfigError` for a refused setting, before any work."""
-    config.check()
+    _check(config)
     with pixel_limit(config.data.max_image_pixels):
         return _finish(config, _fit(config))
 
@@ -184,9 +186,17 @@ def fit(config: TrainConfig) -> Trained:
     """Only the training of `train(config)`: the model trained on the training classes (resumed from
     its backup, as `train`), without evaluation or outputs; for scripts that evaluate in their own
     way (`examples/zero_shot_imagenet.py`). The backup, if any, is kept; delete it once done."""
-    config.check()
+    _check(config)
     with pixel_limit(config.data.max_image_pixels):
         return _fit(config)
+
+
+def _check(config: TrainConfig) -> None:
+    """`config.check()`, and the backbone's name (known only with TensorFlow's modules), before any work."""
+    config.check()
+    if config.model.backbone.lower() not in {name.lower() for name in BACKBONES}:
+        raise ConfigError(f"--backbone={config.model.backbone}: unknown backbone; expected one of "
+                          f"{', '.join(BACKBONES)}")
 
 
 def _fit(config: TrainConfig) -> Trained:
