@@ -58,10 +58,10 @@ def test_from_flags_with_flags_and_json_options():
 
 def test_the_flat_spellings_of_the_last_release_warn_and_still_work():
     """Issue 30 item 7: each old spelling works for one release, with a warning naming the new one."""
-    with pytest.warns(DeprecationWarning, match=r"TrainConfig\(epochs=\.\.\., method=\.\.\.\) is deprecated: use "
-                                                r"TrainConfig.from_flags\(epochs=\.\.\., method=\.\.\.\) or TrainConfig\("
-                                                r"optimization=OptimizationConfig\(epochs=\.\.\.\), "
-                                                r"method=MethodConfig\(name=\.\.\.\)\)"):
+    expected = ("TrainConfig(epochs=..., method=...) is deprecated: use TrainConfig.from_flags(epochs=..., "
+                "method=...) or TrainConfig(optimization=OptimizationConfig(epochs=...), "
+                "method=MethodConfig(name=...))")
+    with pytest.warns(DeprecationWarning, match=re.escape(expected)):
         config = TrainConfig(epochs=3, method="npair")
     assert config == TrainConfig.from_flags(epochs=3, method="npair")
     with pytest.warns(DeprecationWarning, match=r"TrainConfig.epochs is deprecated: use config.optimization.epochs"):
