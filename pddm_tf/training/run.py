@@ -110,13 +110,22 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
                        weights=None if m.weights == "none" else m.weights,
                        pooling=m.pooling, freeze_batchnorm=m.freeze_batchnorm, **options)
     spec = METHOD_SPECS.get(config.method.name)
-    model = spec.build(network, m.embedding_dim, method_settings(config, num_classes))
+    try:
+        model = spec.build(network, m.embedding_dim, method_settings(config, num_classes))
+    except Exception as error:  # a builder may be a plugin's, foreign code: one line naming it and its error
+        detail = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise MethodBuildError(f"--method={spec.name} ({spec.build.__module__}): its builder raised {detail}"
+                               ) from error
     model.build((None, config.data.image_size, config.data.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(o.learning_rate, o.weight_decay, o.lr_schedule, total_steps,
                                            round(o.warmup_fraction * total_steps), o.ema_momentum),
                   jit_compile=True if o.jit_compile else "auto")
     return model
+
+
+class MethodBuildError(ValueError):
+    """A method's builder raised: the message names the method, the builder's module and the error."""
 
 
 def backup_dir(config: TrainConfig) -> str:
