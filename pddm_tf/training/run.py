@@ -23,7 +23,7 @@ import keras
 from pddm_tf import atomic, backbone, data, evaluation, export
 from pddm_tf.backbones import BACKBONES
 from pddm_tf.data import image_header, transforms
-from pddm_tf.data.tfds_loaders import TFDS_LOADERS
+from pddm_tf.data.loaders import TFDS_NAMES
 from pddm_tf.evaluation import few_shot, visualize
 from pddm_tf.methods.catalog import METHOD_SPECS
 from pddm_tf.methods.pipeline import training_pipeline
@@ -44,7 +44,7 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
         kwargs.update(split_by=d.split_by, test_groups=list(d.test_groups) if d.test_groups else None)
     if d.dataset != "omniglot" and d.channels is not None:
         kwargs.update(channels=d.channels)
-    if d.dataset in TFDS_LOADERS:
+    if d.dataset in TFDS_NAMES:
         kwargs.update(data_dir=d.data_dir, cache_dir=d.cache_dir, download=d.download, manual_dir=d.manual_dir)
     split = data.load_dataset(d.dataset, test_fraction=d.test_fraction, seed=config.run.seed, **kwargs)
     if d.rotations and rotate_training:
