@@ -82,6 +82,14 @@ def _interrupted_message(command: str) -> str:
             f"(backed up in {path})")
 
 
+def build_model(channels: int, num_classes: int, total_steps: int | None = None):
+    """The compiled model `pddm-tf train` trains, from the flags (`pddm_tf.training.build_model`)."""
+    # The CLI edge's deliberate lazy TensorFlow import: `pddm-tf --help` must not pay for it.
+    from pddm_tf.training import run as training_run
+
+    return training_run.build_model(settings.train_config(), channels, num_classes, total_steps)
+
+
 def _select_cpu_kernels() -> None:
     """Sets TF_ENABLE_ONEDNN_OPTS from --onednn, which only matters before TensorFlow is imported (a
     process that imported it already, e.g. a test calling `main`, keeps its kernels and environment)."""
