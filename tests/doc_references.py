@@ -17,7 +17,10 @@ SOURCE_GLOBS = ("pddm_tf/**/*.py", "tests/**/*.py", "benchmarks/**/*.py", "bench
                 "*.md", "docs/*.md", "benchmarks/results/*.md")
 
 # A list of section numbers as prose writes it: "2", "1 and 2", "3, 5, 7", "2-4", "1, 2 (...) and 5".
-_NUMBER_LIST = r"\d+(?:\s*-\s*\d+)?(?:(?:\s*,\s*|\s+and\s+|\s*,\s*and\s+)\d+(?:\s*-\s*\d+)?)*"
+# A listed number has one or two digits and is not the start of a larger one ("section 1, 1,000
+# steps" lists section 1 only).
+_ITEM = r"\d{1,2}(?!\d|,\d)(?:\s*-\s*\d{1,2}(?!\d|,\d))?"
+_NUMBER_LIST = _ITEM + r"(?:(?:\s*,\s*|\s+and\s+|\s*,\s*and\s+)" + _ITEM + r")*"
 _EQUATION_LIST = r"\(\d+\.\d+\)(?:(?:\s*,\s*|\s+and\s+)\(\d+\.\d+\))*"
 
 
