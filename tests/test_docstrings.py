@@ -120,3 +120,29 @@ def test_package_references_to_the_methods_page_are_spelled_one_way():
             if re.search(r"METHODS\.md,?\s+\d", line):
                 failures.append(where)
     assert not failures, "spell the reference \"METHODS.md section N\":\n" + "\n".join(failures)
+
+
+def test_measured_figures_on_the_methods_page_are_the_benchmarks():
+    """A paragraph (or list item) of docs/METHODS.md that cites "BENCHMARKS.md section N" quotes only
+    figures found in that section or the full record it links: the page copies measurements, it does
+    not restate them from memory."""
+    benchmarks = numbered_sections((REPO / "BENCHMARKS.md").read_text(encoding="utf-8"))
+
+    def record(number: int) -> str:
+        section = benchmarks[number]
+        linked = re.findall(r"\]\((benchmarks/results/[^)#]+\.md)\)", section)
+        return section + "".join((REPO / path).read_text(encoding="utf-8") for path in linked)
+
+    checked, failures = 0, []
+    for chunk in re.split(r"\n\s*\n|\n(?=- )", _METHODS):
+        cited = [int(n) for n in re.findall(r"BENCHMARKS\.md\s+sections?\s+(\d+)", chunk)]
+        cited += [int(n) for n in re.findall(r"BENCHMARKS\.md\s+sections\s+\d+\s+and\s+(\d+)", chunk)]
+        if not cited:
+            continue
+        recorded = "".join(record(n) for n in cited)
+        for figure in sorted(set(re.findall(r"(?<![\d.(])\d+\.\d+(?![\d.)])", chunk))):
+            checked += 1
+            if figure not in recorded:
+                failures.append(f"{figure} (cites BENCHMARKS.md section {cited}): {chunk[:70]!r}...")
+    assert checked >= 50  # guards the parsing: the page quotes many measured figures
+    assert not failures, "\n".join(failures)
