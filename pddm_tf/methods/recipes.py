@@ -58,7 +58,7 @@ _COMMON: dict[str, Any] = {"weights": "imagenet", "augment": True, "image_size":
 _PDDM = {**_COMMON, "method": "pddm_quadruplet", "backbone": "InceptionV3", "embedding_dim": 64,
          "batch_classes": 16, "batch_per_class": 4, "learning_rate": 1e-5, "epochs": 60, "alpha": 1.0,
          "beta": 0.5, "embedding_weight": 0.5, "freeze_batchnorm": True, "image_size": 227,
-         "pddm_normalize_inputs": True}
+         "pddm_normalize_inputs": False}
 _PDDM_CHOICES = ("InceptionV3 stands in for GoogLeNet (not in keras.applications); d = 64, 16 x 4 batches, "
                  "Adam 1e-5, 60 epochs and the margins (this library's measured defaults) are not confirmed.")
 
