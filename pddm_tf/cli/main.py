@@ -107,8 +107,11 @@ flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Gradient steps per 
 flags.DEFINE_integer("batch_classes", _D.batch_classes, "P: classes per batch.")
 flags.DEFINE_integer("batch_per_class", _D.batch_per_class, "K: images per class in a batch.")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (the peak of a schedule).")
-flags.DEFINE_float("weight_decay", _D.weight_decay, "Decoupled weight decay (AdamW) per unit learning rate; 0 = "
+flags.DEFINE_float("weight_decay", _D.weight_decay, "Weight decay coefficient (see --weight_decay_mode); 0 = "
                    "plain Adam.")
+flags.DEFINE_enum("weight_decay_mode", _D.weight_decay_mode, ["decoupled", "l2"], "decoupled: AdamW, every weight "
+                  "shrinks by (1 - lr * weight_decay) per step; l2: the papers' L2 term coupled to the gradient "
+                  "(weight_decay * w added to each kernel's gradient; not biases, not batch-norm).")
 flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ["constant", "cosine"], "Learning-rate schedule over the whole run.")
 flags.DEFINE_float("warmup_fraction", _D.warmup_fraction, "Fraction of the steps with a linear learning-rate warm-up.")
 flags.DEFINE_float("ema_momentum", _D.ema_momentum, "Keep an exponential moving average of the weights with this "

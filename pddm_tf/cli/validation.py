@@ -161,6 +161,8 @@ def _check_train(values: Mapping[str, Any]) -> None:
     if method in DC_METHODS and values.get("embedding_dim", 1) % values.get("num_learners", 1):
         raise FlagError(f"--embedding_dim={values['embedding_dim']} is not divisible by --num_learners="
                         f"{values['num_learners']}: Divide-and-Conquer cuts the embedding into equal slices")
+    if values.get("weight_decay_mode", "decoupled") not in ("decoupled", "l2"):
+        raise FlagError(f"--weight_decay_mode={values['weight_decay_mode']}: expected decoupled or l2")
     if values.get("augment") and values.get("affine"):
         raise FlagError("--augment and --affine are two different training augmentations; choose one")
     if method in DC_METHODS and values.get("ema_momentum", 0) > 0:

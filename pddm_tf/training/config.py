@@ -87,6 +87,7 @@ class TrainConfig:
     # costs nothing, measured at the main job's 1,000 steps (BENCHMARKS.md section 1).
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    weight_decay_mode: str = "decoupled"
     lr_schedule: str = "cosine"
     warmup_fraction: float = 0.02
     ema_momentum: float = 0.0

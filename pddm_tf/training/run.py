@@ -128,7 +128,7 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(config.learning_rate, config.weight_decay, config.lr_schedule,
                                            total_steps, round(config.warmup_fraction * total_steps),
-                                           config.ema_momentum),
+                                           config.ema_momentum, config.weight_decay_mode),
                   jit_compile=True if config.jit_compile else "auto")
     return model
 
