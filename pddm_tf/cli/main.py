@@ -33,7 +33,9 @@ _D = TrainConfig()
 _COMMANDS = ("train", "evaluate", "export")
 
 flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.methods.recipes (e.g. pddm_cub, hdml_sop, "
-                    "dc_cars): sets the flags below; flags given on the command line win.")
+                    "dc_cars): sets the flags below; flags given on the command line win. Where a recipe departs "
+                    "from its paper its description says so (pddm_cub/pddm_cars mine one quadruplet per positive "
+                    "pair, not the paper's single hardest per batch: --mining=hardest).")
 flags.DEFINE_string("dataset", _D.dataset, "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
                     "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
 flags.DEFINE_string("data_dir", _D.data_dir, "TFDS datasets: the tensorflow-datasets data directory.")
