@@ -181,3 +181,58 @@ def test_pddm_recipes_say_that_they_mine_per_pair():
         recipe = recipes.get_recipe(name)
         assert recipe.config().mining == "per_pair"
         assert "per positive pair" in recipe.paper and "single hardest" in recipe.choices
+
+
+# ----------------------------------------------------------------------------- HDML's N-pair loss
+
+
+def _tf_npairs_loss_numpy(labels, anchor, positive, reg_lambda):
+    """A numpy transcription of TensorFlow's `npairs_loss` (tf.contrib.losses.metric_learning): the L2
+    term 0.25 reg (mean ||a||^2 + mean ||p||^2) plus the mean softmax cross-entropy of a p^T against
+    the label-equality matrix normalised per row."""
+    l2 = 0.25 * reg_lambda * (np.mean(np.sum(anchor ** 2, 1)) + np.mean(np.sum(positive ** 2, 1)))
+    logits = anchor @ positive.T
+    targets = (labels[:, None] == labels[None, :]).astype(np.float64)
+    targets /= targets.sum(1, keepdims=True)
+    log_softmax = logits - logits.max(1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+    return l2 + np.mean(-(targets * log_softmax).sum(1))
+
+
+def test_hdml_npair_loss_is_tensorflows_npairs_formula_on_fixed_inputs():
+    from pddm_tf.models.hdml_ops import npairs_loss
+
+    rng = np.random.default_rng(7)
+    anchor, positive = 3.0 * rng.normal(size=(2, 6, 5))  # unnormalised, as in the authors' code
+    labels = np.array([4, 0, 2, 9, 5, 1])
+    expected = _tf_npairs_loss_numpy(labels, anchor, positive, 0.002)
+    candidates = np.broadcast_to(positive[None], (6, 6, 5))  # real rows: every anchor's candidates are p
+    got = npairs_loss(tf.constant(anchor, tf.float32), tf.constant(candidates, tf.float32), 0.002)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    # The regulariser is not negligible here: without it the value differs.
+    assert abs(expected - _tf_npairs_loss_numpy(labels, anchor, positive, 0.0)) > 1e-3
+    # Synthetic rows (per-anchor candidates): the authors' new_npair_loss(equal_shape=False), whose
+    # regulariser averages every candidate row.
+    synthetic = rng.normal(size=(6, 6, 5))
+    logits = np.einsum("id,ijd->ij", anchor, synthetic)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    reference = -np.mean(np.diag(log_softmax)) + 0.25 * 0.002 * (
+        np.mean(np.sum(anchor ** 2, 1)) + np.mean(np.sum(synthetic ** 2, -1)))
+    got = npairs_loss(tf.constant(anchor, tf.float32), tf.constant(synthetic, tf.float32), 0.002)
+    np.testing.assert_allclose(float(got), reference, rtol=1e-5)
+    empty = npairs_loss(tf.zeros([0, 5]), tf.zeros([0, 0, 5]))
+    assert float(empty) == 0.0
+
+
+def test_hdml_npair_trains_on_unnormalised_embeddings_by_default():
+    from pddm_tf.models import HDMLModel
+
+    backbone = small_convnet(16, 1, width=4, depth=2)
+    npair = HDMLModel(backbone, 8, num_classes=3)
+    assert npair.normalize_embeddings is False and npair.npair_reg == 0.002
+    assert HDMLModel(small_convnet(16, 1, width=4, depth=2), 8, num_classes=3, base="triplet").normalize_embeddings
+    # A config saved before this default rebuilds the model it described (unit-norm, no regulariser).
+    config = npair.get_config()
+    del config["normalize_embeddings"], config["npair_reg"]
+    old = HDMLModel.from_config(config)
+    assert old.normalize_embeddings is True and old.npair_reg == 0.0
