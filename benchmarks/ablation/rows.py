@@ -57,7 +57,8 @@ BASES = {
     "dc_margin_k2": "dc_margin_k1", "dc_margin_k4": "dc_margin_k1",
     "dc_pddm_k2": "dc_pddm_k1", "dc_pddm_k4": "dc_pddm_k1",
     "pddm_triplet": "pddm", "euclidean_quadruplet": "pddm", "pddm_normalized_inputs": "pddm",
-    "pddm_raw_inputs": "pddm",  # the rows of the results measured before issue 31 (raw inputs as the change) "multi_similarity": "pddm",
+    "multi_similarity": "pddm",
+    "pddm_raw_inputs": "pddm",  # in the results measured before issue 31 (raw inputs were the change)
     # The same claims at the recipe's settings (few_shot.py's rows; pddm_norm_recipe is a --variants row).
     **{row: "pddm_recipe" for row in ("euclidean_recipe", "pddm_triplet_recipe", "pddm_norm_recipe", "recipe")},
 }
