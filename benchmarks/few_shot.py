@@ -61,7 +61,7 @@ from pddm_tf.evaluation import few_shot  # noqa: E402
 from pddm_tf.methods import recipes  # noqa: E402
 from pddm_tf.models import EmbeddingModel, PDDMModel  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
-from pddm_tf.training.optimizers import make_optimizer  # noqa: E402
+from pddm_tf.training.optimizers import decays_under_l2, make_optimizer  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "recipe", "hdml_npair",
@@ -170,7 +170,8 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
     warmup = round(config.get("warmup_fraction", 0.0) * total_steps)
     model.compile(optimizer=make_optimizer(config["learning_rate"], config["weight_decay"],
                                            config["lr_schedule"], total_steps, warmup,
-                                           config.get("ema_momentum", 0.0)))
+                                           config.get("ema_momentum", 0.0),
+                                           config.get("weight_decay_mode", "decoupled")))
     return model
 
 
@@ -251,6 +252,13 @@ def retrieval_figures(model: keras.Model | None, embeddings: np.ndarray, labels:
     return figures
 
 
+def kernel_norm(model: keras.Model) -> float:
+    """sqrt(sum ||W||^2) over the model's trainable kernels (what --weight_decay_mode=l2 decays): the
+    same seed's rows with and without a weight decay show what the decay did to the weights."""
+    return float(np.sqrt(sum(np.sum(np.square(v.numpy())) for v in model.trainable_variables
+                             if decays_under_l2(v))))
+
+
 def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, episodes: int) -> dict[str, Any]:
     """Trains (or not, for pixels) one row on one fold; returns its figures."""
     split = _fold_split(fold, config["rotations"] and config["method"] != "pixel")
@@ -285,7 +293,7 @@ def run_row(name: str, config: dict[str, Any], fold: int, rate: float | None, ep
                 np.savez(path, embeddings=embeddings, features=features, labels=split.test.labels,
                          paths=np.asarray(split.test.paths), rotations=split.test.rotations)
         result = {"steps": steps, "train_seconds": curve.train_seconds, "curve": curve.points,
-                  "seconds_per_step": rate}
+                  "seconds_per_step": rate, "kernel_norm": kernel_norm(model)}
     result.update(few_shot.evaluate_few_shot(embeddings, split.test, SETTINGS, episodes, seed))
     result.update(retrieval_figures(model, embeddings, split.test.labels, seed))
     print(f"fold {fold} {name:<22} " + " ".join(f"{few_shot.setting_key(*few_shot.parse_setting(s))} "

@@ -33,6 +33,8 @@ flags.DEFINE_integer("steps", 640, "Training steps per run.")
 flags.DEFINE_list("alphas", ["calibrated", "90"], "alpha settings: 'calibrated' (alpha=None) or a number.")
 flags.DEFINE_enum("generator_input", "single", ["single", "anchor_pair"], "HDML generator input.")
 flags.DEFINE_integer("seed", 0, "Seed: initialisation and batch sampling.")
+flags.DEFINE_bool("normalize_embeddings", False, "Train the N-pair loss on unit-norm embeddings (the library's "
+                  "reading before issue 31) instead of the authors' unnormalised ones with the N-pair regulariser.")
 flags.DEFINE_string("out_dir", "benchmarks/results/hdml", "Where results and the plot go.")
 
 SIZE, LOGGED = 32, ("easiness", "lambda0", "j_avg", "alpha", "j_gen_avg", "metric_loss_real", "j_recon", "j_soft",
@@ -42,7 +44,8 @@ SIZE, LOGGED = 32, ("easiness", "lambda0", "j_avg", "alpha", "j_gen_avg", "metri
 def run(alpha: str, split: data.DatasetSplit) -> dict[str, list[float]]:
     keras.utils.set_random_seed(FLAGS.seed)
     model = HDMLModel(small_convnet(SIZE, 1), 64, num_classes=split.train.num_classes, base="npair",
-                      alpha=None if alpha == "calibrated" else float(alpha), generator_input=FLAGS.generator_input)
+                      alpha=None if alpha == "calibrated" else float(alpha), generator_input=FLAGS.generator_input,
+                      normalize_embeddings=FLAGS.normalize_embeddings)
     model.build((None, SIZE, SIZE, 1))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     train = data.class_balanced_dataset(split.train, 16, 4, SIZE, 1, seed=FLAGS.seed)

@@ -140,10 +140,12 @@ def _np_unit(x):
     return x / np.sqrt(np.maximum((x * x).sum(axis=1, keepdims=True), 1e-12))
 
 
-def _np_npair(anchors, candidates):
-    """anchors [n, d], candidates [n, n, d] (row i: anchor i's candidates, the positive at j = i)."""
+def _np_npair(anchors, candidates, reg=0.0):
+    """anchors [n, d], candidates [n, n, d] (row i: anchor i's candidates, the positive at j = i), with
+    the authors' regulariser reg / 4 (mean ||a||^2 + mean over candidate rows ||c||^2)."""
     logits = np.einsum("id,ijd->ij", anchors, candidates)
-    return _np_ce(logits, np.arange(len(anchors)))
+    squares = np.mean(np.sum(anchors ** 2, -1)) + np.mean(np.sum(candidates ** 2, -1))
+    return _np_ce(logits, np.arange(len(anchors))) + 0.25 * reg * squares
 
 
 @pytest.mark.parametrize("base, generator_input", [("npair", "single"), ("npair", "anchor_pair"),
@@ -166,7 +168,9 @@ def test_every_loss_matches_numpy_on_a_tiny_model(base, generator_input):
     dense = lambda x, layer: x @ layer.kernel.numpy().astype(np.float64) + layer.bias.numpy()  # noqa: E731
     y = dense(images.reshape(8, 4).astype(np.float64), backbone.layers[-1])
     head = model.head._projections[0]
-    z = _np_unit(dense(y, head))
+    # N-pair trains on the unnormalised projection (the authors' code), triplet on unit vectors.
+    embed = (lambda x: x) if base == "npair" else _np_unit  # noqa: E731
+    z = embed(dense(y, head))
     if base == "npair":
         anchors, positives = np.array([0, 2, 4, 6]), np.array([1, 3, 5, 7])
         rows = np.stack([np.repeat(anchors, 4), np.repeat(positives, 4), np.tile(positives, 4)], axis=1)
@@ -183,12 +187,12 @@ def test_every_loss_matches_numpy_on_a_tiny_model(base, generator_input):
     h = (h - h.mean(0)) / np.sqrt(h.var(0) + bn.epsilon) * bn.gamma.numpy() + bn.beta.numpy()
     generated = dense(h, out_layer)
     reconstructed, synthetic = generated[:8], generated[8:]
-    z_gen = _np_unit(dense(generated, head))
+    z_gen = embed(dense(generated, head))
     z_rec, z_syn = z_gen[:8], z_gen[8:]
 
     def metric(a, p, n):
         if base == "npair":
-            return _np_npair(a[::4], n.reshape(4, 4, -1))
+            return _np_npair(a[::4], n.reshape(4, 4, -1), reg=0.002)
         d_ap, d_an = np.linalg.norm(a - p, axis=1), np.linalg.norm(a - n, axis=1)
         return np.mean(np.maximum(0.4 + d_ap - d_an, 0.0))
 
@@ -196,8 +200,13 @@ def test_every_loss_matches_numpy_on_a_tiny_model(base, generator_input):
     syn = metric(z_rec[rows[:, 0]], z_rec[rows[:, 1]], z_syn)
     classifier = lambda v: dense(v, model.classifier)  # noqa: E731
     j_recon = (1 - lam) * np.sum((reconstructed - y) ** 2)
-    j_soft = lam * scale * (_np_ce(classifier(synthetic), labels[rows[:, 2]])
-                            + _np_ce(classifier(reconstructed[rows[:, 0]]), labels[rows[:, 0]]))
+    if base == "npair":  # the authors' N-pair J_soft: synthetic negatives + reconstructed anchors
+        j_soft = lam * scale * (_np_ce(classifier(synthetic), labels[rows[:, 2]])
+                                + _np_ce(classifier(reconstructed[rows[:, 0]]), labels[rows[:, 0]]))
+    else:  # the authors' triplet J_soft: one mean over reconstructed anchors, positives and synthetics
+        logits = classifier(np.concatenate([reconstructed[rows[:, 0]], reconstructed[rows[:, 1]], synthetic]))
+        j_soft = lam * scale * _np_ce(logits, np.concatenate([labels[rows[:, 0]], labels[rows[:, 1]],
+                                                              labels[rows[:, 2]]]))
     weight = np.exp(-beta / j_gen)
     expected = {"metric_loss_real": real, "metric_loss_synthetic": syn, "j_recon": j_recon, "j_soft": j_soft,
                 "j_gen": j_recon + j_soft, "loss": weight * real + (1 - weight) * syn,
@@ -224,7 +233,9 @@ def test_npair_real_loss_equals_npair_loss():
     model = _model()
     images, labels = _batches(steps=1)
     logs = model.test_on_batch(images[0], labels[0], return_dict=True)
-    expected = NPairLoss()(labels[0], model.predict(images[0], verbose=0))
+    # The authors' N-pair: the unnormalised projection, TF's npairs_loss regulariser at 0.002.
+    unnormalised = model.head.project(model.backbone(images[0], training=False))
+    expected = NPairLoss(l2_reg=0.002)(labels[0], unnormalised)
     np.testing.assert_allclose(logs["loss"], expected.numpy(), rtol=1e-5)
 
 

@@ -17,8 +17,9 @@ def _unit(x, eps=1e-12):
     return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), eps))
 
 
-def numpy_pddm(layer, fa, fb, normalize_inputs=True, normalize_hidden=True):
-    """Direct float64 transcription of the unit, one pair per row."""
+def numpy_pddm(layer, fa, fb, normalize_inputs=False, normalize_hidden=True):
+    """Direct float64 transcription of the unit, one pair per row (with the Euclidean prior
+    -g ||f_a - f_b|| when the layer has it)."""
     w = {v.path.split("/")[-1]: np.asarray(v.numpy(), np.float64) for v in layer.weights}
     fa, fb = _unit(fa.astype(np.float64)), _unit(fb.astype(np.float64))
     u, v = np.abs(fa - fb), (fa + fb) / 2
@@ -29,7 +30,8 @@ def numpy_pddm(layer, fa, fb, normalize_inputs=True, normalize_hidden=True):
     if normalize_hidden:
         u1, v1 = _unit(u1), _unit(v1)
     c = np.maximum(np.concatenate([u1, v1], axis=1) @ w["c_kernel"] + w["c_bias"], 0)
-    return (c @ w["s_kernel"])[:, 0] + w["s_bias"][0]
+    prior = w["distance_weight"] * np.linalg.norm(fa - fb, axis=1) if "distance_weight" in w else 0.0
+    return (c @ w["s_kernel"])[:, 0] + w["s_bias"][0] - prior
 
 
 def _layer(dim, **kwargs):
@@ -43,10 +45,13 @@ def _layer(dim, **kwargs):
     return layer
 
 
-@pytest.mark.parametrize("normalize_inputs,normalize_hidden", list(itertools.product([True, False], repeat=2)))
-def test_pair_and_all_pairs_match_numpy(normalize_inputs, normalize_hidden):
+@pytest.mark.parametrize("normalize_inputs,normalize_hidden,distance_weight",
+                         list(itertools.product([True, False], [True, False], [0.0, 0.7])))
+def test_pair_and_all_pairs_match_numpy(normalize_inputs, normalize_hidden, distance_weight):
     rng = np.random.default_rng(0)
-    layer = _layer(8, normalize_inputs=normalize_inputs, normalize_hidden=normalize_hidden)
+    layer = _layer(8, normalize_inputs=normalize_inputs, normalize_hidden=normalize_hidden,
+                   distance_weight=distance_weight)
+    assert ("distance_weight" in {v.path.split("/")[-1] for v in layer.weights}) is (distance_weight > 0)
     fa, fb = rng.normal(size=(20, 8)).astype("float32"), rng.normal(size=(20, 8)).astype("float32")
     expected = numpy_pddm(layer, fa, fb, normalize_inputs, normalize_hidden)
     np.testing.assert_allclose(layer((fa, fb)).numpy(), expected, atol=ATOL)
@@ -129,7 +134,7 @@ def test_normalised_inputs_make_the_score_blind_to_the_distance_of_symmetric_pai
     b[:, 0], b[:, 1] = np.cos(t), -np.sin(t)
     for normalize, varies in ((True, False), (False, True)):
         tf.keras.utils.set_random_seed(0)
-        layer = PDDM(units=16, combined_units=16, normalize_inputs=normalize)
+        layer = PDDM(units=16, combined_units=16, normalize_inputs=normalize, distance_weight=0.0)
         layer((tf.constant(a), tf.constant(b)))
         rng = np.random.default_rng(1)
         for weight in layer.weights:  # non-zero biases, as after training (zero ones hide the scale too)

@@ -58,7 +58,9 @@ for _name, (_group, _field, _spec) in config_module.FLAGS.items():
         _define(_name, _spec)
 
 flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.methods.recipes (e.g. pddm_cub, hdml_sop, "
-                    "dc_cars): sets the flags below; flags given on the command line win.")
+                    "dc_cars): sets the flags below; flags given on the command line win. Where a recipe departs "
+                    "from its paper its description says so (pddm_cub/pddm_cars mine one quadruplet per positive "
+                    "pair, not the paper's single hardest per batch: --mining=hardest).")
 flags.DEFINE_list("plugins", [], "Python modules to import before the command runs (importable names, e.g. "
                   "my_project.metric_learning): a module can register a method "
                   "(pddm_tf.methods.register_method), a dataset (pddm_tf.data.DATASETS.register), a search backend "

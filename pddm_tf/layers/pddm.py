@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import EPSILON, l2_normalize
+from pddm_tf.distances import EPSILON, l2_normalize, safe_norm
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
@@ -16,9 +16,24 @@ class PDDM(keras.layers.Layer):
 
     For features f_i, f_j (L2-normalised inside the layer):
       u = |f_i - f_j|,  v = (f_i + f_j) / 2
-      u' = ReLU(W_u u/||u|| + b_u),  v' = ReLU(W_v v/||v|| + b_v)
+      u' = ReLU(W_u u + b_u),  v' = ReLU(W_v v + b_v)      (u/||u||, v/||v|| with normalize_inputs)
       u'' = u'/||u'||,  v'' = v'/||v'||
-      c = ReLU(W_c [u''; v''] + b_c),  S_ij = w_s . c + b_s   (higher = more similar)
+      c = ReLU(W_c [u''; v''] + b_c),  S_ij = w_s . c + b_s - g ||f_i - f_j||   (higher = more similar)
+
+    The last term, a Euclidean prior with a trainable weight g (initial value `distance_weight`,
+    0 = no term), is this library's addition: it makes the unit rank pairs by distance from its
+    first step, and the learned part w_s . c (its kernel w_s initialised small) adds the
+    position-dependent correction as training goes. Why: u'' and v'' are unit vectors of ReLU
+    outputs, and ReLU is positively homogeneous, so with the zero-initialised biases u'' forgets
+    the scale of u; the learned part alone is nearly blind to the pair's distance at
+    initialisation, with or without input normalisation. Measured by benchmarks/pddm_init.py (64
+    held-out Omniglot images, 16 characters x 4, embedded by a fresh small_convnet and head; the
+    Spearman correlation between the initial scores and minus the Euclidean distance over the
+    2,016 pairs; mean [min, max] over 5 seeds): the recalled unit -0.01 [-0.17, +0.11] with raw or
+    normalised inputs alike; with b_u = b_v = 0.1 +0.19 [-0.11, +0.59], = 1 +0.10 [-0.15, +0.46];
+    the distance as one more input of the joint layer +0.01 [-0.14, +0.13]; this prior with a
+    Glorot-initialised w_s +0.40 [+0.28, +0.49], with w_s at a tenth of that scale (the default)
+    +0.97 [+0.96, +0.99].
 
     Call modes:
       * `layer((f_a, f_b))` with f_a, f_b of shape [n, d] -> scores of the n given pairs, [n].
@@ -34,19 +49,21 @@ class PDDM(keras.layers.Layer):
     Args:
       units: width h of the u and v branches.
       combined_units: width of the joint layer c.
-      normalize_inputs: divide u and v by their norms before W_u, W_v. The paper's reading is
-        recalled, not confirmed (METHODS.md); default on. With it the score sees only the
-        directions of u and v, not how far apart two unit features are: the pairs
+      normalize_inputs: divide u and v by their norms before W_u, W_v: the paper's input reading as
+        recalled, not confirmed (METHODS.md section 1); default off. With it the branches see only
+        the directions of u and v, not how far apart two unit features are: the pairs
         (cos t e1 + sin t e2, cos t e1 - sin t e2) have u/||u|| = e2 and v/||v|| = e1 for every
-        t in (0, pi/2), so they all get the same score. The distance then reaches the loss only
-        through the embedding term E_e. Measured on the few-shot protocol (BENCHMARKS.md section
-        2): raw inputs learned better at the defaults' budget (+2.9 points at 500 steps) and were
-        level at the recipe's (3,000 steps), where the normalised unit's score separated held-out
-        pairs three times worse and re-ranking by it cost 18 points of Recall@1. So the library's
-        PDDM methods (`pddm-tf train`, `methods.build_model`, `TrainConfig`) default to
-        `normalize_inputs=False`; the layer's own default stays the paper's reading.
+        t in (0, pi/2), so the learned part gives them all the same score (distance-blind; only
+        the prior term, when on, still sees the distance). Measured on the few-shot protocol
+        (BENCHMARKS.md section 2): raw inputs learned better at the defaults' budget (+2.9 points at
+        500 steps) and were level at the recipe's (3,000 steps).
       normalize_hidden: L2-normalise u' and v' before concatenation (confirmed in a second
         implementation); default on.
+      distance_weight: initial weight g of the Euclidean prior -g ||f_i - f_j|| (trainable), >= 0;
+        0 leaves it out: the unit as METHODS.md section 1 recalls it.
+      score_initializer: initialiser of w_s; None (default) = `kernel_initializer` without the
+        prior, and a Glorot-uniform at a tenth of its scale with it (so that the prior dominates
+        the initial ranking).
       dtype: the layer's dtype policy; default "float32" whatever the global policy, so that under
         mixed precision the scores that mining ranks and the hinge margins compare keep float32
         precision (the unit is small next to the backbone). Pass a policy to override.
@@ -69,10 +86,12 @@ class PDDM(keras.layers.Layer):
         self,
         units: int = 128,
         combined_units: int = 128,
-        normalize_inputs: bool = True,
+        normalize_inputs: bool = False,
         normalize_hidden: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         kernel_regularizer: Any = None,
+        distance_weight: float = 1.0,
+        score_initializer: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
@@ -85,6 +104,14 @@ class PDDM(keras.layers.Layer):
         self.normalize_hidden = bool(normalize_hidden)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        if not distance_weight >= 0:
+            raise ValueError(f"PDDM distance_weight must be >= 0, got {distance_weight}")
+        self.distance_weight = float(distance_weight)
+        if score_initializer is None and self.distance_weight > 0:
+            # Glorot-uniform variance times 0.01: amplitudes a tenth of Glorot's (see the class docstring).
+            score_initializer = keras.initializers.VarianceScaling(0.01, mode="fan_avg", distribution="uniform")
+        self.score_initializer = (keras.initializers.get(score_initializer) if score_initializer is not None
+                                  else self.kernel_initializer)
 
     def build(self, input_shape: Any) -> None:
         # Pair mode receives two shapes, all-pairs mode one; both carry the feature size last.
@@ -94,8 +121,8 @@ class PDDM(keras.layers.Layer):
         if dim is None:
             raise ValueError("PDDM needs a known feature dimension (last axis)")
 
-        def kernel(name: str, shape: tuple[int, ...]) -> keras.Variable:
-            return self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer,
+        def kernel(name: str, shape: tuple[int, ...], initializer: Any = None) -> keras.Variable:
+            return self.add_weight(name=name, shape=shape, initializer=initializer or self.kernel_initializer,
                                    regularizer=self.kernel_regularizer)
 
         def bias(name: str, size: int) -> keras.Variable:
@@ -107,8 +134,11 @@ class PDDM(keras.layers.Layer):
         self.v_bias = bias("v_bias", self.units)
         self.c_kernel = kernel("c_kernel", (2 * self.units, self.combined_units))
         self.c_bias = bias("c_bias", self.combined_units)
-        self.s_kernel = kernel("s_kernel", (self.combined_units, 1))
+        self.s_kernel = kernel("s_kernel", (self.combined_units, 1), self.score_initializer)
         self.s_bias = bias("s_bias", 1)
+        self.distance_scale = (self.add_weight(name="distance_weight", shape=(),
+                                               initializer=keras.initializers.Constant(self.distance_weight))
+                               if self.distance_weight > 0 else None)
 
     def call(self, inputs: Any) -> tf.Tensor:
         if isinstance(inputs, (list, tuple)):
@@ -122,11 +152,12 @@ class PDDM(keras.layers.Layer):
         f_a, f_b = l2_normalize(f_a), l2_normalize(f_b)
         u = tf.abs(f_a - f_b)
         v = 0.5 * (f_a + f_b)
+        distance = safe_norm(u, keepdims=False)
         if self.normalize_inputs:
             u, v = l2_normalize(u), l2_normalize(v)
         u_h = tf.nn.relu(tf.matmul(u, self.u_kernel) + self.u_bias)
         v_h = tf.nn.relu(tf.matmul(v, self.v_kernel) + self.v_bias)
-        return self._head(u_h, v_h)
+        return self._head(u_h, v_h, distance)
 
     def all_pair_scores(self, f: tf.Tensor) -> tf.Tensor:
         """Score matrix S[i, j] of every pair of one batch: [m, d] -> [m, m], symmetric.
@@ -142,6 +173,7 @@ class PDDM(keras.layers.Layer):
         i, j = pairs[:, 0], pairs[:, 1]
         # u branch: |f_i - f_j| is not linear in the pair, so it is formed for every pair ([P, d]).
         u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
+        distance = safe_norm(u, keepdims=False)
         if self.normalize_inputs:
             u = l2_normalize(u)
         u_h = tf.nn.relu(tf.matmul(u, self.u_kernel) + self.u_bias)
@@ -154,11 +186,11 @@ class PDDM(keras.layers.Layer):
             v_sq_norm = 0.25 * (tf.gather(sq, i) + tf.gather(sq, j) + 2.0 * tf.gather_nd(gram, pairs))
             v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, None]
         v_h = tf.nn.relu(v_lin + self.v_bias)
-        upper_scores = tf.scatter_nd(pairs, self._head(u_h, v_h), tf.stack([m, m]))
+        upper_scores = tf.scatter_nd(pairs, self._head(u_h, v_h, distance), tf.stack([m, m]))
         return tf.where(upper, upper_scores, tf.transpose(upper_scores))
 
-    def _head(self, u_h: tf.Tensor, v_h: tf.Tensor) -> tf.Tensor:
-        """Shared top of both modes: [..., h], [..., h] -> scores [...]."""
+    def _head(self, u_h: tf.Tensor, v_h: tf.Tensor, distance: tf.Tensor) -> tf.Tensor:
+        """Shared top of both modes: [..., h], [..., h], distances [...] -> scores [...]."""
         if self.normalize_hidden:
             u_h, v_h = l2_normalize(u_h), l2_normalize(v_h)
         # W_c [u''; v''] split into its two halves: same product, no concatenated copy.
@@ -167,7 +199,10 @@ class PDDM(keras.layers.Layer):
             + tf.tensordot(v_h, self.c_kernel[self.units:], axes=1)
             + self.c_bias
         )
-        return tf.squeeze(tf.tensordot(c, self.s_kernel, axes=1), axis=-1) + self.s_bias[0]
+        scores = tf.squeeze(tf.tensordot(c, self.s_kernel, axes=1), axis=-1) + self.s_bias[0]
+        if self.distance_scale is not None:
+            scores -= self.distance_scale * distance
+        return scores
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
         if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
@@ -183,5 +218,12 @@ class PDDM(keras.layers.Layer):
             normalize_hidden=self.normalize_hidden,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            distance_weight=self.distance_weight,
+            score_initializer=keras.initializers.serialize(self.score_initializer),
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PDDM:
+        # A config saved before the prior existed describes a unit without it (and without its weight).
+        return cls(**{"distance_weight": 0.0, **config})

@@ -3,100 +3,42 @@
 HDML recycles easy negatives: each negative embedding is pulled toward its anchor to a hardness
 set by how well training goes (`hardness_aware_negatives`), a generator decodes it back to
 feature space while a frozen softmax classifier keeps its label, and the re-embedded synthetic
-negatives train the metric alongside the real ones (`HDMLModel`).
-
-Constants for unit-norm embeddings (the derivation behind `HDMLModel`'s defaults). Two
-temperatures set the schedule: the hardness factor e = exp(-alpha / J_avg) (1 = the original
-negative, 0 = as close as the positive) and the real-sample weight w = exp(-beta / J_gen_avg).
-
-* beta and the J_soft scale s. J_gen = J_recon + s * lambda * (CE_neg + CE_anchor), and with
-  lambda = 0.5 and s large enough that J_recon << s * CE, J_gen / s is the mean of the two
-  cross-entropies, so w = exp(-(beta / s) / mean CE). That depends on the ratio beta / s and on
-  the classifier's cross-entropy (log C for C classes at the start, whatever the embedding's
-  norm), not on the embedding scale: the original's beta = s = 1e4 (beta = 5e3 for CUB) carry over
-  unchanged. w starts at exp(-1 / log C) (0.81 for C = 121) and falls as the classifier learns to
-  label the generator's outputs (w = 0.37 at CE = 1, 0.04 at CE = 0.3).
-* alpha. The original feeds the hardness with the block mean of the weighted real metric loss,
-  J_avg = mean(w * J_m(real)), and keeps alpha = 90 for unnormalised N-pair losses, whose values
-  start in the tens. With unit-norm embeddings the N-pair logits are cosines in [-1, 1]: J_m
-  starts at log N (N classes per batch) and cannot fall below about log N - 1, so
-  alpha / J_avg >= 90 / log N and e is below 1e-9 as soon as the first block is averaged: every
-  synthetic negative is as hard as the positive from step 64 on. No fixed alpha works across
-  losses, batch sizes and backbones, so alpha is calibrated on the run itself: at the end of the
-  first 64-step block, alpha = -ln(e_0) * J_avg,1 (e_0 = `initial_easiness`, 0.5), which gives
-
-      e(t) = e_0 ^ (J_avg,1 / J_avg(t)):
-
-  synthetic negatives halfway between the positive's and the negative's distance after the first
-  block, and the factor squares each time the weighted loss halves (0.25 at half, 0.125 at a
-  third). The hardness then follows training progress gradually, driven mostly by w (the
-  classifier learning) and partly by J_m. (Measured on Omniglot, BENCHMARKS.md section 3: the
-  weighted loss falls about two-fold in 640 steps, so e_0 = 0.9 would only reach 0.82.) Before
-  the first block ends, J_avg is its initial value (`initial_running_mean`, large) and e = 1:
-  easy synthetics, as in the original.
+negatives train the metric alongside the real ones (`HDMLModel`). The interpolation, the authors'
+N-pair loss and the derivation of the default constants are in `pddm_tf.models.hdml_ops`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import EPSILON, safe_norm
+from pddm_tf.distances import EPSILON
 from pddm_tf.layers import PDDM
-from pddm_tf.losses import DoubleHeaderHingeLoss, NPairLoss, TripletLoss, check_embeddings
-from pddm_tf.miners import Tuples, npair_tuples
-from pddm_tf.miners.mining import npair_pairs, pair_masks
+from pddm_tf.losses import DoubleHeaderHingeLoss, TripletLoss, check_embeddings
 from pddm_tf.models.base import EmbeddingModel, gather_global_batch
+from pddm_tf.models.hdml_ops import (
+    GENERATOR_INPUTS,
+    HDML_BASES,
+    NPAIR_REG,
+    adam,
+    hardness_aware_negatives,
+    mean,
+    mean_cross_entropy,
+)
+from pddm_tf.models.hdml_rows import HDMLBookkeeping
 
-HDML_BASES = ("npair", "triplet", "pddm")
-#: What the generator is fed (see `HDMLModel`).
-GENERATOR_INPUTS = ("single", "anchor_pair")
-
-
-def hardness_aware_negatives(anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor,
-                             j_avg: tf.Tensor | float, alpha: tf.Tensor | float = 90.0) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pulls each negative toward its anchor to a hardness set by the running metric loss.
-
-    With d+ = ||z - z+||, d- = ||z - z-|| (Euclidean), METHODS.md section 3:
-
-        z^- = z + lambda0 (z- - z),  lambda0 = [d+ + (d- - d+) exp(-alpha / J_avg)] / d-   if d+ < d-
-        z^- = z-                                                                       otherwise
-
-    so the synthetic negative lies on the segment [z, z-] at distance d+ + (d- - d+) exp(-alpha/J_avg)
-    from the anchor: J_avg -> inf keeps z- (easy), J_avg -> 0 puts it at distance d+ (as hard as the
-    positive). A negative already closer than the positive is left alone.
-
-    Args:
-      anchor, positive, negative: [n, d] embeddings z, z+, z-.
-      j_avg: scalar running mean of the metric loss, > 0 (it is floored, so 0 means "hardest").
-      alpha: hardness temperature (90 in the paper; a scalar, or a scalar tensor).
-    Returns:
-      (z^- [n, d], lambda0 [n], exactly 1 for the unchanged rows).
-    """
-    anchor = tf.convert_to_tensor(anchor)
-    positive = tf.convert_to_tensor(positive, anchor.dtype)
-    negative = tf.convert_to_tensor(negative, anchor.dtype)
-    d_pos = safe_norm(anchor - positive, keepdims=False)
-    d_neg = safe_norm(anchor - negative, keepdims=False)
-    # exp(-alpha / J_avg) in [0, 1]; the floor turns J_avg = 0 into exp(-inf) = 0, not 0/0.
-    easiness = tf.exp(-tf.cast(alpha, anchor.dtype) / tf.maximum(tf.cast(j_avg, anchor.dtype), EPSILON))
-    harden = d_pos < d_neg
-    # d- > d+ >= 0 on the rows we move; the other rows divide by 1 so no branch produces inf/NaN
-    # (tf.where would otherwise still back-propagate NaN from the unused branch).
-    safe_d_neg = tf.where(harden, d_neg, tf.ones_like(d_neg))
-    lambda0 = tf.where(harden, (d_pos + (d_neg - d_pos) * easiness) / safe_d_neg, tf.ones_like(d_neg))
-    moved = anchor + lambda0[:, None] * (negative - anchor)
-    return tf.where(harden[:, None], moved, negative), lambda0
+__all__ = ["GENERATOR_INPUTS", "HDML_BASES", "HDMLModel", "hardness_aware_negatives"]
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
-class HDMLModel(EmbeddingModel):
+class HDMLModel(HDMLBookkeeping, EmbeddingModel):
     """HDML around a base metric loss, with its generator and label-preserving classifier.
 
-    Per step, on the global batch (features y [m, k] from the backbone, z = head(y) [m, d]):
+    Per step, on the global batch (features y [m, k] from the backbone, z = the head's projection of
+    y [m, d]: unnormalised for "npair" by default, as in the original, L2-normalised otherwise; see
+    `normalize_embeddings`):
 
       1. rows (a, p, n) of the batch (`pddm_tf.miners.Tuples`): for "npair" the N-pair pairing of `NPairLoss`
          (first two images of each class) with every class's positive as a candidate (its own
@@ -111,13 +53,17 @@ class HDMLModel(EmbeddingModel):
          G(z^-) decodes each synthetic negative. With "anchor_pair" (this library's first reading
          of METHODS.md section 3), G takes [anchor; sample] pairs: [z; z] for the real samples and
          [z_a; z^-] for the synthetic ones. Both go through the same head: z~ = head(G(.)).
+         (z^- lies on the chord [z_a, z_n]: with unit-norm embeddings it is inside the unit ball,
+         not on the sphere; G takes it as it is.)
       4. J_m(real) on (z_a, z_p, z_n) and J_m(syn) on (z~_a, z~_p, z~^-), z~_a and z~_p the
          re-embedded reconstructions of the anchor and positive, and
            J_metric = w J_m(real) + (1 - w) J_m(syn),  w = exp(-beta / J_gen_avg).
       5. J_recon = (1 - lambda) sum_{i, c} (y'_ic - y_ic)^2 (summed over the batch, as the
-         original), J_soft = lambda * softmax_scale * [mean CE(W G(z^-), y_n) + mean CE(W y'_a, y_a)]
-         (the second term, the reconstructed anchors' cross-entropy, is the original's), J_gen =
-         J_recon + J_soft.
+         original), J_soft = lambda * softmax_scale * CE terms, as the authors' code: for "npair"
+         [mean CE(W G(z^-), y_n) + mean CE(W y'_a, y_a)] (synthetic negatives and reconstructed
+         anchors); for "triplet" and "pddm" one mean CE over the rows' reconstructed anchors,
+         reconstructed positives and synthetic negatives together, [W y'_a; W y'_p; W G(z^-)]
+         against [y_a; y_p; y_n]. J_gen = J_recon + J_soft.
       6. classifier_loss = mean CE(W y, labels) on the real features.
 
     Three parameter groups, each updated only by its own loss with its own optimiser: the metric
@@ -136,19 +82,23 @@ class HDMLModel(EmbeddingModel):
     Constants: `alpha=None` (default) calibrates alpha at the end of the first block so that the
     hardness factor exp(-alpha / J_avg) is `initial_easiness` then, and falls as J_avg falls; beta
     and softmax_scale keep the original values, whose ratio is what matters. The derivation is in
-    the module docstring; alpha = 90 gives the original's constant (all synthetics as hard as the
-    positive after 64 steps with unit-norm embeddings).
+    `hdml_ops`' docstring; alpha = 90 gives the original's constant (with unit-norm embeddings,
+    all synthetics as hard as the positive after 64 steps).
 
-    Differences from the original code: the embedding is the library's L2-normalised head
-    (the original uses unnormalised FC(BN(y))), so the interpolation and the generator input live
-    on the unit sphere and every distance is between unit vectors (Euclidean for the
-    interpolation and triplet loss, squared Euclidean plus PDDM scores for "pddm", dot products for
-    N-pair); "pddm" (PDDM double-header hinge on real and synthetic quadruplets) is new. Weight
-    decay: the original adds an L2 term (5e-3 Cars, 1e-3 CUB, times sum w^2 / 2) on the metric
-    network's non-BN weights only; here it is the compiled optimiser's (e.g. `keras.optimizers.AdamW`,
-    decoupled: equal to the L2 term for plain SGD, not under Adam), which covers the metric network
-    only, and the generator and classifier get none unless `generator_weight_decay` /
-    `classifier_weight_decay` are set, as in the original.
+    N-pair base (the default): as the authors' code, on the unnormalised projection z, with
+    TensorFlow's npairs_loss formula and its L2 regulariser on the embeddings (`npair_reg`, 0.002;
+    `hdml_ops.npairs_loss`). On unit-norm embeddings without a temperature the N-pair logits are
+    cosines in [-1, 1], the loss cannot fall below about log N - 1 and saturates; that reading
+    stays available with `normalize_embeddings=True`. The model's output (`predict`, evaluation,
+    export) is the L2-normalised embedding whatever the training reading, as for every method of
+    the library. Differences from the original code: the "triplet" and "pddm" bases train on
+    unit-norm embeddings (their margins are set for unit vectors); "pddm" (PDDM double-header hinge
+    on real and synthetic quadruplets) is new. Weight decay: the original adds an L2 term (5e-3
+    Cars, 1e-3 CUB, times sum w^2 / 2) on the metric network's non-BN weights only; here it is the
+    compiled optimiser's (`pddm_tf.training.make_optimizer(..., weight_decay_mode="l2")` gives the
+    same coupled term on kernels), which covers the metric network only, and the generator and
+    classifier get none unless `generator_weight_decay` / `classifier_weight_decay` are set, as in
+    the original.
 
     Logged: loss (J_metric), metric_loss_real, metric_loss_synthetic, j_recon, j_soft, j_gen,
     j_gen_avg and j_avg (the means used in this step), alpha (in use), easiness (exp(-alpha /
@@ -172,6 +122,9 @@ class HDMLModel(EmbeddingModel):
       window: number of steps of a running-mean block (64).
       initial_running_mean: value of the running means until the first block completes.
       triplet_margin: hinge margin of the "triplet" base, on distances of unit vectors.
+      normalize_embeddings: train on L2-normalised embeddings; None (default) = False for "npair"
+        (the original) and True for "triplet" and "pddm".
+      npair_reg: weight of the N-pair loss's L2 regulariser on the embeddings (the original's 0.002).
       pddm, pddm_loss: PDDM layer and `DoubleHeaderHingeLoss` of the "pddm" base (defaults: `PDDM()`,
         `DoubleHeaderHingeLoss()`; the loss's `mining` is unused, rows come from step 1).
       generator_learning_rate, classifier_learning_rate: learning rates of the two extra optimisers,
@@ -197,7 +150,8 @@ class HDMLModel(EmbeddingModel):
                  alpha: float | None = None, initial_easiness: float = 0.5, beta: float = 1e4,
                  soft_weight: float = 0.5, softmax_scale: float = 1e4, generator_input: str = "single",
                  generator_units: int = 512, window: int = 64, initial_running_mean: float = 1e6,
-                 triplet_margin: float = 0.2, pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
+                 triplet_margin: float = 0.2, normalize_embeddings: bool | None = None, npair_reg: float = NPAIR_REG,
+                 pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
                  generator_learning_rate: float = 1e-2, classifier_learning_rate: float = 1e-3,
                  generator_weight_decay: float = 0.0, classifier_weight_decay: float = 0.0, seed: int = 0,
                  synthetic: bool = True, dropout: float = 0.0, **kwargs: Any) -> None:
@@ -230,7 +184,10 @@ class HDMLModel(EmbeddingModel):
         self.window = int(window)
         self.initial_running_mean = float(initial_running_mean)
         self.triplet_margin = float(triplet_margin)
-        self._npair_loss = NPairLoss()
+        if npair_reg < 0:
+            raise ValueError(f"npair_reg must be non-negative, got {npair_reg}")
+        self.npair_reg = float(npair_reg)
+        self.normalize_embeddings = base != "npair" if normalize_embeddings is None else bool(normalize_embeddings)
         self._triplet_loss = TripletLoss(margin=self.triplet_margin)
         self.generator_learning_rate = float(generator_learning_rate)
         self.classifier_learning_rate = float(classifier_learning_rate)
@@ -253,9 +210,9 @@ class HDMLModel(EmbeddingModel):
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         # Built in `build`: its output size is the backbone's feature size.
         self.generator: keras.Sequential | None = None
-        self.generator_optimizer = _adam(self.generator_learning_rate, self.generator_weight_decay,
+        self.generator_optimizer = adam(self.generator_learning_rate, self.generator_weight_decay,
                                          "generator_optimizer")
-        self.classifier_optimizer = _adam(self.classifier_learning_rate, self.classifier_weight_decay,
+        self.classifier_optimizer = adam(self.classifier_learning_rate, self.classifier_weight_decay,
                                           "classifier_optimizer")
         # [J_avg, J_gen_avg], the sums of the current block and its step count, and alpha in use (0 =
         # not calibrated yet: exp(0) = 1, easy). All replicas compute the same global values, so the
@@ -308,84 +265,6 @@ class HDMLModel(EmbeddingModel):
             if not optimizer.built:
                 optimizer.build(groups[group])
 
-    # -- running means ---------------------------------------------------------------------------
-
-    @property
-    def j_avg(self) -> tf.Tensor:
-        """Mean weighted real metric loss w J_m(real) of the last complete block (the interpolation's J_avg)."""
-        return tf.convert_to_tensor(self.running_means)[0]
-
-    @property
-    def j_gen_avg(self) -> tf.Tensor:
-        """Mean J_gen of the last complete block."""
-        return tf.convert_to_tensor(self.running_means)[1]
-
-    def _update_running_means(self, weighted_metric_loss: tf.Tensor, generator_loss: tf.Tensor) -> None:
-        """Adds this step's values to the block; at its `window`-th step, the block means replace the
-        running means (and, uncalibrated, alpha is set from the first one)."""
-        values = tf.stop_gradient(tf.stack([weighted_metric_loss, generator_loss]))
-        sums = tf.convert_to_tensor(self.block_sums) + values
-        steps = tf.convert_to_tensor(self.block_steps) + 1.0
-        complete = steps >= self.window
-        means = sums / self.window
-        self.running_means.assign(tf.where(complete, means, self.running_means))
-        self.block_sums.assign(tf.where(complete, tf.zeros_like(sums), sums))
-        self.block_steps.assign(tf.where(complete, 0.0, steps))
-        if self.alpha is None:
-            calibrate = complete & tf.equal(self.alpha_in_use, 0.0)
-            alpha = -math.log(self.initial_easiness) * means[0]
-            self.alpha_in_use.assign(tf.where(calibrate, alpha, self.alpha_in_use))
-
-    # -- parameter groups ------------------------------------------------------------------------
-
-    def parameter_groups(self) -> dict[str, list[keras.Variable]]:
-        """Trainable variables of the metric network, the generator and the classifier."""
-        if self.generator is None:
-            raise RuntimeError("HDMLModel.parameter_groups needs a built model (the generator is built in `build`)")
-        metric = self.backbone.trainable_variables + self.head.trainable_variables
-        if self.pddm is not None:
-            metric += self.pddm.trainable_variables
-        return {"metric": metric, "generator": self.generator.trainable_variables,
-                "classifier": self.classifier.trainable_variables}
-
-    # -- rows and losses -------------------------------------------------------------------------
-
-    def _triplets(self, labels: tf.Tensor) -> Tuples:
-        """The rows HDML synthesises negatives for. "npair": `NPairMiner`'s N^2 rows. "triplet" and
-        "pddm": `QuadrupletMiner`'s layout (row r < q is (i, j, k) for the positive pair i < j, row
-        q + r is (j, i, l)) with k and l drawn uniformly among the negatives (the authors' sampler)."""
-        if self.base == "npair":
-            return npair_tuples(npair_pairs(labels))
-        positive, negative = pair_masks(labels)
-        has_negative = tf.reduce_any(negative, axis=1)
-        upper = tf.linalg.band_part(tf.ones_like(positive, dtype=tf.int32), 0, -1) > 0
-        eligible = positive & upper & has_negative[:, None] & has_negative[None, :]
-        pairs = tf.cast(tf.where(eligible), tf.int32)  # [q, 2], i < j
-        anchors = tf.concat([pairs[:, 0], pairs[:, 1]], axis=0)
-        positives = tf.concat([pairs[:, 1], pairs[:, 0]], axis=0)
-        # Uniform draw among the anchor's negatives; the seed moves with the step and is the same on
-        # every replica, so they all build the same rows.
-        logits = tf.where(tf.gather(negative, anchors), 0.0, -1e9)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.generator_optimizer.iterations, tf.int64)])
-        negatives = tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-        return Tuples(anchors, positives, negatives, tf.shape(pairs)[0])
-
-    def _metric_loss(self, rows: Tuples, anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
-        """J_m of the base loss on [t, d] row embeddings laid out as `rows` describes: the public
-        `from_embeddings` of `NPairLoss`, `TripletLoss` and `DoubleHeaderHingeLoss`."""
-        if self.base == "npair":
-            return self._npair_loss.from_embeddings(anchor, positive, negative, rows.groups)
-        if self.base == "triplet":
-            return self._triplet_loss.from_embeddings(anchor, positive, negative)
-        # pddm: rows r and q + r are the two halves (i, j, k) and (j, i, l) of one quadruplet.
-        assert self.pddm is not None and self.pddm_loss is not None  # base "pddm" sets both
-        scores = self.pddm((tf.concat([anchor, anchor], 0), tf.concat([positive, negative], 0)))
-        s_ap, s_an = tf.split(scores, 2)
-        return self.pddm_loss.from_embeddings(anchor, positive, negative, rows.groups, s_ap, s_an).total
-
-    def _gather_rows(self, rows: Tuples, embeddings: tf.Tensor) -> list[tf.Tensor]:
-        return [tf.gather(embeddings, indices) for indices in (rows.anchors, rows.positives, rows.negatives)]
-
     def hdml_terms(self, images: tf.Tensor, labels: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
         """Every HDML loss of one (replica's) batch: the scalars of `metric_names`.
 
@@ -398,7 +277,7 @@ class HDMLModel(EmbeddingModel):
             raise ValueError("build the HDMLModel before fit/evaluate: model.build((None, height, width, channels))")
         # float32 under a mixed-precision policy too: the generator reconstructs these features (J_recon).
         features = tf.cast(self.backbone(images, training=training), tf.float32)
-        embeddings = check_embeddings(self.head(features, training=training), labels)
+        embeddings = check_embeddings(self._embed(features, training), labels)
         width = features.shape[-1]
         joint, labels = gather_global_batch(tf.concat([features, embeddings], axis=1), labels)
         features, embeddings = joint[:, :width], joint[:, width:]
@@ -417,7 +296,7 @@ class HDMLModel(EmbeddingModel):
             generator_input = tf.concat([tf.concat([embeddings, embeddings], 1), tf.concat([anchor, hard], 1)], 0)
         generated = tf.cast(self.generator(generator_input, training=training), tf.float32)
         reconstructed, synthetic = generated[:m], generated[m:]
-        generated_embeddings = self.head(generated, training=training)
+        generated_embeddings = self._embed(generated, training)
         rebuilt_anchor, rebuilt_positive, _ = self._gather_rows(rows, generated_embeddings[:m])
         synthetic_loss = self._metric_loss(rows, rebuilt_anchor, rebuilt_positive, generated_embeddings[m:])
 
@@ -426,9 +305,15 @@ class HDMLModel(EmbeddingModel):
         anchor_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.anchors)), tf.float32)
         anchor_labels = tf.gather(labels, rows.anchors)
         j_recon = (1.0 - self.soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
-        j_soft = self.soft_weight * self.softmax_scale * (_mean_cross_entropy(source_labels, synthetic_logits)
-                                                          + _mean_cross_entropy(anchor_labels, anchor_logits))
-        classifier_loss = _mean_cross_entropy(labels, tf.cast(self.classifier(features), tf.float32))
+        if self.base == "npair":
+            soft = (mean_cross_entropy(source_labels, synthetic_logits)
+                    + mean_cross_entropy(anchor_labels, anchor_logits))
+        else:  # the authors' triplet code: one mean over [anchors; positives; synthetic negatives]
+            positive_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.positives)), tf.float32)
+            soft = mean_cross_entropy(tf.concat([anchor_labels, tf.gather(labels, rows.positives), source_labels], 0),
+                                      tf.concat([anchor_logits, positive_logits, synthetic_logits], 0))
+        j_soft = self.soft_weight * self.softmax_scale * soft
+        classifier_loss = mean_cross_entropy(labels, tf.cast(self.classifier(features), tf.float32))
         accuracy = tf.cast(tf.equal(tf.argmax(synthetic_logits, axis=1, output_type=tf.int32), source_labels),
                            tf.float32)
 
@@ -440,8 +325,8 @@ class HDMLModel(EmbeddingModel):
             "weighted_metric_loss_real": real_weight * real_loss,
             "j_recon": j_recon, "j_soft": j_soft, "j_gen": j_recon + j_soft,
             "j_gen_avg": j_gen_avg, "j_avg": j_avg, "alpha": alpha,
-            "easiness": tf.exp(-alpha / tf.maximum(j_avg, EPSILON)), "lambda0": _mean(lambda0),
-            "classifier_loss": classifier_loss, "synthetic_accuracy": _mean(accuracy),
+            "easiness": tf.exp(-alpha / tf.maximum(j_avg, EPSILON)), "lambda0": mean(lambda0),
+            "classifier_loss": classifier_loss, "synthetic_accuracy": mean(accuracy),
         }
 
     # -- Keras steps -----------------------------------------------------------------------------
@@ -474,7 +359,8 @@ class HDMLModel(EmbeddingModel):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         images, labels, _ = self._unpack(data)
-        embeddings = check_embeddings(self(images, training=False), labels)
+        features = tf.cast(self.backbone(images, training=False), tf.float32)
+        embeddings = check_embeddings(self._embed(features, False), labels)
         embeddings, labels = gather_global_batch(embeddings, labels)
         rows = self._triplets(labels)
         tracker = self._trackers["loss"]
@@ -488,6 +374,7 @@ class HDMLModel(EmbeddingModel):
                       softmax_scale=self.softmax_scale, generator_input=self.generator_input,
                       generator_units=self.generator_units, window=self.window,
                       initial_running_mean=self.initial_running_mean, triplet_margin=self.triplet_margin,
+                      normalize_embeddings=self.normalize_embeddings, npair_reg=self.npair_reg,
                       generator_learning_rate=self.generator_learning_rate,
                       classifier_learning_rate=self.classifier_learning_rate,
                       generator_weight_decay=self.generator_weight_decay,
@@ -499,25 +386,9 @@ class HDMLModel(EmbeddingModel):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> HDMLModel:
-        config = dict(config)
+        # Saved before the N-pair base trained on unnormalised embeddings: unit-norm, no regulariser.
+        config = {"normalize_embeddings": True, "npair_reg": 0.0, **config}
         for key in ("pddm", "pddm_loss"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return super().from_config(config)
-
-
-def _adam(learning_rate: float, weight_decay: float, name: str) -> keras.optimizers.Optimizer:
-    """Adam, or AdamW (decoupled decay) when `weight_decay` > 0."""
-    if weight_decay > 0:
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, name=name)
-    return keras.optimizers.Adam(learning_rate, name=name)
-
-
-def _mean_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Mean softmax cross-entropy, 0 for an empty batch."""
-    return _mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-
-
-def _mean(values: tf.Tensor) -> tf.Tensor:
-    """Mean of a [n] vector, 0 (not NaN) when n = 0."""
-    return tf.reduce_sum(values) / tf.maximum(tf.cast(tf.size(values), values.dtype), 1.0)

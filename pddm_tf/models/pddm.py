@@ -85,7 +85,7 @@ class PDDMModel(EmbeddingModel):
 
     Args:
       backbone, embedding_dim, dropout: see `EmbeddingModel`.
-      pddm: the PDDM layer (default `PDDM()`).
+      pddm: the PDDM layer (default `PDDM()`: raw inputs and the Euclidean prior, see `layers.PDDM`).
       loss: a `DoubleHeaderHingeLoss` (default settings; heads=1 gives PDDM+Triplet); its `mining`
         chooses hardest-per-batch or per-positive-pair quadruplets.
       mining_score: "pddm" (the paper) or "euclidean" (the ablation: mine on -||f_i - f_j||^2, the

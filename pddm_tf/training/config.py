@@ -112,8 +112,12 @@ class OptimizationConfig:
     # costs nothing, measured at the main job's 1,000 steps (BENCHMARKS.md section 1).
     learning_rate: float = setting(2e-3, "Adam learning rate (the peak of a schedule).",
                                    bound=Bound(0, 10, low_open=True, note="larger rates diverge"))
-    weight_decay: float = setting(1e-4, "Decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam.",
+    weight_decay: float = setting(1e-4, "Weight decay coefficient (see --weight_decay_mode); 0 = plain Adam.",
                                   bound=Bound(0, 1, note="0 = plain Adam"))
+    weight_decay_mode: str = setting("decoupled", "decoupled: AdamW, every weight shrinks by (1 - lr * weight_decay) "
+                                     "per step; l2: the papers' L2 term coupled to the gradient (weight_decay * w "
+                                     "added to each kernel's gradient; not biases, not batch-norm).",
+                                     choices=("decoupled", "l2"))
     lr_schedule: str = setting("cosine", "Learning-rate schedule over the whole run.", choices=("constant", "cosine"))
     warmup_fraction: float = setting(0.02, "Fraction of the steps with a linear learning-rate warm-up.",
                                      bound=Bound(0, 1, high_open=True, note="0 = no warm-up"))

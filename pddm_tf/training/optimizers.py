@@ -1,20 +1,77 @@
-"""The optimiser `pddm-tf train` and the benchmarks use: Adam or AdamW, with an optional warm-up and
-cosine learning-rate decay.
+"""The optimiser `pddm-tf train` and the benchmarks use: Adam with weight decay in one of two modes,
+an optional warm-up and cosine learning-rate decay.
 
-Weight decay is decoupled (AdamW, Loshchilov & Hutter 2019): each step multiplies the weights by
-(1 - lr_t * weight_decay) apart from the Adam update, so the decay follows the schedule and is not
-rescaled by Adam's second-moment estimates as an L2 term in the loss would be. The papers regularise
-all weights (METHODS.md section 7); with Adam an L2 term and decoupled decay are different
-regularisers, and decoupled decay is the one that behaves as weight decay does under SGD.
+Weight decay modes (`WEIGHT_DECAY_MODES`; METHODS.md sections 2 and 7):
+
+* "decoupled": AdamW (Loshchilov & Hutter, 2019). Each step multiplies every trainable weight by
+  (1 - lr_t * weight_decay) apart from the Adam update: Keras scales the coefficient by the learning
+  rate, so at lr 2e-3 a coefficient of 1e-4 shrinks a weight by (1 - 2e-7) per step, a factor 0.9998
+  over 1,000 steps, i.e. nothing.
+* "l2": the coupled L2 term of the papers and the authors' code (Caffe's weight_decay, HDML's TF1
+  loss term, PyTorch's Adam(weight_decay=...)): weight_decay * w is added to the gradient of every
+  kernel (variables named "...kernel": dense, convolution and PDDM matrices; not biases, not
+  batch-norm scales and offsets, not scalars such as the PDDM prior's weight), as the gradient of
+  weight_decay * sum w^2 / 2, before Adam's moment estimates. Under Adam the term is normalised
+  with the gradient, so it does not shrink a weight by a fixed factor as decoupled decay does.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
+import tensorflow as tf
 
 SCHEDULES = ("constant", "cosine")
+WEIGHT_DECAY_MODES = ("decoupled", "l2")
+
+
+def decays_under_l2(variable: Any) -> bool:
+    """Whether the coupled L2 term applies to `variable`: kernels only (the name ends in "kernel")."""
+    # The TF backend hands update_step the underlying tf.Variable, named e.g. "dense/kernel:0".
+    return str(variable.name).split("/")[-1].split(":")[0].endswith("kernel")
+
+
+class _CoupledL2:
+    """Adds l2 * w to each kernel's gradient before the base optimiser's update (see the module)."""
+
+    l2: float
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if self.l2 > 0 and decays_under_l2(variable):
+            if isinstance(gradient, tf.IndexedSlices):
+                gradient = tf.convert_to_tensor(gradient)
+            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable, gradient.dtype)
+        super().update_step(gradient, variable, learning_rate)  # type: ignore[misc]
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class AdamL2(_CoupledL2, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with the coupled L2 term `l2` on kernels (PyTorch's Adam(weight_decay=l2))."""
+
+    def __init__(self, learning_rate: Any = 1e-3, l2: float = 0.0, **kwargs: Any) -> None:
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.l2 = float(l2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "l2": self.l2}
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class SGDL2(_CoupledL2, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with the coupled L2 term `l2` on kernels (Caffe's weight_decay)."""
+
+    def __init__(self, learning_rate: Any = 1e-2, l2: float = 0.0, **kwargs: Any) -> None:
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.l2 = float(l2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "l2": self.l2}
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
@@ -47,12 +104,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(learning_rate: float, weight_decay: float = 0.0, schedule: str = "constant",
                    total_steps: int | None = None, warmup_steps: int = 0,
-                   ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
-    """Adam (weight_decay = 0) or AdamW (decoupled weight decay) at `learning_rate`.
+                   ema_momentum: float = 0.0, weight_decay_mode: str = "decoupled") -> keras.optimizers.Optimizer:
+    """Adam (weight_decay = 0), AdamW (decoupled decay) or `AdamL2` (coupled L2 on kernels) at `learning_rate`.
 
     Args:
       learning_rate: the (peak) learning rate, > 0.
-      weight_decay: decoupled weight decay per unit learning rate, >= 0.
+      weight_decay: the coefficient, >= 0: decoupled decay per unit learning rate, or the L2 term's
+        lambda (the gradient of lambda * sum w^2 / 2), as `weight_decay_mode` says.
+      weight_decay_mode: "decoupled" (AdamW, every trainable weight) or "l2" (the papers' coupled
+        term, kernels only); see the module docstring.
       schedule: "constant", or "cosine": `WarmupCosine` over `total_steps` with `warmup_steps`.
       total_steps: the number of training steps (needed by "cosine").
       warmup_steps: linear warm-up steps (either schedule; constant after the warm-up).
@@ -65,6 +125,8 @@ def make_optimizer(learning_rate: float, weight_decay: float = 0.0, schedule: st
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
@@ -78,6 +140,8 @@ def make_optimizer(learning_rate: float, weight_decay: float = 0.0, schedule: st
     if not 0.0 <= ema_momentum < 1.0:
         raise ValueError(f"ema_momentum must be in [0, 1), got {ema_momentum}")
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
+    if weight_decay > 0 and weight_decay_mode == "l2":
+        return AdamL2(rate, l2=weight_decay, **ema)
     if weight_decay > 0:
         return keras.optimizers.AdamW(rate, weight_decay=weight_decay, **ema)
     return keras.optimizers.Adam(rate, **ema)

@@ -119,7 +119,8 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
     model.build((None, config.data.image_size, config.data.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(o.learning_rate, o.weight_decay, o.lr_schedule, total_steps,
-                                           round(o.warmup_fraction * total_steps), o.ema_momentum),
+                                           round(o.warmup_fraction * total_steps), o.ema_momentum,
+                                           o.weight_decay_mode),
                   jit_compile=True if o.jit_compile else "auto")
     return model
 
