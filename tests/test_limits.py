@@ -1,0 +1,165 @@
+"""The bounds of README's "Limits" section: what decoding an animated GIF costs, and the one-line
+refusals of out-of-range arguments in the Python API."""
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pddm_tf import data
+from pddm_tf.data import image_header
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------------------- GIF, read in Python
+
+
+def _skip_sub_blocks(gif: bytes, pos: int) -> int:
+    """The position after the chain of data sub-blocks starting at `pos` (its 0 terminator included)."""
+    while gif[pos]:
+        pos += gif[pos] + 1
+    return pos + 1
+
+
+def _table(packed: int) -> int:
+    return 3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0
+
+
+def _blocks(gif: bytes) -> tuple[bytes, list[bytes]]:
+    """(header with its global colour table, [every block up to the trailer]), by the GIF89a layout."""
+    pos = 13 + _table(gif[10])
+    head, blocks = gif[:pos], []
+    while gif[pos] != 0x3B:
+        start = pos
+        if gif[pos] == 0x21:
+            pos = _skip_sub_blocks(gif, pos + 2)
+        else:
+            assert gif[pos] == 0x2C
+            pos = _skip_sub_blocks(gif, pos + 11 + _table(gif[pos + 9]))
+        blocks.append(gif[start:pos])
+    return head, blocks
+
+
+def _rechunked(block: bytes, rng: np.random.Generator) -> bytes:
+    """An image block whose LZW data is cut into sub-blocks of random lengths 1..255 (as valid as 255s)."""
+    data_start = 11 + _table(block[9])
+    payload, pos = b"", data_start
+    while block[pos]:
+        payload += block[pos + 1:pos + 1 + block[pos]]
+        pos += block[pos] + 1
+    chunks, i = [], 0
+    while i < len(payload):
+        n = int(rng.integers(1, 256))
+        chunks.append(bytes([len(payload[i:i + n])]) + payload[i:i + n])
+        i += n
+    return block[:data_start] + b"".join(chunks) + b"\0"
+
+
+def _animation(frames: list[np.ndarray], comment: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], comment=comment, loop=0, duration=50,
+                   optimize=False, disposal=1)
+    return buffer.getvalue()
+
+
+def _first_frame_pixels(gif: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(gif)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_an_animated_gif_is_cut_after_its_first_image():
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(5)]
+    gif = _animation(frames, comment=b"a comment extension before the first image " * 20)
+    head, blocks = _blocks(gif)
+    images = [i for i, block in enumerate(blocks) if block[0] == 0x2C]
+    assert len(images) == 5  # the file is a true animation
+    expected = head + b"".join(blocks[:images[0] + 1]) + b";"
+    assert image_header.first_frame(tf.constant(gif), 10**6).numpy() == expected
+    # Traced (the SavedModel's way) as eagerly.
+    traced = tf.function(lambda b: image_header.first_frame(b, 10**6))
+    assert traced(tf.constant(gif)).numpy() == expected
+
+
+def test_first_frame_walks_sub_blocks_of_any_length_and_decodes_as_pil():
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)]
+    head, blocks = _blocks(_animation(frames))
+    blocks = [_rechunked(b, rng) if b[0] == 0x2C else b for b in blocks]
+    gif = head + b"".join(blocks) + b";"
+    cut = image_header.first_frame(tf.constant(gif), 10**6).numpy()
+    first = next(i for i, b in enumerate(blocks) if b[0] == 0x2C)
+    assert cut == head + b"".join(blocks[:first + 1]) + b";"
+    decoded = data.decode_image(tf.constant(gif), 40, 3).numpy()
+    np.testing.assert_allclose(decoded, _first_frame_pixels(gif) / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoded", [b"\x89PNG\r\n\x1a\n" + bytes(40), b"\xff\xd8\xff" + bytes(40), b"BM" + bytes(40)],
+                         ids=["png", "jpeg", "bmp"])
+def test_first_frame_leaves_other_formats_alone(encoded):
+    assert image_header.first_frame(tf.constant(encoded), 10).numpy() == encoded
+
+
+def test_a_truncated_first_image_is_left_whole_to_its_decoder():
+    gif = _animation([np.zeros((8, 8, 3), np.uint8)])
+    truncated = gif[:-6]
+    assert image_header.first_frame(tf.constant(truncated), 10**6).numpy() == truncated
+
+
+def test_the_first_image_may_not_declare_more_than_the_limit():
+    """A 16 x 16 screen whose first image declares 6,000 x 5,000: giflib would allocate that image."""
+    gif = _animation([np.zeros((16, 16, 3), np.uint8)])
+    head, blocks = _blocks(gif)
+    i = next(i for i, b in enumerate(blocks) if b[0] == 0x2C)
+    blocks[i] = blocks[i][:5] + struct.pack("<HH", 6000, 5000) + blocks[i][9:]
+    big = head + b"".join(blocks) + b";"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="first image is 6000 x 5000 = 30000000 pixels"):
+        data.decode_image(tf.constant(big), 8, 3)
+
+
+def test_a_walk_of_changing_sub_block_lengths_is_bounded():
+    gif = _animation([np.zeros((8, 8, 3), np.uint8)])
+    head, blocks = _blocks(gif)
+    # Comment extensions of alternating sub-block lengths 1, 2, 1, 2, ...: one walk step each.
+    comment = b"\x21\xfe" + b"".join(bytes([1 + i % 2]) + b"x" * (1 + i % 2) for i in range(5000)) + b"\0"
+    crafted = head + comment + b"".join(blocks) + b";"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 4096 blocks or runs"):
+        data.decode_image(tf.constant(crafted), 8, 3)
+
+
+_GIF_COST = textwrap.dedent("""
+    import resource, sys
+    import tensorflow as tf
+    from pddm_tf import data
+    gif = open(sys.argv[1], "rb").read()
+    decode = tf.function(lambda b: data.decode_images(b, 8, 3))
+    decode(tf.constant([open(sys.argv[2], "rb").read()]))  # traced on the one-frame file
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    decode(tf.constant([gif])).numpy()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+""")
+
+
+@pytest.mark.slow
+def test_an_animation_costs_one_frame(tmp_path):
+    """60 frames of a 2,000 x 2,000 screen: giflib held them all (4 MB each, 240 MB); one is decoded now."""
+    buffer = io.BytesIO()
+    Image.new("P", (2000, 2000), 1).save(buffer, "GIF")
+    head, blocks = _blocks(buffer.getvalue())
+    (tmp_path / "one.gif").write_bytes(head + b"".join(blocks) + b";")
+    (tmp_path / "many.gif").write_bytes(head + b"".join(blocks) * 60 + b";")
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", _GIF_COST, str(tmp_path / "many.gif"), str(tmp_path / "one.gif")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    grown_mb = int(result.stdout.split()[-1])
+    assert grown_mb < 60, f"decoding the 60-frame GIF grew the peak RSS by {grown_mb} MB"
