@@ -199,7 +199,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
     held-out split). Raises `pddm_tf.cli.validation.FlagError` for a refused setting, before any work."""
     config.check()
-    with pixel_limit(config.max_image_pixels):
+    with pixel_limit(config.max_image_pixels), atomic.lock_folders(*_locked_folders(config)):
         CURRENT_RUN.clear()
         trained = _fit(config)
         return _finish(config, trained)
@@ -210,8 +210,17 @@ def fit(config: TrainConfig) -> Trained:
     its backup, as `train`), without evaluation or outputs; for scripts that evaluate in their own
     way (`examples/zero_shot_imagenet.py`). The backup, if any, is kept; delete it once done."""
     config.check()
-    with pixel_limit(config.max_image_pixels):
+    with pixel_limit(config.max_image_pixels), atomic.lock_folders(*_locked_folders(config)):
         return _fit(config)
+
+
+def _locked_folders(config: TrainConfig) -> list[str]:
+    """The folders no other run may write during this one: its backup and export folders (locked by
+    worker 0 alone under multi_worker, whose workers share the backup folder)."""
+    if config.strategy == "multi_worker" and config.task_index:
+        return []
+    backup = backup_dir(config) if config.backup and config.epochs > 0 else None
+    return [folder for folder in (backup, config.export_dir) if folder]
 
 
 def _fit(config: TrainConfig) -> Trained:
