@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pddm_tf import data
+from pddm_tf import ContrastiveLoss, MetricLossModel, data, small_convnet
 from pddm_tf.data import image_header
+from pddm_tf.evaluation import nearest_neighbors
+from pddm_tf.layers import EmbeddingHead, SlicedEmbeddingHead
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,3 +166,64 @@ def test_an_animation_costs_one_frame(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     grown_mb = int(result.stdout.split()[-1])
     assert grown_mb < 60, f"decoding the 60-frame GIF grew the peak RSS by {grown_mb} MB"
+
+
+# --------------------------------------------------------------------------- arguments of the Python API
+
+
+def test_the_arrays_sampler_refuses_batches_without_a_positive_pair():
+    x, y = np.zeros((8, 2), np.float32), np.repeat(np.arange(4), 2)
+    with pytest.raises(ValueError, match="batch_per_class must be >= 2.*got 1"):
+        data.class_balanced_dataset_from_arrays(x, y, 2, 1)
+    images, labels = next(iter(data.class_balanced_dataset_from_arrays(x, y, 2, 2)))  # K = 2: pairs
+    assert sorted(np.bincount(labels.numpy())[labels.numpy()]) == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("layer", [EmbeddingHead(4), SlicedEmbeddingHead(4, num_slices=2)], ids=["head", "sliced"])
+def test_embedding_heads_refuse_feature_maps(layer):
+    with pytest.raises(ValueError, match=r"takes features \[n, k\], got shape \(2, 3, 3, 8\).*GlobalAveragePooling2D"):
+        layer(np.zeros((2, 3, 3, 8), np.float32))
+    with pytest.raises(ValueError, match=r"got shape \(None, 3, 8\)"):
+        layer(keras.Input((3, 8)))
+    features = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(layer(features).numpy(), axis=1), 1.0, atol=1e-5)  # [n, k] still
+
+
+@pytest.fixture(scope="module")
+def indexed_model():
+    keras.utils.set_random_seed(0)
+    model = MetricLossModel(small_convnet(8, 1, width=4, depth=2), ContrastiveLoss(), embedding_dim=4)
+    x = np.random.default_rng(2).random((20, 8, 8, 1), dtype=np.float32)
+    model.index(x, np.repeat(np.arange(4), 5))
+    return model, x
+
+
+@pytest.mark.parametrize("k", [2.7, 2.0, True, "2"])
+def test_lookup_and_search_refuse_a_non_integer_k(indexed_model, k):
+    model, x = indexed_model
+    with pytest.raises(ValueError, match="k .*must be an integer"):
+        model.lookup(x[:2], k=k)
+    with pytest.raises(ValueError, match="k .*must be an integer"):
+        nearest_neighbors(x[:2, :, 0, 0], x[:, :, 0, 0], k=k)
+    assert [len(row) for row in model.lookup(x[:2], k=np.int64(2))] == [2, 2]
+
+
+def test_lookup_refuses_non_finite_images_naming_the_first(indexed_model):
+    model, x = indexed_model
+    for bad in (np.nan, np.inf):
+        queries = x[:5].copy()
+        queries[3, 4, 4, 0] = bad
+        with pytest.raises(ValueError, match="image 3 of the request .* NaN or inf"):
+            model.lookup(queries)
+        # In a dataset, counted across its batches.
+        with pytest.raises(ValueError, match="image 3 of the request"):
+            model.lookup(tf.data.Dataset.from_tensor_slices(queries).batch(2))
+
+
+def test_lookup_of_no_image_is_an_empty_answer(indexed_model):
+    model, x = indexed_model
+    assert model.lookup(x[:0]) == []
+    assert model.lookup(tf.data.Dataset.from_tensor_slices((x[:0], np.zeros(0, np.int32))).batch(4)) == []
+    # A dataset's batches give what the array gives (labels ignored).
+    batched = model.lookup(tf.data.Dataset.from_tensor_slices((x[:5], np.zeros(5, np.int32))).batch(2), k=3)
+    assert batched == model.lookup(x[:5], k=3)
