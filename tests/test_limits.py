@@ -125,7 +125,7 @@ def test_the_first_image_may_not_declare_more_than_the_limit():
     i = next(i for i, b in enumerate(blocks) if b[0] == 0x2C)
     blocks[i] = blocks[i][:5] + struct.pack("<HH", 6000, 5000) + blocks[i][9:]
     big = head + b"".join(blocks) + b";"
-    with pytest.raises(tf.errors.InvalidArgumentError, match="first image is 6000 x 5000 = 30000000 pixels"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="first image of the GIF is 6000 x 5000 = 30000000 pixels"):
         data.decode_image(tf.constant(big), 8, 3)
 
 

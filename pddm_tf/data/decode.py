@@ -3,6 +3,7 @@ SavedModel): format check, the pixel limit, rotation, antialiased resize to [0, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -108,6 +109,31 @@ def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Ten
     seed = tf.zeros([2], tf.int64) if seed is None else seed
     image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation, max_pixels), seed)
     return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
+
+
+# What TensorFlow wraps an op's message in: the failing function, op and node names.
+_WRAPPING = re.compile(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\](\s*name:.*)?")
+# An Assert's message: eagerly "... Summarized data: b'<message>'", in a graph "assertion failed: [<message>]".
+_ASSERTION = re.compile(r"Summarized data: b(['\"])(.*)\1\s*$|assertion failed: \[(.*?)\]\s*(?:\[\[|$)", re.S)
+
+
+def decode_error_reason(error: tf.errors.OpError) -> str:
+    """Why an image was refused or could not be decoded, in one line: the message of this module's
+    checks (e.g. "the image is 20000 x 20000 = 400000000 pixels ..."), or the decoder's own ("Invalid
+    PNG data, size 852"), without TensorFlow's wrapping ("Graph execution error:", the Python lines
+    the failing op was created at, node and function names, "Expected 'tf.Tensor(False, ...)' to be true").
+    """
+    text = error.message
+    match = _ASSERTION.search(text)
+    if match:
+        reason = match.group(2) if match.group(2) is not None else match.group(3)
+    else:
+        lines = [line.strip() for line in text.splitlines()]
+        kept = [line for line in lines if line and not line.startswith(("Graph execution error", "Detected at node",
+                                                                        "File \"", "Detected unsupported"))]
+        reason = kept[-1] if kept else ""
+    reason = " ".join(_WRAPPING.sub(" ", reason).replace("\\'", "'").split())
+    return reason or type(error).__name__
 
 
 def _pixel_limit(max_pixels: int | None) -> int:

@@ -371,7 +371,7 @@ def _gif_first_frame(encoded: tf.Tensor, limit: tf.Tensor) -> tf.Tensor:
         f"GIF with more than {_GIF_MAX_STEPS} blocks or runs of data sub-blocks before the end of its first "
         "image; refused before decoding"])
     small = tf.debugging.Assert(width * height <= limit, [tf.strings.format(
-        "the GIF's first image is {} x {} = {} pixels (width x height), over the limit of {} pixels "
+        "the first image of the GIF is {} x {} = {} pixels (width x height), over the limit of {} pixels "
         "(max_image_pixels); refused before decoding", (width, height, width * height, limit))])
     with tf.control_dependencies([walked, small]):
         cut = tf.strings.join([tf.strings.substr(encoded, _int64(0), pos), ";"])  # ";": the GIF trailer
