@@ -227,3 +227,21 @@ def test_lookup_of_no_image_is_an_empty_answer(indexed_model):
     # A dataset's batches give what the array gives (labels ignored).
     batched = model.lookup(tf.data.Dataset.from_tensor_slices((x[:5], np.zeros(5, np.int32))).batch(2), k=3)
     assert batched == model.lookup(x[:5], k=3)
+
+
+# --------------------------------------------------------------------------- the test run itself
+
+
+@pytest.mark.slow
+def test_a_parallel_test_run_ends_with_its_summary():
+    """CI's test command (pytest-xdist) on one quick file ends with its summary line: TensorFlow's start-up
+    lines and "E0000 ... failed call to cuInit" (on a machine without a GPU; CUDA_VISIBLE_DEVICES="" and
+    TF_CPP_MIN_LOG_LEVEL=2 do not silence it) came after it, from the xdist controller's conftest."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_atomic.py", "-q", "-n", "1", "--dist",
+                             "loadfile", "-p", "no:cacheprovider"], capture_output=True, text=True, env=env,
+                            cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert " passed in " in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]
+    lines = (result.stdout + "\n" + result.stderr).splitlines()
+    assert not [line for line in lines if "cuInit" in line or line.startswith(("I0000", "E0000", "W0000"))], lines
