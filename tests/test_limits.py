@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pddm_tf import ContrastiveLoss, MetricLossModel, data, small_convnet
+from pddm_tf.cli.validation import BOUNDS
 from pddm_tf.data import image_header
 from pddm_tf.evaluation import nearest_neighbors
 from pddm_tf.layers import EmbeddingHead, SlicedEmbeddingHead
@@ -245,3 +246,15 @@ def test_a_parallel_test_run_ends_with_its_summary():
     assert " passed in " in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]
     lines = (result.stdout + "\n" + result.stderr).splitlines()
     assert not [line for line in lines if "cuInit" in line or line.startswith(("I0000", "E0000", "W0000"))], lines
+
+
+def test_readme_limits_state_the_bounds_of_the_code():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    limits = readme[readme.index("## Limits"):readme.index("## Licence")]
+    assert f"| {image_header.MAX_IMAGE_PIXELS:,} (`--max_image_pixels`" in limits
+    assert f"{image_header._GIF_MAX_STEPS:,} blocks or runs" in limits
+    assert f"up to {image_header._GIF_RUN:,} sub-blocks" in limits
+    assert f"| Segments walked to find a JPEG's frame header | {image_header._JPEG_MAX_STEPS:,} |" in limits
+    assert f"`--batch_per_class` >= {BOUNDS['batch_per_class'].low:g}" in limits
+    assert "| PNG, JPEG, GIF, BMP" in limits and set(image_header.FORMAT_SIGNATURES) == {"PNG", "JPEG", "GIF", "BMP"}
