@@ -29,7 +29,8 @@ def decode_image(
       channels: 1 (grayscale) or 3 (RGB) output channels c.
       rotation: number k of 90-degree counter-clockwise rotations, applied before resizing.
       max_pixels: images whose header declares more pixels (width x height) are refused before
-        decoding (`image_header.check_pixel_limit`); None: `image_header.MAX_IMAGE_PIXELS` as it
+        decoding (`image_header.check_pixel_limit`), as is a GIF whose first image does (only that
+        image is decoded: `image_header.first_frame`); None: `image_header.MAX_IMAGE_PIXELS` as it
         is when this runs (or is traced).
 
     Returns:
