@@ -12,6 +12,13 @@ versions) goes through this module, so they all follow one recipe:
 4. fsync the folder, so the rename itself survives a crash.
 
 On any error the temporary file is removed and the destination is untouched.
+
+Folders that several processes could write at once (a TF Serving base folder, a backup folder) are
+locked with `folder_lock`: an advisory `flock` on a `.pddm_tf.lock` file in the folder, which the
+kernel releases when its process ends however it ends (kill -9 included), so a dead run's lock is
+taken over by the next one; a live one's is refused with a `FolderInUseError` naming its process
+(pid, host, purpose, start time). `replacing_version` writes a SavedModel version under that lock,
+after removing the staging folders a killed export left behind.
 Imports no TensorFlow: the CLI uses it before TensorFlow is loaded.
 """
 
@@ -22,10 +29,19 @@ import errno
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, see folder_lock
+    fcntl = None  # type: ignore[assignment]
 
 # fsync on a folder is refused by some file systems (e.g. some network mounts); the rename is still atomic.
 _UNSYNCABLE = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES}
@@ -48,9 +64,12 @@ def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
         os.close(fd)
 
 
+_TOKEN_BYTES = 6
+
+
 def _temporary_name(target: pathlib.Path, suffix: str) -> pathlib.Path:
     """A fresh hidden name next to `target`; the random part keeps concurrent writers apart."""
-    return target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp{suffix}")
+    return target.with_name(f".{target.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp{suffix}")
 
 
 @contextlib.contextmanager
@@ -133,3 +152,137 @@ def replacing_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
         _fsync_path(target.parent, directory=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+#: The lock file `folder_lock` creates in a locked folder while it holds the lock.
+LOCK_NAME = ".pddm_tf.lock"
+# Locks this process holds: lock file path -> [open descriptor, depth]. flock belongs to an open file
+# description, so a second open() of the same file in this process would wait on itself.
+_HELD: dict[str, list[int]] = {}
+_HELD_GUARD = threading.Lock()
+# A staging folder of `replacing_version`: ".<version>.<12 hex digits>.tmp".
+_VERSION_STAGING = re.compile(rf"\.\d+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp")
+
+
+class FolderInUseError(OSError):
+    """Another live process holds the folder's `folder_lock` (the message names it)."""
+
+
+def _lock_key(folder: pathlib.Path) -> str:
+    return os.path.realpath(folder / LOCK_NAME)
+
+
+def held_by_this_process(folder: str | os.PathLike) -> bool:
+    """Whether this process holds `folder`'s `folder_lock`."""
+    with _HELD_GUARD:
+        return _lock_key(pathlib.Path(folder)) in _HELD
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, as its holder wrote it into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        return (f"process {info['pid']} on {info['host']} ({info['purpose']}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['since']))})")
+    except (OSError, ValueError, KeyError, TypeError):  # written at this very moment, or not by us
+        return "another process"
+
+
+def _acquire(root: pathlib.Path, key: str) -> int:
+    """An open descriptor of the lock file `key`, flocked by this process."""
+    while True:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            named = os.stat(key)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FolderInUseError(f"{root} is in use by {holder}: two runs must not write into one "
+                                   "folder; wait for that one to end, or choose another folder") from None
+        except FileNotFoundError:  # its holder removed it as we locked it: lock the next one
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        opened = os.fstat(fd)
+        if (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+            return fd
+        os.close(fd)  # replaced since we opened it: lock the file now named so
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[pathlib.Path]:
+    """Holds an exclusive lock on `folder` (created when missing) for the block; yields the lock file.
+
+    Re-entrant within a process. The lock is an advisory `flock` on `folder/.pddm_tf.lock`, holding
+    the holder's pid, host, `purpose` and start time, and removed on release: it binds only writers
+    that take it (every writer of this library into an export or backup folder does). The kernel
+    releases it when the holder dies, so a killed run's lock (the file stays) is taken over. `flock`
+    works across hosts on NFSv4 and most cluster file systems, not on every network mount. On Windows
+    (no `flock`) nothing is locked.
+
+    Raises:
+      FolderInUseError: another live process holds the lock (an OSError, so the CLI says it in one line).
+    """
+    root = pathlib.Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    key = _lock_key(root)
+    with _HELD_GUARD:
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            fd = _acquire(root, key)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                                      "since": time.time()}).encode(), 0)
+            _HELD[key] = [fd, 1]
+    try:
+        yield pathlib.Path(key)
+    finally:
+        with _HELD_GUARD:
+            _HELD[key][1] -= 1
+            if not _HELD[key][1]:
+                fd = _HELD.pop(key)[0]
+                # Removed while still locked, so that a waiting process finds no file to lock but its own
+                # (`_acquire` checks that the file it locked is still the one named LOCK_NAME).
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(key)
+                os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def replacing_version(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """`replacing_directory(path)` under `folder_lock` of its parent (a TF Serving base folder), after
+    removing the staging folders of earlier, killed writers there.
+
+    Only folders named as `replacing_directory` names a version's staging (".<digits>.<12 hex
+    digits>.tmp") are removed; every writer of versions holds the lock while its staging folder
+    exists, so with the lock held such a folder has no live writer.
+
+    Raises:
+      FolderInUseError: another process is writing into the parent folder.
+    """
+    target = pathlib.Path(path)
+    with folder_lock(target.parent, f"writing {target.name}"):
+        for entry in target.parent.iterdir():
+            if _VERSION_STAGING.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+        with replacing_directory(target) as staging:
+            yield staging
+
+
+@contextlib.contextmanager
+def lock_folders(*folders: str | os.PathLike | None, purpose: str = "a pddm_tf training run") -> Iterator[None]:
+    """Holds `folder_lock` on every folder given (None: skipped; each folder once) for the block: what
+    `pddm_tf.training.train` holds on its backup and export folders for the whole run.
+
+    Raises:
+      FolderInUseError: another live process holds one of them (the message names it: pid, host).
+    """
+    with contextlib.ExitStack() as stack:
+        for folder in dict.fromkeys(os.path.realpath(f) for f in folders if f):
+            stack.enter_context(folder_lock(folder, purpose))
+        yield

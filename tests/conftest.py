@@ -5,23 +5,45 @@ import os
 # Silence TensorFlow's C++ info logs; must be set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import pytest  # noqa: E402
 
-# Two logical CPU devices, so MirroredStrategy can be tested against one device on a CPU-only
-# machine. This must happen before TensorFlow initialises its devices, i.e. here, at collection.
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-except RuntimeError:  # devices already initialised by an earlier import: keep what exists
-    pass
+
+def _dispatches_only(config) -> bool:
+    """Whether this process is pytest-xdist's controller, which hands the tests to its workers and runs none.
+
+    It must not import TensorFlow: TensorFlow's start-up lines (and, on a machine without a GPU, "E0000 ...
+    failed call to cuInit", which TF_CPP_MIN_LOG_LEVEL=2 and CUDA_VISIBLE_DEVICES="" do not silence) are
+    captured by pytest while the conftest loads and printed after the test summary.
+    """
+    return (not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+            and getattr(config.option, "dist", "no") != "no")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains on real data for a while (run in CI)")
+    if not _dispatches_only(config):
+        # Under pytest's capture, as when this ran at import: TensorFlow's start-up lines join the first
+        # test's captured output instead of the terminal.
+        capture = config.pluginmanager.getplugin("capturemanager")
+        capture.resume_global_capture()
+        try:
+            _two_logical_cpus()
+        finally:
+            capture.suspend_global_capture()
 
 
-import pytest  # noqa: E402
+def _two_logical_cpus() -> None:
+    """Two logical CPU devices, so MirroredStrategy can be tested against one device on a CPU-only
+    machine. This must happen before TensorFlow initialises its devices: at configuration, before the
+    test modules are collected."""
+    import tensorflow as tf  # here, not at the top: not in the xdist controller (see _dispatches_only)
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    except RuntimeError:  # devices already initialised by an earlier import: keep what exists
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +53,8 @@ def two_replicas():
     TensorFlow keys collective instances per strategy object; separate collective strategies in
     one process can collide ("Shape mismatch in the collective instance"), one shared object cannot.
     """
+    import tensorflow as tf  # here, not at the top: not in the xdist controller (see _dispatches_only)
+
     cpus = tf.config.list_logical_devices("CPU")
     if len(cpus) < 2:
         pytest.skip("needs two logical CPU devices (set up at the top of conftest.py)")

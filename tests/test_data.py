@@ -5,6 +5,8 @@ import logging
 import os
 import pathlib
 import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -375,6 +377,37 @@ def test_load_folder_skips_corrupt_files_with_a_warning(tmp_path, caplog):
     assert str(tmp_path / "cats" / "x.png") in warned and str(tmp_path / "dogs" / "y.png") in warned
     # Without validation the corrupt files are kept (and the caller trusts the data).
     assert len(data.load_folder(str(tmp_path), test_fraction=0, validate=False).train) == len(expected) + 2
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def test_skipped_files_are_one_warning_line_each_naming_the_file_and_the_reason(tmp_path, caplog):
+    _write_tree(tmp_path)
+    png = bytearray(_image_bytes(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8), "PNG"))
+    png[60:80] = bytes(20)  # inside the image data: the header reads, the decoder fails
+    gif = bytearray(_image_bytes(np.zeros((16, 16, 3), np.uint8), "GIF"))
+    descriptor = gif.index(0x2C, 13 + 3 * 2 ** ((gif[10] & 7) + 1))
+    gif[descriptor + 5:descriptor + 9] = struct.pack("<HH", 6000, 5000)  # a first image larger than its screen
+    bad = {
+        "cats/damaged.png": (bytes(png), "Invalid PNG data"),
+        "cats/truncated.jpg": (_image_bytes(np.zeros((16, 16, 3), np.uint8), "JPEG")[:30], "truncated JPEG"),
+        "dogs/bomb.png": (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0,
+                                                                                0)) + _png_chunk(b"IEND", b""),
+                          "20000 x 20000 = 400000000 pixels"),
+        "dogs/frame.gif": (bytes(gif), "first image of the GIF is 6000 x 5000"),
+    }
+    for name, (encoded, _) in bad.items():
+        (tmp_path / name).write_bytes(encoded)
+    with caplog.at_level(logging.WARNING, logger="pddm_tf.data"):
+        data.load_folder(str(tmp_path), test_fraction=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for name, (_, reason) in bad.items():
+        (line,) = [w for w in warnings if str(tmp_path / name) in w]
+        assert reason in line and "\n" not in line, line
+        for noise in ("Graph execution error", ".py", "{{", "tf.Tensor(", "Summarized data", "[Op:"):
+            assert noise not in line, line
 
 
 def test_load_folder_errors_name_the_folder(tmp_path):

@@ -83,6 +83,16 @@ def test_versions_increase_and_are_never_overwritten(model, tmp_path):
         export_saved_model(model, root, SIZE, 1, version=2)
 
 
+def test_an_export_removes_the_staging_folders_of_killed_exports(model, tmp_path):
+    root = tmp_path / "serving"
+    stale = root / ".1.0123456789ab.tmp" / "1"  # what a kill -9 during the export of version 1 leaves
+    stale.mkdir(parents=True)
+    (stale / "saved_model.pb").write_bytes(b"half")
+    (root / ".1.notours.tmp").mkdir()
+    assert os.path.basename(export_saved_model(model, root, SIZE, 1)) == "1"
+    assert sorted(os.listdir(root)) == [".1.notours.tmp", "1"]
+
+
 def test_failed_write_leaves_no_version(model, tmp_path, monkeypatch):
     def broken(self, *args, **kwargs):
         os.makedirs(args[0])

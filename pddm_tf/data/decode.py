@@ -3,6 +3,7 @@ SavedModel): format check, the pixel limit, rotation, antialiased resize to [0, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -28,7 +29,8 @@ def decode_image(
       channels: 1 (grayscale) or 3 (RGB) output channels c.
       rotation: number k of 90-degree counter-clockwise rotations, applied before resizing.
       max_pixels: images whose header declares more pixels (width x height) are refused before
-        decoding (`image_header.check_pixel_limit`); None: `image_header.MAX_IMAGE_PIXELS` as it
+        decoding (`image_header.check_pixel_limit`), as is a GIF whose first image does (only that
+        image is decoded: `image_header.first_frame`); None: `image_header.MAX_IMAGE_PIXELS` as it
         is when this runs (or is traced).
 
     Returns:
@@ -38,7 +40,7 @@ def decode_image(
       tf.errors.InvalidArgumentError: an image over the pixel limit (the message gives its size and
         the limit), of no known format, or that its decoder cannot read.
     """
-    pixels = _decode_pixels(encoded, channels, rotation, _pixel_limit(max_pixels))
+    pixels = _decode_pixels(encoded, channels, rotation, max_pixels)
     return _resize(pixels, image_size)
 
 
@@ -60,7 +62,7 @@ def decode_images(encoded: tf.Tensor, image_size: int, channels: int,
 
     def one(image_bytes: tf.Tensor) -> tf.Tensor:
         # The whole batch's headers are checked below, before the first decode.
-        pixels = _decode_pixels(image_bytes, channels, max_pixels=None)
+        pixels = _decode_pixels(image_bytes, channels, max_pixels=limit, check_header=False)
         if transform is None:
             return _resize(pixels, image_size)
         image = transform(pixels, tf.zeros([2], tf.int64))
@@ -106,8 +108,33 @@ def read_image(path: tf.Tensor, image_size: int, channels: int, rotation: tf.Ten
     if transform is None:
         return decode_image(tf.io.read_file(path), image_size, channels, rotation, max_pixels)
     seed = tf.zeros([2], tf.int64) if seed is None else seed
-    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation, _pixel_limit(max_pixels)), seed)
+    image = transform(_decode_pixels(tf.io.read_file(path), channels, rotation, max_pixels), seed)
     return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, channels])
+
+
+# What TensorFlow wraps an op's message in: the failing function, op and node names.
+_WRAPPING = re.compile(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\](\s*name:.*)?")
+# An Assert's message: eagerly "... Summarized data: b'<message>'", in a graph "assertion failed: [<message>]".
+_ASSERTION = re.compile(r"Summarized data: b(['\"])(.*)\1\s*$|assertion failed: \[(.*?)\]\s*(?:\[\[|$)", re.S)
+
+
+def decode_error_reason(error: tf.errors.OpError) -> str:
+    """Why an image was refused or could not be decoded, in one line: the message of this module's
+    checks (e.g. "the image is 20000 x 20000 = 400000000 pixels ..."), or the decoder's own ("Invalid
+    PNG data, size 852"), without TensorFlow's wrapping ("Graph execution error:", the Python lines
+    the failing op was created at, node and function names, "Expected 'tf.Tensor(False, ...)' to be true").
+    """
+    text = error.message
+    match = _ASSERTION.search(text)
+    if match:
+        reason = match.group(2) if match.group(2) is not None else match.group(3)
+    else:
+        lines = [line.strip() for line in text.splitlines()]
+        kept = [line for line in lines if line and not line.startswith(("Graph execution error", "Detected at node",
+                                                                        "File \"", "Detected unsupported"))]
+        reason = kept[-1] if kept else ""
+    reason = " ".join(_WRAPPING.sub(" ", reason).replace("\\'", "'").split())
+    return reason or type(error).__name__
 
 
 def _pixel_limit(max_pixels: int | None) -> int:
@@ -124,17 +151,21 @@ def _resize(pixels: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def _decode(encoded: tf.Tensor, channels: int) -> tf.Tensor:
-    """Scalar file bytes -> [h, w, channels] uint8/uint16 (first frame of an animation)."""
+    """Scalar file bytes (a GIF cut to its first frame) -> [h, w, channels] uint8/uint16."""
     return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
 
 
 def _decode_pixels(encoded: tf.Tensor, channels: int, rotation: tf.Tensor | int = 0,
-                   max_pixels: int | None = None) -> tf.Tensor:
+                   max_pixels: int | None = None, check_header: bool = True) -> tf.Tensor:
     """Scalar file bytes -> [h, w, c] uint8 at full size, rotated by k x 90 degrees
     counter-clockwise: `decode_image` before its resize. The header is first checked against
-    `max_pixels` (None: no check here, the caller has made it)."""
-    if max_pixels is not None:
-        encoded = image_header.check_pixel_limit(encoded, max_pixels)
+    `max_pixels` (None: `image_header.MAX_IMAGE_PIXELS`; `check_header=False`: the caller has checked
+    it), then a GIF is cut to its first frame (`image_header.first_frame`, which checks that frame's
+    size): giflib would otherwise read every frame before TF returns the first."""
+    limit = _pixel_limit(max_pixels)
+    if check_header:
+        encoded = image_header.check_pixel_limit(encoded, limit)
+    encoded = image_header.first_frame(encoded, limit)
     if channels == 1:
         # TF's GIF and BMP decoders only emit RGB(A): decode those as RGB, then convert.
         is_rgb_only = tf.logical_or(

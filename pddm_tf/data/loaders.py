@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from pddm_tf import progress
-from pddm_tf.data.decode import MAGIC_NUMBERS, decode_image
+from pddm_tf.data.decode import MAGIC_NUMBERS, decode_error_reason, decode_image
 from pddm_tf.data.files import DatasetSplit, with_rotations
 from pddm_tf.data.splits import SPLIT_BY, check_channels, check_test_fraction, split_classes, test_class_mask
 from pddm_tf.registry import Registry
@@ -222,7 +222,7 @@ def _is_decodable(path: str, channels: int) -> bool:
         # Same decoder as the pipeline; a 1x1 output keeps the check cheap.
         decode_image(tf.constant(data), image_size=1, channels=channels)
     except tf.errors.OpError as error:
-        _logger.warning("skipping %s: cannot decode it (%s)", path, error.message)
+        _logger.warning("skipping %s: %s", path, decode_error_reason(error))
         return False
     return True
 

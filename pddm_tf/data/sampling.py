@@ -246,7 +246,7 @@ def class_balanced_dataset_from_arrays(
     Args:
       x: [N, ...] rows (images [N, s, s, c] float32 in [0, 1], or any features); kept as one tensor.
       y: [N] integer class labels (any values; they are returned as given, as int32).
-      batch_classes: P >= 2; batch_per_class: K >= 1.
+      batch_classes: P >= 2; batch_per_class: K >= 2.
       seed: sampling seed.
       small_classes: "error" (every class needs K rows) or "cycle" (classes with 2 to K-1 rows are
         cycled, single-row classes never sampled), as in `class_balanced_dataset`.
@@ -267,8 +267,9 @@ def class_balanced_dataset_from_arrays(
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     if batch_classes < 2:
         raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
-    if batch_per_class < 1:
-        raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
+    if batch_per_class < 2:
+        raise ValueError(f"batch_per_class must be >= 2 (a batch needs a positive pair of each class), got "
+                         f"{batch_per_class}")
     classes, class_ids = np.unique(y, return_inverse=True)
     class_ids = class_ids.astype(np.int32)
     check_balanced_counts(np.bincount(class_ids, minlength=len(classes)), tuple(str(c) for c in classes),

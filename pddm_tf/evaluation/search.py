@@ -6,7 +6,9 @@ signature runs) or "faiss". A query never retrieves itself (excluded by index) a
 distance go to the lower gallery index.
 """
 
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -126,6 +128,7 @@ def nearest_neighbors(
         )
     exclude_self = exclude_self and self_search
     n_candidates = gallery.shape[0] - int(exclude_self)
+    check_k(k)
     if not 1 <= k <= n_candidates:
         raise ValueError(f"k must be in [1, {n_candidates}] for this gallery, got {k}")
     if chunk_size < 1:
@@ -135,6 +138,59 @@ def nearest_neighbors(
     if backend == "auto":
         backend = "faiss" if _import_faiss(required=False) is not None else "numpy"
     return SEARCH_BACKENDS[backend](queries, gallery, int(k), exclude_self, int(chunk_size), gallery_chunk_size)
+
+
+def check_k(k: Any) -> None:
+    """Raises ValueError unless `k` (neighbours per query) is an integer (a Python or numpy int, not a
+    bool): 2.7 neighbours is a mistake to name, not to round."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k (neighbours per query) must be an integer, got {k!r}")
+
+
+def lookup_queries(model: Any, x: Any, k: Any, batch_size: int) -> np.ndarray:
+    """The query embeddings [n, d] float32 of `EmbeddingModel.lookup(x, k)`, after checking its arguments.
+
+    Args:
+      model: the embedding model.
+      x: images [n, s, s, c] (numpy or tensor), or a finite dataset of image batches or of (images,
+        labels, ...) batches.
+      k: neighbours per query (`check_k`).
+      batch_size: images per forward pass for arrays.
+
+    Returns:
+      [n, d] embeddings; [0, 0] for no image at all (an empty batch or dataset is a valid request).
+
+    Raises:
+      ValueError: a non-integer k; images that are not [n, s, s, c] numbers, or that hold NaN or inf
+        (the message names the first such image), before they reach the model.
+    """
+    check_k(k)
+    if not isinstance(x, tf.data.Dataset):
+        images = _checked_images(x, 0)
+        if not len(images):
+            return np.zeros((0, 0), np.float32)
+        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), np.float32)
+    parts, seen = [], 0
+    for batch in x:  # a host loop over batches, outside any train step; checked one batch at a time
+        images = _checked_images(batch[0] if isinstance(batch, (tuple, list)) else batch, seen)
+        seen += len(images)
+        if len(images):
+            parts.append(np.asarray(model.predict_on_batch(images), np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _checked_images(x: Any, offset: int) -> np.ndarray:
+    """`x` as an array of lookup query images [n, s, s, c], checked (see `lookup_queries`); image i of
+    it is image offset + i of the request."""
+    images = np.asarray(x)
+    if images.ndim != 4 or not (np.issubdtype(images.dtype, np.number) and not np.iscomplexobj(images)):
+        raise ValueError(f"lookup needs images [n, height, width, channels] of real numbers, got shape "
+                         f"{images.shape} and dtype {images.dtype}")
+    finite = np.isfinite(images).all(axis=(1, 2, 3))
+    if not finite.all():
+        raise ValueError(f"lookup: image {offset + int(np.argmin(finite))} of the request (counting from 0) "
+                         "holds NaN or inf pixels")
+    return images
 
 
 def check_backend(backend: str) -> None:

@@ -273,6 +273,7 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
         archive.add_endpoint("search", _search_fn(embed_images, pddm, index, k, shortlist),
                              input_signature=[images_spec])
 
-    with atomic.replacing_directory(target) as staging:
+    # Under the folder's lock, after removing the staging folders of killed exports (atomic.replacing_version).
+    with atomic.replacing_version(target) as staging:
         archive.write_out(str(staging), verbose=False)
     return str(target)

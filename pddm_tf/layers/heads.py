@@ -11,6 +11,15 @@ import tensorflow as tf
 from pddm_tf.distances import l2_normalize
 
 
+def _check_features(layer: keras.layers.Layer, shape: Any) -> None:
+    """Refuses inputs other than [n, k] features: a Dense layer would project a feature map [n, h, w, k]
+    position by position and the head would return [n, h, w, d] "embeddings" without a word."""
+    rank = len(shape) if isinstance(shape, (tuple, list)) else tf.TensorShape(shape).rank
+    if rank is not None and rank != 2:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} takes features [n, k], got shape {tuple(shape)}: "
+                         "pool a feature map first (e.g. keras.layers.GlobalAveragePooling2D)")
+
+
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class L2Normalize(keras.layers.Layer):
     """x / ||x|| along the last axis, zero-safe. [..., d] -> [..., d]."""
@@ -45,6 +54,7 @@ class EmbeddingHead(keras.layers.Layer):
                                    dtype=self.dtype_policy, name="projection")]
 
     def build(self, input_shape: Any) -> None:
+        _check_features(self, input_shape)
         for dense in self._projections:
             if not dense.built:
                 dense.build(input_shape)
@@ -63,6 +73,7 @@ class EmbeddingHead(keras.layers.Layer):
         return tf.concat([tf.cast(dense(x), tf.float32) for dense in self._projections], axis=-1)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_features(self, inputs.shape)
         return l2_normalize(self.project(inputs, training=training))
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
@@ -145,6 +156,7 @@ class SlicedEmbeddingHead(EmbeddingHead):
         return tf.reshape(l2_normalize(parts) * scale, [-1, self.embedding_dim])
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_features(self, inputs.shape)
         return self.whole(self.project(inputs, training=training))
 
     def get_config(self) -> dict[str, Any]:

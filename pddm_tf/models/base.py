@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from pddm_tf import _compat
 from pddm_tf.evaluation.index import Index, Lookup, lookups
+from pddm_tf.evaluation.search import lookup_queries
 from pddm_tf.layers import EmbeddingHead
 from pddm_tf.losses import check_embeddings, loss_supports_jit
 from pddm_tf.miners import check_labels
@@ -178,15 +179,15 @@ class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
         image batches, or of (images, labels) batches): n lists of `Lookup(rank, distance, label,
         index)`, nearest first.
 
+        No image (an empty batch or dataset) gives an empty list.
+
         Raises:
-          ValueError: nothing was indexed yet.
+          ValueError: nothing was indexed yet; a non-integer `k`; images holding NaN or inf (named).
         """
         if self.search_index is None or not len(self.search_index):
             raise ValueError("the model's index is empty: call model.index(x, y) first")
-        if isinstance(x, tf.data.Dataset):
-            x = x.map(lambda *batch: batch[0])
-        queries = self.predict(x, batch_size=batch_size, verbose=0)
-        return lookups(self.search_index.search(queries, k))
+        queries = lookup_queries(self, x, k, batch_size)
+        return lookups(self.search_index.search(queries, k)) if len(queries) else []
 
     def reset_index(self) -> None:
         """Forgets the indexed items."""

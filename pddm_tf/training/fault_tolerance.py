@@ -31,6 +31,12 @@ With `delete_checkpoint=False` the backup outlives `fit`: when `fit` completes, 
 complete is written, so a caller can keep the trained state until everything it derives from the
 model (exports, metrics) is safely written, and, when that fails, restore the trained model with
 `restore_completed` instead of training again (`pddm-tf train` does this).
+
+Two runs backing up into one folder would overwrite each other's backups: `pddm_tf.training.train`
+(and `pddm-tf train`) holds `atomic.lock_folders` on its backup and export folders for the whole
+run, and a second run into either stops at once, naming the process that holds it
+(`atomic.FolderInUseError`). A caller fitting with this callback in its own code takes the same
+lock: `with atomic.lock_folders(backup_dir): model.fit(...)`.
 """
 
 from __future__ import annotations

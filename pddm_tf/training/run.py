@@ -188,7 +188,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
     held-out split). Raises `pddm_tf.options.ConfigError` for a refused setting, before any work."""
     _check(config)
-    with pixel_limit(config.data.max_image_pixels):
+    with pixel_limit(config.data.max_image_pixels), atomic.lock_folders(*_locked_folders(config)):
         return _finish(config, _fit(config))
 
 
@@ -197,7 +197,7 @@ def fit(config: TrainConfig) -> Trained:
     its backup, as `train`), without evaluation or outputs; for scripts that evaluate in their own
     way (`examples/zero_shot_imagenet.py`). The backup, if any, is kept; delete it once done."""
     _check(config)
-    with pixel_limit(config.data.max_image_pixels):
+    with pixel_limit(config.data.max_image_pixels), atomic.lock_folders(*_locked_folders(config)):
         return _fit(config)
 
 
@@ -207,6 +207,16 @@ def _check(config: TrainConfig) -> None:
     if config.model.backbone.lower() not in {name.lower() for name in BACKBONES}:
         raise ConfigError(f"--backbone={config.model.backbone}: unknown backbone; expected one of "
                           f"{', '.join(BACKBONES)}")
+
+
+def _locked_folders(config: TrainConfig) -> list[str]:
+    """The folders no other run may write during this one: its backup and export folders (locked by
+    worker 0 alone under multi_worker, whose workers share the backup folder)."""
+    r = config.run
+    if r.strategy == "multi_worker" and r.task_index:
+        return []
+    backup = backup_dir(config) if r.backup and config.optimization.epochs > 0 else None
+    return [folder for folder in (backup, r.export_dir) if folder]
 
 
 def _fit(config: TrainConfig) -> Trained:
