@@ -4,6 +4,7 @@
   pddm-tf evaluate [flags]   evaluate an exported SavedModel on a dataset's held-out classes
   pddm-tf export [flags]     a `.keras` model (train --save_model) -> the next TF Serving version, with an
                              optional `search` gallery (BUILD.md, "Serving with TF Serving")
+  pddm-tf index|search       a gallery in Milvus: embed a folder with an export / search it (gallery_commands.py)
 
 `pddm-tf train --epochs=0` evaluates and exports the untrained model: the baseline to compare with.
 An interrupted or failed `train` is carried on by running the same command again (README, "When things go wrong").
@@ -21,7 +22,7 @@ from absl import app, flags
 
 # Only TensorFlow-free modules at the top: `pddm-tf --help` must not import TensorFlow.
 from pddm_tf import atomic
-from pddm_tf.cli import logs, validation
+from pddm_tf.cli import gallery_commands, logs, validation
 from pddm_tf.methods.names import METHOD_NAMES
 from pddm_tf.training.config import TrainConfig
 from pddm_tf.training.run import CURRENT_RUN as _RUN
@@ -30,7 +31,7 @@ FLAGS = flags.FLAGS
 #: `pddm-tf train`'s defaults are those of `TrainConfig`: one source for the CLI and Python.
 _D = TrainConfig()
 
-_COMMANDS = ("train", "evaluate", "export")
+_COMMANDS = ("train", "evaluate", "export", *gallery_commands.COMMANDS)
 
 flags.DEFINE_string("recipe", None, "A paper setting from pddm_tf.methods.recipes (e.g. pddm_cub, hdml_sop, "
                     "dc_cars): sets the flags below; flags given on the command line win.")
@@ -232,6 +233,8 @@ def _apply_recipe(announce: bool = True) -> None:
 
 def _check_flags(command: str) -> None:
     """Refuses bad flag values before any work starts (`validation.FlagError`, exit code 2)."""
+    if command in gallery_commands.COMMANDS:
+        return gallery_commands.check_flags(command)
     validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
 
 
@@ -432,7 +435,8 @@ def _select_cpu_kernels() -> None:
 
 
 def main(argv: list[str]) -> None:
-    commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export}
+    commands: dict[str, Callable[[], dict[str, float]]] = {"train": train, "evaluate": evaluate, "export": export,
+                                                           **gallery_commands.COMMANDS}
     try:
         if len(argv) != 2 or argv[1] not in commands:
             raise app.UsageError(f"usage: pddm-tf {{{'|'.join(_COMMANDS)}}} [--flags]; got {argv[1:]}")
