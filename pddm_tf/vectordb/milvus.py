@@ -215,8 +215,21 @@ class MilvusGallery:
         return [[{"id": int(hit["id"]), "distance": float(hit["distance"]), "label": hit["entity"]["label"],
                   "path": hit["entity"]["path"]} for hit in row] for row in hits]
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the URI is a Milvus Lite file (not a server)."""
+        return "://" not in self.uri
+
     def close(self) -> None:
+        """Closes the connection; for Milvus Lite also stops its in-process server, which holds a lock on the
+        file until then (else only this process could open the file until it exits)."""
         self.client.close()
+        if self.is_local:
+            try:
+                from milvus_lite.server_manager import server_manager_instance  # optional, with pymilvus
+            except ImportError:
+                return
+            server_manager_instance.release_server(self.uri)
 
 
 def _first_line(error: BaseException) -> str:
