@@ -53,9 +53,9 @@ def import_faiss(backend: str) -> Any:
     return faiss
 
 
-def check_options(backend: str, options: Mapping[str, Any] | None, dim: int | None = None) -> dict[str, int | None]:
+def check_options(backend: str, options: Mapping[str, Any] | None) -> dict[str, int | None]:
     """`options` completed with the backend's defaults and checked: unknown names, non-integers and
-    values out of range are a ValueError naming the option (with `dim`, also `m` not dividing it).
+    values out of range are a ValueError naming the option.
 
     Exact backends take no options: any option given to one is refused.
     """
@@ -79,29 +79,29 @@ def check_options(backend: str, options: Mapping[str, Any] | None, dim: int | No
             raise ValueError(f"{backend} option {name} must be in [{low}, {high if high is not None else 'inf'}), "
                              f"got {value}")
         checked[name] = int(value)
-    if backend == "ivf_pq" and dim is not None and dim % int(checked["m"] or 1):
-        raise ValueError(f"ivf_pq option m={checked['m']} must divide the embedding dimension {dim}")
-    if backend == "ivf_pq" and checked["nlist"] is not None and checked["nprobe"] > checked["nlist"]:
+    # The default nprobe is capped at nlist when searching; a given one that cannot be honoured is refused.
+    if backend == "ivf_pq" and "nprobe" in options and checked["nlist"] is not None and \
+            checked["nprobe"] > checked["nlist"]:
         raise ValueError(f"ivf_pq option nprobe={checked['nprobe']} exceeds nlist={checked['nlist']}")
     return checked
 
 
-def min_rows(backend: str, options: Mapping[str, Any]) -> int:
-    """The fewest rows a backend can be built on: IVF-PQ trains nlist centroids and 2**nbits codes."""
-    if backend != "ivf_pq":
-        return 1
-    return max(int(options["nlist"] or 1), 2 ** int(options["nbits"]))
+def check_dim(backend: str, options: Mapping[str, Any], dim: int) -> None:
+    """Raises ValueError when the (checked) options cannot index `dim`-dimensional vectors (IVF-PQ's `m`
+    subquantizers must split the dimension evenly)."""
+    if backend == "ivf_pq" and dim % int(options["m"]):
+        raise ValueError(f"ivf_pq option m={options['m']} must divide the embedding dimension {dim}")
 
 
 def build(backend: str, options: Mapping[str, Any], embeddings: np.ndarray) -> Any:
     """A faiss structure of `backend` over embeddings [g, d] float32 (validated), trained if it needs it.
 
     Raises:
-      ValueError: fewer rows than the backend can train on (`min_rows`).
+      ValueError: fewer rows than IVF-PQ can train on (max(nlist, 2**nbits)), or `m` not dividing d.
     """
     faiss = import_faiss(backend)
     rows, dim = embeddings.shape
-    check_options(backend, options, dim)
+    check_dim(backend, options, dim)
     if backend == "hnsw":
         index = faiss.IndexHNSWFlat(dim, int(options["M"]))
         index.hnsw.efConstruction = int(options["ef_construction"])

@@ -170,7 +170,7 @@ class Index:
         if self.dim is not None and embeddings.shape[1] != self.dim:
             raise ValueError(f"the index holds {self.dim}-dimensional embeddings, got {embeddings.shape[1]}")
         if self.backend in ann.ANN_BACKENDS:
-            ann.check_options(self.backend, self.backend_options, embeddings.shape[1])
+            ann.check_dim(self.backend, self.backend_options, embeddings.shape[1])
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (len(embeddings),):
