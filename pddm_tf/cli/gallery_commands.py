@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from absl import flags
@@ -48,8 +48,9 @@ flags.DEFINE_integer("top_k", 10, "search: neighbours per query (Recall@K is rep
 COMMANDS: dict[str, Callable[[], dict[str, float]]] = {}
 
 
-def _json_object(name: str) -> dict[str, int]:
-    text = FLAGS[name].value
+def _json_object(name: str, text: str | None = None) -> dict[str, int]:
+    """The JSON object of integers that flag `name` holds (`text`, or the flag's value); FlagError if not."""
+    text = FLAGS[name].value if text is None else text
     if not text:
         return {}
     try:
@@ -61,17 +62,18 @@ def _json_object(name: str) -> dict[str, int]:
     return value
 
 
-def check_flags(command: str) -> None:
-    """Refuses bad flag values of `pddm-tf index|search` before any work (`validation.FlagError`, exit code 2)."""
+def check_flags(command: str, values: Mapping[str, Any]) -> None:
+    """Refuses bad flag values (`values`: flag name -> value) of `pddm-tf index|search` before any work
+    (`validation.FlagError`, exit code 2), without TensorFlow."""
     for name in ("model_dir", "images", "milvus_uri"):
-        if not FLAGS[name].value:
+        if not values.get(name):
             raise validation.FlagError(f"pddm-tf {command} needs --{name}")
-    if FLAGS.batch_size < 1:
-        raise validation.FlagError(f"--batch_size={FLAGS.batch_size} is out of range: allowed >= 1")
-    if not 1 <= FLAGS.top_k <= 16384:  # Milvus' limit on topk
-        raise validation.FlagError(f"--top_k={FLAGS.top_k} is out of range: allowed 1 to 16384")
-    _json_object("index_params")
-    _json_object("search_params")
+    if values["batch_size"] < 1:
+        raise validation.FlagError(f"--batch_size={values['batch_size']} is out of range: allowed >= 1")
+    if not 1 <= values["top_k"] <= 16384:  # Milvus' limit on topk
+        raise validation.FlagError(f"--top_k={values['top_k']} is out of range: allowed 1 to 16384")
+    _json_object("index_params", values.get("index_params") or "")
+    _json_object("search_params", values.get("search_params") or "")
 
 
 def _milvus_errors(command: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:

@@ -234,7 +234,7 @@ def _apply_recipe(announce: bool = True) -> None:
 def _check_flags(command: str) -> None:
     """Refuses bad flag values before any work starts (`validation.FlagError`, exit code 2)."""
     if command in gallery_commands.COMMANDS:
-        return gallery_commands.check_flags(command)
+        return gallery_commands.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
     validation.check_flags(command, {name: FLAGS[name].value for name in FLAGS})
 
 
