@@ -40,10 +40,16 @@ setup(
     ],
     extras_require={
         # tensorflow-serving-api: the gRPC PredictRequest of examples/serve_client.py (tests/test_serving.py).
-        "test": ["pytest>=7", "pytest-xdist>=3", "pillow>=10", "matplotlib>=3.7", "tensorflow-serving-api"],
+        # pymilvus, milvus-lite: tests/test_milvus.py runs the real Milvus Lite engine; faiss-cpu: the approximate
+        # Index backends (tests/test_ann_index.py).
+        "test": ["pytest>=7", "pytest-xdist>=3", "pillow>=10", "matplotlib>=3.7", "tensorflow-serving-api",
+                 "faiss-cpu", "pymilvus>=3.0", "milvus-lite>=3.2"],
         "serving": ["tensorflow-serving-api", "requests"],
-        # faiss-cpu: the optional exact-search backend, nearest_neighbors(backend="faiss"|"auto").
+        # faiss-cpu: the optional exact-search backend, nearest_neighbors(backend="faiss"|"auto"), and the
+        # approximate Index backends "hnsw", "ivf_pq" (pddm_tf.evaluation.ann).
         "faiss": ["faiss-cpu"],
+        # `pddm-tf index` / `pddm-tf search`, pddm_tf.vectordb: Milvus Lite (a local file) or a Milvus server by URI.
+        "milvus": ["pymilvus>=3.0", "milvus-lite>=3.2"],
         # pddm_tf.evaluation.visualize and `pddm-tf evaluate --plots`.
         "plots": ["matplotlib>=3.7"],
         # Viewing the `pddm-tf train --log_dir` logs (writing them needs only TensorFlow).

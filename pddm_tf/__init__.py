@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "LossTerms": "pddm_tf.losses",
     "MarginLoss": "pddm_tf.losses",
     "MetricLossModel": "pddm_tf.models",
+    "MilvusGallery": "pddm_tf.vectordb.milvus",
     "BatchHardMiner": "pddm_tf.miners",
     "ClosestBeyondCutoffMiner": "pddm_tf.miners",
     "DistanceWeightedMiner": "pddm_tf.miners",

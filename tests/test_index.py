@@ -142,3 +142,155 @@ def test_readme_tf_similarity_example_runs(tmp_path, monkeypatch, capsys):
     loaded = pddm_tf.Index.load("index.npz")
     np.testing.assert_array_equal(loaded.embeddings, namespace["model"].search_index.embeddings)
     assert "(0, 0.0)" in capsys.readouterr().out
+
+
+# Index.load of hostile or damaged files: one clear error each, before anything large is read (issue 34, item 5).
+
+def _saved_index(tmp_path):
+    index = Index()
+    index.add(np.arange(40, dtype=np.float32).reshape(10, 4), np.arange(10))
+    return pathlib.Path(index.save(tmp_path / "good"))
+
+
+def _npz_member(path, name, header_shape, dtype="<f4", data=b"", compress=False):
+    """An .npz whose member `name`.npy declares `header_shape` and holds `data` (maybe not what it declares)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
+        archive.writestr(f"{name}.npy", header.getvalue() + data)
+        archive.writestr("backend.npy", _npy(np.array("numpy")))
+
+
+def _npy(array):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("zero_bytes", r"is empty \(0 bytes\), not an index file"),
+    ("truncated", "not an index file: truncated or corrupt .npz archive"),
+    ("random", "not an index file: not a .npz archive"),
+    ("npy", r"is a single .npy array, not an index file \(.npz written by Index.save\)"),
+    ("missing_key", r"not an index file: no 'embeddings' array \(it holds \['backend', 'labels'\]\)"),
+    ("complex", r"the 'embeddings' array has dtype complex64 \(complex numbers\); expected real floats or integers"),
+    ("pickled", r"the 'labels' array holds Python objects \(pickled data\)"),
+    ("forged_header", r"declares \(200000000, 64\) float32 \(51,200,000,000 bytes\) but its member holds 16"),
+    ("one_dimensional", r"embeddings must be 2-D \[g, d\], got shape \(40,\)"),
+    ("labels_length", r"labels must have shape \[10\], got \(3,\)"),
+])
+def test_load_refuses_bad_files_with_one_clear_error(tmp_path, case, message):
+    good = _saved_index(tmp_path)
+    path = tmp_path / f"{case}.npz"
+    if case == "zero_bytes":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif case == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif case == "npy":
+        np.save(path.with_suffix(".npy"), np.zeros((3, 4), np.float32))
+        path = path.with_suffix(".npy")
+    elif case == "missing_key":
+        np.savez(path, labels=np.arange(3), backend=np.array("numpy"))
+    elif case == "complex":
+        np.savez(path, embeddings=np.ones((3, 4), np.complex64), backend=np.array("numpy"))
+    elif case == "pickled":
+        np.savez(path, embeddings=np.ones((3, 4), np.float32), labels=np.array([{}, 1, "a"], dtype=object),
+                 backend=np.array("numpy"))
+    elif case == "forged_header":
+        _npz_member(path, "embeddings", (200_000_000, 64), data=b"\0" * 16)
+    elif case == "one_dimensional":
+        np.savez(path, embeddings=np.ones(40, np.float32), backend=np.array("numpy"))
+    elif case == "labels_length":
+        np.savez(path, embeddings=np.ones((10, 4), np.float32), labels=np.arange(3), backend=np.array("numpy"))
+    with pytest.raises(ValueError, match=message) as error:
+        Index.load(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert len(Index.load(good)) == 10  # the good file still loads
+    with pytest.raises(FileNotFoundError):
+        Index.load(tmp_path / "absent.npz")
+
+
+def test_load_refuses_a_file_past_the_stated_cap(tmp_path):
+    good = _saved_index(tmp_path)  # 10 x 4 float32 + 10 int64 labels + two small strings
+    with pytest.raises(ValueError, match=r"declares 2\d\d bytes of arrays \(.*embeddings \(10, 4\) float32.*\) in a "
+                                         r"[\d,]+-byte file; the limit is 200 \(max_bytes=200"):
+        Index.load(good, max_bytes=200)
+    assert len(Index.load(good, max_bytes=10_000)) == 10
+
+
+def test_load_of_a_compression_bomb_fails_fast_in_bounded_memory(tmp_path):
+    import time
+    import tracemalloc
+
+    # 1.5 GB of zeros declared as 5,859,375 x 64 float32 in an .npz of about 1.5 MB.
+    rows, dim = 5_859_375, 64
+    path = tmp_path / "bomb.npz"
+    _deflated_zeros_npz(path, _npy_header(rows, dim), rows * dim * 4)
+    assert path.stat().st_size < 2_000_000
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, archive.open("embeddings.npy") as member:  # a genuine bomb: it inflates
+        start = member.read(1 << 23)
+        assert start[:len(_npy_header(rows, dim))] == _npy_header(rows, dim) and not any(start[200:])
+        assert archive.getinfo("embeddings.npy").file_size == rows * dim * 4 + len(_npy_header(rows, dim))
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"declares 1,500,000,0\d\d bytes of arrays \(embeddings \(5859375, 64\) "
+                                         r"float32.* the limit is [\d,]+ \(.*64x the file size\)"):
+        Index.load(path)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1.0 and peak < 16 << 20, (seconds, peak)
+
+
+def _npy_header(rows, dim):
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    return buffer.getvalue()
+
+
+def _deflated_zeros_npz(path, header, zero_bytes):
+    """An .npz whose embeddings.npy member is `header` + `zero_bytes` zeros, deflated, written without ever
+    holding or compressing the whole: after a full flush, zlib compresses each identical 4 MB block of
+    zeros to the same bytes, so one block's output is repeated (the member's CRC is computed as zlib would)."""
+    import struct
+    import zlib
+
+    block = bytes(1 << 22)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    first = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    assert first == repeated
+    blocks, rest = divmod(zero_bytes, len(block))
+    tail = compressor.compress(bytes(rest)) + compressor.flush(zlib.Z_FINISH)
+    crc = zlib.crc32(header)
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(bytes(rest), crc)
+    members = [(b"embeddings.npy", 8, crc, len(header) + zero_bytes, [head] + [first] * blocks + [tail]),
+               (b"backend.npy", 0, zlib.crc32(_npy(np.array("numpy"))), len(_npy(np.array("numpy"))),
+                [_npy(np.array("numpy"))])]
+    central, offset = b"", 0
+    with open(path, "wb") as f:
+        for name, method, crc, size, chunks in members:
+            compressed = sum(len(c) for c in chunks)
+            f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, compressed, size, len(name), 0)
+                    + name)
+            for chunk in chunks:
+                f.write(chunk)
+            central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, compressed,
+                                   size, len(name), 0, 0, 0, 0, 0, offset) + name
+            offset += 30 + len(name) + compressed
+        f.write(central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central),
+                                      offset, 0))

@@ -4,7 +4,8 @@
   (`SEARCH_BACKENDS`: "numpy", the default, "tf" and "faiss").
 * `retrieval`: Recall@K, MAP@R, R-Precision and NMI (METHODS.md section 5), from one search.
 * `few_shot`: N-way K-shot episodes classified by the nearest prototype (METHODS.md section 6).
-* `index`: `Index`, a saved, searchable set of labelled embeddings.
+* `index`: `Index`, a saved, searchable set of labelled embeddings, searched exactly or approximately
+  (`ann`: HNSW and IVF-PQ through faiss).
 * `callbacks`: embedding a dataset with a model, and `RetrievalEvaluation` during `fit`.
 * `visualize`: pictures of a result (matplotlib, optional).
 """
