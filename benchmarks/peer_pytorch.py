@@ -26,6 +26,7 @@ exits 0 with a message saying so when they are not; they are never dependencies 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -222,18 +223,18 @@ def main(argv: list[str]) -> None:
             first[(key, "pddm_tf")] = step()
             for _ in range(FLAGS.warmup_steps):
                 step()
-            runners[(key, "pddm_tf")] = lambda steps, step=step: _time_tf(step, steps)
+            runners[(key, "pddm_tf")] = functools.partial(_time_tf, step)
             worker_rows.append({"name": key, "loss": loss, "dim": dim})
     with tempfile.TemporaryDirectory() as folder:
         npz = os.path.join(folder, "batches.npz")
-        np.savez(npz, **arrays)
+        np.savez(npz, **arrays)  # type: ignore[arg-type]  # numpy's stub reads the dict as allow_pickle
         workers = {label: TorchWorker(FLAGS.python, env, npz, worker_rows) for label, env in TORCH_SETTINGS.items()}
     ready = workers["PyTorch"].ready
     print(f"PyTorch {ready['torch']}, pytorch-metric-learning {ready['pml']}, torch threads {ready['threads']}")
     for row in worker_rows:
         for label, worker in workers.items():
             first[(row["name"], label)] = worker.ready["first_loss"][row["name"]]
-            runners[(row["name"], label)] = lambda steps, w=worker, name=row["name"]: w.run(name, steps)
+            runners[(row["name"], label)] = functools.partial(worker.run, row["name"])
         print(f"{row['name']}: first-step loss pddm_tf {first[(row['name'], 'pddm_tf')]:.6f}, PyTorch "
               f"{first[(row['name'], 'PyTorch')]:.6f}")
     # Rows of one (configuration, loss) next to each other, so that they take turns closely.
