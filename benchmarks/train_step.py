@@ -10,6 +10,8 @@ Beside the full steps, the PDDM rows are broken down into the parts of METHODS.m
 batch-hard training does not have, each timed alone in its own `tf.function` on the same batch:
   * `all_pairs`: the all-pairs PDDM scores of the batch's embeddings (mining input, no gradient);
   * `mining`:   all_pairs + quadruplet mining (`models.mine_with_pddm`);
+  * `mining scores`: the same scores as `PDDMModel.mine` computes them (`models.pddm._mining_scores`,
+    fewer passes over the pairs' activations) when the unit does not normalise its inputs;
   * `dense_all_pairs`: the all-pairs scores as the library computed them before (every ordered
     pair through an [m, m, d] difference tensor), for comparison;
   * `all_pairs (XLA)`: all_pairs compiled by XLA, as `compile(jit_compile=True)` runs it;
@@ -60,6 +62,7 @@ from pddm_tf.distances import EPSILON, l2_normalize  # noqa: E402
 from pddm_tf.methods import build_model, method_options  # noqa: E402
 from pddm_tf.miners import quadruplet_tuples  # noqa: E402
 from pddm_tf.models import mine_with_pddm, pddm_quadruplet_terms  # noqa: E402
+from pddm_tf.models.pddm import _mining_scores  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["16x4:64", "64x4:128"], "Batch configurations PxK:d.")
@@ -258,6 +261,11 @@ def _rows_of(config: str) -> dict[str, Callable[[], Any]]:
             compiled = tf.function(layer.all_pair_scores, jit_compile=True)
             rows[f"{method}: all_pairs (XLA)"] = lambda f=compiled, e=embeddings: f(e).numpy()
             rows[f"{method}: dense_all_pairs"] = lambda f=dense, e=embeddings: f(e).numpy()
+            if not layer.normalize_inputs:
+                fused = tf.function(lambda e, layer=layer: _mining_scores(layer, e))
+                if not np.allclose(all_pairs(embeddings).numpy(), fused(embeddings).numpy(), atol=1e-5):
+                    raise RuntimeError("the model's mining scores differ from the layer's all-pairs scores")
+                rows[f"{method}: mining scores"] = lambda f=fused, e=embeddings: f(e).numpy()
             rows[f"{method}: all_pairs products"] = _all_pairs_products(layer, size, dim, rng)
             mined = mine_with_pddm(model.pddm, model.hinge_loss, model.mining_score, embeddings, labels)
             loss = _loss_with_gradient(lambda *a: pddm_quadruplet_terms(*a)["loss"], layer, model.hinge_loss,

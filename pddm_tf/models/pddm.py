@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from pddm_tf.distances import EPSILON, l2_normalize
 from pddm_tf.layers import PDDM
 from pddm_tf.losses import DoubleHeaderHingeLoss
 from pddm_tf.miners import euclidean_scores, mine_quadruplets, quadruplet_tuples, score_gap
@@ -33,6 +34,35 @@ def mine_with_pddm(pddm: PDDM | Callable[[tf.Tensor], tf.Tensor], loss: DoubleHe
     """
     scores = pddm(embeddings) if mining_score == "pddm" else euclidean_scores(embeddings)
     return {"quadruplets": mine_quadruplets(labels, scores, loss.miner.mode), "score_gap": score_gap(labels, scores)}
+
+
+def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
+    """`pddm.all_pair_scores(f)` ([m, d] -> [m, m], METHODS.md section 1) for a unit with
+    normalize_inputs=False and normalize_hidden=True, in fewer passes over the m (m + 1) / 2 pairs'
+    activations, which at 256 images cost as much as their matrix products: the u branch's bias and
+    ReLU ride on its product (`bias_add`, which Grappler fuses into the MatMul kernel); the v branch
+    adds two gathered rows of (W_v f + b_v) / 2, computed per sample; u' and v' are not divided by
+    their norms, the products W_c u', W_c v' are scaled by the inverse norms instead (a row scale
+    commutes with the product), the v half fused with c's bias. Equal to the layer's scores up to
+    float rounding; used for mining only (no gradient flows through mining)."""
+    f = l2_normalize(f)
+    m = tf.shape(f)[0]
+    upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
+    pairs = tf.cast(tf.where(upper), tf.int32)
+    i, j = pairs[:, 0], pairs[:, 1]
+    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(tf.abs(tf.gather(f, i) - tf.gather(f, j)), pddm.u_kernel),
+                                    pddm.u_bias))
+    half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
+    v_h = tf.nn.relu(tf.gather(half, i) + tf.gather(half, j))
+
+    def inverse_norm(x: tf.Tensor) -> tf.Tensor:
+        return tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=1, keepdims=True), EPSILON))
+
+    units = pddm.units
+    c = tf.nn.relu(tf.matmul(u_h, pddm.c_kernel[:units]) * inverse_norm(u_h)
+                   + tf.nn.bias_add(tf.matmul(v_h, pddm.c_kernel[units:]) * inverse_norm(v_h), pddm.c_bias))
+    upper_scores = tf.scatter_nd(pairs, tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0], tf.stack([m, m]))
+    return tf.where(upper, upper_scores, tf.transpose(upper_scores))
 
 
 def _distinct_pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -129,7 +159,12 @@ class PDDMModel(EmbeddingModel):
     def mine(self, embeddings: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
         if self.xla_scores and self._compiled_scores is None:
             self._compiled_scores = tf.function(self.pddm.all_pair_scores, jit_compile=True, reduce_retracing=True)
-        scores = self._compiled_scores if self.xla_scores else self.pddm
+        if self.xla_scores:
+            scores = self._compiled_scores
+        elif self.pddm.normalize_hidden and not self.pddm.normalize_inputs and type(self.pddm) is PDDM:
+            scores = lambda f: _mining_scores(self.pddm, f)  # noqa: E731
+        else:
+            scores = self.pddm
         return mine_with_pddm(scores, self.hinge_loss, self.mining_score, embeddings, labels)
 
     def loss_terms(self, embeddings: tf.Tensor, labels: tf.Tensor, mined: dict[str, Any]) -> dict[str, tf.Tensor]:

@@ -1,0 +1,67 @@
+"""PDDMModel's mining scores (`models.pddm._mining_scores`, fewer passes over the pairs): the PDDM
+scores of a float64 numpy reference, and the same quadruplets as the layer's `all_pair_scores`."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pddm_tf import small_convnet
+from pddm_tf.methods import build_model
+from pddm_tf.miners import mine_quadruplets, score_gap
+from pddm_tf.models.pddm import _mining_scores
+
+
+def _model(dim: int, **options):
+    keras.utils.set_random_seed(0)
+    model = build_model("pddm_quadruplet", small_convnet(16, 1, width=8), dim, **options)
+    model.build((None, 16, 16, 1))
+    rng = np.random.default_rng(1)
+    for weight in model.pddm.weights:  # non-zero biases too, so that every term counts
+        weight.assign(0.3 * rng.normal(size=weight.shape).astype(np.float32))
+    return model
+
+
+def _numpy_scores(pddm, f: np.ndarray) -> np.ndarray:
+    """METHODS.md section 1 for every ordered pair, in float64 (normalize_inputs=False)."""
+    w = {v.path.rsplit("/", 1)[-1]: v.numpy().astype(np.float64) for v in pddm.weights}
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    u = np.abs(f[:, None] - f[None, :])
+    v = 0.5 * (f[:, None] + f[None, :])
+    u_h = np.maximum(u @ w["u_kernel"] + w["u_bias"], 0)
+    v_h = np.maximum(v @ w["v_kernel"] + w["v_bias"], 0)
+    u_h /= np.maximum(np.linalg.norm(u_h, axis=-1, keepdims=True), 1e-6)
+    v_h /= np.maximum(np.linalg.norm(v_h, axis=-1, keepdims=True), 1e-6)
+    c = np.maximum(np.concatenate([u_h, v_h], -1) @ w["c_kernel"] + w["c_bias"], 0)
+    return (c @ w["s_kernel"])[..., 0] + w["s_bias"][0]
+
+
+def test_mining_scores_are_the_pddm_scores_of_every_pair():
+    model = _model(8)
+    f = np.random.default_rng(0).normal(size=(24, 8)).astype(np.float32)
+    np.testing.assert_allclose(_mining_scores(model.pddm, tf.constant(f)), _numpy_scores(model.pddm, f), atol=1e-5)
+
+
+@pytest.mark.parametrize("classes, dim", [(8, 8), (64, 128)])
+def test_model_mines_the_quadruplets_of_the_layer_scores(classes, dim):
+    """At 8 x 4 and at the benchmark's 64 x 4, d = 128: the model's mining (through `_mining_scores`)
+    returns exactly the quadruplets that the layer's all-pairs scores give."""
+    model = _model(dim)
+    assert not model.pddm.normalize_inputs  # the methods' default, which takes the fused path
+    labels = tf.constant(np.repeat(np.arange(classes), 4), tf.int32)
+    for seed in range(3):
+        embeddings = tf.constant(np.random.default_rng(seed).normal(size=(4 * classes, dim)).astype(np.float32))
+        mined = tf.function(model.mine)(embeddings, labels)
+        scores = model.pddm.all_pair_scores(embeddings)
+        expected = mine_quadruplets(labels, scores, model.hinge_loss.mining)
+        assert expected.indices.shape[0] > 0
+        np.testing.assert_array_equal(mined["quadruplets"].indices, expected.indices)
+        np.testing.assert_allclose(mined["score_gap"], score_gap(labels, scores), atol=1e-5)
+
+
+def test_normalised_inputs_keep_the_layer_path():
+    model = _model(8, pddm_normalize_inputs=True)
+    labels = tf.constant(np.repeat(np.arange(8), 4), tf.int32)
+    embeddings = tf.constant(np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32))
+    np.testing.assert_array_equal(model.mine(embeddings, labels)["quadruplets"].indices,
+                                  mine_quadruplets(labels, model.pddm(embeddings), model.hinge_loss.mining).indices)
