@@ -13,8 +13,24 @@ from pddm_tf.losses.multi_similarity import MultiSimilarityLoss
 from pddm_tf.losses.npair import NPairLoss
 from pddm_tf.losses.pddm import DoubleHeaderHingeLoss, LossTerms, double_header_hinge
 from pddm_tf.losses.triplet import TRIPLET_MINING, TripletLoss
+from pddm_tf.losses.proxy_anchor import ProxyAnchorLoss
+from pddm_tf.losses.proxy_nca import ProxyNCALoss
+from pddm_tf.losses.normalized_softmax import NormalizedSoftmaxLoss
+from pddm_tf.losses.soft_triple import SoftTripleLoss
+from pddm_tf.losses.arcface import ArcFaceLoss
+from pddm_tf.losses.cosface import CosFaceLoss
+from pddm_tf.losses.subcenter_arcface import SubCenterArcFaceLoss
+from pddm_tf.losses._proxies import ProxyLoss
 
 __all__ = [
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
+    "ProxyLoss",
+    "ProxyNCALoss",
+    "SoftTripleLoss",
+    "SubCenterArcFaceLoss",
     "TRIPLET_MINING",
     "ContrastiveLoss",
     "DoubleHeaderHingeLoss",

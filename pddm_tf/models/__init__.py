@@ -8,12 +8,14 @@ implements its hooks (`mine`, `loss_terms`, or `batch_terms`). Each model is ser
   base.py                `EmbeddingModel`, `gather_global_batch`, `MetricLossModel` (any loss)
   pddm.py                `PDDMModel`: hard quadruplets mined and scored by a PDDM unit
   hdml.py                `HDMLModel`: hardness-aware synthetic negatives (generator, classifier)
+  proxy.py               `ProxyLossModel`: a loss's proxies trained by their own optimiser (lr multiplier)
   divide_and_conquer.py  `DivideAndConquerModel`: K learners on K slices of one embedding
   clustering.py          Divide-and-Conquer's clusters: k-means of the training set, per-cluster
                          P x K batches and the `DivideAndConquer` callback that re-clusters
 """
 
 from pddm_tf.models.base import EmbeddingModel, MetricLossModel, gather_global_batch
+from pddm_tf.models.proxy import ProxyLossModel, ScaledSchedule
 from pddm_tf.models.clustering import (
     CLUSTER_ON,
     CONQUER,
@@ -47,6 +49,8 @@ __all__ = [
     "HDMLModel",
     "MetricLossModel",
     "PDDMModel",
+    "ProxyLossModel",
+    "ScaledSchedule",
     "check_clusters",
     "cluster_balanced_dataset",
     "cluster_features",

@@ -1,0 +1,64 @@
+"""Proxy-Anchor loss (Kim, Kim, Cho & Kwak, "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.distances import Distance
+from pddm_tf.losses._base import masked_logsumexp
+from pddm_tf.losses._proxies import ProxyLoss, finite
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class ProxyAnchorLoss(ProxyLoss):
+    """Proxy-Anchor loss: each class proxy is an anchor pulling its batch embeddings in and pushing the
+    others out (Kim et al. 2020, eq. 4).
+
+    With s(x, p) the embedding-to-proxy score (cosine similarity, or minus a distance on normalised
+    vectors: `ProxyLoss.scores`), P the C proxies, P+ those whose class is in the batch, X_p+ / X_p-
+    the batch embeddings of / not of p's class:
+
+        L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - delta)))
+          + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + delta)))
+
+    Both log(1 + sum exp) are max-shifted log-sum-exps; |P+| is floored at 1 (an empty batch is 0).
+    This is pytorch-metric-learning's `ProxyAnchorLoss` (same names, defaults and division: the
+    positive term by the proxies with a positive in the batch, the negative term by all C).
+    Usage: `loss(labels [m] int in [0, C), embeddings [m, d]) -> scalar`.
+
+    Args:
+      num_classes: C. embedding_size: d.
+      margin: delta (paper: 0.1).
+      alpha: the scale alpha (paper: 32).
+      lr_multiplier: the proxies' learning-rate factor; 100 as in the authors' code (proxies at
+        100 x the network's learning rate), applied by `pddm_tf.ProxyLossModel`.
+      distance: "cosine" (the paper's), or "squared_euclidean" / "euclidean" between normalised
+        vectors, for which s - delta and s + delta read delta - d and -delta - d (as in PML).
+    """
+
+    distances = ("cosine", "squared_euclidean", "euclidean")
+
+    def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32.0,
+                 lr_multiplier: float = 100.0, distance: str | Distance = "cosine",
+                 name: str = "proxy_anchor_loss", **kwargs: Any) -> None:
+        super().__init__(num_classes, embedding_size, lr_multiplier=lr_multiplier, distance=distance, name=name,
+                         **kwargs)
+        self.margin = finite("margin", margin, owner="ProxyAnchorLoss")
+        self.alpha = finite("alpha", alpha, 0.0, True, owner="ProxyAnchorLoss")
+
+    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+        labels, embeddings = self.checked(labels, embeddings)
+        s = self.scores(embeddings)                                           # [m, C]
+        positive = tf.one_hot(labels, self.num_classes, on_value=True, off_value=False)
+        # Per proxy (column): log(1 + sum over its positives / negatives).
+        pos = masked_logsumexp(tf.transpose(-self.alpha * (s - self.margin)), tf.transpose(positive), with_one=True)
+        neg = masked_logsumexp(tf.transpose(self.alpha * (s + self.margin)), tf.transpose(~positive), with_one=True)
+        with_positives = tf.cast(tf.reduce_any(positive, axis=0), s.dtype)
+        pos_term = tf.reduce_sum(pos * with_positives) / tf.maximum(tf.reduce_sum(with_positives), 1.0)
+        return pos_term + tf.reduce_sum(neg) / float(self.num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin, "alpha": self.alpha}

@@ -1,0 +1,59 @@
+"""SoftTriple loss (Qian, Shang, Sun, Hu, Li & Jin, "SoftTriple Loss: Deep Metric Learning Without
+Triplet Sampling", ICCV 2019)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from pddm_tf.distances import Distance
+from pddm_tf.losses._proxies import ProxyLoss, finite, mean_cross_entropy, positive_int
+
+
+@keras.saving.register_keras_serializable(package="pddm_tf")
+class SoftTripleLoss(ProxyLoss):
+    """SoftTriple: a softmax over classes whose similarity is a soft maximum over K centres per class.
+
+    With s_ick = cos(x_i, w_c^k) (Qian et al. 2019, eqs. 8 and 10):
+
+        S'_ic = sum_k softmax_k(s_ick / gamma) s_ick
+        L = 1/m sum_i -log( exp(la (S'_iy - delta)) / (exp(la (S'_iy - delta)) + sum_{c != y} exp(la S'_ic)) )
+
+    pytorch-metric-learning's `SoftTripleLoss` (same names, defaults, mean over the batch). The
+    paper's centre regulariser (tau = 0.2, sec. 4.3) is not part of the loss, as in PML's default.
+    Usage: `loss(labels [m] int in [0, C), embeddings [m, d]) -> scalar`.
+
+    Args:
+      num_classes: C. embedding_size: d.
+      centers_per_class: K (paper and PML: 10).
+      la: lambda, the scale of the class logits (paper and PML: 20).
+      gamma: the temperature of the soft assignment to centres (paper and PML: 0.1).
+      margin: delta (paper and PML: 0.01).
+      lr_multiplier: the centres' learning-rate factor; 100 as in the authors' released command
+        (centres at 1e-2, network at 1e-4).
+      distance: "cosine" only (the loss is defined on cosine similarities).
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int, centers_per_class: int = 10, la: float = 20.0,
+                 gamma: float = 0.1, margin: float = 0.01, lr_multiplier: float = 100.0,
+                 distance: str | Distance = "cosine", name: str = "soft_triple_loss", **kwargs: Any) -> None:
+        centers_per_class = positive_int("centers_per_class", centers_per_class, "SoftTripleLoss")
+        super().__init__(num_classes, embedding_size, proxies_per_class=centers_per_class,
+                         lr_multiplier=lr_multiplier, distance=distance, name=name, **kwargs)
+        self.centers_per_class = centers_per_class
+        self.la = finite("la", la, 0.0, True, owner="SoftTripleLoss")
+        self.gamma = finite("gamma", gamma, 0.0, True, owner="SoftTripleLoss")
+        self.margin = finite("margin", margin, owner="SoftTripleLoss")
+
+    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+        labels, embeddings = self.checked(labels, embeddings)
+        s = self.class_scores(embeddings)                                   # [m, C, K]
+        soft = tf.reduce_sum(tf.nn.softmax(s / self.gamma, axis=-1) * s, axis=-1)
+        margin = self.margin * tf.one_hot(labels, self.num_classes, dtype=soft.dtype)
+        return mean_cross_entropy(self.la * (soft - margin), labels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "centers_per_class": self.centers_per_class, "la": self.la,
+                "gamma": self.gamma, "margin": self.margin}
