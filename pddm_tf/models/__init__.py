@@ -15,7 +15,6 @@ implements its hooks (`mine`, `loss_terms`, or `batch_terms`). Each model is ser
 """
 
 from pddm_tf.models.base import EmbeddingModel, MetricLossModel, gather_global_batch
-from pddm_tf.models.proxy import ProxyLossModel, ScaledSchedule
 from pddm_tf.models.clustering import (
     CLUSTER_ON,
     CONQUER,
@@ -33,6 +32,7 @@ from pddm_tf.models.clustering import (
 from pddm_tf.models.divide_and_conquer import DivideAndConquerModel
 from pddm_tf.models.hdml import GENERATOR_INPUTS, HDML_BASES, HDMLModel, hardness_aware_negatives
 from pddm_tf.models.pddm import MINING_SCORES, PDDM_TERMS, PDDMModel, mine_with_pddm, pddm_quadruplet_terms
+from pddm_tf.models.proxy import ProxyLossModel, ScaledSchedule
 
 __all__ = [
     "CLUSTER_ON",

@@ -103,6 +103,8 @@ class ProxyLossModel(MetricLossModel):
         be created inside a replica context): the compiled one on every trainable variable, as Keras
         builds it when it restores one (the proxies' slots in it stay unused, but its weight average,
         if any, covers them); `proxy_optimizer` on the proxies."""
+        if self.proxy_optimizer is None:
+            raise ValueError("ProxyLossModel must be compiled before its optimizers are built")
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
         if not self.proxy_optimizer.built:
@@ -113,7 +115,7 @@ class ProxyLossModel(MetricLossModel):
             terms, objective = self._objective(data, tape)
         if self.proxy_optimizer is None:
             raise ValueError("ProxyLossModel must be compiled before training")
-        if not self.optimizer.built or not self.proxy_optimizer.built:
+        if not (self.optimizer.built and self.proxy_optimizer.built):
             self.build_optimizers()
         variables = self.trainable_variables
         gradients = tape.gradient(objective, variables)
