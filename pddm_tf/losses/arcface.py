@@ -26,7 +26,7 @@ def add_angle(cosine: tf.Tensor, radians: float) -> tf.Tensor:
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class ArcFaceLoss(MarginSoftmaxLoss):
     """ArcFace: softmax cross-entropy on s cos(theta), the true class's angle increased by m
-    (Deng et al. 2019, eq. 3):
+    (Deng et al. 2019):
 
         L = 1/m sum_i -log( exp(s cos(theta_iy + m)) / (exp(s cos(theta_iy + m)) + sum_{c != y} exp(s cos theta_ic)) )
 

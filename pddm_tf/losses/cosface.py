@@ -15,7 +15,7 @@ from pddm_tf.losses._large_margin import MarginSoftmaxLoss
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class CosFaceLoss(MarginSoftmaxLoss):
     """CosFace (large margin cosine loss): softmax cross-entropy on s cos(theta), the true class's
-    cosine reduced by m (Wang et al. 2018, eq. 4):
+    cosine reduced by m (Wang et al. 2018):
 
         L = 1/m sum_i -log( exp(s (cos theta_iy - m)) / (exp(s (cos theta_iy - m)) + sum_{c != y} exp(s cos theta_ic)) )
 

@@ -14,7 +14,7 @@ from pddm_tf.losses._proxies import ProxyLoss, finite, mean_cross_entropy
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class NormalizedSoftmaxLoss(ProxyLoss):
-    """Softmax cross-entropy on temperature-scaled cosine logits (Zhai & Wu 2019, eq. 2):
+    """Softmax cross-entropy on temperature-scaled cosine logits (Zhai & Wu 2019):
 
         L = 1/m sum_i -log( exp(x_i . p_{y_i} / sigma) / sum_z exp(x_i . p_z / sigma) )
 

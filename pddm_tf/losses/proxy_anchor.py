@@ -15,7 +15,7 @@ from pddm_tf.losses._proxies import ProxyLoss, finite
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class ProxyAnchorLoss(ProxyLoss):
     """Proxy-Anchor loss: each class proxy is an anchor pulling its batch embeddings in and pushing the
-    others out (Kim et al. 2020, eq. 4).
+    others out (Kim et al. 2020).
 
     With s(x, p) the embedding-to-proxy score (cosine similarity, or minus a distance on normalised
     vectors: `ProxyLoss.scores`), P the C proxies, P+ those whose class is in the batch, X_p+ / X_p-

@@ -22,13 +22,13 @@ class ProxyNCALoss(ProxyLoss):
         L = 1/m sum_i -log( exp(-s d(x_i, p_{y_i})) / sum_z exp(-s d(x_i, p_z)) )
 
     The denominator sums over every proxy, the target's included (as pytorch-metric-learning and
-    ProxyNCA++ do; the 2017 paper's eq. 6 leaves the target out). With distance="cosine" the logits
+    ProxyNCA++ do; the 2017 paper leaves the target out). With distance="cosine" the logits
     are s cos(x_i, p_z) (equivalent: on unit vectors d = 2 - 2 cos, and the constant cancels, with
     s doubled). Usage: `loss(labels [m] int in [0, C), embeddings [m, d]) -> scalar`.
 
     Args:
       num_classes: C. embedding_size: d.
-      softmax_scale: s = 1/T. pytorch-metric-learning's default is 1; ProxyNCA++ (sec. 3.2,
+      softmax_scale: s = 1/T. pytorch-metric-learning's default is 1; ProxyNCA++ (its
         "low temperature scaling") uses T = 1/9, i.e. softmax_scale=9.
       lr_multiplier: the proxies' learning-rate factor. 1 by default: the Proxy-Anchor authors'
         ProxyNCA baseline trains the proxies at the network's rate; ProxyNCA++'s "fast moving

@@ -16,13 +16,13 @@ from pddm_tf.losses._proxies import ProxyLoss, finite, mean_cross_entropy, posit
 class SoftTripleLoss(ProxyLoss):
     """SoftTriple: a softmax over classes whose similarity is a soft maximum over K centres per class.
 
-    With s_ick = cos(x_i, w_c^k) (Qian et al. 2019, eqs. 8 and 10):
+    With s_ick = cos(x_i, w_c^k) (Qian et al. 2019):
 
         S'_ic = sum_k softmax_k(s_ick / gamma) s_ick
         L = 1/m sum_i -log( exp(la (S'_iy - delta)) / (exp(la (S'_iy - delta)) + sum_{c != y} exp(la S'_ic)) )
 
     pytorch-metric-learning's `SoftTripleLoss` (same names, defaults, mean over the batch). The
-    paper's centre regulariser (tau = 0.2, sec. 4.3) is not part of the loss, as in PML's default.
+    paper's centre regulariser (weight tau = 0.2) is not part of the loss, as in PML's default.
     Usage: `loss(labels [m] int in [0, C), embeddings [m, d]) -> scalar`.
 
     Args:

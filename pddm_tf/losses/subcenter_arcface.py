@@ -15,7 +15,7 @@ from pddm_tf.losses.arcface import ArcFaceLoss
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class SubCenterArcFaceLoss(ArcFaceLoss):
     """ArcFace with K sub-centres per class: cos theta_ic is the largest cosine between x_i and the
-    K sub-centres of class c (Deng et al. 2020, sec. 3.1), then the ArcFace loss (`ArcFaceLoss`).
+    K sub-centres of class c (Deng et al. 2020), then the ArcFace loss (`ArcFaceLoss`).
     pytorch-metric-learning's `SubCenterArcFaceLoss` (same names and defaults). Usage: `loss(labels [m]
     int in [0, C), embeddings [m, d]) -> scalar`.
 
