@@ -1,6 +1,13 @@
 """ProxyLossModel: the proxies' learning-rate multiplier, MirroredStrategy with the global batch,
 saving, bit-exact resumption after an interruption, and the proxy methods."""
 
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -203,3 +210,51 @@ def test_method_options_are_checked_at_the_edge():
     model = methods.build_model("proxy_nca", backbones.small_convnet(SIZE, 1, width=8), DIM, training_classes=5,
                                 loss_options={"softmax_scale": 9.0, "num_classes": 7})
     assert model.embedding_loss.softmax_scale == 9.0 and model.embedding_loss.num_classes == 7
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def _cli(args):
+    return [sys.executable, "-m", "pddm_tf.cli", "train", "--method=proxy_anchor", "--image_size=16",
+            "--backbone_width=8", "--embedding_dim=16", "--batch_classes=4", "--batch_per_class=2",
+            "--test_fraction=0.5", "--epochs=3", "--steps_per_epoch=10", *args]
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes_to_the_same_weights(tmp_path):
+    """`pddm-tf train --method=proxy_anchor` killed with SIGKILL after its first backup and run again in
+    a fresh process resumes and ends with the weights (proxies included) of an uninterrupted run."""
+    env = {**_env(), "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    whole = subprocess.Popen(_cli([f"--save_model={tmp_path / 'whole.keras'}",
+                                   f"--backup_dir={tmp_path / 'backup_whole'}"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    backup = tmp_path / "backup"
+    resumable = _cli([f"--save_model={tmp_path / 'resumed.keras'}", f"--backup_dir={backup}"])
+    victim = subprocess.Popen(resumable, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while not (backup / "latest").exists():  # the first backup is written when epoch 1 begins
+            assert victim.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert not (tmp_path / "resumed.keras").exists()
+    interrupted_at = (backup / "latest").read_text()
+    resumed = subprocess.run(resumable, capture_output=True, text=True, env=env, timeout=600)
+    whole_out, _ = whole.communicate(timeout=600)
+    assert resumed.returncode == 0 and whole.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:],
+                                                               whole_out[-3000:])
+    assert f"resumed from {backup / interrupted_at}" in resumed.stdout + resumed.stderr
+    restored = keras.saving.load_model(tmp_path / "resumed.keras")
+    reference = keras.saving.load_model(tmp_path / "whole.keras")
+    assert isinstance(restored, ProxyLossModel)
+    for a, b in zip(restored.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(restored.embedding_loss.proxies.numpy(), reference.embedding_loss.proxies.numpy())
