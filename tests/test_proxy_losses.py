@@ -139,16 +139,50 @@ def test_float32_matches_the_reference():
 
 
 def test_proxy_anchor_other_distances_match_numpy():
+    """With a distance d (smaller is closer) s - delta and s + delta read delta - d and -delta - d."""
     x, p = _inputs(1, seed=3)
     xn, pn = _unit(x), _unit(p)
     squared = ((xn[:, None] - pn[None]) ** 2).sum(-1)
-    for name, d in (("squared_euclidean", squared), ("euclidean", np.sqrt(squared))):
+    for name, d in (("squared_euclidean", squared), ("euclidean", np.sqrt(squared)), ("cosine", 1 - xn @ pn.T)):
         loss = losses.ProxyAnchorLoss(C, D, distance=name, dtype="float64")
         loss.proxies.assign(p)
-        s = -d  # s - delta and s + delta read delta - d and -delta - d
+        s = -d
         pos = [np.log1p(np.exp(-32 * (s[LABELS == c, c] - 0.1)).sum()) for c in range(C) if (LABELS == c).any()]
         neg = [np.log1p(np.exp(32 * (s[LABELS != c, c] + 0.1)).sum()) for c in range(C)]
-        np.testing.assert_allclose(loss(LABELS, x).numpy(), np.mean(pos) + np.sum(neg) / C, rtol=1e-6)
+        np.testing.assert_allclose(loss(LABELS, x).numpy(), np.mean(pos) + np.sum(neg) / C, rtol=1e-6, err_msg=name)
+
+
+def test_cosine_distance_gives_the_cosine_losses_unchanged():
+    """The cosine-only losses read the cosine back from the cosine distance 1 - cos."""
+    x, p = _inputs(1, seed=4)
+    for cls in (losses.NormalizedSoftmaxLoss, losses.ArcFaceLoss, losses.CosFaceLoss):
+        values = []
+        for name in ("cosine_similarity", "cosine"):
+            loss = cls(C, D, distance=name, dtype="float64")
+            loss.proxies.assign(p)
+            values.append(float(loss(LABELS, x)))
+        assert values[0] == pytest.approx(values[1], rel=1e-9)
+
+
+def test_reducers_follow_the_contract():
+    """"sum" adds the per-embedding cross-entropies; Proxy-Anchor's "sum" adds both terms over proxies."""
+    x, p = _inputs(1, seed=5)
+    nca = losses.ProxyNCALoss(C, D, reducer="sum", dtype="float64")
+    nca.proxies.assign(p)
+    np.testing.assert_allclose(float(nca(LABELS, x)), M * ref_proxy_nca(x, p, LABELS), rtol=1e-6)
+    anchor = losses.ProxyAnchorLoss(C, D, reducer="sum", dtype="float64")
+    anchor.proxies.assign(p)
+    s = _unit(x) @ _unit(p).T
+    pos = sum(np.log1p(np.exp(-32 * (s[LABELS == c, c] - 0.1)).sum()) for c in range(C))
+    neg = sum(np.log1p(np.exp(32 * (s[LABELS != c, c] + 0.1)).sum()) for c in range(C))
+    np.testing.assert_allclose(float(anchor(LABELS, x)), pos + neg, rtol=1e-6)
+
+
+def test_no_reference_set_and_no_tuples():
+    loss = losses.ProxyNCALoss(C, D)
+    x = np.ones((2, D), np.float32)
+    with pytest.raises(ValueError, match="does not take ref_embeddings"):
+        loss.compute(np.array([0, 1]), x, ref_embeddings=x, ref_labels=np.array([0, 1]))
 
 
 def test_arcface_at_the_target_proxy_is_finite():
@@ -174,20 +208,22 @@ def test_empty_batch_is_zero_not_nan():
 # ---------------------------------------------------------------- argument checks
 
 @pytest.mark.parametrize("cls, bad, message", [
-    (losses.ProxyAnchorLoss, {"margin": math.nan}, "margin must be finite"),
-    (losses.ProxyAnchorLoss, {"alpha": math.inf}, "alpha must be finite"),
+    (losses.ProxyAnchorLoss, {"margin": math.nan}, "margin must be a finite number"),
+    (losses.ProxyAnchorLoss, {"alpha": math.inf}, "alpha must be a finite number"),
     (losses.ProxyAnchorLoss, {"alpha": 0.0}, "alpha must be > 0"),
     (losses.ProxyAnchorLoss, {"lr_multiplier": -1.0}, "lr_multiplier must be > 0"),
-    (losses.ProxyNCALoss, {"softmax_scale": math.nan}, "softmax_scale must be finite"),
+    (losses.ProxyNCALoss, {"softmax_scale": math.nan}, "softmax_scale must be a finite number"),
     (losses.NormalizedSoftmaxLoss, {"temperature": 0}, "temperature must be > 0"),
     (losses.SoftTripleLoss, {"gamma": -0.1}, "gamma must be > 0"),
     (losses.SoftTripleLoss, {"centers_per_class": 0}, "centers_per_class must be a positive integer"),
     (losses.ArcFaceLoss, {"margin": 200.0}, "margin is in degrees"),
-    (losses.ArcFaceLoss, {"scale": math.inf}, "scale must be finite"),
+    (losses.ArcFaceLoss, {"scale": math.inf}, "scale must be a finite number"),
     (losses.CosFaceLoss, {"margin": -0.1}, "margin must be >= 0"),
     (losses.SubCenterArcFaceLoss, {"sub_centers": 1.5}, "sub_centers must be a positive integer"),
-    (losses.NormalizedSoftmaxLoss, {"distance": "euclidean"}, "defined on cosine scores"),
-    (losses.ArcFaceLoss, {"distance": "squared_euclidean"}, "defined on cosine scores"),
+    (losses.NormalizedSoftmaxLoss, {"distance": "euclidean"}, "defined on cosine logits"),
+    (losses.ArcFaceLoss, {"distance": "squared_euclidean"}, "defined on cosine logits"),
+    (losses.SoftTripleLoss, {"distance": "dot_product"}, "defined on cosine logits"),
+    (losses.ProxyAnchorLoss, {"miner": "batch_hard"}, "takes no miner"),
 ])
 def test_bad_arguments_are_refused_with_one_line(cls, bad, message):
     with pytest.raises(ValueError, match=message) as error:

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import Distance
+from pddm_tf.losses._base import DistanceLike, MinerLike, ReducerLike
 from pddm_tf.losses._large_margin import MarginSoftmaxLoss
 
 # Floor of sin^2(theta): keeps d sin / d cos finite where cos(theta) = +-1.
@@ -40,14 +40,15 @@ class ArcFaceLoss(MarginSoftmaxLoss):
       margin: m in degrees (28.6).
       scale: s (paper and PML: 64).
       lr_multiplier: the class weights' learning-rate factor (1: trained with the network).
-      distance: "cosine" only.
+      distance: "cosine_similarity" (default) or "cosine". reducer: default "mean". miner: must be None.
     """
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 28.6, scale: float = 64.0,
-                 lr_multiplier: float = 1.0, distance: str | Distance = "cosine", name: str = "arcface_loss",
+                 lr_multiplier: float = 1.0, distance: DistanceLike | None = None,
+                 reducer: ReducerLike | None = None, miner: MinerLike | None = None, name: str = "arcface_loss",
                  **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_size, margin, scale, lr_multiplier=lr_multiplier, distance=distance,
-                         name=name, **kwargs)
+                         reducer=reducer, miner=miner, name=name, **kwargs)
         if self.margin >= 180.0:
             raise ValueError(f"{type(self).__name__}: margin is in degrees and must be < 180, got {self.margin}")
 

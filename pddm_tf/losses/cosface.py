@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import Distance
+from pddm_tf.losses._base import DistanceLike, MinerLike, ReducerLike
 from pddm_tf.losses._large_margin import MarginSoftmaxLoss
 
 
@@ -27,14 +27,15 @@ class CosFaceLoss(MarginSoftmaxLoss):
       margin: m (paper and PML: 0.35).
       scale: s (paper and PML: 64).
       lr_multiplier: the class weights' learning-rate factor (1: trained with the network).
-      distance: "cosine" only.
+      distance: "cosine_similarity" (default) or "cosine". reducer: default "mean". miner: must be None.
     """
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.35, scale: float = 64.0,
-                 lr_multiplier: float = 1.0, distance: str | Distance = "cosine", name: str = "cosface_loss",
+                 lr_multiplier: float = 1.0, distance: DistanceLike | None = None,
+                 reducer: ReducerLike | None = None, miner: MinerLike | None = None, name: str = "cosface_loss",
                  **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_size, margin, scale, lr_multiplier=lr_multiplier, distance=distance,
-                         name=name, **kwargs)
+                         reducer=reducer, miner=miner, name=name, **kwargs)
 
     def target(self, cosine: tf.Tensor) -> tf.Tensor:
         return cosine - self.margin

@@ -8,18 +8,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import Distance
-from pddm_tf.losses._proxies import ProxyLoss, finite, mean_cross_entropy
+from pddm_tf.losses._base import DistanceLike, ElementLosses, MinerLike, ReducerLike
+from pddm_tf.losses._proxies import ProxyLoss, cross_entropy, finite
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class NormalizedSoftmaxLoss(ProxyLoss):
     """Softmax cross-entropy on temperature-scaled cosine logits (Zhai & Wu 2019):
 
-        L = 1/m sum_i -log( exp(x_i . p_{y_i} / sigma) / sum_z exp(x_i . p_z / sigma) )
+        L_i = -log( exp(x_i . p_{y_i} / sigma) / sum_z exp(x_i . p_z / sigma) )
 
-    x_i and the class weights p_z are L2-normalised at every call. pytorch-metric-learning's
-    `NormalizedSoftmaxLoss` (same names, defaults, mean over the batch). Usage: `loss(labels [m] int
+    per embedding, reduced by `reducer` (default "mean"). x_i and the class weights p_z are
+    L2-normalised at every call. pytorch-metric-learning's `NormalizedSoftmaxLoss` (same names,
+    defaults and reduction). Usage: `loss(labels [m] int
     in [0, C), embeddings [m, d]) -> scalar`.
 
     Args:
@@ -27,19 +28,20 @@ class NormalizedSoftmaxLoss(ProxyLoss):
       temperature: sigma (paper and PML: 0.05).
       lr_multiplier: the class weights' learning-rate factor (1: the paper trains them with the
         network at one learning rate).
-      distance: "cosine" only (the loss is defined on cosine logits).
+      distance: "cosine_similarity" (default) or "cosine" (the loss is defined on cosine logits).
+      reducer: default "mean". miner: must be None.
     """
 
     def __init__(self, num_classes: int, embedding_size: int, temperature: float = 0.05,
-                 lr_multiplier: float = 1.0, distance: str | Distance = "cosine",
+                 lr_multiplier: float = 1.0, distance: DistanceLike | None = None,
+                 reducer: ReducerLike | None = None, miner: MinerLike | None = None,
                  name: str = "normalized_softmax_loss", **kwargs: Any) -> None:
-        super().__init__(num_classes, embedding_size, lr_multiplier=lr_multiplier, distance=distance, name=name,
-                         **kwargs)
+        super().__init__(num_classes, embedding_size, lr_multiplier=lr_multiplier, distance=distance,
+                         reducer=reducer, miner=miner, name=name, **kwargs)
         self.temperature = finite("temperature", temperature, 0.0, True, owner="NormalizedSoftmaxLoss")
 
-    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        labels, embeddings = self.checked(labels, embeddings)
-        return mean_cross_entropy(self.scores(embeddings) / self.temperature, labels)
+    def proxy_terms(self, labels: tf.Tensor, embeddings: tf.Tensor) -> dict[str, ElementLosses]:
+        return {"loss": cross_entropy(self.cosines(embeddings)[:, :, 0] / self.temperature, labels)}
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "temperature": self.temperature}

@@ -7,8 +7,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import Distance
-from pddm_tf.losses._base import masked_logsumexp
+from pddm_tf.losses._base import DistanceLike, ElementLosses, MinerLike, ReducerLike, masked_logsumexp
 from pddm_tf.losses._proxies import ProxyLoss, finite
 
 
@@ -24,9 +23,10 @@ class ProxyAnchorLoss(ProxyLoss):
         L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - delta)))
           + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + delta)))
 
-    Both log(1 + sum exp) are max-shifted log-sum-exps; |P+| is floored at 1 (an empty batch is 0).
-    This is pytorch-metric-learning's `ProxyAnchorLoss` (same names, defaults and division: the
-    positive term by the proxies with a positive in the batch, the negative term by all C).
+    Both log(1 + sum exp) are max-shifted log-sum-exps. Two components, each reduced by `reducer`:
+    "positive" [C] (masked to P+) and "negative" [C]; the default "mean" divides them by |P+|
+    (floored at 1: an empty batch is 0) and C, pytorch-metric-learning's `ProxyAnchorLoss` (same
+    names, defaults and divisions).
     Usage: `loss(labels [m] int in [0, C), embeddings [m, d]) -> scalar`.
 
     Args:
@@ -35,30 +35,31 @@ class ProxyAnchorLoss(ProxyLoss):
       alpha: the scale alpha (paper: 32).
       lr_multiplier: the proxies' learning-rate factor; 100 as in the authors' code (proxies at
         100 x the network's learning rate), applied by `pddm_tf.ProxyLossModel`.
-      distance: "cosine" (the paper's), or "squared_euclidean" / "euclidean" between normalised
-        vectors, for which s - delta and s + delta read delta - d and -delta - d (as in PML).
+      distance: "cosine_similarity" (default, the paper's s), or any registered distance on the
+        normalised vectors; for one where smaller is closer, s - delta and s + delta read delta - d
+        and -delta - d (as in PML).
+      reducer: default "mean" (see above). miner: must be None.
     """
 
-    distances = ("cosine", "squared_euclidean", "euclidean")
+    cosine_only = False
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32.0,
-                 lr_multiplier: float = 100.0, distance: str | Distance = "cosine",
+                 lr_multiplier: float = 100.0, distance: DistanceLike | None = None,
+                 reducer: ReducerLike | None = None, miner: MinerLike | None = None,
                  name: str = "proxy_anchor_loss", **kwargs: Any) -> None:
-        super().__init__(num_classes, embedding_size, lr_multiplier=lr_multiplier, distance=distance, name=name,
-                         **kwargs)
+        super().__init__(num_classes, embedding_size, lr_multiplier=lr_multiplier, distance=distance,
+                         reducer=reducer, miner=miner, name=name, **kwargs)
         self.margin = finite("margin", margin, owner="ProxyAnchorLoss")
         self.alpha = finite("alpha", alpha, 0.0, True, owner="ProxyAnchorLoss")
 
-    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        labels, embeddings = self.checked(labels, embeddings)
+    def proxy_terms(self, labels: tf.Tensor, embeddings: tf.Tensor) -> dict[str, ElementLosses]:
         s = self.scores(embeddings)                                           # [m, C]
         positive = tf.one_hot(labels, self.num_classes, on_value=True, off_value=False)
         # Per proxy (column): log(1 + sum over its positives / negatives).
         pos = masked_logsumexp(tf.transpose(-self.alpha * (s - self.margin)), tf.transpose(positive), with_one=True)
         neg = masked_logsumexp(tf.transpose(self.alpha * (s + self.margin)), tf.transpose(~positive), with_one=True)
-        with_positives = tf.cast(tf.reduce_any(positive, axis=0), s.dtype)
-        pos_term = tf.reduce_sum(pos * with_positives) / tf.maximum(tf.reduce_sum(with_positives), 1.0)
-        return pos_term + tf.reduce_sum(neg) / float(self.num_classes)
+        return {"positive": ElementLosses(pos, mask=tf.reduce_any(positive, axis=0)),
+                "negative": ElementLosses(neg)}
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "margin": self.margin, "alpha": self.alpha}

@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from pddm_tf.distances import Distance
+from pddm_tf.losses._base import DistanceLike, MinerLike, ReducerLike
 from pddm_tf.losses._proxies import positive_int
 from pddm_tf.losses.arcface import ArcFaceLoss
 
@@ -24,15 +24,16 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
       margin: m in degrees (28.6 = 0.5 rad). scale: s (64).
       sub_centers: K (paper and PML: 3).
       lr_multiplier: the sub-centres' learning-rate factor (1: trained with the network).
-      distance: "cosine" only.
+      distance: "cosine_similarity" (default) or "cosine". reducer: default "mean". miner: must be None.
     """
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 28.6, scale: float = 64.0,
-                 sub_centers: int = 3, lr_multiplier: float = 1.0, distance: str | Distance = "cosine",
+                 sub_centers: int = 3, lr_multiplier: float = 1.0, distance: DistanceLike | None = None,
+                 reducer: ReducerLike | None = None, miner: MinerLike | None = None,
                  name: str = "subcenter_arcface_loss", **kwargs: Any) -> None:
         sub_centers = positive_int("sub_centers", sub_centers, "SubCenterArcFaceLoss")
         super().__init__(num_classes, embedding_size, margin, scale, lr_multiplier=lr_multiplier, distance=distance,
-                         name=name, sub_centers=sub_centers, **kwargs)
+                         reducer=reducer, miner=miner, name=name, sub_centers=sub_centers, **kwargs)
         self.sub_centers = sub_centers
 
     def get_config(self) -> dict[str, Any]:

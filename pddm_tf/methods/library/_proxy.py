@@ -14,8 +14,11 @@ from pddm_tf.options import Bound, Setting
 NUM_CLASSES = Setting(int, None, "number of classes with proxies (None: the training classes)", Bound(1),
                       optional=True)
 #: The distance option of the losses defined on cosine scores.
-COSINE_ONLY = Setting(str, "cosine", "the score between embeddings and proxies (the loss is defined on cosines)",
-                      choices=("cosine",))
+COSINE_ONLY = Setting(str, "cosine_similarity", "how embeddings are scored against the proxies (the loss is "
+                      "defined on cosines: cosine_similarity, or cosine = 1 - cos)",
+                      choices=("cosine_similarity", "cosine"))
+#: The distances of the proxy losses that take any (`pddm_tf.distances.DISTANCES`).
+ANY_DISTANCE = ("cosine_similarity", "cosine", "squared_euclidean", "euclidean", "dot_product")
 
 
 def lr_multiplier(default: float, source: str) -> Setting:

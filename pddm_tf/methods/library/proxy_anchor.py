@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pddm_tf.methods.library._proxy import NUM_CLASSES, lr_multiplier, proxy_model
+from pddm_tf.methods.library._proxy import ANY_DISTANCE, NUM_CLASSES, lr_multiplier, proxy_model
 from pddm_tf.methods.spec import MethodSpec, register_method
 from pddm_tf.options import Bound, Setting
 
@@ -14,8 +14,8 @@ OPTIONS = {
     "alpha": Setting(float, 32.0, "the scale alpha (paper: 32)", Bound(0, low_open=True)),
     "lr_multiplier": lr_multiplier(100.0, "Proxy-Anchor authors' code: 100"),
     "num_classes": NUM_CLASSES,
-    "distance": Setting(str, "cosine", "the score between embeddings and proxies",
-                        choices=("cosine", "squared_euclidean", "euclidean")),
+    "distance": Setting(str, "cosine_similarity", "how embeddings are scored against the proxies (paper: "
+                        "cosine_similarity)", choices=ANY_DISTANCE),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pddm_tf.methods.library._proxy import NUM_CLASSES, lr_multiplier, proxy_model
+from pddm_tf.methods.library._proxy import ANY_DISTANCE, NUM_CLASSES, lr_multiplier, proxy_model
 from pddm_tf.methods.spec import MethodSpec, register_method
 from pddm_tf.options import Bound, Setting
 
@@ -14,8 +14,8 @@ OPTIONS = {
                              Bound(0, low_open=True)),
     "lr_multiplier": lr_multiplier(1.0, "ProxyNCA as trained by the Proxy-Anchor authors: 1"),
     "num_classes": NUM_CLASSES,
-    "distance": Setting(str, "squared_euclidean", "the distance between embeddings and proxies",
-                        choices=("squared_euclidean", "euclidean", "cosine")),
+    "distance": Setting(str, "squared_euclidean", "how embeddings are scored against the proxies (paper: "
+                        "squared_euclidean)", choices=ANY_DISTANCE),
 }
 
 
