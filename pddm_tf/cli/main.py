@@ -41,7 +41,7 @@ def _import_plugins() -> None:
         except Exception as error:  # a plugin is foreign code: whatever it raises is reported the same way
             if FLAGS.verbose:
                 traceback.print_exc()
-            kind = "cannot import" if isinstance(error, ImportError) else "failed to import"
+            kind = "cannot import" if isinstance(error, (ImportError, SyntaxError)) else "failed to import"
             detail = f"{type(error).__name__}: {error}".splitlines()[0]
             raise ConfigError(f"--plugins: {kind} {name!r}: {detail}") from None
 

@@ -60,7 +60,7 @@ def build_model(method: str, backbone: Any, embedding_dim: int = 64, *,
     do), pass `**method_options(method, **settings)`, which keeps the settings the method takes.
 
     Args:
-      method: a key of `METHODS` (e.g. "pddm_quadruplet", "triplet_batchhard", "hdml_npair", "dc_margin").
+      method: a key of `METHODS` (`pddm-tf --help_methods` lists them).
       backbone: images -> features.
       embedding_dim: d.
       loss_options: the method's own options as one mapping (what `--loss_options` gives), merged with
@@ -73,10 +73,9 @@ def build_model(method: str, backbone: Any, embedding_dim: int = 64, *,
         for a value of the wrong type or out of bounds).
     """
     spec: MethodSpec = METHOD_SPECS.get(method)
-    options = {**dict(loss_options or {}), **options}
     if "num_classes" in options and "num_classes" not in spec.options:
         options["training_classes"] = options.pop("num_classes")
-    return spec(backbone, embedding_dim, **options)
+    return spec(backbone, embedding_dim, loss_options=loss_options, **options)
 
 
 def method_options(method: str, **settings: Any) -> dict[str, Any]:

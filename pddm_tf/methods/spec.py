@@ -160,15 +160,17 @@ class MethodSpec:
         """The keywords `build_model` takes for this method: its options, its flags and the common settings."""
         return (*self.options, *self.flags, *COMMON_SETTINGS)
 
-    def __call__(self, backbone: Any, embedding_dim: int, **options: Any) -> Any:
-        """The model of this method (`pddm_tf.methods.build_model(self.name, ...)`)."""
+    def __call__(self, backbone: Any, embedding_dim: int, *, loss_options: Mapping[str, Any] | None = None,
+                 **options: Any) -> Any:
+        """The model of this method (`pddm_tf.methods.build_model(self.name, ...)`): `options` are its options,
+        flags and common settings by keyword, `loss_options` its options as one mapping."""
         unknown = sorted(set(options) - set(self.accepted()))
         if unknown:
             raise ValueError(f"method {self.name!r} takes no option {', '.join(map(repr, unknown))}; its options "
                              f"are {', '.join(map(repr, sorted(self.accepted())))}")
         flags = {name: options.pop(name) for name in list(options) if name in self.flags}
         common = {name: options.pop(name) for name in list(options) if name in COMMON_SETTINGS}
-        config = MethodConfig(name=self.name, options=options, **flags)
+        config = MethodConfig(name=self.name, options={**dict(loss_options or {}), **options}, **flags)
         check_method_config(config, self)
         return self.build(backbone, embedding_dim, self.settings(config, **common))
 

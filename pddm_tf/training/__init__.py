@@ -1,7 +1,7 @@
 """Training as a function of a value: `train(TrainConfig(...))`, what `pddm-tf train` runs.
 
     from pddm_tf.training import TrainConfig, train
-    metrics = train(TrainConfig.from_flags(method="triplet_batchhard", epochs=5, export_dir="/tmp/model"))
+    metrics = train(TrainConfig.from_flags(epochs=5, export_dir="/tmp/model"))
 
 Recipes are `TrainConfig`s too: `pddm_tf.methods.recipes.get_recipe("omniglot").config(epochs=3)`.
 

@@ -228,7 +228,7 @@ def _nested_spelling(flat: Mapping[str, Any]) -> str:
 class TrainConfig:
     """One training run: `data`, `model`, `method`, `optimization`, `run` (see the module docstring).
 
-    Build one with `from_flags(epochs=3, method="npair")` (flag names) or nested
+    Build one with `from_flags(epochs=3, method=NAME)` (flag names) or nested
     (`TrainConfig(optimization=OptimizationConfig(epochs=3))`); change one with `with_flags` or
     `replace(group=...)`; start from a recipe with `get_recipe(name).config(...)`; `check()` refuses what
     `pddm-tf train` refuses. The flat spellings of the previous release (`TrainConfig(epochs=3)`,
@@ -244,7 +244,7 @@ class TrainConfig:
     def __init__(self, *, data: DataConfig | None = None, model: ModelConfig | None = None,
                  method: MethodConfig | str | None = None, optimization: OptimizationConfig | None = None,
                  run: RunConfig | None = None, **flat: Any) -> None:
-        if isinstance(method, str):  # the flat `method="npair"` of the previous release
+        if isinstance(method, str):  # the flat `method=NAME` of the previous release
             flat["method"] = method
             method = None
         if flat:

@@ -21,11 +21,13 @@ from typing import Any, NamedTuple
 import keras
 
 from pddm_tf import atomic, backbone, data, evaluation, export
+from pddm_tf.backbones import BACKBONES
 from pddm_tf.data import image_header, transforms
-from pddm_tf.data.tfds_loaders import TFDS_LOADERS
+from pddm_tf.data.loaders import TFDS_NAMES
 from pddm_tf.evaluation import few_shot, visualize
 from pddm_tf.methods.catalog import METHOD_SPECS
 from pddm_tf.methods.pipeline import training_pipeline
+from pddm_tf.options import ConfigError
 from pddm_tf.training import distributed
 from pddm_tf.training.checks import LearningCheck
 from pddm_tf.training.config import TrainConfig
@@ -42,7 +44,7 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
         kwargs.update(split_by=d.split_by, test_groups=list(d.test_groups) if d.test_groups else None)
     if d.dataset != "omniglot" and d.channels is not None:
         kwargs.update(channels=d.channels)
-    if d.dataset in TFDS_LOADERS:
+    if d.dataset in TFDS_NAMES:
         kwargs.update(data_dir=d.data_dir, cache_dir=d.cache_dir, download=d.download, manual_dir=d.manual_dir)
     split = data.load_dataset(d.dataset, test_fraction=d.test_fraction, seed=config.run.seed, **kwargs)
     if d.rotations and rotate_training:
@@ -108,13 +110,22 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
                        weights=None if m.weights == "none" else m.weights,
                        pooling=m.pooling, freeze_batchnorm=m.freeze_batchnorm, **options)
     spec = METHOD_SPECS.get(config.method.name)
-    model = spec.build(network, m.embedding_dim, method_settings(config, num_classes))
+    try:
+        model = spec.build(network, m.embedding_dim, method_settings(config, num_classes))
+    except Exception as error:  # a builder may be a plugin's, foreign code: one line naming it and its error
+        detail = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise MethodBuildError(f"--method={spec.name} ({spec.build.__module__}): its builder raised {detail}"
+                               ) from error
     model.build((None, config.data.image_size, config.data.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(o.learning_rate, o.weight_decay, o.lr_schedule, total_steps,
                                            round(o.warmup_fraction * total_steps), o.ema_momentum),
                   jit_compile=True if o.jit_compile else "auto")
     return model
+
+
+class MethodBuildError(ValueError):
+    """A method's builder raised: the message names the method, the builder's module and the error."""
 
 
 def backup_dir(config: TrainConfig) -> str:
@@ -175,7 +186,7 @@ class Trained(NamedTuple):
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
     held-out split). Raises `pddm_tf.options.ConfigError` for a refused setting, before any work."""
-    config.check()
+    _check(config)
     with pixel_limit(config.data.max_image_pixels):
         return _finish(config, _fit(config))
 
@@ -184,9 +195,17 @@ def fit(config: TrainConfig) -> Trained:
     """Only the training of `train(config)`: the model trained on the training classes (resumed from
     its backup, as `train`), without evaluation or outputs; for scripts that evaluate in their own
     way (`examples/zero_shot_imagenet.py`). The backup, if any, is kept; delete it once done."""
-    config.check()
+    _check(config)
     with pixel_limit(config.data.max_image_pixels):
         return _fit(config)
+
+
+def _check(config: TrainConfig) -> None:
+    """`config.check()`, and the backbone's name (known only with TensorFlow's modules), before any work."""
+    config.check()
+    if config.model.backbone.lower() not in {name.lower() for name in BACKBONES}:
+        raise ConfigError(f"--backbone={config.model.backbone}: unknown backbone; expected one of "
+                          f"{', '.join(BACKBONES)}")
 
 
 def _fit(config: TrainConfig) -> Trained:
