@@ -258,3 +258,15 @@ def test_killed_cli_run_resumes_to_the_same_weights(tmp_path):
     for a, b in zip(restored.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(restored.embedding_loss.proxies.numpy(), reference.embedding_loss.proxies.numpy())
+
+
+def test_mixed_float16_is_refused_with_one_line():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = ProxyLossModel(backbones.small_convnet(SIZE, 1, width=8, depth=2), ProxyAnchorLoss(CLASSES, DIM),
+                               embedding_dim=DIM)
+        with pytest.raises(ValueError, match="does not support the mixed_float16 policy"):
+            model.compile(optimizer="adam")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
