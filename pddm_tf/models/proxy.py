@@ -46,9 +46,7 @@ def scaled_copy(optimizer: keras.optimizers.Optimizer, multiplier: float, name: 
                          "scale); use mixed_bfloat16")
     config = optimizer.get_config()
     rate = config["learning_rate"]
-    if isinstance(rate, dict):
-        config["learning_rate"] = ScaledSchedule(rate, multiplier)
-    elif isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+    if isinstance(rate, (dict, keras.optimizers.schedules.LearningRateSchedule)):  # a schedule, or its config
         config["learning_rate"] = ScaledSchedule(rate, multiplier)
     else:
         config["learning_rate"] = float(rate) * multiplier
@@ -73,7 +71,6 @@ class ProxyLossModel(MetricLossModel):
     """
 
     supports_loss_scaling = False  # two optimizers per step (mixed_bfloat16 works)
-    loss_arguments = "loss"
 
     def __init__(self, backbone: keras.Model, loss: keras.losses.Loss, embedding_dim: int = 64,
                  dropout: float = 0.0, **kwargs: Any) -> None:
