@@ -99,6 +99,16 @@ _EXPORTS: dict[str, str] = {
     "pair_masks": "pddm_tf.miners",
     "small_convnet": "pddm_tf.backbones",
     "worker_info": "pddm_tf.training.distributed",
+    # Proxy and classification-margin losses (issue 32 items 1-2) and their model.
+    "ArcFaceLoss": "pddm_tf.losses",
+    "CosFaceLoss": "pddm_tf.losses",
+    "NormalizedSoftmaxLoss": "pddm_tf.losses",
+    "ProxyAnchorLoss": "pddm_tf.losses",
+    "ProxyLoss": "pddm_tf.losses",
+    "ProxyLossModel": "pddm_tf.models",
+    "ProxyNCALoss": "pddm_tf.losses",
+    "SoftTripleLoss": "pddm_tf.losses",
+    "SubCenterArcFaceLoss": "pddm_tf.losses",
 }
 
 __all__ = sorted(_EXPORTS)

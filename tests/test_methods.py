@@ -131,7 +131,8 @@ def test_loss_options_reach_every_loss_typed_and_bounded():
         if name == "contrastive":  # needs pos_margin < neg_margin
             changed = {"pos_margin": 0.1, "neg_margin": 0.8}
         assert changed, name
-        got = build_model(name, _net(), 8, loss_options=changed).embedding_loss.get_config()
+        # training_classes: the proxy losses' weights need it (issue 32).
+        got = build_model(name, _net(), 8, loss_options=changed, training_classes=4).embedding_loss.get_config()
         for key, value in changed.items():
             assert got[key] == pytest.approx(value), (name, key)
     refusals = [

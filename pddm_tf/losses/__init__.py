@@ -21,15 +21,31 @@ from pddm_tf.losses._base import (
     loss_supports_jit,
     masked_logsumexp,
 )
+from pddm_tf.losses._proxies import ProxyLoss
+from pddm_tf.losses.arcface import ArcFaceLoss
 from pddm_tf.losses.contrastive import ContrastiveLoss
+from pddm_tf.losses.cosface import CosFaceLoss
 from pddm_tf.losses.lifted import LiftedStructuredLoss
 from pddm_tf.losses.margin import MarginLoss
 from pddm_tf.losses.multi_similarity import MultiSimilarityLoss
+from pddm_tf.losses.normalized_softmax import NormalizedSoftmaxLoss
 from pddm_tf.losses.npair import NPairLoss
 from pddm_tf.losses.pddm import DoubleHeaderHingeLoss, LossTerms, double_header_hinge
+from pddm_tf.losses.proxy_anchor import ProxyAnchorLoss
+from pddm_tf.losses.proxy_nca import ProxyNCALoss
+from pddm_tf.losses.soft_triple import SoftTripleLoss
+from pddm_tf.losses.subcenter_arcface import SubCenterArcFaceLoss
 from pddm_tf.losses.triplet import TRIPLET_MINING, TripletLoss
 
 __all__ = [
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
+    "ProxyLoss",
+    "ProxyNCALoss",
+    "SoftTripleLoss",
+    "SubCenterArcFaceLoss",
     "TRIPLET_MINING",
     "ContrastiveLoss",
     "DoubleHeaderHingeLoss",

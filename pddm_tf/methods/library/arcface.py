@@ -1,0 +1,31 @@
+"""arcface: the ArcFace additive angular margin loss (Deng et al., CVPR 2019; `pddm_tf.ArcFaceLoss`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pddm_tf.methods.library._proxy import COSINE_ONLY, NUM_CLASSES, lr_multiplier, proxy_model
+from pddm_tf.methods.spec import MethodSpec, register_method
+from pddm_tf.options import Bound, Setting
+
+OPTIONS = {
+    "margin": Setting(float, 28.6, "the angular margin m in degrees (paper: 0.5 rad = 28.6)",
+                      Bound(0, 180, high_open=True)),
+    "scale": Setting(float, 64.0, "the logits' scale s (paper: 64)", Bound(0, low_open=True)),
+    "lr_multiplier": lr_multiplier(1.0, "paper: one learning rate"),
+    "num_classes": NUM_CLASSES,
+    "distance": COSINE_ONLY,
+}
+
+
+def build(backbone: Any, embedding_dim: int, settings: Mapping[str, Any]) -> Any:
+    return proxy_model("ArcFaceLoss", backbone, embedding_dim, settings, OPTIONS)
+
+
+SPEC = register_method(MethodSpec(
+    name="arcface",
+    summary="The ArcFace additive angular margin loss (Deng et al., CVPR 2019).",
+    build=build,
+    options=OPTIONS,
+))

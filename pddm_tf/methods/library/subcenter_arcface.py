@@ -1,0 +1,32 @@
+"""subcenter_arcface: ArcFace with K sub-centres per class (Deng et al., ECCV 2020; `pddm_tf.SubCenterArcFaceLoss`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pddm_tf.methods.library._proxy import COSINE_ONLY, NUM_CLASSES, lr_multiplier, proxy_model
+from pddm_tf.methods.spec import MethodSpec, register_method
+from pddm_tf.options import Bound, Setting
+
+OPTIONS = {
+    "margin": Setting(float, 28.6, "the angular margin m in degrees (paper: 0.5 rad = 28.6)",
+                      Bound(0, 180, high_open=True)),
+    "scale": Setting(float, 64.0, "the logits' scale s (paper: 64)", Bound(0, low_open=True)),
+    "sub_centers": Setting(int, 3, "sub-centres per class K (paper: 3)", Bound(1)),
+    "lr_multiplier": lr_multiplier(1.0, "paper: one learning rate"),
+    "num_classes": NUM_CLASSES,
+    "distance": COSINE_ONLY,
+}
+
+
+def build(backbone: Any, embedding_dim: int, settings: Mapping[str, Any]) -> Any:
+    return proxy_model("SubCenterArcFaceLoss", backbone, embedding_dim, settings, OPTIONS)
+
+
+SPEC = register_method(MethodSpec(
+    name="subcenter_arcface",
+    summary="Sub-center ArcFace: K sub-centres per class (Deng et al., ECCV 2020).",
+    build=build,
+    options=OPTIONS,
+))
