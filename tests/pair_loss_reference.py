@@ -36,19 +36,21 @@ def _negatives(y: np.ndarray, i: int) -> list[int]:
     return [j for j in range(len(y)) if y[j] != y[i]]
 
 
-def circle(x, y, m=0.4, gamma=80.0) -> float:
+def circle(x, y, m=0.4, gamma=80.0, weights=None) -> float:
     """Circle loss (Sun et al., CVPR 2020, eq. 6), per anchor, averaged over the non-zero anchors.
 
     The weights alpha_p = [1 + m - s_p]_+, alpha_n = [s_n + m]_+ are constants of the gradient
-    (the paper's "stop gradient" on the self-paced weights)."""
+    (the paper's "stop gradient" on the self-paced weights): `weights`, a similarity matrix, fixes
+    them (for differentiating by central differences); None computes them from x."""
     s = cosine(x)
+    w = s if weights is None else weights
     losses = []
     for i in range(len(y)):
         pos, neg = _positives(y, i), _negatives(y, i)
         if not pos or not neg:
             continue
-        logit_p = [-gamma * max(1 + m - s[i, j], 0.0) * (s[i, j] - (1 - m)) for j in pos]
-        logit_n = [gamma * max(s[i, k] + m, 0.0) * (s[i, k] - m) for k in neg]
+        logit_p = [-gamma * max(1 + m - w[i, j], 0.0) * (s[i, j] - (1 - m)) for j in pos]
+        logit_n = [gamma * max(w[i, k] + m, 0.0) * (s[i, k] - m) for k in neg]
         losses.append(_softplus(_logsumexp(logit_p) + _logsumexp(logit_n)))
     nonzero = [v for v in losses if v > 0]
     return sum(nonzero) / max(len(nonzero), 1)
