@@ -48,15 +48,21 @@ def check_labels(labels: tf.Tensor) -> tf.Tensor:
     return tf.cast(labels, tf.int32)
 
 
-def pair_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Positive and negative pair masks of a batch.
+def pair_masks(labels: tf.Tensor, ref_labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Positive and negative pair masks of a batch, or of a batch against reference samples.
 
     Args:
       labels: [m] integer class ids.
+      ref_labels: None (the batch against itself), or [n] class ids of reference samples (e.g. a
+        memory of past batches), which are other samples: no pair is a self pair.
     Returns:
-      (positive [m, m] bool: same label and i != j, negative [m, m] bool: different labels).
+      (positive [m, n] bool: same label and not a self pair (i != j when ref_labels is None),
+      negative [m, n] bool: different labels); n = m without ref_labels.
     """
     labels = check_labels(labels)
+    if ref_labels is not None:
+        same = tf.equal(labels[:, None], check_labels(ref_labels)[None, :])
+        return same, tf.logical_not(same)
     same = tf.equal(labels[:, None], labels[None, :])
     not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
     return tf.logical_and(same, not_self), tf.logical_not(same)
@@ -146,7 +152,8 @@ def score_gap(labels: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
 # gather the distances they need from their own, differentiable, matrix.
 
 
-def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor,
+                        ref_labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """FaceNet semi-hard negatives, as in TensorFlow Addons' `triplet_semihard_loss`.
 
     For an anchor a and a positive p, the negative is the closest one farther than the positive,
@@ -155,12 +162,13 @@ def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Ten
 
     Args:
       labels: [m] integer class ids.
-      distances: [m, m] anchor-to-candidate distances.
+      distances: [m, n] anchor-to-candidate distances.
+      ref_labels: [n] class ids of the candidates when they are not the batch (`pair_masks`).
     Returns:
-      (negatives [m, m] int32, the negative of every (anchor, positive) pair, meaningful where
+      (negatives [m, n] int32, the negative of every (anchor, positive) pair, meaningful where
       (a, p) is a positive pair and a has a negative; has_negative [m] bool).
     """
-    _, negative = pair_masks(labels)
+    _, negative = pair_masks(labels, ref_labels)
     d_an = distances[:, None, :]  # [a, 1, n]
     d_ap = distances[:, :, None]  # [a, p, 1]
     farther = negative[:, None, :] & (d_an > d_ap)  # [a, p, n]: O(m^3) booleans, small for m <= 256
@@ -170,15 +178,17 @@ def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Ten
     return negatives, tf.reduce_any(negative, axis=1)
 
 
-def batch_hard_triplets(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def batch_hard_triplets(labels: tf.Tensor, distances: tf.Tensor,
+                        ref_labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Batch-hard mining (Hermans et al. 2017): per anchor its farthest positive and closest negative.
 
     Args:
-      labels: [m] integer class ids. distances: [m, m].
+      labels: [m] integer class ids. distances: [m, n]. ref_labels: [n] candidates' class ids when
+        they are not the batch (`pair_masks`).
     Returns:
       (positives [m] int32, negatives [m] int32, valid [m] bool: the anchor has both).
     """
-    positive, negative = pair_masks(labels)
+    positive, negative = pair_masks(labels, ref_labels)
     valid = tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
     return _masked_argmax(distances, positive, axis=1), _masked_argmax(-distances, negative, axis=1), valid
 
@@ -207,7 +217,7 @@ def npair_pairs(labels: tf.Tensor) -> tf.Tensor:
 
 def distance_weighted_negatives(
     labels: tf.Tensor, distances: tf.Tensor, dim: int | tf.Tensor, cutoff: float = 0.5,
-    nonzero_loss_cutoff: float = 1.4, seed: tf.Tensor | None = None,
+    nonzero_loss_cutoff: float = 1.4, seed: tf.Tensor | None = None, ref_labels: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Distance-weighted negative sampling (Wu et al. 2017, "Sampling Matters", section 4).
 
@@ -225,11 +235,12 @@ def distance_weighted_negatives(
       cutoff, nonzero_loss_cutoff: see above.
       seed: None for `tf.random.categorical`, or a [2] integer seed for the stateless (reproducible)
         `tf.random.stateless_categorical`.
+      ref_labels: [n] candidates' class ids when they are not the batch (`pair_masks`).
     Returns:
       [t, 3] int32 triplets (anchor, positive, negative): one per ordered positive pair whose anchor
       has a negative, in row-major (anchor, positive) order; t = 0 when there is none.
     """
-    positive, negative = pair_masks(labels)
+    positive, negative = pair_masks(labels, ref_labels)
     logits = _distance_weight_logits(distances, negative, dim, cutoff, nonzero_loss_cutoff)
     pairs = tf.cast(tf.where(positive & tf.reduce_any(negative, axis=1)[:, None]), tf.int32)
     pair_logits = tf.gather(logits, pairs[:, 0])
@@ -240,7 +251,8 @@ def distance_weighted_negatives(
     return tf.concat([pairs, drawn], axis=1)
 
 
-def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cutoff: float = 0.5) -> tf.Tensor:
+def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cutoff: float = 0.5,
+                                    ref_labels: tf.Tensor | None = None) -> tf.Tensor:
     """The Divide-and-Conquer authors' negative sampler (their lib/loss/sampler.py; METHODS.md section 7).
 
     Deterministic: anchor a with P_a positives (same label, not itself) takes its P_a closest
@@ -260,12 +272,13 @@ def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cut
       labels: [m] integer class ids.
       distances: [m, m] Euclidean distances (no gradient needed).
       cutoff: the distance below which negatives are only used to complete a list.
+      ref_labels: [n] candidates' class ids when they are not the batch (`pair_masks`).
     Returns:
       [t, 3] int32 triplets (anchor, positive, negative), one per ordered positive pair (a, p) whose
       rank among a's positives is below a's number of negatives, in row-major (anchor, positive)
       order; t = 0 when there is none.
     """
-    positive, negative = pair_masks(labels)
+    positive, negative = pair_masks(labels, ref_labels)
     distances = tf.convert_to_tensor(distances)
     # Sort each row by (class of the entry, distance): 0 = negative beyond the cutoff, 1 = negative
     # below it, 2 = not a negative. Two stable sorts give that order exactly, with no offset added

@@ -52,7 +52,7 @@ def pair_loss_model(backbone: Any, embedding_dim: int, loss: Any, settings: Mapp
 
 def double_header_loss(settings: Mapping[str, Any], heads: int = 2, mining: bool = True) -> Any:
     """The double-header hinge loss of the PDDM flags in `settings`."""
-    extra = {"mining": settings["mining"]} if mining else {}
+    extra = {"miner": pddm_tf.QuadrupletMiner(settings["mining"])} if mining else {}
     return pddm_tf.DoubleHeaderHingeLoss(alpha=settings["alpha"], beta=settings["beta"],
                                          embedding_weight=settings["embedding_weight"], heads=heads, **extra)
 
