@@ -4,17 +4,17 @@ differences of the reference in float64), serialisation, and the distances each 
 
 import keras
 import numpy as np
+import pair_loss_reference as ref
 import pytest
 import tensorflow as tf
 
-import pair_loss_reference as ref
 from pddm_tf import losses, miners
 
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4])  # class 4 has no positive
 
 
-def _batch(seed=0, m=len(LABELS), d=5):
-    return np.random.default_rng(seed).normal(size=(m, d))
+def _batch(seed=0, d=5):
+    return np.random.default_rng(seed).normal(size=(len(LABELS), d))
 
 
 # name -> (loss factory, numpy reference of the same settings, gradient through the stopped weights?)

@@ -21,15 +21,27 @@ from pddm_tf.losses._base import (
     loss_supports_jit,
     masked_logsumexp,
 )
+from pddm_tf.losses.circle import CircleLoss
 from pddm_tf.losses.contrastive import ContrastiveLoss
+from pddm_tf.losses.cross_batch_memory import CrossBatchMemory
+from pddm_tf.losses.fastap import FastAPLoss
 from pddm_tf.losses.lifted import LiftedStructuredLoss
 from pddm_tf.losses.margin import MarginLoss
 from pddm_tf.losses.multi_similarity import MultiSimilarityLoss
 from pddm_tf.losses.npair import NPairLoss
+from pddm_tf.losses.ntxent import NTXentLoss
 from pddm_tf.losses.pddm import DoubleHeaderHingeLoss, LossTerms, double_header_hinge
+from pddm_tf.losses.supcon import SupConLoss
 from pddm_tf.losses.triplet import TRIPLET_MINING, TripletLoss
+from pddm_tf.losses.tuplet_margin import TupletMarginLoss
 
 __all__ = [
+    "TupletMarginLoss",
+    "SupConLoss",
+    "NTXentLoss",
+    "FastAPLoss",
+    "CrossBatchMemory",
+    "CircleLoss",
     "TRIPLET_MINING",
     "ContrastiveLoss",
     "DoubleHeaderHingeLoss",

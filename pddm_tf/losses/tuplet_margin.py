@@ -37,7 +37,8 @@ class TupletMarginLoss(PairLoss):
     default_reducer = "mean"
     distance_kinds = ("similarity",)
 
-    def __init__(self, margin: float = 5.73, scale: float = 64.0, distance: str | dict[str, Any] | Distance | None = None,
+    def __init__(self, margin: float = 5.73, scale: float = 64.0,
+                 distance: str | dict[str, Any] | Distance | None = None,
                  reducer: str | dict[str, Any] | Reducer | None = None,
                  miner: str | dict[str, Any] | Miner | None = None, name: str = "tuplet_margin_loss",
                  **kwargs: Any) -> None:
