@@ -95,13 +95,14 @@ def test_under_a_strategy_the_memory_and_weights_match_one_device(two_replicas):
     rng = np.random.default_rng(2)
     images = rng.uniform(size=(3, 8, 16, 16, 1)).astype(np.float32)
     labels = np.tile(np.repeat(np.arange(4), 2), (3, 1))
+    batches = tf.data.Dataset.from_tensor_slices((images, labels))  # 3 batches of 8: 4 per replica
     single, mirrored = _xbm_model(), _xbm_model(two_replicas)
-    for step in range(3):
-        single.train_on_batch(images[step], labels[step])
-        mirrored.train_on_batch(images[step], labels[step])
-    for a, b in zip(mirrored.get_weights(), single.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    single.fit(batches, epochs=1, verbose=0, shuffle=False)
+    mirrored.fit(batches, epochs=1, verbose=0, shuffle=False)
     assert int(mirrored.embedding_loss.memory_position.numpy()) == 24
+    np.testing.assert_array_equal(mirrored.embedding_loss.memory_labels.numpy()[:24], labels.ravel())
+    for a, b in zip(mirrored.weights, single.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
 
 
 @pytest.mark.slow

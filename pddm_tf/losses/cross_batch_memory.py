@@ -43,8 +43,8 @@ class CrossBatchMemory(keras.losses.Loss):
     `memory_labels` [memory_size], `memory_position`, the number of rows ever written), which
     `MetricLossModel` tracks as model weights: they are saved in checkpoints and `.keras` files and
     restored on resume. Under a distribution strategy every replica computes the loss of the global
-    batch (`gather_global_batch`), so each replica writes the same rows into its own copy (the
-    variables are ON_READ, read from the first replica).
+    batch (`gather_global_batch`) and writes the same rows: the variables are mirrored, and a write
+    takes the first replica's value (aggregation ONLY_FIRST_REPLICA).
 
     Args:
       loss: the wrapped `EmbeddingLoss` (a pair or tuple loss: contrastive, multi-similarity,
@@ -65,7 +65,7 @@ class CrossBatchMemory(keras.losses.Loss):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CrossBatchMemory: {field} must be an integer >= 1, got {value!r}")
         self.loss, self.embedding_size, self.memory_size = loss, embedding_size, memory_size
-        state = {"synchronization": "on_read", "aggregation": "only_first_replica", "trainable": False}
+        state = {"synchronization": "on_write", "aggregation": "only_first_replica", "trainable": False}
         self.memory_embeddings = keras.Variable(tf.zeros([memory_size, embedding_size]), name="memory_embeddings",
                                                 **state)
         self.memory_labels = keras.Variable(tf.zeros([memory_size], tf.int32), dtype="int32", name="memory_labels",
