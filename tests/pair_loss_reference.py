@@ -105,7 +105,7 @@ def fastap(x, y, num_bins=10) -> float:
     """FastAP (Cakir et al., CVPR 2019, eq. 9-11): 1 - the histogram approximation of average
     precision of each anchor's ranking of the batch by squared Euclidean distance of the unit-norm
     embeddings (in [0, 4]), with triangular soft binning over num_bins + 1 bin centres; the mean over
-    anchors (an anchor without positives has AP 0)."""
+    the anchors that have a positive."""
     x = np.asarray(x, np.float64)
     unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     delta = 4.0 / num_bins
@@ -132,8 +132,9 @@ def fastap(x, y, num_bins=10) -> float:
             cum_all += all_hist[b]
             if pos_hist[b] * cum_pos > 0 and cum_all > 0:
                 ap += pos_hist[b] * cum_pos / cum_all
-        losses.append(1.0 - (ap / n_pos if n_pos else 0.0))
-    return sum(losses) / len(losses)
+        if n_pos:
+            losses.append(1.0 - ap / n_pos)
+    return sum(losses) / max(len(losses), 1)
 
 
 def multi_similarity_pairs(x, y, epsilon=0.1):

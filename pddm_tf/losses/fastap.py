@@ -28,10 +28,10 @@ class FastAPLoss(EmbeddingLoss):
     and their cumulative sums H+_b, H_b:
 
         AP_i = 1/|P_i| sum_b h+_b H+_b / H_b       (bins with h+_b H+_b = 0 or H_b = 0 skipped)
-        L_i = 1 - AP_i                             (AP_i = 0 for an anchor without positives)
+        L_i = 1 - AP_i                             (for the anchors with a positive; 0 without a negative)
 
-    The default reducer is `MeanReducer` over the anchors, as pytorch-metric-learning's (which also
-    normalises and uses squared Euclidean distance). With a `miner`, the pairs its tuples name.
+    The default reducer is `MeanReducer` over the anchors with a positive, as pytorch-metric-learning's
+    (which also normalises and uses squared Euclidean distance); a batch without a positive pair gives 0. With a `miner`, the pairs its tuples name.
 
     Args:
       num_bins: the histogram's bins (paper and pytorch-metric-learning: 10).
@@ -74,7 +74,10 @@ class FastAPLoss(EmbeddingLoss):
         ap = tf.reduce_sum(tf.where(safe, product / tf.where(safe, cumulative, tf.ones_like(cumulative)),
                                     tf.zeros_like(product)), axis=1)
         count = tf.reduce_sum(tf.cast(positive, matrix.dtype), axis=1)
-        return {"anchor": ElementLosses(1.0 - ap / tf.maximum(count, 1.0))}
+        # Without a negative the ranking is perfect (AP = 1 exactly, not up to the bins' rounding).
+        losses = tf.where(tf.reduce_any(negative, axis=1), 1.0 - ap / tf.maximum(count, 1.0), tf.zeros_like(ap))
+        # Anchors without a positive have no precision to approximate: they are not elements.
+        return {"anchor": ElementLosses(losses, mask=count > 0)}
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_bins": self.num_bins}
