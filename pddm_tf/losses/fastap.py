@@ -31,7 +31,8 @@ class FastAPLoss(EmbeddingLoss):
         L_i = 1 - AP_i                             (for the anchors with a positive; 0 without a negative)
 
     The default reducer is `MeanReducer` over the anchors with a positive, as pytorch-metric-learning's
-    (which also normalises and uses squared Euclidean distance); a batch without a positive pair gives 0. With a `miner`, the pairs its tuples name.
+    (which also normalises and uses squared Euclidean distance); a batch without a positive pair gives
+    0. With a `miner`, the pairs its tuples name.
 
     Args:
       num_bins: the histogram's bins (paper and pytorch-metric-learning: 10).
