@@ -2,12 +2,17 @@
 contrastive loss of the batch versus the memory (self pairs excluded), training under a distribution
 strategy, and exact resumption of the memory after an interruption."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pddm_tf import backbones, data, losses, methods
+from pddm_tf.export import load_keras_model
 from pddm_tf.models import MetricLossModel
 
 D, MEMORY = 4, 10
@@ -149,3 +154,23 @@ class _Interrupt(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.current == self.epoch and batch == 1:
             raise KeyboardInterrupt
+
+
+def test_the_cli_trains_a_pair_loss_with_a_memory(tmp_path):
+    """`pddm-tf train --method=circle --xbm=64` trains; the saved model's memory holds every batch it
+    saw (3 steps x 16 x 4 images = 192 rows written into 64), and the flag is refused for a method
+    without a pair loss."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    small = ["--image_size=16", "--backbone_width=8", "--embedding_dim=8", "--epochs=1", "--steps_per_epoch=3",
+             "--episodes=", "--nobackup"]
+    run = subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", *small, "--method=circle", "--xbm=64",
+                          f"--save_model={tmp_path}/model.keras"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "recall@1" in run.stdout
+    model = load_keras_model(tmp_path / "model.keras")
+    assert isinstance(model.embedding_loss, losses.CrossBatchMemory)
+    assert int(model.embedding_loss.memory_position.numpy()) == 3 * 16 * 4
+    refused = subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", *small, "--method=npair", "--xbm=64"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--xbm=64" in refused.stderr

@@ -8,7 +8,8 @@ import pair_loss_reference as ref
 import pytest
 import tensorflow as tf
 
-from pddm_tf import losses, miners
+from pddm_tf import backbones, losses, miners
+from pddm_tf.models import MetricLossModel
 
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4])  # class 4 has no positive
 
@@ -169,3 +170,33 @@ def test_miners_round_trip_their_config():
 def test_triplet_margin_miner_refuses_an_unknown_type():
     with pytest.raises(ValueError, match="type_of_triplets"):
         miners.TripletMarginMiner(type_of_triplets="medium")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_two_replicas_train_as_one_device(name, two_replicas):
+    # MetricLossModel gives the loss the global batch: two replicas of 4 images each take the step one
+    # device takes on the 8.
+    rng = np.random.default_rng(8)
+    batches = tf.data.Dataset.from_tensor_slices((rng.uniform(size=(2, 8, 16, 16, 1)).astype(np.float32),
+                                                  np.tile(np.repeat(np.arange(4), 2), (2, 1))))
+
+    def trained(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = MetricLossModel(backbones.small_convnet(16, 1, width=8), CASES[name][0](), embedding_dim=8)
+            model.build((None, 16, 16, 1))
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+        model.fit(batches, epochs=1, verbose=0, shuffle=False)
+        return model
+
+    single, mirrored = trained(tf.distribute.get_strategy()), trained(two_replicas)
+    for a, b in zip(mirrored.weights, single.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    assert not np.allclose(single.head.weights[0].numpy(), _fresh_head_kernel())
+
+
+def _fresh_head_kernel():
+    keras.utils.set_random_seed(0)
+    model = MetricLossModel(backbones.small_convnet(16, 1, width=8), losses.CircleLoss(), embedding_dim=8)
+    model.build((None, 16, 16, 1))
+    return model.head.weights[0].numpy()
