@@ -63,6 +63,8 @@ _LOSS_OPTIONS = {
                                                                               "config": {"seed": 0}}}],
     "DoubleHeaderHingeLoss": [{"miner": {"name": "quadruplet", "config": {"mode": m}}, "heads": h}
                               for m in mining.MINING_MODES for h in (1, 2)],
+    # A fresh memory per instance: the first call compares the batch with itself.
+    "CrossBatchMemory": [{"loss": pddm_tf.MultiSimilarityLoss(), "embedding_size": _DIM, "memory_size": 16}],
 }
 # Proxy losses own weights whose shape their constructor needs (issue 32).
 _LOSS_OPTIONS.update({name: [{"num_classes": 4, "embedding_size": _DIM}] for name, cls in _LOSSES.items()
@@ -71,7 +73,8 @@ _LOSS_CASES = [pytest.param(name, options, id=f"{name}-{options}".replace(" ", "
                for name in sorted(_LOSSES) for options in _LOSS_OPTIONS.get(name, [{}])]
 # A contrastive loss scores single pairs, not tuples: a positive pair costs something without any
 # negative, a close negative pair without any positive (ContrastiveLoss), so only a one-sample batch has no term.
-_SINGLE_PAIR_LOSSES = {"ContrastiveLoss"}
+# SupCon likewise has a term for every anchor with a positive (its softmax runs over the positives too).
+_SINGLE_PAIR_LOSSES = {"ContrastiveLoss", "SupConLoss"}
 
 
 def _loss(name: str, options: dict) -> keras.losses.Loss:
@@ -260,6 +263,8 @@ def test_miner_of_bfloat16_distances(name, k):
 _MINER_OBJECT_OPTIONS = {"distance_weighted": {"seed": 0}}
 # Miners whose tuples pair an anchor with candidates of any label (the N-pair softmax).
 _CANDIDATE_MINERS = {"npair"}
+# Pair-form miners that keep positive pairs without any negative (a contrastive loss's pairs).
+_POSITIVE_PAIR_MINERS = {"pair_margin"}
 _MINER_OBJECT_CASES = [pytest.param(name, id=name) for name in sorted(miners.MINERS)]
 
 
@@ -270,7 +275,8 @@ def _miner(name: str, perturbed: bool = False) -> miners.Miner:
 
 
 def _rows(tuples: miners.Tuples) -> np.ndarray:
-    return tuples.rows().numpy()
+    """The triplets of the tuples (a pair-form miner's as `to_triplets`), [t, 3]."""
+    return tuples.to_triplets().rows().numpy()
 
 
 def test_the_registry_holds_the_miners():
@@ -301,6 +307,8 @@ def test_miner_object_finds_nothing_without_a_valid_tuple(name, batch):
     tuples = _miner(name)(tf.constant(labels), tf.constant(_embeddings(seed=1)[: len(labels)]))
     if name in _CANDIDATE_MINERS and batch == "one_class":
         assert _rows(tuples).tolist() == [[0, 1, 1]]  # a pair needs no negative
+    elif name in _POSITIVE_PAIR_MINERS and batch == "one_class":
+        assert len(_rows(tuples)) == 0 and int(tf.size(tuples.negatives)) == 0  # positive pairs only
     else:
         assert int(tuples.count) == 0 and int(tuples.groups) == 0
 

@@ -128,6 +128,8 @@ def test_loss_options_reach_every_loss_typed_and_bounded():
         spec = METHOD_SPECS[name]
         changed = {key: option.default * 0.5 + 0.25 for key, option in spec.options.items()
                    if option.kinds == (float,)}
+        changed |= {key: option.default + 1 for key, option in spec.options.items()
+                    if option.kinds == (int,) and option.default is not None}
         if name == "contrastive":  # needs pos_margin < neg_margin
             changed = {"pos_margin": 0.1, "neg_margin": 0.8}
         assert changed, name

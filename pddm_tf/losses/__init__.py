@@ -23,19 +23,25 @@ from pddm_tf.losses._base import (
 )
 from pddm_tf.losses._proxies import ProxyLoss
 from pddm_tf.losses.arcface import ArcFaceLoss
+from pddm_tf.losses.circle import CircleLoss
 from pddm_tf.losses.contrastive import ContrastiveLoss
 from pddm_tf.losses.cosface import CosFaceLoss
+from pddm_tf.losses.cross_batch_memory import CrossBatchMemory
+from pddm_tf.losses.fastap import FastAPLoss
 from pddm_tf.losses.lifted import LiftedStructuredLoss
 from pddm_tf.losses.margin import MarginLoss
 from pddm_tf.losses.multi_similarity import MultiSimilarityLoss
 from pddm_tf.losses.normalized_softmax import NormalizedSoftmaxLoss
 from pddm_tf.losses.npair import NPairLoss
+from pddm_tf.losses.ntxent import NTXentLoss
 from pddm_tf.losses.pddm import DoubleHeaderHingeLoss, LossTerms, double_header_hinge
 from pddm_tf.losses.proxy_anchor import ProxyAnchorLoss
 from pddm_tf.losses.proxy_nca import ProxyNCALoss
 from pddm_tf.losses.soft_triple import SoftTripleLoss
 from pddm_tf.losses.subcenter_arcface import SubCenterArcFaceLoss
+from pddm_tf.losses.supcon import SupConLoss
 from pddm_tf.losses.triplet import TRIPLET_MINING, TripletLoss
+from pddm_tf.losses.tuplet_margin import TupletMarginLoss
 
 __all__ = [
     "ArcFaceLoss",
@@ -46,6 +52,12 @@ __all__ = [
     "ProxyNCALoss",
     "SoftTripleLoss",
     "SubCenterArcFaceLoss",
+    "TupletMarginLoss",
+    "SupConLoss",
+    "NTXentLoss",
+    "FastAPLoss",
+    "CrossBatchMemory",
+    "CircleLoss",
     "TRIPLET_MINING",
     "ContrastiveLoss",
     "DoubleHeaderHingeLoss",

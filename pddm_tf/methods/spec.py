@@ -88,6 +88,9 @@ class MethodConfig:
     rerank: int | None = setting(None, "Methods with a PDDM unit: re-rank each query's Euclidean top-R shortlist "
                                  "by the learned PDDM score (0 = plain Euclidean retrieval).", int,
                                  bound=Bound(0, 100_000, note="0 = plain Euclidean retrieval"))
+    xbm: int | None = setting(None, "Pair losses: wrap the loss in a cross-batch memory (XBM, Wang et al., CVPR "
+                              "2020) of this many past embeddings (0 = off; at least the batch size).", int,
+                              bound=Bound(0, 10_000_000, note="0 = off"))
 
 
 def _general_flags() -> dict[str, Setting]:

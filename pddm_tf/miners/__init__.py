@@ -3,12 +3,15 @@
 Every miner is called as `miner(labels [m], embeddings [m, d], distances=None) -> Tuples` and
 registers itself under its `name`, so a loss's config (and `--loss_options`) can name it:
 
-    "semi_hard"              SemiHardMiner             FaceNet's semi-hard negatives
-    "batch_hard"             BatchHardMiner            farthest positive, closest negative per anchor
-    "quadruplet"             QuadrupletMiner           PDDM's hard quadruplets (two rows each)
-    "npair"                  NPairMiner                the N-pair loss's pairs and candidates
-    "distance_weighted"      DistanceWeightedMiner     Wu et al.'s distance-weighted sampling
-    "closest_beyond_cutoff"  ClosestBeyondCutoffMiner  the Divide-and-Conquer authors' sampler
+    semi_hard                SemiHardMiner             FaceNet's semi-hard negatives
+    batch_hard               BatchHardMiner            farthest positive, closest negative per anchor
+    quadruplet               QuadrupletMiner           PDDM's hard quadruplets (two rows each)
+    npair                    NPairMiner                the N-pair loss's pairs and candidates
+    distance_weighted        DistanceWeightedMiner     Wu et al.'s distance-weighted sampling
+    closest_beyond_cutoff    ClosestBeyondCutoffMiner  the Divide-and-Conquer authors' sampler
+    multi_similarity         MultiSimilarityMiner      the multi-similarity loss's pairs, for any pair loss
+    pair_margin              PairMarginMiner           pairs that violate a pos/neg margin
+    triplet_margin           TripletMarginMiner        all / hard / semihard / easy triplets by a margin
 
   mining.py    the index arithmetic of every miner and the label masks the losses share, as pure
                functions (no objects, no state)
@@ -33,11 +36,18 @@ from pddm_tf.miners.mining import (
     score_gap,
     semi_hard_negatives,
 )
+from pddm_tf.miners.multi_similarity import MultiSimilarityMiner
 from pddm_tf.miners.npair import NPairMiner, npair_tuples
+from pddm_tf.miners.pair_margin import PairMarginMiner
 from pddm_tf.miners.quadruplet import QuadrupletMiner, quadruplet_tuples
 from pddm_tf.miners.semi_hard import SemiHardMiner
+from pddm_tf.miners.triplet_margin import TRIPLET_TYPES, TripletMarginMiner
 
 __all__ = [
+    "TRIPLET_TYPES",
+    "TripletMarginMiner",
+    "PairMarginMiner",
+    "MultiSimilarityMiner",
     "MINERS",
     "MINING_MODES",
     "BatchHardMiner",

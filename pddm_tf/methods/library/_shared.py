@@ -39,6 +39,17 @@ def loss_model(backbone: Any, embedding_dim: int, loss: Any, settings: Mapping[s
     return pddm_tf.MetricLossModel(backbone, loss, embedding_dim=embedding_dim, dropout=settings["dropout"])
 
 
+#: The flag of the pair losses that a cross-batch memory can wrap (`pair_loss_model`), off by default.
+XBM_FLAGS: dict[str, Any] = {"xbm": 0}
+
+
+def pair_loss_model(backbone: Any, embedding_dim: int, loss: Any, settings: Mapping[str, Any]) -> Any:
+    """`loss_model` of a pair loss, wrapped in a `CrossBatchMemory` of `settings["xbm"]` rows when it is > 0."""
+    if settings["xbm"]:
+        loss = pddm_tf.CrossBatchMemory(loss, embedding_size=embedding_dim, memory_size=settings["xbm"])
+    return loss_model(backbone, embedding_dim, loss, settings)
+
+
 def double_header_loss(settings: Mapping[str, Any], heads: int = 2, mining: bool = True) -> Any:
     """The double-header hinge loss of the PDDM flags in `settings`."""
     extra = {"miner": pddm_tf.QuadrupletMiner(settings["mining"])} if mining else {}
@@ -76,5 +87,6 @@ def check_divide_and_conquer(values: Mapping[str, Any]) -> None:
                           "optimisers); use --ema_momentum=0")
 
 
-__all__ = ["Bound", "DC_FLAGS", "DISTANCE", "HDML_FLAGS", "MINER", "PDDM_FLAGS", "check_divide_and_conquer",
-           "double_header_loss", "hdml_model", "loss_model", "options_of", "pddm_model"]
+__all__ = ["Bound", "DC_FLAGS", "DISTANCE", "HDML_FLAGS", "MINER", "PDDM_FLAGS", "XBM_FLAGS",
+           "check_divide_and_conquer", "double_header_loss", "hdml_model", "loss_model", "options_of",
+           "pair_loss_model", "pddm_model"]

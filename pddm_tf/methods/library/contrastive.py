@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pddm_tf
-from pddm_tf.methods.library._shared import DISTANCE, MINER, loss_model, options_of
+from pddm_tf.methods.library._shared import DISTANCE, MINER, XBM_FLAGS, options_of, pair_loss_model
 from pddm_tf.methods.spec import MethodSpec, register_method
 from pddm_tf.options import Bound, ConfigError, Setting
 
@@ -19,7 +19,8 @@ OPTIONS = {
 
 
 def build(backbone: Any, embedding_dim: int, settings: Mapping[str, Any]) -> Any:
-    return loss_model(backbone, embedding_dim, pddm_tf.ContrastiveLoss(**options_of(settings, OPTIONS)), settings)
+    loss = pddm_tf.ContrastiveLoss(**options_of(settings, OPTIONS))
+    return pair_loss_model(backbone, embedding_dim, loss, settings)
 
 
 def check(values: Mapping[str, Any]) -> None:
@@ -34,5 +35,6 @@ SPEC = register_method(MethodSpec(
     summary="The contrastive loss (Hadsell et al., 2006) on every pair of the batch.",
     build=build,
     options=OPTIONS,
+    flags=XBM_FLAGS,
     check=check,
 ))

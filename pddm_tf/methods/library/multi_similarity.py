@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pddm_tf
-from pddm_tf.methods.library._shared import MINER, loss_model, options_of
+from pddm_tf.methods.library._shared import MINER, XBM_FLAGS, options_of, pair_loss_model
 from pddm_tf.methods.spec import MethodSpec, register_method
 from pddm_tf.options import Bound, Setting
 
@@ -21,7 +21,7 @@ OPTIONS = {
 
 def build(backbone: Any, embedding_dim: int, settings: Mapping[str, Any]) -> Any:
     loss = pddm_tf.MultiSimilarityLoss(**options_of(settings, OPTIONS))
-    return loss_model(backbone, embedding_dim, loss, settings)
+    return pair_loss_model(backbone, embedding_dim, loss, settings)
 
 
 SPEC = register_method(MethodSpec(
@@ -29,4 +29,5 @@ SPEC = register_method(MethodSpec(
     summary="The multi-similarity loss with its pair mining (Wang et al., CVPR 2019).",
     build=build,
     options=OPTIONS,
+    flags=XBM_FLAGS,
 ))
