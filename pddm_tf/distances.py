@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import tensorflow as tf
 
 from pddm_tf.registry import check_registered
@@ -49,8 +51,7 @@ def pairwise_squared_distances(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.T
     d = sq_x[:, None] - 2.0 * tf.matmul(x, y, transpose_b=True) + sq_y[None, :]
     d = tf.maximum(d, 0.0)
     if same:
-        d = 0.5 * (d + tf.transpose(d))
-        d = tf.linalg.set_diag(d, tf.zeros_like(sq_x))
+        d = _zero_diagonal(0.5 * (d + tf.transpose(d)))
     return d
 
 
@@ -59,18 +60,23 @@ def squared_distances_of_pairs(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(x - y), axis=-1)
 
 
-def pairwise_distances(x: tf.Tensor) -> tf.Tensor:
-    """Euclidean distances D_ij = ||x_i - x_j|| of one batch, with a finite gradient everywhere.
+def pairwise_distances(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+    """Euclidean distances D_ij = ||x_i - y_j||, with a finite gradient everywhere.
 
     Args:
-      x: [m, d].
+      x: [m, d]. y: [n, d], defaults to x.
     Returns:
-      [m, m], symmetric, diagonal exactly 0. Off the diagonal D_ij = sqrt(max(D_ij^2, EPSILON)): the
-      floor keeps the gradient of the square root finite for (near-)coincident points, where it
-      would otherwise be infinite; the diagonal is set to 0 afterwards, so its gradient is 0.
+      [m, n]. D_ij = sqrt(max(D_ij^2, EPSILON)): the floor keeps the gradient of the square root
+      finite for (near-)coincident points, where it would otherwise be infinite. When `y` is None
+      the matrix is symmetric and its diagonal is set to exactly 0 afterwards (gradient 0).
     """
-    d = tf.sqrt(tf.maximum(pairwise_squared_distances(x), EPSILON))
-    return tf.linalg.set_diag(d, tf.zeros_like(d[:, 0]))
+    d = tf.sqrt(tf.maximum(pairwise_squared_distances(x, y), EPSILON))
+    return d if y is not None else _zero_diagonal(d)
+
+
+def _zero_diagonal(d: tf.Tensor) -> tf.Tensor:
+    """d with its diagonal set to 0 (a [0, 0] matrix too: no `d[:, 0]` slice, which fails there)."""
+    return tf.linalg.set_diag(d, tf.zeros_like(tf.linalg.diag_part(d)))
 
 
 # ----------------------------------------------------------------------------- distance objects
@@ -81,15 +87,24 @@ DISTANCES: dict[str, type[Distance]] = {}
 
 
 class Distance:
-    """A distance between embeddings, named so that a loss's config can hold it as a string.
+    """A distance or a similarity between embeddings, named so that a loss's config can hold it.
 
-    Smaller means more similar; `pairwise(x)` is [m, m], symmetric, with an exact 0 diagonal and a
-    finite gradient everywhere (coincident points included). Subclasses set `name` and implement
-    `pairwise`; defining one registers it in `DISTANCES`, so `get_distance(name)` and a saved
-    loss's config find it.
+    `larger_is_closer` says which: False for distances (Euclidean, cosine distance: smaller = more
+    alike, 0 on the diagonal), True for similarities (cosine similarity, dot product: larger = more
+    alike). Losses read it to decide whether they make sense with the distance (`EmbeddingLoss.
+    distance_kinds`) and to write their hinges once for both kinds (`farther`); miners, which rank
+    by smaller = closer, get `to_dissimilarity` of the matrix.
+
+    `pairwise(x, y=None)` is [m, n] with a finite gradient everywhere (coincident points included);
+    with y None it is the batch against itself: symmetric, and for distances with an exact 0
+    diagonal. Subclasses set `name`, `larger_is_closer` and implement `pairwise` and `paired`;
+    defining one registers it in `DISTANCES`, so `get_distance(name)` and a saved loss's config find
+    it. A distance with constructor arguments returns them from `get_config`.
     """
 
-    name: str = ""
+    name: ClassVar[str] = ""
+    #: True for similarities (larger = closer), False for distances (smaller = closer).
+    larger_is_closer: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,28 +115,54 @@ class Distance:
                 raise ValueError(f"a distance named {cls.name!r} is already registered ({DISTANCES[cls.name]})")
             DISTANCES[cls.name] = cls
 
-    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
-        """Distances between the rows of x [m, d] -> [m, m]."""
+    @property
+    def is_inverted(self) -> bool:
+        """pytorch-metric-learning's name for `larger_is_closer`."""
+        return self.larger_is_closer
+
+    @property
+    def kind(self) -> str:
+        """"similarity" (larger is closer) or "distance" (smaller is closer)."""
+        return "similarity" if self.larger_is_closer else "distance"
+
+    def pairwise(self, x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+        """Values between the rows of x [m, d] and of y [n, d] (default x) -> [m, n]."""
         raise NotImplementedError
 
     def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        """Row-wise distances D(x_n, y_n) of [t, d] inputs -> [t], equal to `pairwise`'s entries (up to
+        """Row-wise values D(x_n, y_n) of [t, d] inputs -> [t], equal to `pairwise`'s entries (up to
         float rounding) off coincident rows, with a finite gradient everywhere; for losses on
         embeddings that are not rows of one batch (e.g. HDML's synthetic negatives)."""
         raise NotImplementedError
 
+    def farther(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """How much farther apart the pair valued x is than the pair valued y: x - y for a distance,
+        y - x for a similarity. A hinge max(0, margin + farther(D_ap, D_an)) is the triplet hinge
+        on either kind (pytorch-metric-learning's `margin(x, y)`)."""
+        return y - x if self.larger_is_closer else x - y
+
+    def to_dissimilarity(self, values: tf.Tensor) -> tf.Tensor:
+        """The values as a dissimilarity (smaller = closer), the order miners rank by: themselves
+        for a distance, their negation for a similarity (subclasses may give a better one)."""
+        return -values if self.larger_is_closer else values
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments: `type(self)(**self.get_config())` is an equal distance."""
+        return {}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
+        return type(other) is type(self) and other.get_config() == self.get_config()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash(type(self))
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
 class EuclideanDistance(Distance):
-    """D_ij = ||x_i - x_j|| (`pairwise_distances`). On unit embeddings D is in [0, 2].
+    """D_ij = ||x_i - y_j|| (`pairwise_distances`). On unit embeddings D is in [0, 2].
 
     Example:
       >>> get_distance("euclidean").pairwise(tf.constant([[0.0, 0.0], [3.0, 4.0]])).numpy().tolist()
@@ -130,15 +171,15 @@ class EuclideanDistance(Distance):
 
     name = "euclidean"
 
-    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
-        return pairwise_distances(x)
+    def pairwise(self, x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+        return pairwise_distances(x, y)
 
     def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return safe_norm(x - y, keepdims=False)
 
 
 class SquaredEuclideanDistance(Distance):
-    """D_ij = ||x_i - x_j||^2 (`pairwise_squared_distances`). On unit embeddings D is in [0, 4].
+    """D_ij = ||x_i - y_j||^2 (`pairwise_squared_distances`). On unit embeddings D is in [0, 4].
 
     Example:
       >>> get_distance("squared_euclidean").pairwise(tf.constant([[0.0, 0.0], [3.0, 4.0]])).numpy().tolist()
@@ -147,15 +188,15 @@ class SquaredEuclideanDistance(Distance):
 
     name = "squared_euclidean"
 
-    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
-        return pairwise_squared_distances(x)
+    def pairwise(self, x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+        return pairwise_squared_distances(x, y)
 
     def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return squared_distances_of_pairs(x, y)
 
 
 class CosineDistance(Distance):
-    """D_ij = 1 - cos(x_i, x_j), in [0, 2]; rows are normalised first (a zero row is at distance 1
+    """D_ij = 1 - cos(x_i, y_j), in [0, 2]; rows are normalised first (a zero row is at distance 1
     from every other). On unit embeddings it is half the squared Euclidean distance.
 
     Example:
@@ -165,19 +206,68 @@ class CosineDistance(Distance):
 
     name = "cosine"
 
-    def pairwise(self, x: tf.Tensor) -> tf.Tensor:
+    def pairwise(self, x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
         unit = l2_normalize(x)
-        d = tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0)
-        d = 0.5 * (d + tf.transpose(d))
-        return tf.linalg.set_diag(d, tf.zeros_like(d[:, 0]))
+        other = unit if y is None else l2_normalize(y)
+        d = tf.maximum(1.0 - tf.matmul(unit, other, transpose_b=True), 0.0)
+        return d if y is not None else _zero_diagonal(0.5 * (d + tf.transpose(d)))
 
     def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return tf.maximum(1.0 - tf.reduce_sum(l2_normalize(x) * l2_normalize(y), axis=-1), 0.0)
 
 
-def get_distance(identifier: str | Distance) -> Distance:
-    """A `Distance` from its name ("euclidean", "squared_euclidean", "cosine", or any registered
-    subclass's) or itself.
+class CosineSimilarity(Distance):
+    """S_ij = cos(x_i, y_j) = x_i . y_j / (||x_i|| ||y_j||), in [-1, 1], larger is closer; rows are
+    normalised first (a zero row has similarity 0 with every row). The diagonal of `pairwise(x)` is
+    1 up to rounding. Miners rank by the cosine distance 1 - S.
+
+    Example:
+      >>> get_distance("cosine_similarity").pairwise(tf.constant([[1.0, 0.0], [0.0, 2.0]])).numpy().tolist()
+      [[1.0, 0.0], [0.0, 1.0]]
+    """
+
+    name = "cosine_similarity"
+    larger_is_closer = True
+
+    def pairwise(self, x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+        unit = l2_normalize(x)
+        return tf.matmul(unit, unit if y is None else l2_normalize(y), transpose_b=True)
+
+    def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(l2_normalize(x) * l2_normalize(y), axis=-1)
+
+    def to_dissimilarity(self, values: tf.Tensor) -> tf.Tensor:
+        return 1.0 - values
+
+
+class DotProductSimilarity(Distance):
+    """S_ij = x_i . y_j, larger is closer (unbounded; on unit embeddings, the cosine similarity).
+
+    Example:
+      >>> get_distance("dot_product").pairwise(tf.constant([[1.0, 0.0], [0.0, 2.0]])).numpy().tolist()
+      [[1.0, 0.0], [0.0, 4.0]]
+    """
+
+    name = "dot_product"
+    larger_is_closer = True
+
+    def pairwise(self, x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+        return tf.matmul(x, x if y is None else y, transpose_b=True)
+
+    def paired(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(x * y, axis=-1)
+
+
+def serialize_distance(distance: Distance) -> str | dict[str, Any]:
+    """Its registered name, or {"name", "config"} for a distance with constructor arguments."""
+    distance = get_distance(distance)
+    config = distance.get_config()
+    return {"name": distance.name, "config": config} if config else distance.name
+
+
+def get_distance(identifier: str | dict[str, Any] | Distance) -> Distance:
+    """A `Distance` from its name ("euclidean", "squared_euclidean", "cosine", "cosine_similarity",
+    "dot_product" or any registered subclass's), `serialize_distance`'s dict, or itself.
 
     Raises:
       ValueError: an unknown name, listing the known ones, or a Distance whose class has no name.
@@ -185,6 +275,8 @@ def get_distance(identifier: str | Distance) -> Distance:
     if isinstance(identifier, Distance):
         check_registered(identifier, DISTANCES)
         return identifier
-    if identifier not in DISTANCES:
-        raise ValueError(f"unknown distance {identifier!r}; expected one of {sorted(DISTANCES)} or a Distance")
-    return DISTANCES[identifier]()
+    name, config = (identifier, {}) if not isinstance(identifier, dict) else (identifier.get("name"),
+                                                                              identifier.get("config", {}))
+    if not isinstance(name, str) or name not in DISTANCES:
+        raise ValueError(f"unknown distance {name!r}; expected one of {sorted(DISTANCES)} or a Distance")
+    return DISTANCES[name](**config)

@@ -61,7 +61,8 @@ _LOSS_OPTIONS = {
     "MarginLoss": [{"miner": {"name": s, "config": {"seed": 0} if s == "distance_weighted" else {}}}
                    for s in MARGIN_SAMPLERS] + [{"num_classes": 4, "miner": {"name": "distance_weighted",
                                                                               "config": {"seed": 0}}}],
-    "DoubleHeaderHingeLoss": [{"mining": m, "heads": h} for m in mining.MINING_MODES for h in (1, 2)],
+    "DoubleHeaderHingeLoss": [{"miner": {"name": "quadruplet", "config": {"mode": m}}, "heads": h}
+                              for m in mining.MINING_MODES for h in (1, 2)],
 }
 _LOSS_CASES = [pytest.param(name, options, id=f"{name}-{options}".replace(" ", ""))
                for name in sorted(_LOSSES) for options in _LOSS_OPTIONS.get(name, [{}])]

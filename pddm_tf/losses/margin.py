@@ -9,9 +9,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pddm_tf.distances import pairwise_distances
-from pddm_tf.losses._base import EmbeddingLoss
-from pddm_tf.miners import DistanceWeightedMiner, Miner, Tuples, get_miner, serialize_miner
+from pddm_tf.distances import Distance
+from pddm_tf.losses._base import (
+    ElementLosses,
+    EmbeddingLoss,
+    LossBatch,
+    finite_number,
+)
+from pddm_tf.miners import DistanceWeightedMiner, Miner, Tuples
+from pddm_tf.reducers import Reducer
 
 #: The negative samplers of `MarginLoss`: registered names of `pddm_tf.miners`.
 MARGIN_SAMPLERS = ("distance_weighted", "closest_beyond_cutoff")
@@ -27,14 +33,17 @@ class MarginLoss(EmbeddingLoss):
     * "closest_beyond_cutoff" (`pddm_tf.miners.ClosestBeyondCutoffMiner`): the Divide-and-Conquer
       authors' released sampler (METHODS.md section 7), deterministic: anchor a's P_a closest
       negatives at distance >= 0.5, paired one to one with its P_a positives;
-    * any other registered miner.
+    * any other registered miner (pair-form tuples are read as every triplet they make).
 
-    With Euclidean distances D and beta_a the boundary of the anchor's class (or one global beta):
+    With distances D (default Euclidean) and beta_a the boundary of the anchor's class (or one
+    global beta), the per-element terms are the 2t hinges
 
-        L = ( sum_t [max(0, D_ap - beta_a + alpha) + max(0, beta_a - D_an + alpha)] + nu sum_t beta_a )
-            / max(#non-zero terms, 1)
+        max(0, D_ap - beta_a + alpha)  and  max(0, beta_a - D_an + alpha)
 
-    As in the authors' code, the beta regulariser is summed over triplets and shares the division.
+    and L = reducer(hinges, extra = nu sum_t beta_a). The default `AvgNonZeroReducer` gives today's
+    (and the authors' code's) ( sum hinges + nu sum_t beta_a ) / max(#non-zero hinges, 1): the beta
+    regulariser is summed over triplets and shares the division. With a similarity S (larger is
+    closer) the hinges are max(0, beta_a - S_ap + alpha) and max(0, S_an - beta_a + alpha).
     beta is a `keras.Variable` listed in `variables` (with the miner's state), so `MetricLossModel`
     trains it with the network (`learn_beta=False` keeps it fixed: the DCES setting). Mining runs
     on stopped distances; `from_indices` evaluates the loss for given triplets.
@@ -50,23 +59,32 @@ class MarginLoss(EmbeddingLoss):
       miner: a `pddm_tf.miners.Miner`, its registered name or `serialize_miner`'s dict. The default
         is `DistanceWeightedMiner()`: unseeded, it draws with TensorFlow's stateful sampler, whose
         position cannot be saved; `DistanceWeightedMiner(seed=0)` makes the draws reproducible.
+      distance: D, any `pddm_tf.distances` distance or similarity (default "euclidean"; the
+        distance-weighted sampler assumes Euclidean distances of unit embeddings).
+      reducer: a `pddm_tf.reducers` reducer (default "avg_non_zero", today's behaviour).
     """
+
+    default_distance = "euclidean"
+    default_reducer = "avg_non_zero"
+    requires_miner = True
 
     def __init__(self, alpha: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  num_classes: int | None = None, nu: float = 0.0,
-                 miner: str | dict[str, Any] | Miner = "distance_weighted", name: str = "margin_loss",
-                 **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
-        if alpha < 0 or nu < 0:
+                 miner: str | dict[str, Any] | Miner = "distance_weighted",
+                 distance: str | dict[str, Any] | Distance | None = None,
+                 reducer: str | dict[str, Any] | Reducer | None = None,
+                 name: str = "margin_loss", **kwargs: Any) -> None:
+        super().__init__(distance=distance, reducer=reducer, miner=miner, name=name, **kwargs)
+        self.alpha = finite_number("MarginLoss", "alpha", alpha)
+        self.initial_beta = finite_number("MarginLoss", "beta", beta)
+        self.nu = finite_number("MarginLoss", "nu", nu)
+        if self.alpha < 0 or self.nu < 0:
             raise ValueError(f"alpha and nu must be non-negative, got {alpha} and {nu}")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be positive or None, got {num_classes}")
-        self.alpha = float(alpha)
-        self.initial_beta = float(beta)
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
         self.learn_beta = bool(learn_beta)
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.nu = float(nu)
-        self.miner = get_miner(miner)
         shape: tuple[int, ...] = () if self.num_classes is None else (self.num_classes,)
         self.beta = keras.Variable(np.full(shape, beta), dtype=self.dtype, trainable=self.learn_beta,
                                    name="beta")
@@ -76,22 +94,17 @@ class MarginLoss(EmbeddingLoss):
         """The loss's state, for the model to track: [beta] (trained if `learn_beta`), then the miner's
         (a seeded sampler's position), so that it is saved and restored with the model's weights
         (a resumed run draws the negatives an uninterrupted one would)."""
-        return [self.beta, *self.miner.variables]
+        return [self.beta, *super().variables]
 
-    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        d = pairwise_distances(embeddings)
-        return self.from_indices(labels, self.miner(labels, embeddings, d), d)
-
-    def from_indices(self, labels: tf.Tensor, tuples: Tuples, distances: tf.Tensor) -> tf.Tensor:
-        """The margin loss of given triplets: labels [m], `Tuples` of the batch, its distances [m, m]."""
-        beta = self._beta_of(tf.gather(labels, tuples.anchors))
-        d_ap = tf.gather_nd(distances, tf.stack([tuples.anchors, tuples.positives], axis=1))
-        d_an = tf.gather_nd(distances, tf.stack([tuples.anchors, tuples.negatives], axis=1))
-        pull = tf.nn.relu(d_ap - beta + self.alpha)
-        push = tf.nn.relu(beta - d_an + self.alpha)
-        nonzero = tf.reduce_sum(tf.cast(pull > 0, pull.dtype)) + tf.reduce_sum(tf.cast(push > 0, push.dtype))
-        total = tf.reduce_sum(pull) + tf.reduce_sum(push) + self.nu * tf.reduce_sum(beta)
-        return total / tf.maximum(nonzero, 1.0)
+    def compute_terms(self, batch: LossBatch, tuples: Tuples | None) -> dict[str, ElementLosses]:
+        assert tuples is not None  # requires_miner
+        tuples = tuples.to_triplets()
+        beta = self._beta_of(tf.gather(batch.labels, tuples.anchors))
+        d_ap = batch.pair_values(tuples.anchors, tuples.positives)
+        d_an = batch.pair_values(tuples.anchors, tuples.negatives)
+        pull = tf.nn.relu(self.distance.farther(d_ap, beta) + self.alpha)
+        push = tf.nn.relu(self.distance.farther(beta, d_an) + self.alpha)
+        return {"margin": ElementLosses(tf.concat([pull, push], 0), extra=self.nu * tf.reduce_sum(beta))}
 
     def _beta_of(self, anchor_labels: tf.Tensor) -> tf.Tensor:
         """beta for each triplet, [t]: the anchor class's entry, or the scalar broadcast."""
@@ -106,8 +119,7 @@ class MarginLoss(EmbeddingLoss):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "alpha": self.alpha, "beta": self.initial_beta,
-                "learn_beta": self.learn_beta, "num_classes": self.num_classes, "nu": self.nu,
-                "miner": serialize_miner(self.miner)}
+                "learn_beta": self.learn_beta, "num_classes": self.num_classes, "nu": self.nu}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MarginLoss:

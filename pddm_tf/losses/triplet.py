@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import Distance, get_distance
-from pddm_tf.losses._base import EmbeddingLoss
-from pddm_tf.miners import Miner, Tuples, get_miner, serialize_miner
+from pddm_tf.distances import Distance
+from pddm_tf.losses._base import (
+    ElementLosses,
+    EmbeddingLoss,
+    LossBatch,
+    finite_number,
+)
+from pddm_tf.miners import Miner, Tuples
+from pddm_tf.reducers import Reducer
 
 #: The miners the triplet methods of the CLI use; any registered miner works.
 TRIPLET_MINING = ("semi_hard", "batch_hard")
@@ -17,8 +24,13 @@ TRIPLET_MINING = ("semi_hard", "batch_hard")
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class TripletLoss(EmbeddingLoss):
-    """Triplet hinge max(0, margin + D_ap - D_an), by default on Euclidean distances D = ||f_a - f_x||,
-    averaged over the triplets (a, p, n) that `miner` returns (zero hinges included).
+    """Triplet hinge max(0, margin + D_ap - D_an) over the triplets (a, p, n) that `miner` returns,
+    by default on Euclidean distances D = ||f_a - f_x|| and averaged over all mined triplets, zero
+    hinges included (`MeanReducer`, the default reducer).
+
+    With a similarity S (larger is closer, e.g. "cosine_similarity") the hinge is
+    max(0, margin + S_an - S_ap) (`Distance.farther`). The per-element terms are the t hinges,
+    reduced by `reducer`.
 
     miner="semi_hard" (Schroff et al., FaceNet, CVPR 2015; TensorFlow Addons'
     `triplet_semihard_loss`): every ordered positive pair (a, p) with the negative chosen by
@@ -30,17 +42,20 @@ class TripletLoss(EmbeddingLoss):
     per anchor with its farthest positive and closest negative (hard margin variant, not the
     soft-plus one).
 
-    Any other `pddm_tf.miners` miner (or its registered name) works the same way. Mining runs on
-    stopped distances of this loss's `distance`; the gradient flows through the selected D_ap and D_an.
+    Any other `pddm_tf.miners` miner (or its registered name) works the same way; pair-form tuples
+    are read as every triplet they make (`Tuples.to_triplets`). Mining runs on stopped distances
+    of this loss's `distance`; the gradient flows through the selected D_ap and D_an.
     Usage: `loss(labels [m] int, embeddings [m, d] L2-normalised) -> scalar`; `from_indices` and
-    `from_embeddings` evaluate given triplets.
+    `from_embeddings` evaluate given triplets; `ref_embeddings` / `ref_labels` (in `compute`,
+    `from_indices`, or the y_pred dict) take positives and negatives from a reference set.
 
     Args:
       margin: the hinge margin, on the distance's scale (unit embeddings: D in [0, 2] for
         "euclidean", [0, 4] for "squared_euclidean", [0, 2] for "cosine").
       miner: a `pddm_tf.miners.Miner` or its registered name ("semi_hard", "batch_hard", ...).
-      distance: D, a `pddm_tf.distances` name ("euclidean", "squared_euclidean", "cosine") or a
-        registered `Distance`; mining ranks by it too.
+      distance: D, any `pddm_tf.distances` distance or similarity (default "euclidean"); mining
+        ranks by it too.
+      reducer: a `pddm_tf.reducers` reducer (default "mean": today's average over all triplets).
 
     Example (points 0, 1 | 1.5, 3 on a line; batch-hard triplets (0, 1, 2), (1, 0, 2), (2, 3, 1),
     (3, 2, 1) have hinges 0, 0.7, 1.2 and 0):
@@ -49,49 +64,40 @@ class TripletLoss(EmbeddingLoss):
       0.475
     """
 
+    default_distance = "euclidean"
+    default_reducer = "mean"
+    requires_miner = True
+
     def __init__(self, margin: float = 0.2, miner: str | dict[str, Any] | Miner = "semi_hard",
-                 distance: str | Distance = "euclidean", name: str = "triplet_loss", **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
-        if margin < 0:
-            raise ValueError(f"margin must be non-negative, got {margin}")
-        self.margin = float(margin)
-        self.miner = get_miner(miner)
-        self.distance = get_distance(distance)
+                 distance: str | dict[str, Any] | Distance | None = None,
+                 reducer: str | dict[str, Any] | Reducer | None = None,
+                 name: str = "triplet_loss", **kwargs: Any) -> None:
+        if "mining" in kwargs:
+            warnings.warn("TripletLoss(mining=...) is deprecated: use TripletLoss(miner=...)", DeprecationWarning,
+                          stacklevel=2)
+            miner = kwargs.pop("mining")
+        super().__init__(distance=distance, reducer=reducer, miner=miner, name=name, **kwargs)
+        self.margin = finite_number("TripletLoss", "margin", margin)
+        if self.margin < 0:
+            raise ValueError(f"TripletLoss: margin must be non-negative, got {margin}")
 
-    @property
-    def variables(self) -> list[keras.Variable]:
-        """The miner's state (a seeded sampler's position), for the model to save."""
-        return self.miner.variables
-
-    def compute(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        d = self.distance.pairwise(embeddings)
-        return self.from_indices(self.miner(labels, embeddings, d), distances=d)
-
-    def from_indices(self, tuples: Tuples, embeddings: tf.Tensor | None = None,
-                     distances: tf.Tensor | None = None) -> tf.Tensor:
-        """The loss of given triplets of a batch: `Tuples` of t rows, with the batch's [m, m] distances
-        (gathered, as `compute` does) or its embeddings [m, d] (then only the 2t distances are computed)."""
-        if distances is not None:
-            d_ap = tf.gather_nd(distances, tf.stack([tuples.anchors, tuples.positives], axis=1))
-            d_an = tf.gather_nd(distances, tf.stack([tuples.anchors, tuples.negatives], axis=1))
-            return self._hinge(d_ap, d_an)
-        if embeddings is None:
-            raise ValueError("from_indices needs the batch's embeddings or its distances")
-        anchor = tf.gather(embeddings, tuples.anchors)
-        return self.from_embeddings(anchor, tf.gather(embeddings, tuples.positives),
-                                    tf.gather(embeddings, tuples.negatives))
+    def compute_terms(self, batch: LossBatch, tuples: Tuples | None) -> dict[str, ElementLosses]:
+        assert tuples is not None  # requires_miner
+        tuples = tuples.to_triplets()
+        d_ap = batch.pair_values(tuples.anchors, tuples.positives)
+        d_an = batch.pair_values(tuples.anchors, tuples.negatives)
+        return {"triplet": ElementLosses(self._hinge(d_ap, d_an))}
 
     def from_embeddings(self, anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
         """The loss of t triplets given as embeddings, [t, d] each (e.g. synthetic negatives) -> scalar."""
-        return self._hinge(self.distance.paired(anchor, positive), self.distance.paired(anchor, negative))
+        hinge = self._hinge(self.distance.paired(anchor, positive), self.distance.paired(anchor, negative))
+        return self.reduce_terms({"triplet": ElementLosses(hinge)})
 
     def _hinge(self, d_ap: tf.Tensor, d_an: tf.Tensor) -> tf.Tensor:
-        hinge = tf.nn.relu(self.margin + d_ap - d_an)
-        return tf.reduce_sum(hinge) / tf.maximum(tf.cast(tf.size(hinge), hinge.dtype), 1.0)
+        return tf.nn.relu(self.margin + self.distance.farther(d_ap, d_an))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "margin": self.margin, "miner": serialize_miner(self.miner),
-                "distance": self.distance.name}
+        return {**super().get_config(), "margin": self.margin}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TripletLoss:

@@ -15,7 +15,7 @@ import keras
 from pddm_tf import losses
 from pddm_tf.layers import PDDM
 from pddm_tf.methods.names import METHOD_NAMES
-from pddm_tf.miners import DistanceWeightedMiner
+from pddm_tf.miners import DistanceWeightedMiner, QuadrupletMiner
 from pddm_tf.models import DivideAndConquerModel, EmbeddingModel, HDMLModel, MetricLossModel, PDDMModel
 from pddm_tf.registry import Registry
 
@@ -25,7 +25,7 @@ def _pddm(heads: int, default_mining_score: str) -> Callable[..., EmbeddingModel
               embedding_weight: float = 0.5, mining: str = "per_pair", mining_score: str | None = None,
               pddm_normalize_inputs: bool = False, dropout: float = 0.0) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
-                                            heads=heads, mining=mining)
+                                            heads=heads, miner=QuadrupletMiner(mining))
         pddm = PDDM(normalize_inputs=pddm_normalize_inputs, name="pddm")
         return PDDMModel(backbone, embedding_dim=embedding_dim, pddm=pddm, loss=loss,
                          mining_score=mining_score or default_mining_score, dropout=dropout)
@@ -125,7 +125,7 @@ def _divide_and_conquer(base: str) -> Callable[..., EmbeddingModel]:
                    beta: float = 0.5, embedding_weight: float = 0.5, mining: str = "per_pair",
                    mining_score: str | None = None, dropout: float = 0.0) -> EmbeddingModel:
         loss = losses.DoubleHeaderHingeLoss(alpha=alpha, beta=beta, embedding_weight=embedding_weight,
-                                            mining=mining)
+                                            miner=QuadrupletMiner(mining))
         return DivideAndConquerModel(backbone, embedding_dim=embedding_dim, num_learners=num_learners, loss=loss,
                                      mining_score=mining_score or "pddm", dropout=dropout)
 

@@ -21,8 +21,9 @@ class BatchHardMiner(Miner):
 
     name = "batch_hard"
 
-    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
-        positives, negatives, valid = batch_hard_triplets(labels, distances)
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor,
+             ref_labels: tf.Tensor | None = None) -> Tuples:
+        positives, negatives, valid = batch_hard_triplets(labels, distances, ref_labels)
         anchors = tf.cast(tf.where(valid)[:, 0], tf.int32)
         return Tuples(anchors, tf.boolean_mask(positives, valid), tf.boolean_mask(negatives, valid),
                       tf.shape(anchors)[0])

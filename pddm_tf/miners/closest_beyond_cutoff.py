@@ -31,8 +31,9 @@ class ClosestBeyondCutoffMiner(Miner):
             raise ValueError(f"cutoff must be non-negative, got {cutoff}")
         self.cutoff = float(cutoff)
 
-    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
-        return Tuples.from_rows(closest_negatives_beyond_cutoff(labels, distances, self.cutoff))
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor,
+             ref_labels: tf.Tensor | None = None) -> Tuples:
+        return Tuples.from_rows(closest_negatives_beyond_cutoff(labels, distances, self.cutoff, ref_labels))
 
     def get_config(self) -> dict[str, Any]:
         return {"cutoff": self.cutoff}

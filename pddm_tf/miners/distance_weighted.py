@@ -41,10 +41,11 @@ class DistanceWeightedMiner(Miner):
     def variables(self) -> list[keras.Variable]:
         return [] if self._seed_generator is None else [self._seed_generator.state]
 
-    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor,
+             ref_labels: tf.Tensor | None = None) -> Tuples:
         seed = None if self._seed_generator is None else self._seed_generator.next()
         return Tuples.from_rows(distance_weighted_negatives(labels, distances, embedding_dim, self.cutoff,
-                                                            self.nonzero_loss_cutoff, seed))
+                                                            self.nonzero_loss_cutoff, seed, ref_labels))
 
     def get_config(self) -> dict[str, Any]:
         return {"cutoff": self.cutoff, "nonzero_loss_cutoff": self.nonzero_loss_cutoff, "seed": self.seed}

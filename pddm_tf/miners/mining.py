@@ -48,15 +48,21 @@ def check_labels(labels: tf.Tensor) -> tf.Tensor:
     return tf.cast(labels, tf.int32)
 
 
-def pair_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Positive and negative pair masks of a batch.
+def pair_masks(labels: tf.Tensor, ref_labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Positive and negative pair masks of a batch, or of a batch against reference samples.
 
     Args:
       labels: [m] integer class ids.
+      ref_labels: None (the batch against itself), or [n] class ids of reference samples (e.g. a
+        memory of past batches), which are other samples: no pair is a self pair.
     Returns:
-      (positive [m, m] bool: same label and i != j, negative [m, m] bool: different labels).
+      (positive [m, n] bool: same label and not a self pair (i != j when ref_labels is None),
+      negative [m, n] bool: different labels); n = m without ref_labels.
     """
     labels = check_labels(labels)
+    if ref_labels is not None:
+        same = tf.equal(labels[:, None], check_labels(ref_labels)[None, :])
+        return same, tf.logical_not(same)
     same = tf.equal(labels[:, None], labels[None, :])
     not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
     return tf.logical_and(same, not_self), tf.logical_not(same)
@@ -70,7 +76,20 @@ def euclidean_scores(embeddings: tf.Tensor) -> tf.Tensor:
 def _masked_argmax(values: tf.Tensor, mask: tf.Tensor, axis: int) -> tf.Tensor:
     """argmax of `values` over the entries where `mask` holds (rows with no entry return 0)."""
     lowest = tf.fill(tf.shape(values), values.dtype.min)
-    return tf.argmax(tf.where(mask, values, lowest), axis=axis, output_type=tf.int32)
+    return _argmax(tf.where(mask, values, lowest), axis)
+
+
+def _argmax(values: tf.Tensor, axis: int) -> tf.Tensor:
+    """tf.argmax that also answers for an empty axis (an empty batch): index 0, like a row of ties.
+
+    TensorFlow's argmax refuses a reduction over 0 entries; one slot of the lowest value is appended
+    (ties go to the first index, so it is only picked when the axis is empty) and clamped to 0.
+    """
+    axis = axis % values.shape.rank
+    pad_shape = tf.tensor_scatter_nd_update(tf.shape(values), [[axis]], [1])
+    padded = tf.concat([values, tf.fill(pad_shape, values.dtype.min)], axis=axis)
+    index = tf.argmax(padded, axis=axis, output_type=tf.int32)
+    return tf.minimum(index, tf.maximum(tf.shape(values)[axis] - 1, 0))
 
 
 def _hardest_negatives(scores: tf.Tensor, negative: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -115,9 +134,9 @@ def mine_quadruplets(labels: tf.Tensor, scores: tf.Tensor, mode: str = "hardest"
     num_positive_pairs = tf.reduce_sum(tf.cast(positive & upper, tf.int32))
 
     if mode == "hardest":
-        m = tf.shape(scores)[0]
-        highest = tf.fill(tf.shape(scores), scores.dtype.max)
-        flat = tf.argmin(tf.reshape(tf.where(eligible, scores, highest), [-1]), output_type=tf.int32)
+        m = tf.maximum(tf.shape(scores)[0], 1)  # an empty batch must not divide by 0 below
+        lowest = tf.fill(tf.shape(scores), scores.dtype.min)
+        flat = _argmax(tf.reshape(tf.where(eligible, -scores, lowest), [-1]), axis=0)  # the least similar pair
         pairs = tf.reshape(tf.stack([flat // m, flat % m]), [1, 2])
         # Keep the row only if a positive pair was eligible: q = 1 or 0, no dynamic Python branch.
         pairs = tf.boolean_mask(pairs, tf.reshape(tf.reduce_any(eligible), [1]))
@@ -146,7 +165,8 @@ def score_gap(labels: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
 # gather the distances they need from their own, differentiable, matrix.
 
 
-def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor,
+                        ref_labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """FaceNet semi-hard negatives, as in TensorFlow Addons' `triplet_semihard_loss`.
 
     For an anchor a and a positive p, the negative is the closest one farther than the positive,
@@ -155,12 +175,13 @@ def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Ten
 
     Args:
       labels: [m] integer class ids.
-      distances: [m, m] anchor-to-candidate distances.
+      distances: [m, n] anchor-to-candidate distances.
+      ref_labels: [n] class ids of the candidates when they are not the batch (`pair_masks`).
     Returns:
-      (negatives [m, m] int32, the negative of every (anchor, positive) pair, meaningful where
+      (negatives [m, n] int32, the negative of every (anchor, positive) pair, meaningful where
       (a, p) is a positive pair and a has a negative; has_negative [m] bool).
     """
-    _, negative = pair_masks(labels)
+    _, negative = pair_masks(labels, ref_labels)
     d_an = distances[:, None, :]  # [a, 1, n]
     d_ap = distances[:, :, None]  # [a, p, 1]
     farther = negative[:, None, :] & (d_an > d_ap)  # [a, p, n]: O(m^3) booleans, small for m <= 256
@@ -170,15 +191,17 @@ def semi_hard_negatives(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Ten
     return negatives, tf.reduce_any(negative, axis=1)
 
 
-def batch_hard_triplets(labels: tf.Tensor, distances: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def batch_hard_triplets(labels: tf.Tensor, distances: tf.Tensor,
+                        ref_labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Batch-hard mining (Hermans et al. 2017): per anchor its farthest positive and closest negative.
 
     Args:
-      labels: [m] integer class ids. distances: [m, m].
+      labels: [m] integer class ids. distances: [m, n]. ref_labels: [n] candidates' class ids when
+        they are not the batch (`pair_masks`).
     Returns:
       (positives [m] int32, negatives [m] int32, valid [m] bool: the anchor has both).
     """
-    positive, negative = pair_masks(labels)
+    positive, negative = pair_masks(labels, ref_labels)
     valid = tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
     return _masked_argmax(distances, positive, axis=1), _masked_argmax(-distances, negative, axis=1), valid
 
@@ -201,13 +224,13 @@ def npair_pairs(labels: tf.Tensor) -> tf.Tensor:
     class_size = tf.reduce_sum(tf.cast(same, tf.int32), axis=1)
     anchors = tf.reshape(tf.cast(tf.where((rank == 0) & (class_size >= 2)), tf.int32), [-1])
     second = same & tf.equal(rank, 1)[None, :]  # [i, j]: j is the second occurrence of i's class
-    positives = tf.gather(tf.argmax(tf.cast(second, tf.int32), axis=1, output_type=tf.int32), anchors)
+    positives = tf.gather(_argmax(tf.cast(second, tf.int32), axis=1), anchors)
     return tf.stack([anchors, positives], axis=1)
 
 
 def distance_weighted_negatives(
     labels: tf.Tensor, distances: tf.Tensor, dim: int | tf.Tensor, cutoff: float = 0.5,
-    nonzero_loss_cutoff: float = 1.4, seed: tf.Tensor | None = None,
+    nonzero_loss_cutoff: float = 1.4, seed: tf.Tensor | None = None, ref_labels: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Distance-weighted negative sampling (Wu et al. 2017, "Sampling Matters", section 4).
 
@@ -225,22 +248,28 @@ def distance_weighted_negatives(
       cutoff, nonzero_loss_cutoff: see above.
       seed: None for `tf.random.categorical`, or a [2] integer seed for the stateless (reproducible)
         `tf.random.stateless_categorical`.
+      ref_labels: [n] candidates' class ids when they are not the batch (`pair_masks`).
     Returns:
       [t, 3] int32 triplets (anchor, positive, negative): one per ordered positive pair whose anchor
       has a negative, in row-major (anchor, positive) order; t = 0 when there is none.
     """
-    positive, negative = pair_masks(labels)
+    positive, negative = pair_masks(labels, ref_labels)
     logits = _distance_weight_logits(distances, negative, dim, cutoff, nonzero_loss_cutoff)
     pairs = tf.cast(tf.where(positive & tf.reduce_any(negative, axis=1)[:, None]), tf.int32)
     pair_logits = tf.gather(logits, pairs[:, 0])
-    if seed is None:
-        drawn = tf.random.categorical(pair_logits, 1, dtype=tf.int32)
-    else:
-        drawn = tf.random.stateless_categorical(pair_logits, 1, seed, dtype=tf.int32)
+
+    def draw() -> tf.Tensor:
+        if seed is None:
+            return tf.random.categorical(pair_logits, 1, dtype=tf.int32)
+        return tf.random.stateless_categorical(pair_logits, 1, seed, dtype=tf.int32)
+
+    # The samplers refuse 0 classes (an empty batch, which has no pair to draw for anyway).
+    drawn = tf.cond(tf.shape(pair_logits)[1] > 0, draw, lambda: tf.zeros([tf.shape(pairs)[0], 1], tf.int32))
     return tf.concat([pairs, drawn], axis=1)
 
 
-def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cutoff: float = 0.5) -> tf.Tensor:
+def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cutoff: float = 0.5,
+                                    ref_labels: tf.Tensor | None = None) -> tf.Tensor:
     """The Divide-and-Conquer authors' negative sampler (their lib/loss/sampler.py; METHODS.md section 7).
 
     Deterministic: anchor a with P_a positives (same label, not itself) takes its P_a closest
@@ -260,12 +289,13 @@ def closest_negatives_beyond_cutoff(labels: tf.Tensor, distances: tf.Tensor, cut
       labels: [m] integer class ids.
       distances: [m, m] Euclidean distances (no gradient needed).
       cutoff: the distance below which negatives are only used to complete a list.
+      ref_labels: [n] candidates' class ids when they are not the batch (`pair_masks`).
     Returns:
       [t, 3] int32 triplets (anchor, positive, negative), one per ordered positive pair (a, p) whose
       rank among a's positives is below a's number of negatives, in row-major (anchor, positive)
       order; t = 0 when there is none.
     """
-    positive, negative = pair_masks(labels)
+    positive, negative = pair_masks(labels, ref_labels)
     distances = tf.convert_to_tensor(distances)
     # Sort each row by (class of the entry, distance): 0 = negative beyond the cutoff, 1 = negative
     # below it, 2 = not a negative. Two stable sorts give that order exactly, with no offset added

@@ -26,6 +26,8 @@ class NPairMiner(Miner):
     """
 
     name = "npair"
+    supports_ref = False
 
-    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor,
+             ref_labels: tf.Tensor | None = None) -> Tuples:
         return npair_tuples(npair_pairs(labels))

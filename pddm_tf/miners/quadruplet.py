@@ -11,9 +11,9 @@ from pddm_tf.miners.mining import MINING_MODES, Quadruplets, mine_quadruplets
 
 
 def quadruplet_tuples(quadruplets: Quadruplets) -> Tuples:
-    """The `Tuples` layout of mined quadruplets [q, 4] (i, j, k, l): rows (i, j, k) then (j, i, l)."""
-    i, j, k, l = tf.unstack(quadruplets.indices, num=4, axis=1)
-    return Tuples(tf.concat([i, j], 0), tf.concat([j, i], 0), tf.concat([k, l], 0), tf.shape(i)[0])
+    """The `Tuples` layout of mined quadruplets [q, 4] (i, j, k, l): rows (i, j, k) then (j, i, l)
+    (`Tuples.from_quadruplets`)."""
+    return Tuples.from_quadruplets(quadruplets)
 
 
 class QuadrupletMiner(Miner):
@@ -31,6 +31,8 @@ class QuadrupletMiner(Miner):
     """
 
     name = "quadruplet"
+    # Quadruplets pair two anchors of one batch: (j, i, l) reads i as j's positive.
+    supports_ref = False
     # One quadruplet per eligible positive pair: a data-dependent count (tf.where), which XLA rejects.
     supports_jit = False
 
@@ -39,7 +41,8 @@ class QuadrupletMiner(Miner):
             raise ValueError(f"unknown mining mode {mode!r}; expected one of {MINING_MODES}")
         self.mode = mode
 
-    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor,
+             ref_labels: tf.Tensor | None = None) -> Tuples:
         return quadruplet_tuples(mine_quadruplets(labels, -distances, self.mode))
 
     def get_config(self) -> dict[str, Any]:

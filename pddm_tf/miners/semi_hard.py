@@ -21,9 +21,10 @@ class SemiHardMiner(Miner):
 
     name = "semi_hard"
 
-    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor) -> Tuples:
-        positive, _ = pair_masks(labels)
-        negatives, has_negative = semi_hard_negatives(labels, distances)
+    def mine(self, labels: tf.Tensor, distances: tf.Tensor, embedding_dim: tf.Tensor,
+             ref_labels: tf.Tensor | None = None) -> Tuples:
+        positive, _ = pair_masks(labels, ref_labels)
+        negatives, has_negative = semi_hard_negatives(labels, distances, ref_labels)
         valid = positive & has_negative[:, None]
         pairs = tf.cast(tf.where(valid), tf.int32)
         return Tuples(pairs[:, 0], pairs[:, 1], tf.boolean_mask(negatives, valid), tf.shape(pairs)[0])

@@ -32,7 +32,7 @@ def mine_with_pddm(pddm: PDDM | Callable[[tf.Tensor], tf.Tensor], loss: DoubleHe
     "euclidean", and returns {"quadruplets": `Quadruplets`, "score_gap": scalar}.
     """
     scores = pddm(embeddings) if mining_score == "pddm" else euclidean_scores(embeddings)
-    return {"quadruplets": mine_quadruplets(labels, scores, loss.mining), "score_gap": score_gap(labels, scores)}
+    return {"quadruplets": mine_quadruplets(labels, scores, loss.miner.mode), "score_gap": score_gap(labels, scores)}
 
 
 def _distinct_pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -58,8 +58,8 @@ def pddm_quadruplet_terms(pddm: PDDM, loss: DoubleHeaderHingeLoss, embeddings: t
     i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
     s_ij, s_ik, s_jl = tf.split(_distinct_pair_scores(pddm, embeddings, tf.concat([i, i, j], 0),
                                                       tf.concat([j, k, l], 0)), 3)
-    terms = loss.from_indices(embeddings, quadruplet_tuples(quads), tf.concat([s_ij, s_ij], 0),
-                              tf.concat([s_ik, s_jl], 0))
+    terms = loss.quadruplet_terms(embeddings, quadruplet_tuples(quads), tf.concat([s_ij, s_ij], 0),
+                                  tf.concat([s_ik, s_jl], 0))
     return {"loss": terms.total, "metric_loss": terms.metric, "embedding_loss": terms.embedding,
             "valid_fraction": quads.valid_fraction(), "score_gap": mined["score_gap"]}
 
