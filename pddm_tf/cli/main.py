@@ -125,11 +125,18 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt:
         print(f"pddm-tf: {_interrupted_message(name or '')}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (ValueError, OSError) as error:
-        # Bad data or arguments: a one-line message is more useful than a traceback.
+    except Exception as error:
+        # Bad data or arguments, a full disk, a TensorFlow error (e.g. ResourceExhaustedError while writing):
+        # one line, as a user reads it; --verbose adds the traceback. Anything else is a bug: its traceback.
+        tensorflow_error = type(error).__module__.startswith("tensorflow")
+        if not isinstance(error, (ValueError, OSError)) and not tensorflow_error:
+            raise
         if FLAGS.verbose:
             traceback.print_exc()
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        text = str(getattr(error, "message", "") or error)
+        message = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        if tensorflow_error:
+            message = f"{type(error).__name__}: {message}"
         kept = _backup_message(trained_only=True) if name == "train" else None
         if kept is not None:
             message += (f"; the trained model is kept in {kept[0]}: run the same command again to write the "
