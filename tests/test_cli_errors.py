@@ -17,10 +17,14 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from pddm_tf import export
+from pddm_tf import atomic, export
 from pddm_tf.cli import main as cli
 from pddm_tf.cli import validation
-from pddm_tf.cli.validation import BOUNDS, FlagError, check_flags
+from pddm_tf.cli.validation import FlagError, check_flags
+from pddm_tf.methods.catalog import METHOD_SPECS
+from pddm_tf.methods.spec import GENERAL_FLAGS
+from pddm_tf.training import config as config_module
+from pddm_tf.training import config_checks
 from pddm_tf.training.fault_tolerance import backup_status
 
 FLAGS = flags.FLAGS
@@ -41,14 +45,15 @@ BOUND_CASES = [
     ("test_fraction", -0.01, False), ("test_fraction", 0.0, True), ("test_fraction", 0.99, True),
     ("test_fraction", 1.0, False), ("test_fraction", NAN, False),
     ("seed", -1, False), ("seed", 0, True), ("seed", 2**32 - 1, True), ("seed", 2**32, False),
-    ("image_size", 0, False), ("image_size", 1, True),
+    ("image_size", 0, False), ("image_size", 1, True), ("image_size", 4096, True), ("image_size", 4097, False),
     ("channels", 0, False), ("channels", 1, True), ("channels", 2, False), ("channels", 3, True),
     ("channels", 4, False),
-    ("eval_batch_size", 0, False), ("eval_batch_size", 1, True),
+    ("eval_batch_size", 0, False), ("eval_batch_size", 1, True), ("eval_batch_size", 65537, False),
     ("rerank", -1, False), ("rerank", 0, True),
-    ("embedding_dim", 0, False), ("embedding_dim", 1, True),
+    ("embedding_dim", 0, False), ("embedding_dim", 1, True), ("embedding_dim", 65536, True),
+    ("embedding_dim", 65537, False),
     ("dropout", -0.1, False), ("dropout", 0.0, True), ("dropout", 0.9, True), ("dropout", 1.0, False),
-    ("backbone_width", 0, False), ("backbone_width", 1, True),
+    ("backbone_width", 0, False), ("backbone_width", 1, True), ("backbone_width", 4097, False),
     ("epochs", -1, False), ("epochs", 0, True),
     ("steps_per_epoch", -3, False), ("steps_per_epoch", 0, True),
     ("batch_classes", 1, False), ("batch_classes", 2, True),
@@ -73,26 +78,44 @@ BOUND_CASES = [
     ("task_index", -1, False), ("task_index", 0, True),
     ("search_k", 0, False), ("search_k", 1, True),
     ("search_rerank", -1, False), ("search_rerank", 0, True),
-    ("max_image_pixels", 0, False), ("max_image_pixels", 1, True), ("max_image_pixels", 400_000_000, True),
+    ("max_image_pixels", 0, False), ("max_image_pixels", 1, True), ("max_image_pixels", 2**28, True),
+    ("max_image_pixels", 2**28 + 1, False),
 ]
 
 
+#: The export command's own numeric flags (the others are TrainConfig fields).
+_EXPORT_FLAGS = {"search_k", "search_rerank"}
+
+
 def test_every_numeric_flag_has_a_range_and_a_case():
-    numeric = {name for name in FLAGS if FLAGS.find_module_defining_flag(name) == cli.__name__
-               and FLAGS[name].flag_type() in ("int", "float")}
-    assert numeric == set(BOUNDS), "give every int/float flag a range in validation.BOUNDS"
+    numeric = {name for name, (_, _, spec) in config_module.FLAGS.items()
+               if {int, float} & set(spec.kinds) and bool not in spec.kinds}
+    unbounded = {name for name in numeric if config_module.FLAGS[name][2].bound is None}
+    assert not unbounded, "give every int/float field a bound: setting(..., bound=Bound(...))"
     tested = {name for name, _, allowed in BOUND_CASES if not allowed}
-    assert numeric == tested, "give every int/float flag a refused case in BOUND_CASES"
+    assert numeric | _EXPORT_FLAGS == tested, "give every int/float flag a refused case in BOUND_CASES"
+
+
+def _command_values(name, value):
+    """The flag values and command that check `name`: a method flag with a method that uses it, an export
+    flag with export's required flags."""
+    if name in _EXPORT_FLAGS:
+        return "export", _defaults(**{name: value}, keras_model="/no/such.keras", export_dir="/tmp/x")
+    if name in GENERAL_FLAGS:
+        method = next(m for m, spec in METHOD_SPECS.items() if name in spec.flags)
+        return "train", _defaults(**{name: value}, method=method)
+    return "train", _defaults(**{name: value})
 
 
 @pytest.mark.parametrize("name,value,allowed", BOUND_CASES)
 def test_flag_range(name, value, allowed):
-    values = _defaults(**{name: value})
+    command, values = _command_values(name, value)
     if allowed:
-        check_flags("train", values)
+        if command == "train":
+            check_flags(command, values)
         return
     with pytest.raises(FlagError) as error:
-        check_flags("train", values)
+        check_flags(command, values)
     message = str(error.value)
     assert message.startswith(f"--{name}={value} is out of range: allowed ") and "\n" not in message
 
@@ -100,9 +123,13 @@ def test_flag_range(name, value, allowed):
 # --------------------------------------------------------------------------- combinations and paths
 
 COMBINATION_CASES = [
-    ("train", {"method": "contrastive", "rerank": 5}, "--rerank=5 re-ranks by a learned PDDM score, but "
-                                                      "--method=contrastive has no PDDM unit"),
-    ("train", {"method": "hdml_npair", "rerank": 5}, "--method=hdml_npair has no PDDM unit"),
+    ("train", {"method": "contrastive", "rerank": 5}, "--rerank=5 is not used by --method=contrastive; it applies "
+                                                      "to dc_pddm, euclidean_quadruplet, hdml_pddm, pddm_quadruplet"),
+    ("train", {"method": "hdml_npair", "rerank": 5}, "--rerank=5 is not used by --method=hdml_npair"),
+    ("train", {"method": "dc_margin", "pddm_normalize_inputs": False}, "--pddm_normalize_inputs=false is not used "
+                                                                       "by --method=dc_margin"),
+    ("train", {"method": "dc_pddm", "pddm_normalize_inputs": True}, None),
+    ("train", {"method": "hdml_pddm", "pddm_normalize_inputs": True}, None),
     ("train", {"method": "pddm_triplet", "rerank": 5}, None),
     ("train", {"method": "dc_pddm", "embedding_dim": 10, "num_learners": 4}, "--embedding_dim=10 is not divisible"),
     ("train", {"method": "dc_pddm", "embedding_dim": 12, "num_learners": 4}, None),
@@ -117,10 +144,12 @@ COMBINATION_CASES = [
     ("train", {"method": "pddm_quadruplets"}, "--method=pddm_quadruplets: unknown method; expected one of "),
     ("train", {"method": "triplet_batchhard", "loss_options": '{"margin": 0.3}'}, None),
     ("train", {"method": "pddm_quadruplet", "loss_options": '{"margin": 0.3}'},
-     "--loss_options sets a baseline loss's hyperparameters, but --method=pddm_quadruplet has none"),
+     "--loss_options: method pddm_quadruplet has no option margin; its options are: none"),
+    ("train", {"method": "npair", "loss_options": '{"margn": 0.3}'},
+     "--loss_options: method npair has no option margn; its options are: l2_reg"),
     ("train", {"method": "npair", "loss_options": "margin=0.3"}, "--loss_options=margin=0.3: not JSON"),
     ("train", {"method": "npair", "loss_options": "[0.3]"}, "expected a JSON object"),
-    ("train", {"method": "npair", "loss_options": '{"l2_reg": NaN}'}, "l2_reg=nan is not a finite number"),
+    ("train", {"method": "npair", "loss_options": '{"l2_reg": NaN}'}, "--loss_options l2_reg=nan is out of range"),
     ("train", {"dataset": "folder:/no/such/folder"}, "no such path"),
     ("evaluate", {}, "evaluate needs --model_dir"),
     ("evaluate", {"model_dir": "/no/such/model"}, "--model_dir=/no/such/model: no such path"),
@@ -177,7 +206,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch):
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     real_access = os.access
-    monkeypatch.setattr(validation.os, "access",
+    monkeypatch.setattr(config_checks.os, "access",
                         lambda path, mode: False if pathlib.Path(path) == readonly else real_access(path, mode))
     for overrides in ({"export_dir": str(readonly)}, {"export_dir": str(readonly / "a" / "b")},
                       {"json": str(readonly / "m.json")}, {"save_model": str(readonly / "m.keras")}):
@@ -203,18 +232,6 @@ def test_every_recipe_passes_the_checks():
 
     for recipe in RECIPES.values():
         check_flags("train", _defaults(**recipe.flags))
-
-
-def test_pddm_methods_are_the_methods_with_a_pddm_unit():
-    from pddm_tf import small_convnet
-    from pddm_tf.methods import METHODS, build_model, method_options
-
-    def pddm_unit(name):
-        options = method_options(name, num_classes=3, num_learners=2)
-        return getattr(build_model(name, small_convnet(16, 1, width=4), 8, **options), "pddm", None)
-
-    with_pddm = {name for name in METHODS if pddm_unit(name) is not None}
-    assert with_pddm == validation.PDDM_METHODS
 
 
 # --------------------------------------------------------------------------- one line, exit code 2
@@ -243,12 +260,25 @@ def run_cli(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--steps_per_epoch=-3"], "--steps_per_epoch=-3 is out of range: allowed >= 0"),
-    (["train", "--method=contrastive", "--rerank=5"], "has no PDDM unit"),
+    (["train", "--method=contrastive", "--rerank=5"], "--rerank=5 is not used by --method=contrastive"),
+    (["train", "--method=dc_margin", "--nopddm_normalize_inputs"], "--pddm_normalize_inputs=false is not used by "
+                                                                   "--method=dc_margin"),
+    (["train", "--method=triplet_batchhard", "--rerank=3"], "--rerank=3 is not used by --method=triplet_batchhard"),
+    (["train", "--method=npair", '--loss_options={"margn": 1}'], "--loss_options: method npair has no option margn"),
+    (["train", "--image_size=100000"], "--image_size=100000 is out of range: allowed >= 1 and <= 4096 (a 4096 x "
+                                       "4096 x 3 float32 image takes 201 MB"),
+    (["train", "--image_size=1e20"], "flag --image_size=1e20: invalid literal for int()"),
+    (["train", "--max_image_pixels=1e20"], "flag --max_image_pixels=1e20: invalid literal for int()"),
+    (["train", "--embedding_dim=1e20"], "flag --embedding_dim=1e20: invalid literal for int()"),
+    (["train", "--backbone_width=1e20"], "flag --backbone_width=1e20: invalid literal for int()"),
+    (["train", "--embedding_dim=100000000000000000000"], "--embedding_dim=100000000000000000000 is out of range"),
+    (["train", "--plugins=no_such_module_xyz"], "--plugins: cannot import 'no_such_module_xyz'"),
+    (["index", "--milvus_uri=x"], "unknown command 'index': usage: pddm-tf {"),
     (["train", "--epochs=abc"], "flag --epochs=abc: invalid literal for int()"),
     (["train", "--episodes=20way1shot,5wayoneshot"], "--episodes: few-shot setting '5wayoneshot' must read"),
     (["train", "--recipe=pddm_birds"], "--recipe=pddm_birds: unknown recipe 'pddm_birds'"),
     (["train", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
-    (["frobnicate"], "usage: pddm-tf {train|evaluate|export}"),
+    (["frobnicate"], "unknown command 'frobnicate': usage: pddm-tf {evaluate|export|train}"),
     (["evaluate", "--model_dir=/no/such/path"], "--model_dir=/no/such/path: no such path"),
 ])
 def test_usage_errors_are_one_line_and_exit_code_2(run_cli, args, message):
@@ -373,6 +403,40 @@ def test_a_failed_or_interrupted_export_is_redone_without_training(tmp_path, run
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["1"]
 
 
+def test_a_diverged_run_and_a_tensorflow_error_are_one_line(tmp_path, run_cli, monkeypatch):
+    """issue 34 item 8: a loss that is not finite stops the run at the end of the epoch, naming the epoch
+    and its steps, before that epoch is backed up; a TensorFlow error while exporting (a full disk) is one
+    line saying where the trained model is kept."""
+    from pddm_tf import MetricLossModel, TripletLoss
+    from pddm_tf.methods.spec import MethodSpec, register_method
+
+    def build(backbone, embedding_dim, settings):
+        loss = TripletLoss(margin=0.2, miner="batch_hard")
+        loss.margin = math.inf  # every triplet term max(0, d_ap - d_an + inf) is inf
+        return MetricLossModel(backbone, loss, embedding_dim=embedding_dim)
+
+    monkeypatch.setattr(METHOD_SPECS, "_entries", dict(METHOD_SPECS._entries))  # the table is restored after
+    register_method(MethodSpec(name="test_diverging", summary="", build=build))
+    dataset = _folder_dataset(tmp_path / "data")
+    backup = tmp_path / "backup"
+    code, out, err = run_cli("train", dataset, *TINY, "--method=test_diverging", "--epochs=2",
+                             "--steps_per_epoch=3", f"--backup_dir={backup}")
+    assert code == 1 and err.splitlines() == [
+        "pddm-tf: error: training diverged: the loss is not finite in epoch 1 (steps 1-3); lower --learning_rate; "
+        "no good state was backed up (it diverged in the first epoch)"], err
+    assert backup_status(backup) is None  # the diverged epoch was not saved
+
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(export, "export_saved_model", full_disk)
+    code, out, err = run_cli("train", dataset, *TINY, "--epochs=1", "--steps_per_epoch=2", f"--backup_dir={backup}",
+                             f"--export_dir={tmp_path / 'export'}")
+    assert code == 1 and err.splitlines() == [
+        f"pddm-tf: error: ResourceExhaustedError: No space left on device; the trained model is kept in {backup}: "
+        "run the same command again to write the outputs without training"], err
+
+
 # --------------------------------------------------------------------------- Ctrl-C and resuming
 
 
@@ -472,8 +536,8 @@ def test_ctrl_c_then_a_kill_during_the_export_then_the_outputs_without_training(
 def test_json_written_atomically_leaves_no_temporary_file_when_it_fails(tmp_path):
     (tmp_path / "taken").mkdir()  # a folder where the file should go (what the checks refuse up front)
     with pytest.raises(IsADirectoryError):
-        cli._write_json(str(tmp_path / "taken"), {"recall@1": 0.5})
+        atomic.write_json(str(tmp_path / "taken"), {"recall@1": 0.5})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and not any((tmp_path / "taken").iterdir())
-    cli._write_json(str(tmp_path / "m.json"), {"recall@1": 0.5})
+    atomic.write_json(str(tmp_path / "m.json"), {"recall@1": 0.5})
     assert json.loads((tmp_path / "m.json").read_text()) == {"recall@1": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "taken"]

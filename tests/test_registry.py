@@ -8,6 +8,7 @@ from pddm_tf.backbones import small_convnet
 from pddm_tf.evaluation.index import Index
 from pddm_tf.losses import TripletLoss
 from pddm_tf.models import MetricLossModel
+from pddm_tf.options import Bound, Setting
 from pddm_tf.registry import Registry
 from pddm_tf.training import TrainConfig, load_split
 
@@ -54,7 +55,7 @@ def test_a_registered_dataset_loads_by_name_everywhere(registered):
 
     registered(data.DATASETS, "test_letters", load_letters)
     assert data.load_dataset("test_letters", test_fraction=0.3, seed=4) is omniglot
-    split, channels = load_split(TrainConfig(dataset="test_letters", test_fraction=0.25, seed=2))
+    split, channels = load_split(TrainConfig.from_flags(dataset="test_letters", test_fraction=0.25, seed=2))
     assert split is omniglot and channels == 1
     assert calls[0] == (0.3, 4, {}) and calls[1][:2] == (0.25, 2)  # the config's split settings reach the loader
     known = "known datasets: 'omniglot', .*'test_letters'"
@@ -85,13 +86,21 @@ def test_a_registered_search_backend_serves_nearest_neighbors_and_index(register
         evaluation.nearest_neighbors(queries, gallery, k=3, backend="bogus")
 
 
-def test_a_registered_method_builds_with_its_own_options_only(registered):
-    def wide_triplet(backbone, embedding_dim, *, margin: float = 0.1, dropout: float = 0.0):
-        return MetricLossModel(backbone, TripletLoss(margin=margin), embedding_dim=embedding_dim, dropout=dropout)
+def test_a_registered_method_builds_with_its_own_options_only():
+    def build(backbone, embedding_dim, settings):
+        return MetricLossModel(backbone, TripletLoss(margin=settings["margin"]), embedding_dim=embedding_dim,
+                               dropout=settings["dropout"])
 
-    registered(methods.METHODS, "test_wide_triplet", wide_triplet)
-    assert methods.METHOD_OPTIONS["test_wide_triplet"] == ("margin", "dropout")
-    model = methods.build_model("test_wide_triplet", small_convnet(16, 1, width=4, depth=2), 8, margin=0.4)
-    assert model.embedding_loss.margin == 0.4
-    with pytest.raises(ValueError, match="takes no option 'alpha'"):
-        methods.build_model("test_wide_triplet", small_convnet(16, 1, width=4, depth=2), 8, alpha=1.0)
+    spec = methods.MethodSpec(name="test_wide_triplet", summary="a test", build=build,
+                              options={"margin": Setting(float, 0.1, "the margin", Bound(0))})
+    methods.register_method(spec)
+    try:
+        assert methods.METHOD_OPTIONS["test_wide_triplet"] == ("margin", "dropout", "training_classes")
+        model = methods.build_model("test_wide_triplet", small_convnet(16, 1, width=4, depth=2), 8, margin=0.4)
+        assert model.embedding_loss.margin == 0.4
+        with pytest.raises(ValueError, match="takes no option 'alpha'"):
+            methods.build_model("test_wide_triplet", small_convnet(16, 1, width=4, depth=2), 8, alpha=1.0)
+        with pytest.raises(ValueError, match="a method named 'test_wide_triplet' is already registered"):
+            methods.register_method(methods.MethodSpec(name="test_wide_triplet", summary="", build=build))
+    finally:
+        methods.METHOD_SPECS.unregister("test_wide_triplet")

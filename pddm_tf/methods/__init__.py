@@ -1,29 +1,35 @@
-"""Training methods by name: each builds its model around a backbone, with the data it trains on.
+"""Training methods by name: each is one `MethodSpec` in one file, found in one table.
 
-  names.py     `METHOD_NAMES`, the built-in methods' names (no TensorFlow import: `pddm-tf --help`
-               lists them)
-  builders.py  the `METHODS` registry (`register_method` adds one), `build_model` (strict options,
-               `METHOD_OPTIONS`), `method_options` (a method's own options from one full set)
+  spec.py      `MethodSpec` (name, builder, typed options, the general flags it uses),
+               `MethodConfig` (a run's method settings), `register_method`, `METHOD_SPECS`
+  catalog.py   loads the built-in methods, `library/<name>.py`, into `METHOD_SPECS`;
+               `METHOD_NAMES`, `methods_help`
+  library/     one module per built-in method (and `_shared.py`, what several share)
+  builders.py  `build_model(method, backbone, embedding_dim, **options)`, `method_options`
   pipeline.py  `training_pipeline`: the batches and callbacks a method's model trains with
   recipes.py   one named `TrainConfig` per paper setting (`--recipe=pddm_cub`, ...): `get_recipe`
 
-Importing this package does not import TensorFlow: every name but `METHOD_NAMES` is imported when
-first used (PEP 562).
+Importing this package imports no TensorFlow, and neither do the specs: a builder imports it when
+a model is first built. The names below are imported when first used (PEP 562).
 """
 
 from __future__ import annotations
 
 from pddm_tf._lazy import lazy_attributes
-from pddm_tf.methods.names import METHOD_NAMES
 
-# Public name -> the module that holds it, imported on first use (builders and pipeline import TensorFlow).
+# Public name -> the module that holds it, imported on first use (pipeline imports TensorFlow).
 _LAZY: dict[str, str] = {
     "METHODS": "pddm_tf.methods.builders",
+    "METHOD_NAMES": "pddm_tf.methods.catalog",
     "METHOD_OPTIONS": "pddm_tf.methods.builders",
+    "METHOD_SPECS": "pddm_tf.methods.catalog",
+    "MethodConfig": "pddm_tf.methods.spec",
+    "MethodSpec": "pddm_tf.methods.spec",
     "RECIPES": "pddm_tf.methods.recipes",
     "Recipe": "pddm_tf.methods.recipes",
     "build_model": "pddm_tf.methods.builders",
     "get_recipe": "pddm_tf.methods.recipes",
+    "get_spec": "pddm_tf.methods.catalog",
     "loss_hyperparameters": "pddm_tf.methods.builders",
     "method_options": "pddm_tf.methods.builders",
     "recipes_table": "pddm_tf.methods.recipes",
@@ -35,10 +41,14 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "METHOD_OPTIONS",
+    "METHOD_SPECS",
+    "MethodConfig",
+    "MethodSpec",
     "RECIPES",
     "Recipe",
     "build_model",
     "get_recipe",
+    "get_spec",
     "loss_hyperparameters",
     "method_options",
     "recipes_table",

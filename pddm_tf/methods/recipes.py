@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pddm_tf.methods.catalog import METHOD_SPECS
+from pddm_tf.methods.spec import GENERAL_FLAGS
 from pddm_tf.training.config import TrainConfig
 
 
@@ -38,13 +40,20 @@ class Recipe:
     choices: str
 
     def config(self, **overrides: Any) -> TrainConfig:
-        """The recipe as a `TrainConfig` (the defaults, then the recipe's values, then `overrides`).
+        """The recipe as a `TrainConfig` (the defaults, then the recipe's values, then `overrides`, all flag
+        names). The recipe's method flags apply only if the chosen method uses them (an overriding
+        `method="npair"` drops the PDDM margins of a PDDM recipe; an overriding flag it does not use is refused
+        by `check`).
 
         Example:
-          >>> get_recipe("pddm_cub").config(epochs=1).backbone, get_recipe("pddm_cub").config(epochs=1).epochs
+          >>> config = get_recipe("pddm_cub").config(epochs=1)
+          >>> config.model.backbone, config.optimization.epochs
           ('InceptionV3', 1)
         """
-        return TrainConfig().replace(**{**self.flags, **overrides})
+        method = str(overrides.get("method", self.flags.get("method")))
+        used = METHOD_SPECS[method].flags if method in METHOD_SPECS else {}
+        flags = {name: value for name, value in self.flags.items() if name not in GENERAL_FLAGS or name in used}
+        return TrainConfig.from_flags({**flags, **overrides})
 
 
 # Shared by every recipe: ImageNet-pretrained backbones, the papers' augmentation, one pass of the
@@ -91,12 +100,11 @@ _DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of whic
 # The loss is multi-similarity: at these settings and 1,500 steps it was 2.1 points above PDDM quadruplets
 # on folds 0 and 3 of the few-shot protocol (and 2.0 above the prototypical network), and at 3,000 steps 1.7 and
 # 2.0 points above PDDM quadruplets on the same folds; PDDM stays one flag away (--method=pddm_quadruplet,
-# with raw inputs, --nopddm_normalize_inputs, its better input reading here: BENCHMARKS.md section 2).
+# whose default raw inputs are its better input reading here: BENCHMARKS.md section 2).
 _OMNIGLOT = {"dataset": "omniglot", "method": "multi_similarity", "backbone": "small_convnet", "image_size": 28,
              "backbone_width": 64, "embedding_dim": 64, "batch_classes": 32, "batch_per_class": 4,
              "learning_rate": 2e-3, "lr_schedule": "cosine", "warmup_fraction": 0.02, "weight_decay": 1e-4,
-             "rotations": True, "affine": True, "epochs": 15, "steps_per_epoch": 200, "channels": 1,
-             "pddm_normalize_inputs": False}
+             "rotations": True, "affine": True, "epochs": 15, "steps_per_epoch": 200, "channels": 1}
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe

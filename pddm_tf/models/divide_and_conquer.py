@@ -62,6 +62,8 @@ class DivideAndConquerModel(EmbeddingModel):
         (hard-quadruplet mining on that slice) and `model.pddm` scores the whole embedding.
       mining_score: with a `DoubleHeaderHingeLoss`, "pddm" or "euclidean" (see `PDDMModel`).
       dropout: dropout before the projection.
+      pddm_normalize_inputs: with a `DoubleHeaderHingeLoss`, the PDDM units' `normalize_inputs`
+        (the default keeps the reading of models saved before this argument existed).
 
     Optimisers: `compile(optimizer=...)` sets the optimiser of the shared parameters (the
     backbone) and, with K > 1, makes `learner_optimizers`, K + 1 copies of it (learner k's own
@@ -78,7 +80,7 @@ class DivideAndConquerModel(EmbeddingModel):
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, num_learners: int = 4,
                  loss: keras.losses.Loss | None = None, mining_score: str = "pddm", dropout: float = 0.0,
-                 **kwargs: Any) -> None:
+                 pddm_normalize_inputs: bool = True, **kwargs: Any) -> None:
         head = SlicedEmbeddingHead(embedding_dim, num_slices=num_learners, dropout=dropout, name="embedding_head")
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, head=head, **kwargs)
         self.num_learners = int(num_learners)
@@ -86,14 +88,16 @@ class DivideAndConquerModel(EmbeddingModel):
             loss = MarginLoss(learn_beta=False, miner="closest_beyond_cutoff")
         self.prototype_loss = loss
         self.mining_score = mining_score
+        self.pddm_normalize_inputs = bool(pddm_normalize_inputs)
         self.uses_pddm = isinstance(self.prototype_loss, DoubleHeaderHingeLoss)
         # Index K is the whole embedding (conquer); with K = 1 it is learner 0 itself.
         whole = self.prototype_loss
         self.learner_losses = [_clone(whole) for _ in range(num_learners)] if num_learners > 1 else [whole]
         self.learner_losses.append(whole)
         if self.uses_pddm:
-            self.pddm = PDDM(name="pddm")
-            self.learner_pddms = ([PDDM(name=f"pddm_learner{k}") for k in range(num_learners)]
+            self.pddm = PDDM(normalize_inputs=pddm_normalize_inputs, name="pddm")
+            self.learner_pddms = ([PDDM(normalize_inputs=pddm_normalize_inputs, name=f"pddm_learner{k}")
+                                   for k in range(num_learners)]
                                   if num_learners > 1 else [])
         self.supports_jit = all(loss_supports_jit(loss_) for loss_ in self.learner_losses)  # as MetricLossModel
         # Listing the losses' variables makes Keras track (and train) e.g. a learnable margin beta.
@@ -271,7 +275,7 @@ class DivideAndConquerModel(EmbeddingModel):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(num_learners=self.num_learners, loss=keras.saving.serialize_keras_object(self.prototype_loss),
-                      mining_score=self.mining_score)
+                      mining_score=self.mining_score, pddm_normalize_inputs=self.pddm_normalize_inputs)
         return config
 
     @classmethod

@@ -1,11 +1,12 @@
 """Training as a function of a value: `train(TrainConfig(...))`, what `pddm-tf train` runs.
 
     from pddm_tf.training import TrainConfig, train
-    metrics = train(TrainConfig(method="triplet_batchhard", epochs=5, export_dir="/tmp/model"))
+    metrics = train(TrainConfig.from_flags(epochs=5, export_dir="/tmp/model"))
 
 Recipes are `TrainConfig`s too: `pddm_tf.methods.recipes.get_recipe("omniglot").config(epochs=3)`.
 
-  config.py           `TrainConfig` (no TensorFlow import: the CLI's flags and their defaults)
+  config.py           `TrainConfig` and its groups (no TensorFlow import: the CLI's flags are made from it)
+  config_checks.py    what `TrainConfig.check` refuses before any work (no TensorFlow import)
   run.py              `train(config)`, `fit(config)`, `build_model`, `load_split`
   optimizers.py       Adam / AdamW with warm-up and cosine decay (`make_optimizer`, `WarmupCosine`)
   distributed.py      strategies (mirrored, multi-worker), the chief, per-worker input, sharded embedding
@@ -14,15 +15,20 @@ Recipes are `TrainConfig`s too: `pddm_tf.methods.recipes.get_recipe("omniglot").
   tensorboard.py      `TensorBoard`: training scalars, held-out metrics, a retrieval grid, projector files
 
 Importing this package does not import TensorFlow (the command line's `--help` imports
-`TrainConfig`): the names of the TensorFlow modules are imported when first used (PEP 562), and
-running `train` imports what it needs.
+`TrainConfig`): the names of the TensorFlow modules are imported when first used (PEP 562).
 """
 
 from __future__ import annotations
 
 from pddm_tf._lazy import lazy_attributes
-from pddm_tf.training.config import TrainConfig
-from pddm_tf.training.run import Trained, build_model, fit, load_split, train
+from pddm_tf.training.config import (
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimizationConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 # Public name -> the module that holds it, imported on first use (these modules import TensorFlow).
 _LAZY: dict[str, str] = {
@@ -31,20 +37,30 @@ _LAZY: dict[str, str] = {
     "NothingLearnedError": "pddm_tf.training.checks",
     "SamplerPosition": "pddm_tf.training.fault_tolerance",
     "TensorBoard": "pddm_tf.training.tensorboard",
+    "Trained": "pddm_tf.training.run",
     "WarmupCosine": "pddm_tf.training.optimizers",
     "backup_status": "pddm_tf.training.fault_tolerance",
+    "build_model": "pddm_tf.training.run",
     "distribute_training_data": "pddm_tf.training.distributed",
     "embed_files": "pddm_tf.training.distributed",
+    "fit": "pddm_tf.training.run",
     "is_chief": "pddm_tf.training.distributed",
+    "load_split": "pddm_tf.training.run",
     "make_optimizer": "pddm_tf.training.optimizers",
     "make_strategy": "pddm_tf.training.distributed",
+    "train": "pddm_tf.training.run",
     "worker_info": "pddm_tf.training.distributed",
 }
 
 __all__ = [
     "BackupAndRestore",
+    "DataConfig",
     "LearningCheck",
+    "MethodConfig",
+    "ModelConfig",
     "NothingLearnedError",
+    "OptimizationConfig",
+    "RunConfig",
     "SamplerPosition",
     "TensorBoard",
     "TrainConfig",

@@ -1,142 +1,324 @@
-"""`TrainConfig`: everything one training run is made of, as a value (no TensorFlow import here).
+"""`TrainConfig`: everything one training run is made of, as a value, grouped by concern.
 
-`pddm-tf train` builds one from its flags (whose defaults are this class's), recipes are
-`TrainConfig`s (`pddm_tf.methods.recipes`), and `pddm_tf.training.train(config)` runs one from Python:
+    data          DataConfig           what to train and evaluate on, and how images are read
+    model         ModelConfig          the backbone and the embedding
+    method        MethodConfig         the training method, its own options and the method flags
+    optimization  OptimizationConfig   steps, batches, learning rate, weight decay
+    run           RunConfig            seed, evaluation, outputs, fault tolerance, distribution
 
-    >>> config = TrainConfig(epochs=2, steps_per_epoch=5).replace(method="triplet_batchhard")
-    >>> config.method, config.epochs, config.image_size
+Every field is the `pddm-tf train` flag of the same name (`MethodConfig.name` is `--method`, its
+`options` `--loss_options`): the command line makes one flag per field from the field's
+`pddm_tf.options.Setting` (type, default, help, bound), so the bounds live here and nowhere else.
+A config is parsed and checked once, where it is made: `TrainConfig.from_flags(...)` (flat flag
+names, as the command line and recipes give them) or the nested constructor, then `check()`
+(which `train` calls) refuses, in one line, what the command line refuses.
+
+    >>> config = TrainConfig.from_flags(epochs=2, steps_per_epoch=5, method="triplet_batchhard")
+    >>> config.method.name, config.optimization.epochs, config.data.image_size
     ('triplet_batchhard', 2, 32)
+
+No TensorFlow import here (the command line's `--help` reads these fields).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from pddm_tf.cli import validation
+from pddm_tf.methods.spec import MethodConfig
+from pddm_tf.options import Bound, ConfigError, Setting, field_setting, setting
+from pddm_tf.training import config_checks
+
+# Upper bounds of sizes, from the memory a larger value takes (issue 34): stated in the refusal.
+_IMAGE_SIZE = Bound(1, 4096, note="a 4096 x 4096 x 3 float32 image takes 201 MB; larger sizes exhaust memory")
+_PIXELS = Bound(1, 2**28, note="2^28 pixels decode to 805 MB of RGB")
+_EMBEDDING = Bound(1, 65536, note="a 2048 x 65536 float32 projection takes 537 MB")
+_WIDTH = Bound(1, 4096, note="a 3 x 3 convolution of 4096 filters takes 604 MB")
+_BATCH = Bound(1, 65536, note="one batch of 65536 224 x 224 RGB images takes 39 GB")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """One training run: data, model, method, optimisation, outputs and distribution.
+class DataConfig:
+    """What a run trains and evaluates on, and how its images are read."""
 
-    Every field is the `pddm-tf train` flag of the same name (`pddm-tf train --helpfull` says what
-    each does), with the same default; `loss_options` is the parsed JSON object of
-    `--loss_options`, and `log_dir` is None unless given. Build one with keywords, change one with
-    `replace`, start from a recipe with `pddm_tf.methods.recipes.get_recipe(name).config(...)`, and check
-    one with `check` (`train` does).
-    """
+    dataset: str = setting("omniglot", "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
+                           "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
+    data_dir: str | None = setting(None, "TFDS datasets: the tensorflow-datasets data directory.", str)
+    cache_dir: str | None = setting(None, "TFDS datasets: where the extracted image files go (default under "
+                                    "data_dir).", str)
+    download: bool = setting(False, "TFDS datasets: download and prepare the data if it is not there yet.")
+    manual_dir: str | None = setting(None, "TFDS datasets: directory with manually downloaded files (Cars196, "
+                                     "ImageNet).", str)
+    test_fraction: float = setting(0.5, "Fraction of classes held out for testing (0 = train on all).",
+                                   bound=Bound(0, 1, high_open=True, note="0 = train on every class"))
+    split_by: str = setting("character", "Split unit: single classes, or whole alphabets (Omniglot) / top-level "
+                            "folders (folder:PATH), so no group is on both sides.", choices=("character", "alphabet"))
+    test_groups: tuple[str, ...] | None = setting(None, "Hold out these alphabets / top-level folders (e.g. "
+                                                  "Greek,Latin); overrides --test_fraction and --split_by.", tuple)
+    rotations: bool = setting(False, "Add 90/180/270-degree rotations of the training classes as new classes (any "
+                              "dataset; held-out classes stay upright).")
+    image_size: int = setting(32, "Images are resized to image_size x image_size.", bound=_IMAGE_SIZE)
+    augment: bool = setting(False, "The papers' pipeline: random resized crop + horizontal flip for training, "
+                            "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
+    affine: bool = setting(False, "Small random affine distortions of training images (rotation, shear, scale, "
+                           "shift; Koch et al. 2015), for characters and drawings; no flip.")
+    small_classes: str = setting("error", "Classes with fewer than batch_per_class images: refuse them, or cycle "
+                                 "their images (SOP).", choices=("error", "cycle"))
+    channels: int | None = setting(None, "Image channels (default: 1 for omniglot, 3 for folders).", int,
+                                   bound=Bound(choices=(1, 3)))
+    max_image_pixels: int = setting(16_000_000, "Images whose header declares more pixels (width x height) are "
+                                    "refused before decoding: skipped by folder checks, an error in the training and "
+                                    "evaluation pipelines, and an InvalidArgumentError from the exported SavedModel.",
+                                    bound=_PIXELS)
 
-    # data
-    dataset: str = "omniglot"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    download: bool = False
-    manual_dir: str | None = None
-    test_fraction: float = 0.5
-    split_by: str = "character"
-    test_groups: tuple[str, ...] | None = None
-    rotations: bool = False
-    seed: int = 0
-    image_size: int = 32
-    augment: bool = False
-    affine: bool = False
-    small_classes: str = "error"
-    channels: int | None = None
-    max_image_pixels: int = 16_000_000
-    # evaluation
-    json: str | None = None
-    eval_batch_size: int = 256
-    episodes: tuple[str, ...] = ("20way1shot", "5way1shot", "20way5shot")
-    num_episodes: int = 400
-    rerank: int = 0
-    eval_every: int = 0
-    # model and method
-    method: str = "pddm_quadruplet"
-    mining: str = "per_pair"
-    mining_score: str | None = None
-    pddm_normalize_inputs: bool = False
-    embedding_dim: int = 64
-    backbone: str = "small_convnet"
-    weights: str = "none"
-    pooling: str = "avg"
-    mixed_precision: str = "none"
-    freeze_batchnorm: bool = False
-    dropout: float = 0.0
-    backbone_width: int = 64
-    loss_options: Mapping[str, Any] | None = None
-    alpha: float = 1.0
-    beta: float = 0.5
-    embedding_weight: float = 0.5
-    hdml_alpha: float | None = None
-    hdml_generator_input: str = "single"
-    hdml_beta: float = 1e4
-    hdml_synthetic: bool = True
-    num_learners: int = 4
-    recluster_every: int = 2
-    conquer_epochs: int = 1
-    cluster_on: str = "features"
-    # optimisation
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    batch_classes: int = 16
-    batch_per_class: int = 4
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The network: backbone, pooling, embedding, precision."""
+
+    backbone: str = setting("small_convnet", "Backbone: small_convnet or a keras.applications network (ResNet50, "
+                            "InceptionV3, EfficientNetV2B0, ConvNeXtTiny, MobileNetV3Small, ...).")
+    weights: str = setting("none", "Backbone initialisation (imagenet: downloaded by Keras).",
+                           choices=("none", "imagenet"))
+    pooling: str = setting("avg", "Global pooling of the backbone's feature map.", choices=("avg", "max", "gem"))
+    backbone_width: int = setting(64, "Filters per block of the small convolutional backbone.", bound=_WIDTH)
+    freeze_batchnorm: bool = setting(False, "Keep the backbone's BatchNorm statistics (and gamma, beta) fixed.")
+    embedding_dim: int = setting(64, "Embedding size d.", bound=_EMBEDDING)
+    dropout: float = setting(0.0, "Dropout before the embedding projection.", bound=Bound(0, 1, high_open=True))
+    mixed_precision: str = setting("none", "Mixed precision: the network computes in float16 (GPUs; with loss "
+                                   "scaling) or bfloat16 (TPUs, recent GPUs and CPUs); variables, embedding, losses "
+                                   "and PDDM scores stay float32. HDML and Divide-and-Conquer take bfloat16 only.",
+                                   choices=("none", "float16", "bfloat16"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizationConfig:
+    """How long and how the model is trained."""
+
+    epochs: int = setting(10, "Training epochs (0 = evaluate and export the untrained model).",
+                          bound=Bound(0, 1_000_000, note="0 = evaluate and export the untrained model"))
+    steps_per_epoch: int = setting(100, "Gradient steps per epoch (0 = one pass over the training images).",
+                                   bound=Bound(0, 10**9, note="0 = one pass over the training images"))
+    batch_classes: int = setting(16, "P: classes per batch.",
+                                 bound=Bound(2, 65536, note="a batch needs two classes for a negative"))
+    batch_per_class: int = setting(4, "K: images per class in a batch.",
+                                   bound=Bound(2, 65536,
+                                               note="a class needs two images in a batch for a positive pair"))
     # A 2% warm-up into a cosine decay from 2e-3, with AdamW: what the omniglot recipe found that
     # costs nothing, measured at the main job's 1,000 steps (BENCHMARKS.md section 1).
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"
-    warmup_fraction: float = 0.02
-    ema_momentum: float = 0.0
-    jit_compile: bool = False
-    # outputs and fault tolerance
-    export_dir: str | None = None
-    save_model: str | None = None
-    log_dir: str | None = None
-    backup: bool = True
-    backup_dir: str | None = None
-    strict: bool = False
-    progress: bool = True
-    # distribution
-    strategy: str = "default"
-    worker_hosts: tuple[str, ...] | None = None
-    task_index: int = 0
-    communication: str = "auto"
+    learning_rate: float = setting(2e-3, "Adam learning rate (the peak of a schedule).",
+                                   bound=Bound(0, 10, low_open=True, note="larger rates diverge"))
+    weight_decay: float = setting(1e-4, "Decoupled weight decay (AdamW) per unit learning rate; 0 = plain Adam.",
+                                  bound=Bound(0, 1, note="0 = plain Adam"))
+    lr_schedule: str = setting("cosine", "Learning-rate schedule over the whole run.", choices=("constant", "cosine"))
+    warmup_fraction: float = setting(0.02, "Fraction of the steps with a linear learning-rate warm-up.",
+                                     bound=Bound(0, 1, high_open=True, note="0 = no warm-up"))
+    ema_momentum: float = setting(0.0, "Keep an exponential moving average of the weights with this momentum (e.g. "
+                                  "0.99) and end training with it; 0 = off.",
+                                  bound=Bound(0, 1, high_open=True, note="0 = no weight average"))
+    jit_compile: bool = setting(False, "XLA: the whole train step for the methods whose step compiles, and PDDM's "
+                                "all-pairs mining scores for the PDDM methods. Off: Keras' 'auto'.")
 
-    def __post_init__(self) -> None:
-        # Lists from flags or callers become tuples, so that a config stays an immutable value.
-        for name in ("test_groups", "episodes", "worker_hosts"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.loss_options, str):  # the --loss_options JSON
-            object.__setattr__(self, "loss_options", validation.parse_loss_options(self.loss_options or None))
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Seed, evaluation, outputs, fault tolerance and distribution of a run."""
+
+    seed: int = setting(0, "Seed for the class split, sampling and initialisation.", bound=Bound(0, 2**32 - 1))
+    json: str | None = setting(None, "Write the final held-out metrics to this JSON file.", str)
+    eval_batch_size: int = setting(256, "Batch size for embedding the evaluation images.", bound=_BATCH)
+    episodes: tuple[str, ...] = setting(("20way1shot", "5way1shot", "20way5shot"), "Few-shot settings <N>way<K>shot "
+                                        "evaluated on the held-out classes; empty to skip.", tuple)
+    num_episodes: int = setting(400, "Episodes per few-shot setting.", bound=Bound(1, 1_000_000))
+    eval_every: int = setting(0, "Evaluate held-out retrieval every N epochs during training (0 = off).",
+                              bound=Bound(0, note="0 = off"))
+    export_dir: str | None = setting(None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).",
+                                     str)
+    save_model: str | None = setting(None, "train: also save the trained Keras model to this .keras file "
+                                     "(atomically), the input of `pddm-tf export`.", str)
+    log_dir: str | None = setting(None, "train: write TensorBoard logs here.", str)
+    backup: bool = setting(True, "Fault tolerance: back up the whole training state between epochs and resume from "
+                           "it when the same command is run again.")
+    backup_dir: str | None = setting(None, "Where the backups go (deleted once every output is written). Default: a "
+                                     "folder under the system temp dir named by a hash of the flags.", str)
+    strict: bool = setting(False, "Fail, rather than warn, after an epoch that learned nothing.")
+    progress: bool = setting(True, "Progress bars for long steps, drawn only when the output is a terminal.")
+    strategy: str = setting("default", "default: one device; mirrored: every local device; multi_worker: one worker "
+                            "of a cluster (MultiWorkerMirroredStrategy).", choices=("default", "mirrored",
+                                                                                    "multi_worker"))
+    worker_hosts: tuple[str, ...] | None = setting(None, "multi_worker: host:port of every worker (sets TF_CONFIG).",
+                                                   tuple)
+    task_index: int = setting(0, "multi_worker with --worker_hosts: this worker's index in the list (0 = chief).",
+                              bound=Bound(0, 65535))
+    communication: str = setting("auto", "multi_worker: collective implementation.", choices=("auto", "ring", "nccl"))
+
+
+#: Settings that do not change what a run trains: they do not name its backup folder.
+_NOT_DEFINING = frozenset({"backup_dir", "task_index", "json", "strict", "progress", "log_dir", "export_dir",
+                           "save_model", "eval_every", "episodes", "num_episodes", "rerank", "eval_batch_size",
+                           "jit_compile"})
+
+#: Group name -> its class, in order.
+GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
+                           "optimization": OptimizationConfig, "run": RunConfig}
+
+
+def _flag_table() -> dict[str, tuple[str, str, Setting]]:
+    table: dict[str, tuple[str, str, Setting]] = {}
+    for group, cls in GROUPS.items():
+        for field in dataclasses.fields(cls):
+            spec = field_setting(field)
+            assert spec is not None, f"{cls.__name__}.{field.name} needs a setting(...)"
+            table[field.metadata.get("flag") or field.name] = (group, field.name, spec)
+    return table
+
+
+#: flag name -> (group, field, Setting): every field of every group, by its `pddm-tf train` flag.
+FLAGS: dict[str, tuple[str, str, Setting]] = _flag_table()
+
+
+def parse_loss_options(text: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """--loss_options: a JSON object (or a mapping already) -> a dict; None if unset. Its keys and values are
+    checked against the method's options by `MethodSpec.parse_options`."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, Mapping):
+        return dict(text)
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--loss_options={text}: not JSON ({error.msg}); expected an object such as "
+                          "'{\"margin\": 0.3}'") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--loss_options={text}: expected a JSON object such as '{{\"margin\": 0.3}}'")
+    return options
+
+
+def _parse(flag: str, value: Any) -> Any:
+    if flag == "loss_options":
+        return parse_loss_options(value)
+    if isinstance(value, list):
+        value = tuple(value)
+    return FLAGS[flag][2].parse(f"--{flag}", value)
+
+
+def _groups_of(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    unknown = sorted(set(flat) - set(FLAGS))
+    if unknown:
+        raise ConfigError(f"TrainConfig has no setting {', '.join(map(repr, unknown))}; its settings are "
+                          f"{', '.join(FLAGS)}")
+    groups: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    for flag, value in flat.items():
+        group, field, _ = FLAGS[flag]
+        groups[group][field] = _parse(flag, value)
+    return groups
+
+
+def _nested_spelling(flat: Mapping[str, Any]) -> str:
+    parts = [f"{FLAGS[flag][0]}={GROUPS[FLAGS[flag][0]].__name__}({FLAGS[flag][1]}=...)" for flag in flat
+             if flag in FLAGS]
+    return ", ".join(dict.fromkeys(parts))
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class TrainConfig:
+    """One training run: `data`, `model`, `method`, `optimization`, `run` (see the module docstring).
+
+    Build one with `from_flags(epochs=3, method=NAME)` (flag names) or nested
+    (`TrainConfig(optimization=OptimizationConfig(epochs=3))`); change one with `with_flags` or
+    `replace(group=...)`; start from a recipe with `get_recipe(name).config(...)`; `check()` refuses what
+    `pddm-tf train` refuses. The flat spellings of the previous release (`TrainConfig(epochs=3)`,
+    `config.epochs`, `config.replace(epochs=3)`) still work, with a DeprecationWarning naming the new one.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    method: MethodConfig
+    optimization: OptimizationConfig
+    run: RunConfig
+
+    def __init__(self, *, data: DataConfig | None = None, model: ModelConfig | None = None,
+                 method: MethodConfig | str | None = None, optimization: OptimizationConfig | None = None,
+                 run: RunConfig | None = None, **flat: Any) -> None:
+        if isinstance(method, str):  # the flat `method=NAME` of the previous release
+            flat["method"] = method
+            method = None
+        if flat:
+            warnings.warn(f"TrainConfig({', '.join(f'{name}=...' for name in flat)}) is deprecated: use "
+                          f"TrainConfig.from_flags({', '.join(f'{name}=...' for name in flat)}) or "
+                          f"TrainConfig({_nested_spelling(flat)})", DeprecationWarning, stacklevel=2)
+        given = {"data": data, "model": model, "method": method, "optimization": optimization, "run": run}
+        for group, values in _groups_of(flat).items():
+            base = given[group] if given[group] is not None else GROUPS[group]()
+            object.__setattr__(self, group, dataclasses.replace(base, **values) if values else base)  # type: ignore[type-var]
+
+    @classmethod
+    def from_flags(cls, values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:
+        """The config of `pddm-tf train` flag values (name -> value; unset names keep their defaults), each
+        parsed and checked against its field's type and bound: `ConfigError` names a refused one."""
+        flat = {**dict(values or {}), **flags}
+        config = cls()
+        return config.with_flags(**flat) if flat else config
+
+    def with_flags(self, **flags: Any) -> TrainConfig:
+        """A copy with these flag values changed (parsed as in `from_flags`)."""
+        groups = {group: getattr(self, group) for group in GROUPS}
+        for group, values in _groups_of(flags).items():
+            if values:
+                groups[group] = dataclasses.replace(groups[group], **values)  # type: ignore[type-var]
+        return dataclasses.replace(self, **groups)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with whole groups replaced (`replace(run=RunConfig(seed=3))`). Flag names are the previous
+        release's spelling (DeprecationWarning: use `with_flags`)."""
+        flat = {name: value for name, value in changes.items() if name not in GROUPS or isinstance(value, str)}
+        if flat:
+            warnings.warn(f"TrainConfig.replace({', '.join(f'{name}=...' for name in flat)}) is deprecated: use "
+                          f"with_flags({', '.join(f'{name}=...' for name in flat)})", DeprecationWarning,
+                          stacklevel=2)
+        groups = {name: value for name, value in changes.items() if name not in flat}
+        return dataclasses.replace(self, **groups).with_flags(**flat)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not attributes: the flat fields of the previous release.
+        if name in FLAGS and not name.startswith("_"):
+            group, field, _ = FLAGS[name]
+            warnings.warn(f"TrainConfig.{name} is deprecated: use config.{group}.{field}", DeprecationWarning,
+                          stacklevel=2)
+            return getattr(object.__getattribute__(self, group), field)
+        raise AttributeError(f"TrainConfig has no attribute {name!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(field.name for field in dataclasses.fields(cls))
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with `changes`; an unknown name is refused with the known ones."""
-        unknown = sorted(set(changes) - set(self.field_names()))
-        if unknown:
-            raise ValueError(f"TrainConfig has no field {', '.join(map(repr, unknown))}; its fields are "
-                             f"{', '.join(self.field_names())}")
-        return dataclasses.replace(self, **changes)
+        """Every setting's flag name (`pddm-tf train`'s flags that shape a run)."""
+        return tuple(FLAGS)
 
     def flag_values(self) -> dict[str, Any]:
-        """The config as `pddm-tf train` flag values: lists for tuples, --loss_options as JSON."""
-        values = {name: getattr(self, name) for name in self.field_names()}
-        for name in ("test_groups", "episodes", "worker_hosts"):
-            if values[name] is not None:
-                values[name] = list(values[name])
-        values["loss_options"] = json.dumps(dict(self.loss_options)) if self.loss_options else None
+        """The config as flag name -> value: tuples as lists, --loss_options as JSON."""
+        values: dict[str, Any] = {}
+        for flag, (group, field, _) in FLAGS.items():
+            value = getattr(getattr(self, group), field)
+            values[flag] = list(value) if isinstance(value, tuple) else value
+        options = self.method.options
+        values["loss_options"] = json.dumps(dict(options), sort_keys=True) if options else None
         return values
 
+    def run_key(self) -> str:
+        """A digest of the settings that define what the run trains (not its outputs or evaluation): the name
+        of its default backup folder, so that the same command finds its backup again."""
+        defining = sorted(f"{name}={value!r}" for name, value in self.flag_values().items()
+                          if name not in _NOT_DEFINING)
+        return hashlib.sha1("\n".join(defining).encode()).hexdigest()[:16]
+
     def check(self) -> None:
-        """Raises `pddm_tf.cli.validation.FlagError` naming the first value `pddm-tf train` would refuse."""
-        validation.check_flags("train", self.flag_values())
-        if self.loss_options:
-            validation.parse_loss_options(json.dumps(dict(self.loss_options)))
+        """Raises `ConfigError` (one line) naming the first value or combination `pddm-tf train` refuses;
+        train() calls it before any work."""
+        config_checks.check_config(self, FLAGS)
+
+
+__all__ = ["ConfigError", "DataConfig", "GROUPS", "MethodConfig", "ModelConfig", "OptimizationConfig", "RunConfig",
+           "TrainConfig", "parse_loss_options"]
