@@ -1,13 +1,16 @@
-"""benchmarks/paper_table.py and few_shot.py: the overlap measure, and their --quick runs as CI runs them."""
+"""benchmarks/paper_table.py and few_shot.py: the overlap measure, and their --quick runs as CI runs them;
+BENCHMARKS.md: a headline page whose links, section references and figures hold."""
 
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from doc_references import find_references, numbered_sections
 
 from pddm_tf.evaluation import distribution_overlap
 
@@ -128,3 +131,74 @@ def test_ablation_table_pairs_recall_seed_by_seed(tmp_path):
     table = (tmp_path / "paired_table.md").read_text()
     assert "| row | seed 3 | seed 5 |" in table
     assert "| dc_pddm_k4 | 0.550 | 0.520 | 0.535 | 0.750 | 0.650 | dc_pddm_k1 | -1.5 (-5.0, +2.0) | 1 of 2 |" in table
+
+
+# --- BENCHMARKS.md, the headline page, and benchmarks/results/*.md, the full record ---------------
+
+_BENCHMARKS = (REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
+_RESULTS = REPO / "benchmarks" / "results"
+
+
+def _links(markdown: str) -> list[str]:
+    """The targets of the page's Markdown links and images, without their #anchors."""
+    return [target.split("#")[0] for target in re.findall(r"\]\(([^)\s]+)\)", markdown)
+            if not re.match(r"[a-z]+:", target)]
+
+
+def _figures(text: str) -> set[str]:
+    """The decimal figures of the table rows of a text ("0.853", "29.0", "1.17"), as written."""
+    rows = [line for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    return set(re.findall(r"(?<![\d.])\d+\.\d+(?![\d.])", "\n".join(rows)))
+
+
+def test_benchmarks_is_a_headline_page():
+    assert len(_BENCHMARKS.splitlines()) < 300
+
+
+def test_every_benchmarks_link_resolves_and_every_record_is_linked():
+    linked = set()
+    for target in _links(_BENCHMARKS):
+        assert (REPO / target).exists(), f"BENCHMARKS.md links to {target}, which does not exist"
+        linked.add((REPO / target).resolve())
+    records = sorted(_RESULTS.glob("*.md"))
+    assert len(records) >= 10
+    for record in records:
+        assert record.resolve() in linked, f"BENCHMARKS.md does not link {record.relative_to(REPO)}"
+        for target in _links(record.read_text(encoding="utf-8")):
+            assert (record.parent / target).exists(), f"{record.relative_to(REPO)} links to {target}, missing"
+
+
+def test_every_benchmarks_section_reference_resolves():
+    """Every reference to a numbered section of the benchmarks page, anywhere in the repository, names
+    one of its sections; a title quoted after the page's name is a heading of the page or a record."""
+    sections = numbered_sections(_BENCHMARKS)
+    assert sorted(sections) == list(range(1, 11))
+    headings = "\n".join(line for path in [REPO / "BENCHMARKS.md", *_RESULTS.glob("*.md")]
+                         for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+    references = find_references("BENCHMARKS.md")
+    assert sum(bool(r.sections) for r in references) >= 10  # guards the discovery
+    failures = [f"{r.path}:{r.line}: {r.text!r}" for r in references
+                if any(s not in sections for s in r.sections) or (r.title and r.title not in headings)]
+    assert not failures, "\n".join(failures)
+
+
+def test_every_table_keeps_its_command():
+    """Each section of BENCHMARKS.md, and each record, that shows a table also shows the command that
+    produced it (a bash block or an inline `python ...` / `pddm-tf ...` command)."""
+    texts = {f"BENCHMARKS.md section {n}": text for n, text in numbered_sections(_BENCHMARKS).items()}
+    texts.update({str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in sorted(_RESULTS.glob("*.md"))})
+    for name, text in texts.items():
+        if re.search(r"(?m)^\|.*\|$", text):
+            assert re.search(r"```bash\n|`(?:python|pddm-tf) [^`]+`", text), f"{name} has a table but no command"
+
+
+def test_headline_figures_are_those_of_the_full_record():
+    """Every figure of a headline table appears in the tables of the record its section links: the
+    headline copies the record, it does not re-measure or round."""
+    failures = []
+    for number, text in numbered_sections(_BENCHMARKS).items():
+        records = [REPO / target for target in _links(text) if target.startswith("benchmarks/results/")]
+        assert records, f"section {number} links no record"
+        recorded = set().union(*(_figures(path.read_text(encoding="utf-8")) for path in records))
+        failures += [f"section {number}: {figure}" for figure in sorted(_figures(text) - recorded)]
+    assert not failures, "figures not in the full record:\n" + "\n".join(failures)

@@ -63,20 +63,33 @@ def test_unknown_dataset_is_a_clear_error():
 
 _PLUGIN = """
 from pddm_tf import MetricLossModel, TripletLoss
-from pddm_tf.methods import register_method
+from pddm_tf.methods import MethodSpec, register_method
+from pddm_tf.options import Bound, Setting
 
 
-def build(backbone, embedding_dim, *, dropout=0.0):
-    return MetricLossModel(backbone, TripletLoss(margin=0.123, miner="batch_hard"), embedding_dim=embedding_dim,
-                           dropout=dropout)
+def build(backbone, embedding_dim, settings):
+    loss = TripletLoss(margin=settings["margin"], miner="batch_hard")
+    return MetricLossModel(backbone, loss, embedding_dim=embedding_dim, dropout=settings["dropout"])
 
 
-register_method("plugin_triplet", build)
+register_method(MethodSpec(name="plugin_triplet", summary="a plugin", build=build,
+                           options={"margin": Setting(float, 0.1, "the margin", Bound(0, 1))}))
 """
+
+_BROKEN_PLUGINS = {
+    "raises_on_import": "raise RuntimeError('no licence server')\n",
+    "has_a_syntax_error": "def broken(:\n",
+    "builder_raises": ("from pddm_tf.methods import MethodSpec, register_method\n"
+                       "def build(backbone, embedding_dim, settings):\n"
+                       "    raise RuntimeError('out of coffee')\n"
+                       "register_method(MethodSpec(name='plugin_broken', summary='', build=build))\n"),
+}
 
 
 def test_plugins_register_a_method_that_train_then_accepts(tmp_path):
     (tmp_path / "my_plugin.py").write_text(_PLUGIN)
+    for name, text in _BROKEN_PLUGINS.items():
+        (tmp_path / f"{name}.py").write_text(text)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     small = ["--image_size=16", "--backbone_width=8", "--embedding_dim=8", "--epochs=1", "--steps_per_epoch=2",
@@ -90,10 +103,28 @@ def test_plugins_register_a_method_that_train_then_accepts(tmp_path):
     assert unknown.returncode == 2 and "--method=plugin_triplet: unknown method" in unknown.stderr
     missing = run("--plugins=no_such_plugin", "--method=plugin_triplet")
     assert missing.returncode == 2 and "--plugins: cannot import 'no_such_plugin'" in missing.stderr
-    trained = run("--plugins=my_plugin", "--method=plugin_triplet", f"--save_model={tmp_path}/model.keras")
+    # A plugin method's options are checked as a built-in one's, before any work.
+    refused = run("--plugins=my_plugin", "--method=plugin_triplet", '--loss_options={"margin": 3}')
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "pddm-tf: error: --loss_options margin=3.0 is out of range: allowed >= 0 and <= 1"]
+    # issue 34 item 8: a broken plugin is one line naming it and its error; --verbose adds the traceback.
+    for plugin, code, message in (
+            ("raises_on_import", 2, "--plugins: failed to import 'raises_on_import': RuntimeError: no licence server"),
+            ("has_a_syntax_error", 2, "--plugins: cannot import 'has_a_syntax_error': SyntaxError: invalid syntax"),
+            ("builder_raises", 1, "--method=plugin_broken (builder_raises): its builder raised RuntimeError: out of "
+                                  "coffee")):
+        method = ["--method=plugin_broken"] if plugin == "builder_raises" else []
+        result = run(f"--plugins={plugin}", *method)
+        lines = result.stderr.splitlines()
+        assert result.returncode == code and len(lines) == 1 and lines[0].startswith(f"pddm-tf: error: {message}"), (
+            plugin, result.stderr[-2000:])
+        verbose = run(f"--plugins={plugin}", *method, "--verbose")
+        assert "Traceback" in verbose.stderr and verbose.stderr.splitlines()[-1] == lines[0]
+    trained = run("--plugins=my_plugin", "--method=plugin_triplet", '--loss_options={"margin": 0.123}',
+                  f"--save_model={tmp_path}/model.keras")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "recall@1" in trained.stdout
-    # The saved model is the plugin's: its loss has the plugin's margin and miner.
+    # The saved model is the plugin's: its loss has the margin given on the command line and its miner.
     check = ("import pddm_tf, sys; from pddm_tf.export import load_keras_model; "
              f"m = load_keras_model({str(tmp_path / 'model.keras')!r}); "
              "print(type(m).__name__, m.embedding_loss.margin, m.embedding_loss.miner.name)")
@@ -109,6 +140,7 @@ def test_help_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     imported, seconds = result.stderr.split()
     assert "--method" in result.stdout and "--log_dir" in result.stdout and "--verbosity" in result.stdout
+    assert "--loss_options" in result.stdout and "--help_methods" in result.stdout
     assert imported == "False"
     assert float(seconds) < 3.0  # about 0.2 s; importing TensorFlow alone takes 5
 

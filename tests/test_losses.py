@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import PDDM, DoubleHeaderHingeLoss, mine_quadruplets
+from pddm_tf import PDDM, DoubleHeaderHingeLoss, QuadrupletMiner, mine_quadruplets
 
 
 def numpy_loss(quads, scores, f, alpha, beta, lam, heads):
@@ -37,7 +37,7 @@ def test_loss_equals_numpy_on_mined_quadruplets(heads, mode):
     f = _unit(rng.normal(size=(10, 6))).astype(np.float32)
     pddm = PDDM(units=8, combined_units=8)
     scores = pddm(f).numpy().astype(np.float64)
-    loss = DoubleHeaderHingeLoss(alpha=0.3, beta=0.4, embedding_weight=0.7, heads=heads, mining=mode)
+    loss = DoubleHeaderHingeLoss(alpha=0.3, beta=0.4, embedding_weight=0.7, heads=heads, miner=QuadrupletMiner(mode))
     quads = mine_quadruplets(labels, scores.astype(np.float32), mode).indices.numpy()
     assert len(quads) > 0
     expected = numpy_loss(quads, scores, f.astype(np.float64), 0.3, 0.4, 0.7, heads)
@@ -92,11 +92,11 @@ def test_bad_inputs_and_arguments():
         DoubleHeaderHingeLoss()(np.array([0, 0, 1, 1], np.int32), np.ones((4, 3, 1), np.float32))
     with pytest.raises(ValueError, match="heads"):
         DoubleHeaderHingeLoss(heads=3)
-    with pytest.raises(ValueError, match="mining"):
-        DoubleHeaderHingeLoss(mining="semi")
+    with pytest.raises(ValueError, match="unknown mining mode 'semi'"):
+        DoubleHeaderHingeLoss(miner={"name": "quadruplet", "config": {"mode": "semi"}})
 
 
 def test_serialization():
-    loss = DoubleHeaderHingeLoss(alpha=0.1, beta=0.2, embedding_weight=0.3, heads=1, mining="hardest")
+    loss = DoubleHeaderHingeLoss(alpha=0.1, beta=0.2, embedding_weight=0.3, heads=1, miner=QuadrupletMiner("hardest"))
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert (clone.alpha, clone.beta, clone.embedding_weight, clone.heads, clone.mining) == (0.1, 0.2, 0.3, 1, "hardest")

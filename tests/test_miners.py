@@ -81,7 +81,7 @@ def test_triplet_loss_on_any_miner_equals_numpy_on_its_tuples(miner):
     np.testing.assert_allclose(float(loss(LABELS, f)), _triplet_reference(f, rows, 0.3), rtol=1e-5, atol=1e-6)
     # The two entry points for given tuples agree with it: gathered distances, or computed per row.
     tuples = Tuples.from_rows(rows)
-    np.testing.assert_allclose(float(loss.from_indices(tuples, embeddings=f)), float(loss(LABELS, f)), rtol=1e-5)
+    np.testing.assert_allclose(float(loss.from_indices(LABELS, f, tuples)), float(loss(LABELS, f)), rtol=1e-5)
 
 
 def test_a_seeded_miner_draws_the_same_tuples_in_and_out_of_a_loss():

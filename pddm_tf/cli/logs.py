@@ -129,6 +129,7 @@ def _import_tensorflow_quietly(verbosity: int) -> None:
     level = cpp_log_level(verbosity)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(level))
     with _captured_stderr() as captured:
+        # The CLI edge's deliberate lazy TensorFlow import: `pddm-tf --help` and refused flags never pay for it.
         import keras  # noqa: F401
         import tensorflow as tf
 

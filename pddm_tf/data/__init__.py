@@ -12,24 +12,24 @@ are never seen in training (zero-shot retrieval / clustering protocol).
   transforms.py    the papers' image transforms: random resized crop + flip, resize + centre crop
   loaders.py       Omniglot, `folder:PATH`, the `DATASETS` registry and `load_dataset`
   sampling.py      class-balanced P x K training batches and the evaluation pipeline
+  batch_checks.py  what P x K batches a file list allows (steps per pass, refusals)
   tfds_loaders.py  CUB-200-2011, Cars196, SOP, Omniglot and ImageNet through TensorFlow Datasets; not
                    imported here (tensorflow_datasets is slow to import): `load_dataset` imports it
                    for a TFDS name, or `from pddm_tf.data import tfds_loaders`
 """
 
+from pddm_tf.data.batch_checks import SMALL_CLASSES, steps_per_pass
 from pddm_tf.data.decode import MAGIC_NUMBERS, decode_image, decode_images, image_format_known, read_image
 from pddm_tf.data.files import DatasetSplit, ImageFiles, with_rotations
 from pddm_tf.data.image_header import check_batch_pixel_limit, check_pixel_limit
 from pddm_tf.data.loaders import DATASETS, FOLDER_PREFIX, IMAGE_EXTENSIONS, load_dataset, load_folder, load_omniglot
 from pddm_tf.data.sampling import (
-    SMALL_CLASSES,
     balanced_batch_indices,
     class_balanced_dataset,
     class_balanced_dataset_from_arrays,
     evaluation_dataset,
     from_step,
     shard_size,
-    steps_per_pass,
 )
 from pddm_tf.data.splits import (
     SPLIT_BY,

@@ -1,8 +1,10 @@
 """Named datasets: the embedded Omniglot images, `folder:PATH`, and the `DATASETS` registry that
-`load_dataset` looks names up in (`pddm_tf.data.tfds_loaders` adds the TFDS ones)."""
+`load_dataset` looks names up in (with the TFDS datasets of `pddm_tf.data.tfds_loaders`, imported when
+one is first loaded)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import pathlib
 from collections.abc import Callable, Sequence
@@ -132,13 +134,28 @@ def load_folder(
 
 
 #: Named datasets: name -> loader(test_fraction=..., seed=..., **kwargs) -> DatasetSplit. A loader
-#: registers itself (`DATASETS.register(name, loader)`); `pddm_tf.data.tfds_loaders` registers the TFDS ones
-#: ("cub200", "cars196", "sop", ...) when imported, which `load_dataset` does lazily (importing TFDS
-#: is slow). "folder:PATH" is handled apart since its name carries an argument.
+#: registers itself (`DATASETS.register(name, loader)`). "folder:PATH" is handled apart since its name
+#: carries an argument.
 DATASETS: Registry[Callable[..., DatasetSplit]] = Registry("dataset")
+#: The names of `pddm_tf.data.tfds_loaders.TFDS_LOADERS` (aliases included), which checks it at import.
+TFDS_NAMES: tuple[str, ...] = ("cub200", "caltech_birds2011", "cars196", "sop", "stanford_online_products",
+                               "tfds_omniglot", "imagenet2012")
+
+
+def _tfds_loader(name: str) -> Callable[..., DatasetSplit]:
+    """The loader of a TFDS dataset, importing `pddm_tf.data.tfds_loaders` when first called: importing
+    tensorflow_datasets takes seconds, which only a run on a TFDS dataset should pay."""
+
+    def load(**kwargs) -> DatasetSplit:
+        return importlib.import_module("pddm_tf.data.tfds_loaders").TFDS_LOADERS[name](**kwargs)
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    return load
 
 
 DATASETS.register("omniglot", load_omniglot)
+for _name in TFDS_NAMES:
+    DATASETS.register(_name, _tfds_loader(_name))
 
 
 FOLDER_PREFIX = "folder:"
@@ -156,8 +173,6 @@ def load_dataset(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs)
     """
     if name.startswith(FOLDER_PREFIX) and name[len(FOLDER_PREFIX) :]:
         return load_folder(name[len(FOLDER_PREFIX) :], test_fraction, seed, **kwargs)
-    if name not in DATASETS:
-        import pddm_tf.data.tfds_loaders  # noqa: F401  Registers the TFDS loaders (lazily: it imports this module).
     if name not in DATASETS:
         known = ", ".join(repr(n) for n in [*DATASETS, FOLDER_PREFIX + "PATH"])
         raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")

@@ -3,23 +3,16 @@ evaluation pipeline, as `tf.data` datasets that read and decode files on the fly
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from pddm_tf.data.batch_checks import check_balanced_batches, check_balanced_counts, steps_per_pass_of_counts
 from pddm_tf.data.decode import read_image
 from pddm_tf.data.files import ImageFiles
 
-_logger = logging.getLogger(__name__)
-
-
 _AUTOTUNE = tf.data.AUTOTUNE
-
-
-# Which classes class_balanced_dataset samples (see its `small_classes` argument).
-SMALL_CLASSES = ("error", "cycle")
 
 
 # Folded into the sampling seed to derive per-image augmentation seeds, so that these differ
@@ -168,7 +161,7 @@ def class_balanced_dataset(
         raise ValueError(f"batch_classes must be >= 2 (a batch needs negatives), got {batch_classes}")
     if batch_per_class < 1:
         raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
-    _check_balanced_batches(files, batch_classes, batch_per_class, small_classes)
+    check_balanced_batches(files, batch_classes, batch_per_class, small_classes)
     batch_size = batch_classes * batch_per_class
     rows_per_shard = shard_size(batch_size, shard)
     # Created once, eagerly: the dataset functions capture these by reference.
@@ -213,7 +206,7 @@ def _balanced_rows(labels: np.ndarray, num_classes: int, batch_classes: int, bat
     pass of `balanced_batch_indices`, from the batch `start_step` holds (0 if None)."""
     batch_size = batch_classes * batch_per_class
     min_class_size = 1 if small_classes == "error" else 2
-    passes = _steps_per_pass(np.bincount(labels, minlength=num_classes), batch_classes, small_classes)
+    passes = steps_per_pass_of_counts(np.bincount(labels, minlength=num_classes), batch_classes, small_classes)
     labels_tensor = tf.constant(labels)
     seed_tensor = tf.constant(seed, tf.int64)
 
@@ -278,7 +271,7 @@ def class_balanced_dataset_from_arrays(
         raise ValueError(f"batch_per_class must be >= 1, got {batch_per_class}")
     classes, class_ids = np.unique(y, return_inverse=True)
     class_ids = class_ids.astype(np.int32)
-    _check_balanced_counts(np.bincount(class_ids, minlength=len(classes)), tuple(str(c) for c in classes),
+    check_balanced_counts(np.bincount(class_ids, minlength=len(classes)), tuple(str(c) for c in classes),
                            batch_classes, batch_per_class, small_classes)
     rows = _balanced_rows(class_ids, len(classes), batch_classes, batch_per_class, seed, small_classes, start_step)
     features = tf.constant(x)
@@ -352,55 +345,3 @@ def evaluation_dataset(
     if cache is not False:
         dataset = dataset.cache("" if cache is True else str(cache))  # "": in memory.
     return dataset.batch(batch_size).prefetch(_AUTOTUNE)
-
-
-def steps_per_pass(files: ImageFiles, batch_classes: int, small_classes: str = "error") -> int:
-    """Batches in one pass of `class_balanced_dataset`: E // batch_classes, E the eligible
-    classes (every class with small_classes="error", those with >= 2 images with "cycle")."""
-    return _steps_per_pass(np.bincount(files.labels, minlength=files.num_classes), batch_classes, small_classes)
-
-
-def _steps_per_pass(counts: np.ndarray, batch_classes: int, small_classes: str) -> int:
-    """`steps_per_pass` from the images per class, counts [C]."""
-    if batch_classes < 1:
-        raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
-    if small_classes not in SMALL_CLASSES:
-        raise ValueError(f"small_classes must be one of {SMALL_CLASSES}, got {small_classes!r}")
-    if small_classes == "error":
-        return len(counts) // batch_classes
-    return int((counts >= 2).sum()) // batch_classes
-
-
-def _check_balanced_batches(files: ImageFiles, batch_classes: int, batch_per_class: int, small_classes: str) -> None:
-    """Raises ValueError if `class_balanced_dataset` cannot build P x K batches from `files`."""
-    _check_balanced_counts(np.bincount(files.labels, minlength=files.num_classes), files.class_names,
-                           batch_classes, batch_per_class, small_classes)
-
-
-def _check_balanced_counts(counts: np.ndarray, class_names: tuple[str, ...], batch_classes: int,
-                           batch_per_class: int, small_classes: str) -> None:
-    """`_check_balanced_batches` from the images per class, counts [C], and the class names."""
-    if small_classes not in SMALL_CLASSES:
-        raise ValueError(f"small_classes must be one of {SMALL_CLASSES}, got {small_classes!r}")
-    num_classes = len(counts)
-    if num_classes < 2:
-        raise ValueError(f"class-balanced batches need at least 2 classes, got {num_classes}")
-    if small_classes == "cycle":
-        num_eligible = int((counts >= 2).sum())
-        if num_eligible < batch_classes:
-            raise ValueError(
-                f"only {num_eligible} classes have at least 2 images but batch_classes={batch_classes}"
-            )
-        skipped, cycled = int((counts < 2).sum()), int(((counts >= 2) & (counts < batch_per_class)).sum())
-        if skipped or cycled:
-            _logger.info("class-balanced sampling: %d single-image classes never sampled, %d classes with "
-                         "fewer than %d images cycled", skipped, cycled, batch_per_class)
-        return
-    if num_classes < batch_classes:
-        raise ValueError(f"only {num_classes} classes but batch_classes={batch_classes}")
-    if (counts < batch_per_class).any():
-        small = int(np.argmax(counts < batch_per_class))
-        raise ValueError(
-            f"class {class_names[small]!r} has {counts[small]} "
-            f"image{'' if counts[small] == 1 else 's'} but batch_per_class={batch_per_class}"
-        )

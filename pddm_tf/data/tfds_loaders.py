@@ -29,21 +29,7 @@ CUB, whose names are built like its folders, "<1-based id>.<label_name>", e.g.
 so any `test_fraction` in (0, 1) is ignored; `test_fraction=0` merges every class into training
 (`test=None`), e.g. to train a final model on all data. ImageNet uses it as described above.
 
-How the images reach `ImageFiles`. TFDS stores the encoded images (PNG / JPEG bytes) inside
-TFRecord files, while the library's pipelines read one file per image. The first call extracts
-each TFDS split once: it streams the split without decoding the images
-(`tfds.decode.SkipDecoding`) and writes every image's bytes, unchanged, to
-
-    <cache_dir>/<tfds name>/<version>/<split>/<TFDS label, 5 digits>/<example index, 7 digits>.<png|jpg|gif|bmp>
-
-Each file is written to a temporary name and renamed (`pddm_tf.atomic`), so a file under its final
-name is always complete. The split's `index.tsv` (relative path, TFDS label, per-example class
-name) is written the same way once the split is finished and its images are synced to disk: it is
-the completion marker. Later
-calls read the index and never touch TFDS; a split without index (an interrupted extraction) is
-extracted again. Memory stays independent of the dataset size: one example is held at a time,
-plus the list of paths and labels. Disk use is about the size of the TFDS data again (CUB 1.1 GB,
-Cars196 1.9 GB, SOP 2.9 GB, Omniglot 20 MB, ImageNet 2012 about 150 GB).
+The images are extracted once to files (`pddm_tf.data.tfds_extract` says how and where).
 
 Options shared by the loaders:
   data_dir: the TFDS data directory (None: TFDS's default, `$TFDS_DATA_DIR` or
@@ -73,59 +59,17 @@ Manual downloads.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
-import pathlib
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from pddm_tf import atomic, progress
 from pddm_tf.data.files import DatasetSplit, ImageFiles
-from pddm_tf.data.loaders import DATASETS
-from pddm_tf.data.splits import check_channels, check_test_fraction, random_class_mask
+from pddm_tf.data.loaders import TFDS_NAMES
+from pddm_tf.data.splits import check_channels, random_class_mask
+from pddm_tf.data.tfds_extract import DatasetNotPreparedError, Extracted, TfdsSource, extract
 
-_logger = logging.getLogger(__name__)
-
-_INDEX = "index.tsv"
-_INDEX_HEADER = "# pddm_tf TFDS extraction v1: relative path, TFDS label, class name (tab-separated)\n"
-# File extension of each encoded format, recognised by its leading bytes.
-_FORMATS = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
-_DEFAULT_CACHE_SUBDIR = "pddm_tf_files"
-_LOG_EVERY = 10_000
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """The TFDS data a loader needs is not prepared (and `download=False`, or preparing failed)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Source:
-    """How to read one TFDS builder.
-
-    Attributes:
-      tfds_name: the TFDS builder name.
-      label_key: the feature holding the class (`ClassLabel`).
-      name_key: a per-example text feature naming the class, or None to use the `ClassLabel` names.
-      channels: default decoding channels.
-      manual_files: files a user must place in the manual directory (empty: TFDS downloads).
-      manual_note: why and how, for the error message.
-      image_key: the encoded image feature.
-    """
-
-    tfds_name: str
-    label_key: str = "label"
-    name_key: str | None = None
-    channels: int = 3
-    manual_files: tuple[str, ...] = ()
-    manual_note: str = ""
-    image_key: str = "image"
-
-
-_CUB = _Source("caltech_birds2011", name_key="label_name")
-_CARS = _Source(
+_CUB = TfdsSource("caltech_birds2011", name_key="label_name")
+_CARS = TfdsSource(
     "cars196",
     manual_files=("cars_train.tgz", "cars_test.tgz", "cars_test_annos_withlabels.mat", "car_devkit.tgz"),
     manual_note=(
@@ -135,28 +79,13 @@ _CARS = _Source(
         "names (TFDS checks their registered sha256 checksums)."
     ),
 )
-_SOP = _Source("stanford_online_products", label_key="class_id")
-_OMNIGLOT = _Source("omniglot", channels=1)
-_IMAGENET = _Source(
+_SOP = TfdsSource("stanford_online_products", label_key="class_id")
+_OMNIGLOT = TfdsSource("omniglot", channels=1)
+_IMAGENET = TfdsSource(
     "imagenet2012",
     manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
     manual_note="ImageNet 2012 requires a manual download: register on https://image-net.org/download-images.",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Extracted:
-    """The extracted files of one TFDS split, in TFDS order.
-
-    Attributes:
-      paths: [n] str, absolute file paths.
-      labels: [n] int64, TFDS labels.
-      names: TFDS label -> class name, for the labels present.
-    """
-
-    paths: np.ndarray
-    labels: np.ndarray
-    names: dict[int, str]
 
 
 # --------------------------------------------------------------------------- loaders
@@ -192,7 +121,7 @@ def load_cub200(
     """
     del seed  # The split is fixed by the benchmark protocol.
     channels = _channels(_CUB, channels)  # Checked before any extraction.
-    _, parts = _extract(_CUB, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
+    _, parts = extract(_CUB, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
     return _split_by_label_threshold(_CUB, parts, 100, test_fraction, channels)
 
 
@@ -230,7 +159,7 @@ def load_cars196(
     """
     del seed  # The split is fixed by the benchmark protocol.
     channels = _channels(_CARS, channels)  # Checked before any extraction.
-    _, parts = _extract(_CARS, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
+    _, parts = extract(_CARS, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
     return _split_by_label_threshold(_CARS, parts, 98, test_fraction, channels)
 
 
@@ -265,7 +194,7 @@ def load_sop(
     """
     del seed  # The split is fixed by the benchmark protocol.
     channels = _channels(_SOP, channels)  # Checked before any extraction.
-    _, parts = _extract(_SOP, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
+    _, parts = extract(_SOP, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
     return _split_by_tfds_split(_SOP, parts, test_fraction, channels)
 
 
@@ -302,7 +231,7 @@ def load_tfds_omniglot(
     """
     del seed  # The split is fixed by the Omniglot protocol.
     channels = _channels(_OMNIGLOT, channels)  # Checked before any extraction.
-    _, parts = _extract(_OMNIGLOT, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
+    _, parts = extract(_OMNIGLOT, ("train", "test"), test_fraction, data_dir, cache_dir, download, manual_dir)
     return _split_by_tfds_split(_OMNIGLOT, parts, test_fraction, channels)
 
 
@@ -344,7 +273,7 @@ def load_imagenet2012(
     """
     channels = _channels(_IMAGENET, channels)  # Checked before any extraction.
     splits = ("train",) if test_fraction == 0 else ("train", "validation")
-    builder, parts = _extract(_IMAGENET, splits, test_fraction, data_dir, cache_dir, download, manual_dir)
+    builder, parts = extract(_IMAGENET, splits, test_fraction, data_dir, cache_dir, download, manual_dir)
     names = _class_names(parts)
     num_classes = builder.info.features[_IMAGENET.label_key].num_classes
     held_out = random_class_mask(num_classes, test_fraction, np.random.default_rng(seed))
@@ -369,8 +298,9 @@ TFDS_LOADERS: dict[str, Callable[..., DatasetSplit]] = {
     "tfds_omniglot": load_tfds_omniglot,
     "imagenet2012": load_imagenet2012,
 }
-for _name, _loader in TFDS_LOADERS.items():
-    DATASETS.register(_name, _loader)
+# `pddm_tf.data.loaders` registers these names without importing this module: keep the two equal.
+if tuple(TFDS_LOADERS) != TFDS_NAMES:
+    raise ImportError("pddm_tf.data.loaders.TFDS_NAMES is out of date: it must list TFDS_LOADERS' names")
 
 
 def load_tfds(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) -> DatasetSplit:
@@ -389,7 +319,7 @@ def load_tfds(name: str, test_fraction: float = 0.5, seed: int = 0, **kwargs) ->
 
 
 def _split_by_label_threshold(
-    source: _Source, parts: list[_Extracted], first_test_label: int, test_fraction: float, channels: int
+    source: TfdsSource, parts: list[Extracted], first_test_label: int, test_fraction: float, channels: int
 ) -> DatasetSplit:
     """Merges the TFDS splits and sends TFDS labels >= `first_test_label` to test."""
     names = _class_names(parts)
@@ -406,7 +336,7 @@ def _split_by_label_threshold(
 
 
 def _split_by_tfds_split(
-    source: _Source, parts: list[_Extracted], test_fraction: float, channels: int
+    source: TfdsSource, parts: list[Extracted], test_fraction: float, channels: int
 ) -> DatasetSplit:
     """TFDS "train" split for training, "test" for test; they must not share a class."""
     names = _class_names(parts)
@@ -429,7 +359,7 @@ def _split_by_tfds_split(
 
 
 def _image_files(
-    paths: np.ndarray, tfds_labels: np.ndarray, names: dict[int, str], side: str, source: _Source
+    paths: np.ndarray, tfds_labels: np.ndarray, names: dict[int, str], side: str, source: TfdsSource
 ) -> ImageFiles:
     """`ImageFiles` of the given rows, the classes present relabelled 0..C-1 in TFDS label order."""
     if not len(paths):
@@ -443,7 +373,7 @@ def _image_files(
     )
 
 
-def _class_names(parts: list[_Extracted]) -> dict[int, str]:
+def _class_names(parts: list[Extracted]) -> dict[int, str]:
     """TFDS label -> class name over all parts (the first part naming a label wins)."""
     names: dict[int, str] = {}
     for part in parts:
@@ -452,169 +382,12 @@ def _class_names(parts: list[_Extracted]) -> dict[int, str]:
     return names
 
 
-def _channels(source: _Source, channels: int | None) -> int:
+def _channels(source: TfdsSource, channels: int | None) -> int:
     """The decoding channels: `channels`, or the dataset's default when None."""
     channels = source.channels if channels is None else channels
     check_channels(channels)
     return channels
 
 
-# --------------------------------------------------------------------------- extraction
-
-
-def _extract(
-    source: _Source,
-    splits: tuple[str, ...],
-    test_fraction: float,
-    data_dir: str | None,
-    cache_dir: str | None,
-    download: bool,
-    manual_dir: str | None,
-) -> tuple[tfds.core.DatasetBuilder, list[_Extracted]]:
-    """The builder and the files of each TFDS split, extracting the splits not yet in the cache.
-
-    See the module docstring for the cache layout; TFDS is only read for missing splits.
-    """
-    check_test_fraction(test_fraction)
-    builder = tfds.builder(source.tfds_name, data_dir=data_dir)
-    if cache_dir:
-        cache = pathlib.Path(cache_dir).expanduser()
-    else:
-        cache = pathlib.Path(data_dir or builder.data_dir_root).expanduser() / _DEFAULT_CACHE_SUBDIR
-    # full_name is "<name>/<version>" (with the config between them, for builders that have one).
-    roots = {split: cache / builder.info.full_name / split for split in splits}
-    missing = [split for split in splits if not (roots[split] / _INDEX).is_file()]
-    if missing:
-        _ensure_prepared(builder, source, download, manual_dir)
-        known_splits = builder.info.splits  # Empty when unknown (e.g. under tfds.testing.mock_data).
-        absent = [split for split in missing if known_splits and split not in known_splits]
-        if absent:
-            raise DatasetNotPreparedError(
-                f"TFDS {source.tfds_name!r} in {str(builder.data_dir_root)!r} was prepared without the split(s) "
-                f"{absent} (it has {list(known_splits)}).\n{_instructions(builder, source, manual_dir)}"
-            )
-        for split in missing:
-            _extract_split(builder, source, split, roots[split])
-    return builder, [_read_index(roots[split]) for split in splits]
-
-
-def _ensure_prepared(
-    builder: tfds.core.DatasetBuilder, source: _Source, download: bool, manual_dir: str | None
-) -> None:
-    """Returns if TFDS has the data, prepares it if `download`, else raises `DatasetNotPreparedError`."""
-    if builder.is_prepared():
-        return
-    if not download:
-        raise DatasetNotPreparedError(
-            f"dataset {source.tfds_name!r} (TFDS version {builder.version}) is not prepared in the TFDS "
-            f"data_dir {str(builder.data_dir_root)!r}, and download=False.\n"
-            f"{_instructions(builder, source, manual_dir)}"
-        )
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    _logger.info("preparing TFDS %s in %s", source.tfds_name, builder.data_dir_root)
-    try:
-        builder.download_and_prepare(download_config=config)
-    except Exception as error:  # Re-raised with what the user can do about it.
-        raise DatasetNotPreparedError(
-            f"preparing TFDS {source.tfds_name!r} in {str(builder.data_dir_root)!r} failed: "
-            f"{type(error).__name__}: {error}\n{_instructions(builder, source, manual_dir)}"
-        ) from error
-    if not builder.is_prepared():
-        raise DatasetNotPreparedError(
-            f"TFDS {source.tfds_name!r} is still not prepared in {str(builder.data_dir_root)!r} after "
-            f"download_and_prepare.\n{_instructions(builder, source, manual_dir)}"
-        )
-
-
-def _instructions(builder: tfds.core.DatasetBuilder, source: _Source, manual_dir: str | None) -> str:
-    """What a user does to prepare `source` (the end of the not-prepared errors)."""
-    data_dir = str(builder.data_dir_root)
-    if not source.manual_files:
-        return (
-            f"To prepare it, call the loader with download=True, or run "
-            f"tfds.builder({source.tfds_name!r}, data_dir={data_dir!r}).download_and_prepare()."
-        )
-    manual = manual_dir or os.path.join(data_dir, "downloads", "manual")
-    return (
-        f"{source.manual_note}\nPut these files into the manual directory {manual!r}: "
-        f"{', '.join(source.manual_files)}; then call the loader with download=True"
-        f"{f', manual_dir={manual_dir!r}' if manual_dir else ''}, or run "
-        f"tfds.builder({source.tfds_name!r}, data_dir={data_dir!r}).download_and_prepare("
-        f"download_config=tfds.download.DownloadConfig(manual_dir={manual!r}))."
-    )
-
-
-def _extract_split(builder: tfds.core.DatasetBuilder, source: _Source, split: str, root: pathlib.Path) -> None:
-    """Writes every image of one TFDS split under `root`, then its index (the completion marker).
-
-    Streams the split with the images left encoded: one example in memory at a time. The index
-    also records each row's class name, so a cached split needs nothing from TFDS.
-    """
-    features = {source.image_key: True, source.label_key: True}
-    if source.name_key:
-        features[source.name_key] = True
-    # Only the needed features are parsed (CUB's segmentation masks are not); images stay encoded.
-    decoders = tfds.decode.PartialDecoding(features, decoders={source.image_key: tfds.decode.SkipDecoding()})
-    dataset = builder.as_dataset(
-        split=split,
-        decoders=decoders,
-        shuffle_files=False,  # TFDS order, so an interrupted extraction is redone identically.
-        read_config=tfds.ReadConfig(try_autocache=False),  # Never hold a small split in memory.
-    )
-    label_feature = builder.info.features[source.label_key]
-    _logger.info("extracting TFDS %s split %r to %s", builder.info.full_name, split, root)
-    root.mkdir(parents=True, exist_ok=True)
-    names: dict[int, str] = {}  # TFDS label -> class name; at most one entry per class.
-    count = 0
-    known = builder.info.splits[split].num_examples if split in builder.info.splits else None
-    with atomic.replacing(root / _INDEX) as partial_index, open(partial_index, "w", encoding="utf-8") as index:
-        index.write(_INDEX_HEADER)
-        examples = progress.bar(dataset.as_numpy_iterator(), total=known or None,
-                                desc=f"extracting {builder.info.full_name} {split}", unit="image")
-        for count, example in enumerate(examples, start=1):
-            encoded = example[source.image_key]
-            label = int(example[source.label_key])
-            if label not in names:
-                (root / f"{label:05d}").mkdir(exist_ok=True)
-                if source.name_key:
-                    # The 1-based id keeps names unique and traceable to the paper's numbering.
-                    names[label] = f"{label + 1:03d}.{example[source.name_key].decode('utf-8')}"
-                else:
-                    names[label] = label_feature.int2str(label)
-            relative = f"{label:05d}/{count - 1:07d}{_extension(encoded, builder, split, count - 1)}"
-            atomic.write_bytes(root / relative, encoded, durable=False)  # one fsync per image is slow
-            index.write(f"{relative}\t{label}\t{_one_line(names[label])}\n")
-            if count % _LOG_EVERY == 0:
-                _logger.info("%s %s: %d images extracted", builder.info.full_name, split, count)
-        atomic.sync_tree(root)  # every image is on disk before the index that lists them
-    _logger.info("%s %s: %d images extracted, done", builder.info.full_name, split, count)
-
-
-def _read_index(root: pathlib.Path) -> _Extracted:
-    """The `_Extracted` files listed by `root`'s index."""
-    paths, labels, names = [], [], {}  # type: list[str], list[int], dict[int, str]
-    with open(root / _INDEX, encoding="utf-8") as index:
-        for line in index:
-            if line.startswith("#"):
-                continue
-            relative, label, name = line.rstrip("\n").split("\t")
-            paths.append(str(root / relative))
-            labels.append(int(label))
-            names.setdefault(int(label), name)
-    return _Extracted(paths=np.array(paths, dtype=str), labels=np.array(labels, dtype=np.int64), names=names)
-
-
-def _extension(encoded: bytes, builder: tfds.core.DatasetBuilder, split: str, index: int) -> str:
-    """The file extension of encoded image bytes; only formats `pddm_tf.data.decode_image` reads."""
-    for magic, extension in _FORMATS:
-        if encoded.startswith(magic):
-            return extension
-    raise ValueError(
-        f"TFDS {builder.info.full_name} split {split!r} example {index}: the image is not PNG, JPEG, GIF or BMP "
-        f"(first bytes {encoded[:8]!r})"
-    )
-
-
-def _one_line(text: str) -> str:
-    """`text` fit for one TSV field."""
-    return " ".join(text.replace("\t", " ").splitlines())
+__all__ = ["TFDS_LOADERS", "DatasetNotPreparedError", "load_cars196", "load_cub200", "load_imagenet2012", "load_sop",
+           "load_tfds", "load_tfds_omniglot"]

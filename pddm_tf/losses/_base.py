@@ -238,12 +238,24 @@ class PairLoss(EmbeddingLoss):
     [m, n] bool, negative [m, n] bool) -> {name: ElementLosses}`.
     """
 
+    def __init__(self, distance: DistanceLike | None = None, miner: MinerLike | None = None,
+                 reducer: ReducerLike | None = None, **kwargs: Any) -> None:
+        # (distance, miner) in that order, as before the contract; the reducer after them.
+        super().__init__(distance=distance, reducer=reducer, miner=miner, **kwargs)
+
     def compute_terms(self, batch: LossBatch, tuples: Tuples | None) -> dict[str, ElementLosses]:
         masks = batch.pair_masks() if tuples is None else batch.tuple_masks(tuples)
         return self.pair_terms(batch.matrix, *masks)
 
     def pair_terms(self, matrix: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> dict[str, ElementLosses]:
-        raise NotImplementedError
+        """The per-element losses of the pairs: matrix [m, n] under the distance, masks [m, n] bool."""
+        legacy = getattr(self, "_from_masks", None)
+        if legacy is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement pair_terms")
+        # A subclass written before the contract returns its scalar from `_from_masks`: one element.
+        warnings.warn(f"{type(self).__name__}._from_masks is deprecated: implement pair_terms, returning "
+                      "per-element losses for the reducer", DeprecationWarning, stacklevel=2)
+        return {"loss": ElementLosses(tf.reshape(legacy(matrix, positive, negative), [1]))}
 
 
 __all__ = ["ElementLosses", "EmbeddingLoss", "LossBatch", "PairLoss", "check_embeddings", "finite_number",

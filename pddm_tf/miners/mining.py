@@ -76,7 +76,20 @@ def euclidean_scores(embeddings: tf.Tensor) -> tf.Tensor:
 def _masked_argmax(values: tf.Tensor, mask: tf.Tensor, axis: int) -> tf.Tensor:
     """argmax of `values` over the entries where `mask` holds (rows with no entry return 0)."""
     lowest = tf.fill(tf.shape(values), values.dtype.min)
-    return tf.argmax(tf.where(mask, values, lowest), axis=axis, output_type=tf.int32)
+    return _argmax(tf.where(mask, values, lowest), axis)
+
+
+def _argmax(values: tf.Tensor, axis: int) -> tf.Tensor:
+    """tf.argmax that also answers for an empty axis (an empty batch): index 0, like a row of ties.
+
+    TensorFlow's argmax refuses a reduction over 0 entries; one slot of the lowest value is appended
+    (ties go to the first index, so it is only picked when the axis is empty) and clamped to 0.
+    """
+    axis = axis % values.shape.rank
+    pad_shape = tf.tensor_scatter_nd_update(tf.shape(values), [[axis]], [1])
+    padded = tf.concat([values, tf.fill(pad_shape, values.dtype.min)], axis=axis)
+    index = tf.argmax(padded, axis=axis, output_type=tf.int32)
+    return tf.minimum(index, tf.maximum(tf.shape(values)[axis] - 1, 0))
 
 
 def _hardest_negatives(scores: tf.Tensor, negative: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -121,9 +134,9 @@ def mine_quadruplets(labels: tf.Tensor, scores: tf.Tensor, mode: str = "hardest"
     num_positive_pairs = tf.reduce_sum(tf.cast(positive & upper, tf.int32))
 
     if mode == "hardest":
-        m = tf.shape(scores)[0]
-        highest = tf.fill(tf.shape(scores), scores.dtype.max)
-        flat = tf.argmin(tf.reshape(tf.where(eligible, scores, highest), [-1]), output_type=tf.int32)
+        m = tf.maximum(tf.shape(scores)[0], 1)  # an empty batch must not divide by 0 below
+        lowest = tf.fill(tf.shape(scores), scores.dtype.min)
+        flat = _argmax(tf.reshape(tf.where(eligible, -scores, lowest), [-1]), axis=0)  # the least similar pair
         pairs = tf.reshape(tf.stack([flat // m, flat % m]), [1, 2])
         # Keep the row only if a positive pair was eligible: q = 1 or 0, no dynamic Python branch.
         pairs = tf.boolean_mask(pairs, tf.reshape(tf.reduce_any(eligible), [1]))
@@ -211,7 +224,7 @@ def npair_pairs(labels: tf.Tensor) -> tf.Tensor:
     class_size = tf.reduce_sum(tf.cast(same, tf.int32), axis=1)
     anchors = tf.reshape(tf.cast(tf.where((rank == 0) & (class_size >= 2)), tf.int32), [-1])
     second = same & tf.equal(rank, 1)[None, :]  # [i, j]: j is the second occurrence of i's class
-    positives = tf.gather(tf.argmax(tf.cast(second, tf.int32), axis=1, output_type=tf.int32), anchors)
+    positives = tf.gather(_argmax(tf.cast(second, tf.int32), axis=1), anchors)
     return tf.stack([anchors, positives], axis=1)
 
 
@@ -244,10 +257,14 @@ def distance_weighted_negatives(
     logits = _distance_weight_logits(distances, negative, dim, cutoff, nonzero_loss_cutoff)
     pairs = tf.cast(tf.where(positive & tf.reduce_any(negative, axis=1)[:, None]), tf.int32)
     pair_logits = tf.gather(logits, pairs[:, 0])
-    if seed is None:
-        drawn = tf.random.categorical(pair_logits, 1, dtype=tf.int32)
-    else:
-        drawn = tf.random.stateless_categorical(pair_logits, 1, seed, dtype=tf.int32)
+
+    def draw() -> tf.Tensor:
+        if seed is None:
+            return tf.random.categorical(pair_logits, 1, dtype=tf.int32)
+        return tf.random.stateless_categorical(pair_logits, 1, seed, dtype=tf.int32)
+
+    # The samplers refuse 0 classes (an empty batch, which has no pair to draw for anyway).
+    drawn = tf.cond(tf.shape(pair_logits)[1] > 0, draw, lambda: tf.zeros([tf.shape(pairs)[0], 1], tf.int32))
     return tf.concat([pairs, drawn], axis=1)
 
 

@@ -188,7 +188,7 @@ def cluster_balanced_dataset(files: ImageFiles, assignment: ClusterAssignment, b
                              augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
                              start_step: tf.Variable | None = None, steps_per_epoch: int | None = None,
                              shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
-    """P x K batches, each from one cluster, clusters visited round-robin (METHODS.md 4).
+    """P x K batches, each from one cluster, clusters visited round-robin (METHODS.md section 4).
 
     Step t draws from cluster t mod K: P of its classes with two or more images in it (drawn afresh
     at every step), K of their images in the cluster each, cycled when a class has fewer there

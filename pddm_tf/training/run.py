@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import keras
+import numpy as np
 
 from pddm_tf import atomic, backbone, data, evaluation, export
 from pddm_tf.backbones import BACKBONES
 from pddm_tf.data import image_header, transforms
-from pddm_tf.data.tfds_loaders import TFDS_LOADERS
+from pddm_tf.data.loaders import TFDS_NAMES
 from pddm_tf.evaluation import few_shot, visualize
 from pddm_tf.methods.catalog import METHOD_SPECS
 from pddm_tf.methods.pipeline import training_pipeline
@@ -44,7 +45,7 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
         kwargs.update(split_by=d.split_by, test_groups=list(d.test_groups) if d.test_groups else None)
     if d.dataset != "omniglot" and d.channels is not None:
         kwargs.update(channels=d.channels)
-    if d.dataset in TFDS_LOADERS:
+    if d.dataset in TFDS_NAMES:
         kwargs.update(data_dir=d.data_dir, cache_dir=d.cache_dir, download=d.download, manual_dir=d.manual_dir)
     split = data.load_dataset(d.dataset, test_fraction=d.test_fraction, seed=config.run.seed, **kwargs)
     if d.rotations and rotate_training:
@@ -110,13 +111,50 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
                        weights=None if m.weights == "none" else m.weights,
                        pooling=m.pooling, freeze_batchnorm=m.freeze_batchnorm, **options)
     spec = METHOD_SPECS.get(config.method.name)
-    model = spec.build(network, m.embedding_dim, method_settings(config, num_classes))
+    try:
+        model = spec.build(network, m.embedding_dim, method_settings(config, num_classes))
+    except Exception as error:  # a builder may be a plugin's, foreign code: one line naming it and its error
+        detail = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise MethodBuildError(f"--method={spec.name} ({spec.build.__module__}): its builder raised {detail}"
+                               ) from error
     model.build((None, config.data.image_size, config.data.image_size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(o.learning_rate, o.weight_decay, o.lr_schedule, total_steps,
                                            round(o.warmup_fraction * total_steps), o.ema_momentum),
                   jit_compile=True if o.jit_compile else "auto")
     return model
+
+
+class TrainingDivergedError(ValueError):
+    """The training loss became NaN or infinite: the message says in which epoch and steps, and where the last
+    good state is kept."""
+
+
+class DivergenceCheck(keras.callbacks.Callback):
+    """Stops training at the end of the first epoch whose mean loss is not finite, before the backup of that
+    epoch is written (place it before `BackupAndRestore`), so the backup keeps the last good epoch.
+
+    Read from the epoch's logs, so no extra host sync per step: the steps are named as a range.
+    """
+
+    def __init__(self, steps_per_epoch: int, backup_path: str | None) -> None:
+        super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.backup_path = backup_path
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None or np.isfinite(np.mean(keras.ops.convert_to_numpy(loss))):
+            return
+        first, last = epoch * self.steps_per_epoch + 1, (epoch + 1) * self.steps_per_epoch
+        kept = (f"; the last good state (after epoch {epoch}) is kept in {self.backup_path}" if self.backup_path
+                and epoch > 0 else "; no good state was backed up (it diverged in the first epoch)")
+        raise TrainingDivergedError(f"training diverged: the loss is not finite in epoch {epoch + 1} (steps {first}-"
+                                    f"{last}); lower --learning_rate{kept}")
+
+
+class MethodBuildError(ValueError):
+    """A method's builder raised: the message names the method, the builder's module and the error."""
 
 
 def backup_dir(config: TrainConfig) -> str:
@@ -233,6 +271,7 @@ def _fit(config: TrainConfig) -> Trained:
         callbacks.append(LearningCheck(strict=r.strict))
         if backup_path:
             backup = callbacks[0]
+        callbacks.insert(0, DivergenceCheck(steps_per_epoch, backup_path))  # before the backup of a bad epoch
         trained = backup.restore_completed(model) if backup is not None else None
         if trained is not None:
             say(f"training had completed ({trained} epochs, backed up in {backup_path}): no training step, "

@@ -47,7 +47,7 @@ def run() -> dict[str, float]:
     # TensorFlow is imported at the CLI edge only: `pddm-tf --help` and refused flags must not pay for it.
     from pddm_tf import export
     from pddm_tf.data import transforms
-    from pddm_tf.data.tfds_loaders import TFDS_LOADERS
+    from pddm_tf.data.loaders import TFDS_NAMES
 
     config = settings.train_config()
     model = export.load_keras_model(FLAGS.keras_model)
@@ -64,7 +64,7 @@ def run() -> dict[str, float]:
             kwargs.update(split_by=config.data.split_by)
         elif not FLAGS.gallery.startswith("folder:"):
             kwargs.update(channels=channels)
-        if FLAGS.gallery in TFDS_LOADERS:
+        if FLAGS.gallery in TFDS_NAMES:
             kwargs.update(data_dir=config.data.data_dir, cache_dir=config.data.cache_dir,
                           download=config.data.download, manual_dir=config.data.manual_dir)
         gallery = export.load_gallery(model, FLAGS.gallery, size, channels, test_fraction=config.data.test_fraction,
@@ -78,5 +78,5 @@ def run() -> dict[str, float]:
     return {}
 
 
-COMMAND = register_command(Command(name="export", summary="a .keras model (train --save_model) -> the next TF "
-                                   "Serving version, with an optional `search` gallery", run=run, check=check))
+COMMAND = register_command(Command(name="export", summary="a .keras model -> the next TF Serving version (+ search)",
+                                   run=run, check=check))
