@@ -15,7 +15,7 @@ from pddm_tf.reducers import Reducer
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class CircleLoss(PairLoss):
-    """Circle loss on a similarity S (default: the cosine), one term per anchor i (docs/METHODS.md section 8):
+    """Circle loss on a similarity S (default: the cosine), one term per anchor i (METHODS.md section 10):
 
         alpha_p = [1 + m - S_ip]_+ ,  alpha_n = [S_in + m]_+            (stopped: self-paced weights)
         L_i = softplus( logsumexp_{p in P_i} -gamma alpha_p (S_ip - (1 - m))

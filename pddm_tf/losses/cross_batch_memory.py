@@ -29,7 +29,7 @@ class _MemoryBatch(LossBatch):
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class CrossBatchMemory(keras.losses.Loss):
     """Any embedding loss, with the positives and negatives taken from a queue of past batches
-    (docs/METHODS.md section 8).
+    (METHODS.md section 10).
 
     Each call writes the batch's (stopped) embeddings and labels into a ring buffer of
     `memory_size` rows, overwriting the oldest, then evaluates `loss` with the batch as anchors and

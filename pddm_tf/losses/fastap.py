@@ -19,7 +19,7 @@ _RANGES = {"squared_euclidean": 4.0, "euclidean": 2.0, "cosine": 2.0}
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class FastAPLoss(EmbeddingLoss):
     """FastAP: 1 - a differentiable histogram approximation of each anchor's average precision
-    (the paper's eq. 9-11; docs/METHODS.md section 8).
+    (the paper's eq. 9-11; METHODS.md section 10).
 
     The embeddings are L2-normalised, so the distance D (default squared Euclidean, in [0, 4]) has a
     known range [0, R], cut into `num_bins` bins of width delta = R / num_bins with centres

@@ -17,7 +17,7 @@ from pddm_tf.reducers import Reducer
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class NTXentLoss(PairLoss):
     """NT-Xent on a similarity S (default: the cosine), one term per positive pair (a, p)
-    (docs/METHODS.md section 8):
+    (METHODS.md section 10):
 
         l_ap = -log( exp(S_ap / t) / (exp(S_ap / t) + sum_{n in N_a} exp(S_an / t)) )
              = softplus( logsumexp_{n in N_a} S_an / t - S_ap / t )

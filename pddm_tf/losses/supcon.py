@@ -17,7 +17,7 @@ from pddm_tf.reducers import Reducer
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class SupConLoss(PairLoss):
     """Supervised contrastive loss (L^sup_out, the paper's eq. 2) on a similarity S (default: the
-    cosine), one term per anchor i (docs/METHODS.md section 8):
+    cosine), one term per anchor i (METHODS.md section 10):
 
         L_i = -1/|P_i| sum_{p in P_i} log( exp(S_ip / t) / sum_{a in P_i u N_i} exp(S_ia / t) )
 

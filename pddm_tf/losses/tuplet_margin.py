@@ -19,7 +19,7 @@ _EDGE = 1e-6
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class TupletMarginLoss(PairLoss):
-    """Tuplet margin loss on the cosine S, one term per positive pair (a, p) (docs/METHODS.md section 8):
+    """Tuplet margin loss on the cosine S, one term per positive pair (a, p) (METHODS.md section 10):
 
         l_ap = log(1 + sum_{n in N_a} exp( s (S_an - cos(theta_ap - beta)) )),  theta_ap = acos(S_ap)
 
