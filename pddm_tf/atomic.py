@@ -14,7 +14,7 @@ versions) goes through this module, so they all follow one recipe:
 On any error the temporary file is removed and the destination is untouched.
 
 Folders that several processes could write at once (a TF Serving base folder, a backup folder) are
-locked with `folder_lock`: an advisory `flock` on a `.pddm_tf.lock` file in the folder, which the
+locked with `folder_lock`: an advisory `flock` on a `.<folder>.pddm_tf.lock` file beside it, which the
 kernel releases when its process ends however it ends (kill -9 included), so a dead run's lock is
 taken over by the next one; a live one's is refused with a `FolderInUseError` naming its process
 (pid, host, purpose, start time). `replacing_version` writes a SavedModel version under that lock,
@@ -154,8 +154,9 @@ def replacing_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-#: The lock file `folder_lock` creates in a locked folder while it holds the lock.
-LOCK_NAME = ".pddm_tf.lock"
+#: The suffix of the lock file `folder_lock` creates beside a locked folder (".<folder name>.pddm_tf.lock")
+#: while it holds the lock: beside, not inside, so that locking neither creates the folder nor shows in it.
+LOCK_SUFFIX = ".pddm_tf.lock"
 # Locks this process holds: lock file path -> [open descriptor, depth]. flock belongs to an open file
 # description, so a second open() of the same file in this process would wait on itself.
 _HELD: dict[str, list[int]] = {}
@@ -169,7 +170,9 @@ class FolderInUseError(OSError):
 
 
 def _lock_key(folder: pathlib.Path) -> str:
-    return os.path.realpath(folder / LOCK_NAME)
+    """The lock file of `folder`: ".<name>.pddm_tf.lock" in its parent (the folder's real path)."""
+    real = pathlib.Path(os.path.realpath(folder))
+    return str(real.parent / f".{real.name}{LOCK_SUFFIX}")
 
 
 def held_by_this_process(folder: str | os.PathLike) -> bool:
@@ -215,9 +218,10 @@ def _acquire(root: pathlib.Path, key: str) -> int:
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[pathlib.Path]:
-    """Holds an exclusive lock on `folder` (created when missing) for the block; yields the lock file.
+    """Holds an exclusive lock on `folder` for the block; yields the lock file.
 
-    Re-entrant within a process. The lock is an advisory `flock` on `folder/.pddm_tf.lock`, holding
+    Re-entrant within a process. The lock is an advisory `flock` on `.<folder>.pddm_tf.lock` beside
+    the folder (whose parent is created when missing; the folder itself is not), holding
     the holder's pid, host, `purpose` and start time, and removed on release: it binds only writers
     that take it (every writer of this library into an export or backup folder does). The kernel
     releases it when the holder dies, so a killed run's lock (the file stays) is taken over. `flock`
@@ -228,8 +232,8 @@ def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[pathlib.Pat
       FolderInUseError: another live process holds the lock (an OSError, so the CLI says it in one line).
     """
     root = pathlib.Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
     key = _lock_key(root)
+    pathlib.Path(key).parent.mkdir(parents=True, exist_ok=True)
     with _HELD_GUARD:
         if key in _HELD:
             _HELD[key][1] += 1
@@ -247,7 +251,7 @@ def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[pathlib.Pat
             if not _HELD[key][1]:
                 fd = _HELD.pop(key)[0]
                 # Removed while still locked, so that a waiting process finds no file to lock but its own
-                # (`_acquire` checks that the file it locked is still the one named LOCK_NAME).
+                # (`_acquire` checks that the file it locked is still the one of that name).
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(key)
                 os.close(fd)  # releases the flock
@@ -267,6 +271,7 @@ def replacing_version(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """
     target = pathlib.Path(path)
     with folder_lock(target.parent, f"writing {target.name}"):
+        target.parent.mkdir(parents=True, exist_ok=True)
         for entry in target.parent.iterdir():
             if _VERSION_STAGING.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

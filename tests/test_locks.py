@@ -61,6 +61,7 @@ def test_a_held_folder_is_refused_naming_its_holder(tmp_path):
     # The kernel released the dead process's lock: the next run takes the folder over.
     with atomic.folder_lock(tmp_path / "out", "export") as lock:
         assert f'"pid": {os.getpid()}' in lock.read_text()
+        assert lock == tmp_path / f".out{atomic.LOCK_SUFFIX}" and not (tmp_path / "out").exists()  # beside it
     assert not lock.exists()  # removed on release
 
 
@@ -110,7 +111,8 @@ def test_a_second_training_run_into_a_held_folder_stops_naming_the_first(tmp_pat
             train(TrainConfig(epochs=1, **{field: str(tmp_path / field)}))
     finally:
         _kill(holder)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [field]  # nothing written (the other folder untouched)
+    # Nothing written: neither folder made, only the killed holder's lock file left beside the held one.
+    assert [p.name for p in tmp_path.iterdir()] == [f".{field}{atomic.LOCK_SUFFIX}"]
 
 
 def test_a_training_run_holds_its_folders_only_while_it_runs(tmp_path):
