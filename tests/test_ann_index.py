@@ -131,6 +131,12 @@ def test_auto_is_exact_below_the_threshold_and_hnsw_above(monkeypatch, data):
     assert index.resolved_backend == "hnsw"
     found = index.search(queries, k=10).indices
     assert np.mean([len(set(a) & set(b)) for a, b in zip(found, _brute_force(queries, gallery, 10)[0])]) >= 9.0
+    monkeypatch.setattr(ann, "AUTO_IVF_PQ_ROWS", 2000)
+    assert Index(backend="auto").resolved_backend == "auto" and index.resolved_backend == "ivf_pq"
+
+
+def test_ivf_pq_default_subquantizers_divide_the_dimension():
+    assert [ann.default_m(d) for d in (128, 32, 100, 7, 1)] == [32, 8, 25, 1, 1]
 
 
 def test_format_1_files_still_load(tmp_path, data):
