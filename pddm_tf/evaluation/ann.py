@@ -165,10 +165,21 @@ def search(backend: str, options: Mapping[str, Any], structure: Any, embeddings:
 def refine(queries: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """The k candidates [n, c] (-1 = none) nearest to each query by exact squared distance, ascending
-    (ties to the lower row), with their distances; -1 / inf fill rows with fewer than k candidates."""
+    (ties to the lower row), with their distances; -1 / inf fill rows with fewer than k candidates.
+    Queries go `_REFINE_CHUNK` at a time: the gathered rows take 4 * chunk * c * d bytes, not n times that."""
+    parts = [_refine_chunk(queries[s:s + _REFINE_CHUNK], embeddings, candidates[s:s + _REFINE_CHUNK], k)
+             for s in range(0, len(queries), _REFINE_CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+_REFINE_CHUNK = 128  # queries per gather in `refine`: 128 x 80 candidates x 128 dims is 5 MB
+
+
+def _refine_chunk(queries: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
     valid = candidates >= 0
-    rows = embeddings[np.where(valid, candidates, 0)]  # [n, c, d]
-    distances = np.einsum("ncd,ncd->nc", rows - queries[:, None, :], rows - queries[:, None, :])
+    differences = embeddings[np.where(valid, candidates, 0)] - queries[:, None, :]  # [n, c, d]
+    distances = np.einsum("ncd,ncd->nc", differences, differences)
     distances = np.where(valid, np.maximum(distances, 0.0), np.inf).astype(np.float32)
     # Sort by (distance, row): lexsort's last key is the primary one.
     order = np.lexsort((np.where(valid, candidates, np.iinfo(np.int64).max), distances), axis=1)[:, :k]
