@@ -131,6 +131,12 @@ def test_auto_is_exact_below_the_threshold_and_hnsw_above(monkeypatch, data):
     assert index.resolved_backend == "hnsw"
     found = index.search(queries, k=10).indices
     assert np.mean([len(set(a) & set(b)) for a, b in zip(found, _brute_force(queries, gallery, 10)[0])]) >= 9.0
+    monkeypatch.setattr(ann, "AUTO_IVF_PQ_ROWS", 2000)
+    assert Index(backend="auto").resolved_backend == "auto" and index.resolved_backend == "ivf_pq"
+
+
+def test_ivf_pq_default_subquantizers_divide_the_dimension():
+    assert [ann.default_m(d) for d in (128, 32, 100, 7, 1)] == [32, 8, 25, 1, 1]
 
 
 def test_format_1_files_still_load(tmp_path, data):
@@ -161,3 +167,18 @@ def test_a_saved_structure_that_does_not_match_is_refused(tmp_path, data):
     np.savez(tmp_path / "c.npz", **{**arrays, "ann_structure": np.frombuffer(b"garbage!" * 8, np.uint8)})
     with pytest.raises(ValueError, match="the saved hnsw structure is corrupt"):
         Index.load(tmp_path / "c.npz")
+
+
+def test_refine_ranks_candidates_by_exact_distance_across_query_chunks():
+    rng = np.random.default_rng(4)
+    gallery, queries = rng.normal(size=(50, 6)).astype(np.float32), rng.normal(size=(300, 6)).astype(np.float32)
+    # More queries than one chunk; distinct rows per query, as faiss returns them, and -1 = no candidate.
+    candidates = np.stack([rng.permutation(50)[:12] for _ in range(300)])
+    candidates[rng.random(candidates.shape) < 0.2] = -1
+    indices, distances = ann.refine(queries, gallery, candidates, k=5)
+    for q in range(300):
+        valid = sorted(set(candidates[q][candidates[q] >= 0]))
+        d = ((gallery[valid].astype(np.float64) - queries[q]) ** 2).sum(1)
+        expected = [valid[i] for i in np.argsort(d, kind="stable")[:5]]
+        assert indices[q, :len(expected)].tolist() == expected
+        np.testing.assert_allclose(distances[q, :len(expected)], np.sort(d)[:5], rtol=1e-5)

@@ -13,7 +13,8 @@ never a wrong distance:
   bits (product quantisation, Jegou et al. 2011); a search scans the `nprobe` nearest cells. The
   codes give approximate distances, so the `refine` * k best candidates are re-ranked by their
   exact distance to the query, computed from the `Index`'s float embeddings (`refine` = 1: the
-  PQ ranking's top k, still with exact distances). `nlist` None: 2 * sqrt(rows), set when built.
+  PQ ranking's top k, still with exact distances). `nlist` None: 2 * sqrt(rows), set when built; `m`
+  None: the largest divisor of d up to d / 4 (32 codes of 4 dimensions for d = 128).
 
 Option names follow faiss (`M`, `efConstruction` -> `ef_construction`, ...). `check_options` refuses
 unknown names and values out of range with one line naming the option. The measured trade-offs are
@@ -31,12 +32,17 @@ import numpy as np
 #: Approximate backend -> its options and their defaults.
 ANN_BACKENDS: dict[str, dict[str, int | None]] = {
     "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 64},
-    "ivf_pq": {"nlist": None, "m": 16, "nbits": 8, "nprobe": 32, "refine": 8},
+    "ivf_pq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 16, "refine": 8},
 }
 #: `Index(backend="auto")` searches exactly below this many rows and with "hnsw" from it on (when faiss is
-#: installed): the size above which HNSW at its defaults kept recall@10 >= 0.95 and beat the exact search's
-#: queries/s by 10x or more in benchmarks/results/ann_search.md.
-AUTO_APPROXIMATE_ROWS = 200_000
+#: installed). benchmarks/results/ann_search.md: at 100,000 rows HNSW at its defaults kept recall@10 = 1.000 at
+#: 5x the exact search's queries/s (ef_search=32: 0.999 at 11x); on the 4,340-row Omniglot gallery faiss's exact
+#: flat index was faster than HNSW at recall 1.
+AUTO_APPROXIMATE_ROWS = 100_000
+#: ... and with "ivf_pq" from this many rows on: at 1M rows IVF-PQ at its defaults (m = 32, nprobe = 16,
+#: refine = 8) kept recall@10 = 0.990 at 17x the exact queries/s; HNSW's build at 1M did not finish in time
+#: on the benchmark machine, so it has no measured row there.
+AUTO_IVF_PQ_ROWS = 1_000_000
 # Each option's lowest value, and its highest where faiss has one (nbits: IndexIVFPQ's codes hold <= 16 bits).
 _BOUNDS: dict[str, tuple[int, int | None]] = {
     "M": (2, 512), "ef_construction": (1, None), "ef_search": (1, None),
@@ -89,7 +95,7 @@ def check_options(backend: str, options: Mapping[str, Any] | None) -> dict[str, 
 def check_dim(backend: str, options: Mapping[str, Any], dim: int) -> None:
     """Raises ValueError when the (checked) options cannot index `dim`-dimensional vectors (IVF-PQ's `m`
     subquantizers must split the dimension evenly)."""
-    if backend == "ivf_pq" and dim % int(options["m"]):
+    if backend == "ivf_pq" and options["m"] is not None and dim % int(options["m"]):
         raise ValueError(f"ivf_pq option m={options['m']} must divide the embedding dimension {dim}")
 
 
@@ -113,12 +119,17 @@ def build(backend: str, options: Mapping[str, Any], embeddings: np.ndarray) -> A
         raise ValueError(f"ivf_pq with nlist={nlist}, nbits={options['nbits']} needs at least {needed} rows to "
                          f"train, the index has {rows}: use an exact backend or smaller options")
     quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(options["m"]), int(options["nbits"]))
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(options["m"] or default_m(dim)), int(options["nbits"]))
     # k-means needs ~40 points per centroid (faiss warns below 39); more only costs training time.
     sample = np.random.default_rng(0).choice(rows, size=min(rows, 40 * needed), replace=False)
     index.train(np.ascontiguousarray(embeddings[np.sort(sample)]))
     index.add(np.ascontiguousarray(embeddings))
     return index  # faiss's Python wrapper keeps `quantizer` alive with it
+
+
+def default_m(dim: int) -> int:
+    """IVF-PQ's default number of subquantizers for d = `dim`: the largest divisor of d up to d / 4."""
+    return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
 
 
 def resolved_nlist(rows: int) -> int:
@@ -154,10 +165,21 @@ def search(backend: str, options: Mapping[str, Any], structure: Any, embeddings:
 def refine(queries: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """The k candidates [n, c] (-1 = none) nearest to each query by exact squared distance, ascending
-    (ties to the lower row), with their distances; -1 / inf fill rows with fewer than k candidates."""
+    (ties to the lower row), with their distances; -1 / inf fill rows with fewer than k candidates.
+    Queries go `_REFINE_CHUNK` at a time: the gathered rows take 4 * chunk * c * d bytes, not n times that."""
+    parts = [_refine_chunk(queries[s:s + _REFINE_CHUNK], embeddings, candidates[s:s + _REFINE_CHUNK], k)
+             for s in range(0, len(queries), _REFINE_CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+_REFINE_CHUNK = 128  # queries per gather in `refine`: 128 x 80 candidates x 128 dims is 5 MB
+
+
+def _refine_chunk(queries: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
     valid = candidates >= 0
-    rows = embeddings[np.where(valid, candidates, 0)]  # [n, c, d]
-    distances = np.einsum("ncd,ncd->nc", rows - queries[:, None, :], rows - queries[:, None, :])
+    differences = embeddings[np.where(valid, candidates, 0)] - queries[:, None, :]  # [n, c, d]
+    distances = np.einsum("ncd,ncd->nc", differences, differences)
     distances = np.where(valid, np.maximum(distances, 0.0), np.inf).astype(np.float32)
     # Sort by (distance, row): lexsort's last key is the primary one.
     order = np.lexsort((np.where(valid, candidates, np.iinfo(np.int64).max), distances), axis=1)[:, :k]

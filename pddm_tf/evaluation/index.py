@@ -5,9 +5,9 @@ squared Euclidean distance, chunked, with numpy's BLAS matmul ("numpy", the defa
 ("tf", `pddm_tf.evaluation.exact_top_k`, the kernel the SavedModel's `search` signature uses), or
 faiss's `IndexFlatL2` ("faiss", optional, `pip install faiss-cpu`); ties go to the lower (earlier
 added) row. Approximate backends ("hnsw", "ivf_pq", `pddm_tf.evaluation.ann`, faiss) trade recall
-for speed on large indexes; "auto" searches exactly below `ann.AUTO_APPROXIMATE_ROWS` rows and with
-HNSW from there on (benchmarks/results/ann_search.md). `EmbeddingModel.index` / `EmbeddingModel.lookup`
-wrap it in the style of TF Similarity.
+for speed on large indexes; "auto" searches exactly below `ann.AUTO_APPROXIMATE_ROWS` rows, with HNSW
+from there on and with IVF-PQ from `ann.AUTO_IVF_PQ_ROWS` (benchmarks/results/ann_search.md).
+`EmbeddingModel.index` / `EmbeddingModel.lookup` wrap it in the style of TF Similarity.
 
 File format (`save`/`load`): a `.npz` without pickle holding `embeddings` [g, d] float32, `labels` [g]
 (optional), `backend`, and from format 2 on `format_version`, `backend_options` (JSON) and the
@@ -82,7 +82,7 @@ class Index:
       backend: exact: "numpy" (default), "tf", "faiss" (see `pddm_tf.evaluation.nearest_neighbors`);
         approximate: "hnsw", "ivf_pq" (see `pddm_tf.evaluation.ann`, faiss needed); or "auto":
         exact below `ann.AUTO_APPROXIMATE_ROWS` rows (faiss's flat index when installed), "hnsw" from
-        there on (exact whatever the size without faiss).
+        there on, "ivf_pq" from `ann.AUTO_IVF_PQ_ROWS` (exact whatever the size without faiss).
       chunk_size: queries per distance block (exact backends).
       gallery_chunk_size: index rows per distance block ("numpy", "tf"); None: the backend's default.
       backend_options: the approximate backend's options (`ann.ANN_BACKENDS` lists them and their
@@ -156,7 +156,7 @@ class Index:
         if self.backend != "auto":
             return self.backend
         if self._size >= ann.AUTO_APPROXIMATE_ROWS and search._import_faiss(required=False) is not None:
-            return "hnsw"
+            return "ivf_pq" if self._size >= ann.AUTO_IVF_PQ_ROWS else "hnsw"
         return "auto"  # nearest_neighbors' exact "auto": faiss's flat index when installed, else numpy
 
     def add(self, embeddings: ArrayLike, labels: ArrayLike | None = None) -> None:
