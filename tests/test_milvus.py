@@ -19,7 +19,7 @@ pytest.importorskip("milvus_lite")
 
 import pddm_tf  # noqa: E402
 from pddm_tf import data  # noqa: E402
-from pddm_tf.cli.gallery_commands import recall_at_k  # noqa: E402
+from pddm_tf.cli.commands._gallery import recall_at_k  # noqa: E402
 from pddm_tf.evaluation.index import Index  # noqa: E402
 from pddm_tf.export import export_saved_model  # noqa: E402
 from pddm_tf.vectordb.images import ExportedEmbedder, list_images  # noqa: E402
