@@ -88,9 +88,9 @@ def test_replacing_directory_is_all_or_nothing(tmp_path):
 
 
 def test_cli_json_file_is_0644_under_umask_022(tmp_path, umask_022):
-    from pddm_tf.cli import main as cli
+    from pddm_tf.training import run  # what `pddm-tf train` / `evaluate --json` write the metrics with
 
-    cli._write_json(str(tmp_path / "metrics.json"), {"recall@1": 0.25})
+    run.report({"recall@1": 0.25}, "held-out", str(tmp_path / "metrics.json"))
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"recall@1": 0.25}
     assert _mode(tmp_path / "metrics.json") == 0o644
     assert os.listdir(tmp_path) == ["metrics.json"]

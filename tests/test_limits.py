@@ -15,10 +15,10 @@ import tensorflow as tf
 from PIL import Image
 
 from pddm_tf import ContrastiveLoss, MetricLossModel, data, small_convnet
-from pddm_tf.cli.validation import BOUNDS
 from pddm_tf.data import image_header
-from pddm_tf.evaluation import nearest_neighbors
+from pddm_tf.evaluation import _index_file, nearest_neighbors
 from pddm_tf.layers import EmbeddingHead, SlicedEmbeddingHead
+from pddm_tf.training.config import FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -256,5 +256,17 @@ def test_readme_limits_state_the_bounds_of_the_code():
     assert f"{image_header._GIF_MAX_STEPS:,} blocks or runs" in limits
     assert f"up to {image_header._GIF_RUN:,} sub-blocks" in limits
     assert f"| Segments walked to find a JPEG's frame header | {image_header._JPEG_MAX_STEPS:,} |" in limits
-    assert f"`--batch_per_class` >= {BOUNDS['batch_per_class'].low:g}" in limits
+    bound = {flag: FLAGS[flag][2].bound for flag in FLAGS}
+    assert f"`--batch_per_class` >= {bound['batch_per_class'].low:g}" in limits
+    assert "pddm_tf.cli.validation.BOUNDS" not in readme
+    for flag in ("image_size", "embedding_dim", "backbone_width", "batch_classes", "batch_per_class", "eval_batch_size",
+                 "xbm"):
+        assert f"`--{flag}`" in limits and f"<= {int(bound[flag].high):,}" in limits, flag
+    assert bound["max_image_pixels"].high == 2**28 and f"<= 2^28 ({2**28:,})" in limits
+    assert f"`--image_size` <= {int(bound['image_size'].high):,}" in limits
+    assert f"`--embedding_dim` <= {int(bound['embedding_dim'].high):,}" in limits
+    assert f"`--xbm` <= {int(bound['xbm'].high):,}" in limits
+    assert _index_file.MAX_INDEX_BYTES == 8 << 30 and "at most 8 GiB in all" in limits
+    assert f"at most {_index_file.MAX_INFLATION} times the file's size" in limits
+    assert "<!--" not in limits
     assert "| PNG, JPEG, GIF, BMP" in limits and set(image_header.FORMAT_SIGNATURES) == {"PNG", "JPEG", "GIF", "BMP"}
