@@ -5,7 +5,7 @@
   images.py  `list_images` of a folder and `ExportedEmbedder`, which embeds them with an exported SavedModel
              (imports TensorFlow).
 
-`pddm-tf index` / `pddm-tf search` (pddm_tf/cli/gallery_commands.py) are built on them. pymilvus is imported
+`pddm-tf index` / `pddm-tf search` (pddm_tf/cli/commands/index.py, search.py) are built on them. pymilvus is imported
 only when a `MilvusGallery` is made.
 """
 
