@@ -14,6 +14,8 @@ import tensorflow as tf
 from pddm_tf import backbones, data, losses, methods
 from pddm_tf.export import load_keras_model
 from pddm_tf.models import MetricLossModel
+from pddm_tf.options import ConfigError
+from pddm_tf.training import TrainConfig
 
 D, MEMORY = 4, 10
 
@@ -174,3 +176,9 @@ def test_the_cli_trains_a_pair_loss_with_a_memory(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", *small, "--method=npair", "--xbm=64"],
                              capture_output=True, text=True, env=env, timeout=600)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--xbm=64" in refused.stderr
+
+
+def test_a_memory_smaller_than_a_batch_is_refused_before_any_work():
+    TrainConfig.from_flags(method="circle", xbm=64, batch_classes=16, batch_per_class=4).check()  # exactly a batch
+    with pytest.raises(ConfigError, match=r"--xbm=63 is smaller than a batch \(16 x 4 = 64 images\)"):
+        TrainConfig.from_flags(method="circle", xbm=63, batch_classes=16, batch_per_class=4).check()

@@ -43,6 +43,14 @@ def loss_model(backbone: Any, embedding_dim: int, loss: Any, settings: Mapping[s
 XBM_FLAGS: dict[str, Any] = {"xbm": 0}
 
 
+def check_xbm(values: Mapping[str, Any]) -> None:
+    """A cross-batch memory holds at least one global batch (P x K images), or it could not take the batch."""
+    batch = values["batch_classes"] * values["batch_per_class"]
+    if values.get("xbm") and values["xbm"] < batch:
+        raise ConfigError(f"--xbm={values['xbm']} is smaller than a batch ({values['batch_classes']} x "
+                          f"{values['batch_per_class']} = {batch} images): the memory must hold at least one batch")
+
+
 def pair_loss_model(backbone: Any, embedding_dim: int, loss: Any, settings: Mapping[str, Any]) -> Any:
     """`loss_model` of a pair loss, wrapped in a `CrossBatchMemory` of `settings["xbm"]` rows when it is > 0."""
     if settings["xbm"]:
@@ -87,6 +95,6 @@ def check_divide_and_conquer(values: Mapping[str, Any]) -> None:
                           "optimisers); use --ema_momentum=0")
 
 
-__all__ = ["Bound", "DC_FLAGS", "DISTANCE", "HDML_FLAGS", "MINER", "PDDM_FLAGS", "XBM_FLAGS",
+__all__ = ["Bound", "DC_FLAGS", "DISTANCE", "HDML_FLAGS", "MINER", "PDDM_FLAGS", "XBM_FLAGS", "check_xbm",
            "check_divide_and_conquer", "double_header_loss", "hdml_model", "loss_model", "options_of",
            "pair_loss_model", "pddm_model"]

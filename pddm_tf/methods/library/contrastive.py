@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pddm_tf
-from pddm_tf.methods.library._shared import DISTANCE, MINER, XBM_FLAGS, options_of, pair_loss_model
+from pddm_tf.methods.library._shared import DISTANCE, MINER, XBM_FLAGS, check_xbm, options_of, pair_loss_model
 from pddm_tf.methods.spec import MethodSpec, register_method
 from pddm_tf.options import Bound, ConfigError, Setting
 
@@ -24,6 +24,7 @@ def build(backbone: Any, embedding_dim: int, settings: Mapping[str, Any]) -> Any
 
 
 def check(values: Mapping[str, Any]) -> None:
+    check_xbm(values)
     options = {name: spec.default for name, spec in OPTIONS.items()} | dict(values.get("loss_options") or {})
     if options["pos_margin"] >= options["neg_margin"]:
         raise ConfigError(f"--loss_options: contrastive needs pos_margin < neg_margin, got {options['pos_margin']} "

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pddm_tf
-from pddm_tf.methods.library._shared import MINER, XBM_FLAGS, options_of, pair_loss_model
+from pddm_tf.methods.library._shared import MINER, XBM_FLAGS, check_xbm, options_of, pair_loss_model
 from pddm_tf.methods.spec import MethodSpec, register_method
 from pddm_tf.options import Bound, Setting
 
@@ -30,4 +30,5 @@ SPEC = register_method(MethodSpec(
     build=build,
     options=OPTIONS,
     flags=XBM_FLAGS,
+    check=check_xbm,
 ))
