@@ -403,6 +403,40 @@ def test_a_failed_or_interrupted_export_is_redone_without_training(tmp_path, run
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["1"]
 
 
+def test_a_diverged_run_and_a_tensorflow_error_are_one_line(tmp_path, run_cli, monkeypatch):
+    """issue 34 item 8: a loss that is not finite stops the run at the end of the epoch, naming the epoch
+    and its steps, before that epoch is backed up; a TensorFlow error while exporting (a full disk) is one
+    line saying where the trained model is kept."""
+    from pddm_tf import MetricLossModel, TripletLoss
+    from pddm_tf.methods.spec import MethodSpec, register_method
+
+    def build(backbone, embedding_dim, settings):
+        loss = TripletLoss(margin=0.2, miner="batch_hard")
+        loss.margin = math.inf  # every triplet term max(0, d_ap - d_an + inf) is inf
+        return MetricLossModel(backbone, loss, embedding_dim=embedding_dim)
+
+    monkeypatch.setattr(METHOD_SPECS, "_entries", dict(METHOD_SPECS._entries))  # the table is restored after
+    register_method(MethodSpec(name="test_diverging", summary="", build=build))
+    dataset = _folder_dataset(tmp_path / "data")
+    backup = tmp_path / "backup"
+    code, out, err = run_cli("train", dataset, *TINY, "--method=test_diverging", "--epochs=2",
+                             "--steps_per_epoch=3", f"--backup_dir={backup}")
+    assert code == 1 and err.splitlines() == [
+        "pddm-tf: error: training diverged: the loss is not finite in epoch 1 (steps 1-3); lower --learning_rate; "
+        "no good state was backed up (it diverged in the first epoch)"], err
+    assert backup_status(backup) is None  # the diverged epoch was not saved
+
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(export, "export_saved_model", full_disk)
+    code, out, err = run_cli("train", dataset, *TINY, "--epochs=1", "--steps_per_epoch=2", f"--backup_dir={backup}",
+                             f"--export_dir={tmp_path / 'export'}")
+    assert code == 1 and err.splitlines() == [
+        f"pddm-tf: error: ResourceExhaustedError: No space left on device; the trained model is kept in {backup}: "
+        "run the same command again to write the outputs without training"], err
+
+
 # --------------------------------------------------------------------------- Ctrl-C and resuming
 
 

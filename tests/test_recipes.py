@@ -7,8 +7,10 @@ import test_tfds_loaders
 from absl import flags
 
 from pddm_tf.backbones import BACKBONES
-from pddm_tf.cli import main as cli
+from pddm_tf.cli import settings
+from pddm_tf.cli.commands import train as train_command
 from pddm_tf.methods import METHODS, recipes
+from pddm_tf.training import run as training_run
 
 FLAGS = flags.FLAGS
 
@@ -46,7 +48,7 @@ metadata_dir = test_tfds_loaders.metadata_dir
 def _parse(*args):
     FLAGS.unparse_flags()
     FLAGS(["pddm-tf", "train", *args])
-    cli._apply_recipe()
+    settings.apply_recipe()
 
 
 def test_every_recipe_names_known_settings():
@@ -69,7 +71,7 @@ def _parse_recipe(name, data_dir, cache_dir):
     overridden = {arg[2:].split("=")[0] for arg in fast}
     for key, value in recipe.flags.items():
         if key not in overridden:
-            assert FLAGS[key].value == value, key
+            assert FLAGS[key].value == (list(value) if isinstance(value, tuple) else value), key
     assert FLAGS.epochs == 1 and FLAGS.backbone == "small_convnet"  # the command line wins
 
 
@@ -89,7 +91,7 @@ def test_omniglot_recipe_takes_a_folder_dataset_from_the_command_line(tmp_path):
 def test_recipe_parses_and_loads_its_dataset_from_mock_data(name, mock_tfds, tmp_path):
     _parse_recipe(name, mock_tfds, tmp_path / "files")
     try:
-        split, channels = cli._load_split()
+        split, channels = training_run.load_split(settings.train_config())
     finally:
         FLAGS.unparse_flags()
     dataset = recipes.get_recipe(name).flags["dataset"]
@@ -107,7 +109,7 @@ def test_recipe_parses_and_loads_its_dataset_from_mock_data(name, mock_tfds, tmp
 def test_recipe_trains_one_step_on_mock_data(name, mock_tfds, tmp_path):
     _parse_recipe(name, mock_tfds, tmp_path / "files")
     try:
-        metrics = cli.train()
+        metrics = train_command.run()
     finally:
         FLAGS.unparse_flags()
     assert 0.0 <= metrics["recall@1"] <= 1.0 and np.isfinite(metrics["map@r"])

@@ -82,6 +82,14 @@ def _interrupted_message(command: str) -> str:
             f"(backed up in {path})")
 
 
+def build_model(channels: int, num_classes: int, total_steps: int | None = None):
+    """The compiled model `pddm-tf train` trains, from the flags (`pddm_tf.training.build_model`)."""
+    # The CLI edge's deliberate lazy TensorFlow import: `pddm-tf --help` must not pay for it.
+    from pddm_tf.training import run as training_run
+
+    return training_run.build_model(settings.train_config(), channels, num_classes, total_steps)
+
+
 def _select_cpu_kernels() -> None:
     """Sets TF_ENABLE_ONEDNN_OPTS from --onednn, which only matters before TensorFlow is imported (a
     process that imported it already, e.g. a test calling `main`, keeps its kernels and environment)."""
@@ -117,11 +125,18 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt:
         print(f"pddm-tf: {_interrupted_message(name or '')}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (ValueError, OSError) as error:
-        # Bad data or arguments: a one-line message is more useful than a traceback.
+    except Exception as error:
+        # Bad data or arguments, a full disk, a TensorFlow error (e.g. ResourceExhaustedError while writing):
+        # one line, as a user reads it; --verbose adds the traceback. Anything else is a bug: its traceback.
+        tensorflow_error = type(error).__module__.startswith("tensorflow")
+        if not isinstance(error, (ValueError, OSError)) and not tensorflow_error:
+            raise
         if FLAGS.verbose:
             traceback.print_exc()
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        text = str(getattr(error, "message", "") or error)
+        message = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        if tensorflow_error:
+            message = f"{type(error).__name__}: {message}"
         kept = _backup_message(trained_only=True) if name == "train" else None
         if kept is not None:
             message += (f"; the trained model is kept in {kept[0]}: run the same command again to write the "
@@ -129,12 +144,21 @@ def main(argv: list[str]) -> None:
         sys.exit(f"pddm-tf: error: {message}")
 
 
+def _usage() -> str:
+    """This module's docstring with one line per registered subcommand (a new command file adds its own)."""
+    head, _, rest = __doc__.partition("\n\n")
+    _, _, tail = rest.partition("\n\n")
+    lines = [f"  pddm-tf {name} [flags]".ljust(29) + command.summary for name, command in COMMANDS.items()]
+    lines.append("  pddm-tf --help_methods".ljust(29) + "every training method, with its flags and --loss_options")
+    return f"{head}\n\n" + "\n".join(lines) + f"\n\n{tail}"
+
+
 def run() -> None:
     """Console-script entry point."""
     # absl's --help prints the __main__ module's docstring and the key flags of sys.argv[0]. The
     # console script's __main__ is a generated wrapper without either, so `pddm-tf --help` would
     # list no flag at all: lend it this module's.
-    sys.modules["__main__"].__doc__ = __doc__
+    sys.modules["__main__"].__doc__ = _usage()
     for module in (settings.__name__, *(m for m in sys.modules if m.startswith("pddm_tf.cli.commands."))):
         for flag in FLAGS.get_key_flags_for_module(module):
             FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -219,9 +219,12 @@ def _groups_of(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _nested_spelling(flat: Mapping[str, Any]) -> str:
-    parts = [f"{FLAGS[flag][0]}={GROUPS[FLAGS[flag][0]].__name__}({FLAGS[flag][1]}=...)" for flag in flat
-             if flag in FLAGS]
-    return ", ".join(dict.fromkeys(parts))
+    """`group=GroupConfig(field=..., ...)` for the flat names, one group each."""
+    fields: dict[str, list[str]] = {}
+    for flag in flat:
+        if flag in FLAGS:
+            fields.setdefault(FLAGS[flag][0], []).append(f"{FLAGS[flag][1]}=...")
+    return ", ".join(f"{group}={GROUPS[group].__name__}({', '.join(names)})" for group, names in fields.items())
 
 
 @dataclasses.dataclass(frozen=True, init=False)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import keras
+import numpy as np
 
 from pddm_tf import atomic, backbone, data, evaluation, export
 from pddm_tf.backbones import BACKBONES
@@ -122,6 +123,34 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
                                            round(o.warmup_fraction * total_steps), o.ema_momentum),
                   jit_compile=True if o.jit_compile else "auto")
     return model
+
+
+class TrainingDivergedError(ValueError):
+    """The training loss became NaN or infinite: the message says in which epoch and steps, and where the last
+    good state is kept."""
+
+
+class DivergenceCheck(keras.callbacks.Callback):
+    """Stops training at the end of the first epoch whose mean loss is not finite, before the backup of that
+    epoch is written (place it before `BackupAndRestore`), so the backup keeps the last good epoch.
+
+    Read from the epoch's logs, so no extra host sync per step: the steps are named as a range.
+    """
+
+    def __init__(self, steps_per_epoch: int, backup_path: str | None) -> None:
+        super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.backup_path = backup_path
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None or np.isfinite(np.mean(keras.ops.convert_to_numpy(loss))):
+            return
+        first, last = epoch * self.steps_per_epoch + 1, (epoch + 1) * self.steps_per_epoch
+        kept = (f"; the last good state (after epoch {epoch}) is kept in {self.backup_path}" if self.backup_path
+                and epoch > 0 else "; no good state was backed up (it diverged in the first epoch)")
+        raise TrainingDivergedError(f"training diverged: the loss is not finite in epoch {epoch + 1} (steps {first}-"
+                                    f"{last}); lower --learning_rate{kept}")
 
 
 class MethodBuildError(ValueError):
@@ -242,6 +271,7 @@ def _fit(config: TrainConfig) -> Trained:
         callbacks.append(LearningCheck(strict=r.strict))
         if backup_path:
             backup = callbacks[0]
+        callbacks.insert(0, DivergenceCheck(steps_per_epoch, backup_path))  # before the backup of a bad epoch
         trained = backup.restore_completed(model) if backup is not None else None
         if trained is not None:
             say(f"training had completed ({trained} epochs, backed up in {backup_path}): no training step, "

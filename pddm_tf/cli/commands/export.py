@@ -78,5 +78,5 @@ def run() -> dict[str, float]:
     return {}
 
 
-COMMAND = register_command(Command(name="export", summary="a .keras model (train --save_model) -> the next TF "
-                                   "Serving version, with an optional `search` gallery", run=run, check=check))
+COMMAND = register_command(Command(name="export", summary="a .keras model -> the next TF Serving version (+ search)",
+                                   run=run, check=check))
