@@ -12,8 +12,7 @@ _BEING_SPLIT = {"models/hdml.py": "split by the helper who owns models/ (HDMLMod
 #: Optional dependencies: imported where used, so that the package works without them.
 _OPTIONAL = ("faiss", "matplotlib", "sklearn", "scipy", "threadpoolctl", "pymilvus", "milvus_lite", "torch")
 #: Function-local imports of other helpers' modules, not yet given a reason or moved (listed, not hidden).
-_OTHERS = {"export/saved_model.py", "models/base.py", "models/clustering.py", "evaluation/visualize.py",
-           "evaluation/search.py"}
+_OTHERS: set[str] = set()
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -228,7 +228,7 @@ def exact_top_k(queries: tf.Tensor, gallery: tf.Tensor, k: int, gallery_sq_norms
 def _import_faiss(required: bool):
     """The faiss module, or None when it is not installed and not `required`."""
     try:
-        import faiss
+        import faiss  # optional dependency (pddm-tf[faiss]): the exact numpy/TF kernels work without it
     except ImportError as error:
         if required:
             raise ImportError(

@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pddm_tf import data
+from pddm_tf.evaluation.retrieval import distribution_overlap, recall_at_k
+from pddm_tf.evaluation.search import nearest_neighbors
+
 #: Frame colours (RGB in [0, 1]) of `retrieval_grid`.
 HIT_COLOR = (0.0, 0.75, 0.0)
 MISS_COLOR = (0.9, 0.0, 0.0)
@@ -32,7 +36,7 @@ _BACKGROUND = 1.0  # white
 def _matplotlib_figure(**kwargs: Any):
     """A new `matplotlib.figure.Figure` (no pyplot), or a clear error when matplotlib is missing."""
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional dependency (pddm-tf[plots])
     except ImportError as error:
         raise ImportError('pddm_tf.evaluation.visualize needs matplotlib: pip install matplotlib (or "pddm-tf[plots]")'
                           ) from error
@@ -50,7 +54,6 @@ def retrieval_examples(embeddings: ArrayLike, labels: ArrayLike, num_queries: in
     row can have a hit. Returns (queries [q] int, neighbours [q, k] int, hits [q, k] bool) with
     q = min(num_queries, eligible items) and hits[i, j] = labels[neighbours[i, j]] == labels[queries[i]].
     """
-    from pddm_tf.evaluation import nearest_neighbors
 
     embeddings = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels)
@@ -196,7 +199,6 @@ def plot_distance_histogram(embeddings: ArrayLike, labels: ArrayLike, max_pairs:
                             bins: int = 60):
     """Histograms (densities) of positive- and negative-pair squared distances, their overlap
     coefficient (`evaluation.distribution_overlap`; 0 = separated) in the title."""
-    from pddm_tf.evaluation import distribution_overlap
 
     positive, negative = pair_distances(embeddings, labels, max_pairs, seed)
     if not len(positive) or not len(negative):
@@ -220,8 +222,9 @@ _TSNE_THREADED_FROM = 1000
 def embedding_map(embeddings: ArrayLike, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """2-D t-SNE (scikit-learn, PCA initialisation) of embeddings [n, d]: [n, 2]; perplexity is capped
     below n / 3 so that small sets work."""
+    # scikit-learn (and its threadpoolctl) take seconds to import: only a t-SNE map pays for them.
     from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(embeddings, np.float32)
     if len(x) < 4:
@@ -248,7 +251,7 @@ def plot_embedding_map(embeddings: ArrayLike, labels: ArrayLike, max_points: int
     classes, class_ids = np.unique(labels, return_inverse=True)
     figure = _matplotlib_figure(figsize=(6, 5.4), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    import matplotlib
+    import matplotlib  # optional dependency (pddm-tf[plots]), present once _matplotlib_figure returned
 
     colors = matplotlib.colormaps["tab20"](class_ids % 20)
     axes.scatter(points[:, 0], points[:, 1], c=colors, s=10, linewidths=0)
@@ -265,7 +268,6 @@ def plot_embedding_map(embeddings: ArrayLike, labels: ArrayLike, max_points: int
 
 def plot_recall_curve(embeddings: ArrayLike, labels: ArrayLike, max_k: int = 32):
     """Recall@K for K = 1 .. max_k (`evaluation.recall_at_k`), log-scaled K axis."""
-    from pddm_tf.evaluation import recall_at_k
 
     max_k = min(max_k, len(np.asarray(labels)) - 1)
     ks = list(range(1, max_k + 1))
@@ -331,8 +333,6 @@ def load_file_images(files: Any, image_size: int, channels: int,
     as the evaluation pipeline does (`evaluation_dataset`)."""
 
     def load(rows: np.ndarray) -> np.ndarray:
-        from pddm_tf import data
-
         rows = np.asarray(rows)
         subset = data.ImageFiles(files.paths[rows], files.labels[rows], files.class_names, files.rotations[rows])
         batches = data.evaluation_dataset(subset, image_size, channels, batch_size=max(len(rows), 1),

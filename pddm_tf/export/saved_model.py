@@ -45,6 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import pddm_tf
 from pddm_tf import atomic, evaluation
 from pddm_tf.data import decode_images, image_header
 from pddm_tf.export import _requests
@@ -94,8 +95,6 @@ def load_keras_model(path: str | os.PathLike) -> EmbeddingModel:
       ValueError: the file is not a readable `.keras` archive, or holds a model that is not a pddm_tf
         embedding model.
     """
-    import pddm_tf
-
     pddm_tf._import_all()  # registers the library's layers and models for deserialisation
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such path: {os.fspath(path)}")

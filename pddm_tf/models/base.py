@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from pddm_tf import _compat
+from pddm_tf.evaluation.callbacks import embed_dataset
 from pddm_tf.evaluation.index import Index, Lookup, lookups
 from pddm_tf.evaluation.search import lookup_queries
 from pddm_tf.layers import EmbeddingHead
@@ -163,8 +164,6 @@ class EmbeddingModel(_compat.SymbolicBuildHooks, keras.Model):
           The index (created on the first call, exact TF search).
         """
         if isinstance(x, tf.data.Dataset):
-            from pddm_tf.evaluation import embed_dataset
-
             embeddings, dataset_labels = embed_dataset(self, x)
             y = dataset_labels if y is None else y
         else:

@@ -85,6 +85,7 @@ def kmeans_clusters(features: np.ndarray, num_clusters: int, seed: int = 0) -> n
     Returns the cluster ids [N] int32 in 0..K-1. Rows are normalised first (zero-safe), as the
     authors cluster unit-length features.
     """
+    # scikit-learn takes seconds to import: only a Divide-and-Conquer run that clusters pays for it.
     from sklearn.cluster import KMeans
 
     features = np.asarray(features, np.float64)
@@ -110,6 +111,7 @@ def match_clusters(new_ids: np.ndarray, old_ids: np.ndarray, num_clusters: int) 
     one-to-one renaming a -> b of maximum total overlap, so learner k keeps training on (mostly)
     the same images after a re-clustering. Returns the renamed ids [N]; `DROPPED` stays.
     """
+    # SciPy is imported only when a Divide-and-Conquer run re-clusters.
     from scipy.optimize import linear_sum_assignment
 
     new_ids, old_ids = np.asarray(new_ids), np.asarray(old_ids)
