@@ -236,3 +236,18 @@ def test_hdml_npair_trains_on_unnormalised_embeddings_by_default():
     del config["normalize_embeddings"], config["npair_reg"]
     old = HDMLModel.from_config(config)
     assert old.normalize_embeddings is True and old.npair_reg == 0.0
+
+
+def test_weight_decay_mode_reaches_the_optimizer_from_the_config_and_is_checked():
+    from pddm_tf.cli import validation
+    from pddm_tf.training import TrainConfig
+    from pddm_tf.training.optimizers import AdamL2
+    from pddm_tf.training.run import build_model as build_training_model
+
+    with pytest.raises(validation.FlagError, match="weight_decay_mode"):
+        TrainConfig(weight_decay_mode="coupled").check()
+    config = TrainConfig(weight_decay_mode="l2", weight_decay=1e-3, image_size=16, backbone_width=4,
+                         method="triplet_batchhard")
+    config.check()
+    model = build_training_model(config, 1, 10, 100)
+    assert isinstance(model.optimizer, AdamL2) and model.optimizer.l2 == 1e-3
