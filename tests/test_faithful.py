@@ -236,3 +236,42 @@ def test_hdml_npair_trains_on_unnormalised_embeddings_by_default():
     del config["normalize_embeddings"], config["npair_reg"]
     old = HDMLModel.from_config(config)
     assert old.normalize_embeddings is True and old.npair_reg == 0.0
+
+
+def test_weight_decay_mode_reaches_the_optimizer_from_the_config_and_is_checked():
+    from pddm_tf.cli import validation
+    from pddm_tf.training import TrainConfig
+    from pddm_tf.training.optimizers import AdamL2
+    from pddm_tf.training.run import build_model as build_training_model
+
+    with pytest.raises(validation.FlagError, match="weight_decay_mode"):
+        TrainConfig(weight_decay_mode="coupled").check()
+    config = TrainConfig(weight_decay_mode="l2", weight_decay=1e-3, image_size=16, backbone_width=4,
+                         method="triplet_batchhard")
+    config.check()
+    model = build_training_model(config, 1, 10, 100)
+    assert isinstance(model.optimizer, AdamL2) and model.optimizer.l2 == 1e-3
+
+
+def test_coupled_l2_under_a_mirrored_strategy_matches_the_closed_form(two_replicas):
+    """Each replica applies the same all-reduced update: with zero data gradient SGD + L2 still gives
+    w_t = w_0 (1 - lr lambda)^t on the kernel, and leaves the bias."""
+    from pddm_tf.training.optimizers import SGDL2
+
+    lr, lam, steps = 0.1, 0.2, 5
+    with two_replicas.scope():
+        layer = _dense(3)
+        optimizer = SGDL2(lr, l2=lam)
+    w0, b0 = layer.kernel.numpy().astype(np.float64), layer.bias.numpy()
+
+    @tf.function
+    def step():
+        def replica_step():
+            grads = [tf.zeros_like(v) for v in layer.trainable_variables]
+            optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+        two_replicas.run(replica_step)
+
+    for _ in range(steps):
+        step()
+    np.testing.assert_allclose(layer.kernel.numpy(), w0 * (1 - lr * lam) ** steps, rtol=1e-5)
+    np.testing.assert_array_equal(layer.bias.numpy(), b0)

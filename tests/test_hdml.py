@@ -364,7 +364,9 @@ def test_mirrored_two_replicas_equal_one_device(base, two_replicas):
     for name in single_logs:
         np.testing.assert_allclose(mirrored_logs[name], single_logs[name], rtol=1e-4, err_msg=name)
     for a, b in zip(single.weights, mirrored.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5, err_msg=a.path)
+        # atol 1e-4: after two SGD steps (lr up to 0.1) the summation order of the replicas' gradients
+        # moves single elements by a few 1e-5 (seen: the triplet generator's J_soft, one mean over 3t rows).
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
     assert [int(o.iterations.numpy()) for o in (mirrored.optimizer, mirrored.generator_optimizer)] == [2, 2]
     untrained = _model(base)  # the comparison above must be between moved weights
     for group in ("metric", "generator", "classifier"):

@@ -112,10 +112,11 @@ _DC_CHOICES = ("K (4 for CUB and Cars, 8 for SOP), Adam 1e-5, 120 epochs of whic
 # The loss is multi-similarity: at these settings and 1,500 steps it was 2.1 points above PDDM quadruplets
 # on folds 0 and 3 of the few-shot protocol (and 2.0 above the prototypical network), and at 3,000 steps 1.7 and
 # 2.0 points above PDDM quadruplets on the same folds; PDDM stays one flag away (--method=pddm_quadruplet,
-# whose default raw inputs are its better input reading here: BENCHMARKS.md section 2).
+# with raw inputs, its better input reading here: BENCHMARKS.md section 2). No weight decay: the decoupled
+# 1e-4 it had multiplies a weight by 0.9997 over 3,000 steps at lr 2e-3 (a no-op; issue 31).
 _OMNIGLOT = {"dataset": "omniglot", "method": "multi_similarity", "backbone": "small_convnet", "image_size": 28,
              "backbone_width": 64, "embedding_dim": 64, "batch_classes": 32, "batch_per_class": 4,
-             "learning_rate": 2e-3, "lr_schedule": "cosine", "warmup_fraction": 0.02, "weight_decay": 1e-4,
+             "learning_rate": 2e-3, "lr_schedule": "cosine", "warmup_fraction": 0.02, "weight_decay": 0.0,
              "rotations": True, "affine": True, "epochs": 15, "steps_per_epoch": 200, "channels": 1}
 
 RECIPES: dict[str, Recipe] = {
