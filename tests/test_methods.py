@@ -80,8 +80,8 @@ def test_loss_options_reach_every_baseline_loss_and_are_strict():
         got = build_model(name, _net(), 8, loss_options=changed).embedding_loss.get_config()
         for key, value in changed.items():
             assert got[key] == pytest.approx(value), (name, key)
-    with pytest.raises(ValueError,
-                       match=r"TripletLoss takes no loss option 'margn'; its options are 'distance', 'margin'$"):
+    with pytest.raises(ValueError, match=r"TripletLoss takes no loss option 'margn'; "
+                                         r"its options are 'distance', 'margin', 'reducer'$"):
         build_model("triplet_batchhard", _net(), 8, loss_options={"margn": 0.3})
     # A value of the wrong JSON type is refused by name, not passed on to fail inside the loss.
     with pytest.raises(ValueError, match=r"TripletLoss's option margin takes a value of type float, got 'big'"):
