@@ -23,6 +23,7 @@ see one replica's terms, as the loss does).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 import tensorflow as tf
@@ -157,7 +158,7 @@ class ThresholdReducer(Reducer):
 
     def __init__(self, low: float | None = None, high: float | None = None) -> None:
         for label, bound in (("low", low), ("high", high)):
-            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
                                       or not math.isfinite(bound)):
                 raise ValueError(f"ThresholdReducer: {label} must be a finite number or None, got {bound!r}")
         if low is not None and high is not None and not low < high:

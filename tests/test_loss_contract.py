@@ -247,6 +247,12 @@ def test_nan_or_inf_hyperparameters_are_refused_naming_the_argument(cls, bad):
             cls(**{name: bad})
 
 
+def test_numpy_float_hyperparameters_are_accepted():
+    assert TripletLoss(margin=np.float32(0.25)).margin == 0.25
+    with pytest.raises(ValueError, match="TripletLoss: margin must be a finite number, got '0.2'"):
+        TripletLoss(margin="0.2")
+
+
 def test_non_integer_labels_are_refused_and_integral_float_labels_accepted():
     x = _unit(8, m=4)
     loss = TripletLoss(miner="batch_hard")

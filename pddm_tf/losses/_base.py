@@ -13,6 +13,7 @@ A new loss subclasses `EmbeddingLoss` and implements `compute_terms`; see /work/
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, ClassVar, NamedTuple
 
@@ -53,7 +54,7 @@ class ElementLosses(NamedTuple):
 
 def finite_number(owner: str, name: str, value: Any) -> float:
     """`value` as a float; raises ValueError naming `owner.name` when it is not a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
     return float(value)
 
