@@ -50,16 +50,6 @@ from pddm_tf import atomic, backbone  # noqa: E402
 from pddm_tf.methods import build_model, method_options  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["16x4:64", "64x4:128"], "Batch configurations PxK:d.")
-flags.DEFINE_list("losses", ["triplet_batchhard", "multi_similarity"], "pddm_tf methods, each with its PML twin.")
-flags.DEFINE_integer("image_size", 32, "Input side.")
-flags.DEFINE_integer("channels", 1, "Input channels.")
-flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per row before the rounds (after the first step).")
-flags.DEFINE_integer("steps", 10, "Timed steps per round and row.")
-flags.DEFINE_integer("rounds", 7, "Rounds; the median over rounds is reported.")
-flags.DEFINE_float("pause", 0.3, "Seconds of idle time between two rows.")
-flags.DEFINE_string("python", sys.executable, "Interpreter that runs the PyTorch workers.")
-flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 #: What the PyTorch side imports; missing ones make the script skip.
 PEER_MODULES = ("torch", "pytorch_metric_learning")
@@ -255,5 +245,21 @@ def main(argv: list[str]) -> None:
             "ms_per_step": {f"{k} | {n}": v for (k, n), v in times.items()}, "table": table}, indent=2)
 
 
+def _define_flags() -> None:
+    """The script's flags, defined when it runs (tests import this module beside the CLI, whose
+    --image_size and --json would clash)."""
+    flags.DEFINE_list("configs", ["16x4:64", "64x4:128"], "Batch configurations PxK:d.")
+    flags.DEFINE_list("losses", ["triplet_batchhard", "multi_similarity"], "pddm_tf methods, each with its PML twin.")
+    flags.DEFINE_integer("image_size", 32, "Input side.")
+    flags.DEFINE_integer("channels", 1, "Input channels.")
+    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per row before the rounds (after the first step).")
+    flags.DEFINE_integer("steps", 10, "Timed steps per round and row.")
+    flags.DEFINE_integer("rounds", 7, "Rounds; the median over rounds is reported.")
+    flags.DEFINE_float("pause", 0.3, "Seconds of idle time between two rows.")
+    flags.DEFINE_string("python", sys.executable, "Interpreter that runs the PyTorch workers.")
+    flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
