@@ -64,7 +64,8 @@ _LOSS_OPTIONS = {
     "DoubleHeaderHingeLoss": [{"miner": {"name": "quadruplet", "config": {"mode": m}}, "heads": h}
                               for m in mining.MINING_MODES for h in (1, 2)],
     # A fresh memory per instance: the first call compares the batch with itself.
-    "CrossBatchMemory": [{"loss": pddm_tf.MultiSimilarityLoss(), "embedding_size": _DIM, "memory_size": 16}],
+    # The wrapped loss as its name (a config, not an object: test ids must read the same in every process).
+    "CrossBatchMemory": [{"loss": "multi_similarity", "embedding_size": _DIM, "memory_size": 16}],
 }
 # Proxy losses own weights whose shape their constructor needs (issue 32).
 _LOSS_OPTIONS.update({name: [{"num_classes": 4, "embedding_size": _DIM}] for name, cls in _LOSSES.items()

@@ -48,7 +48,8 @@ class CrossBatchMemory(keras.losses.Loss):
 
     Args:
       loss: the wrapped `EmbeddingLoss` (a pair or tuple loss: contrastive, multi-similarity,
-        circle, ...), or its Keras config.
+        circle, ...) with its defaults by its snake-case name ("multi_similarity" for
+        `MultiSimilarityLoss`), or its Keras config, or the object.
       embedding_size: d.
       memory_size: rows of the queue (the paper: a few thousand, e.g. 8192 on SOP; at least the
         batch size).
@@ -57,7 +58,9 @@ class CrossBatchMemory(keras.losses.Loss):
     def __init__(self, loss: EmbeddingLoss | dict[str, Any], embedding_size: int, memory_size: int = 1024,
                  name: str = "cross_batch_memory", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if isinstance(loss, dict):
+        if isinstance(loss, str):
+            loss = _loss_by_name(loss)
+        elif isinstance(loss, dict):
             loss = keras.saving.deserialize_keras_object(loss)
         if not isinstance(loss, EmbeddingLoss) or not loss.supports_ref:
             raise ValueError(f"CrossBatchMemory wraps an embedding loss that takes a reference set; got {loss!r}")
@@ -109,6 +112,15 @@ class CrossBatchMemory(keras.losses.Loss):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss),
                 "embedding_size": self.embedding_size, "memory_size": self.memory_size}
+
+
+def _loss_by_name(name: str) -> EmbeddingLoss:
+    """The registered pddm_tf loss whose class name is `name` in snake case plus "Loss", with its defaults."""
+    wanted = name.replace("_", "").lower() + "loss"
+    for key, cls in keras.saving.get_custom_objects().items():
+        if key.startswith("pddm_tf>") and cls.__name__.lower() == wanted and issubclass(cls, EmbeddingLoss):
+            return cls()
+    raise ValueError(f"CrossBatchMemory: no pddm_tf loss named {name!r}")
 
 
 def _without_self_pairs(tuples: Tuples, slots: tf.Tensor) -> Tuples:
