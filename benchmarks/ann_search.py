@@ -86,11 +86,11 @@ def omniglot(model_dir: str | None, queries: int, dim: int) -> tuple[np.ndarray,
     split = data.load_dataset("omniglot", test_fraction=0.0)
     files = split.train
     if model_dir:
-        from pddm_tf.export import load_saved_model
+        from pddm_tf.export import load_saved_model, saved_model_geometry
 
-        _, signatures = load_saved_model(model_dir)
+        folder, signatures = load_saved_model(model_dir)
         embed = signatures["embed_pixels"]
-        _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
+        size, channels = saved_model_geometry(folder)
         dataset = data.evaluation_dataset(files, size, channels, 256)
         embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in dataset], axis=0).numpy()
     else:

@@ -249,10 +249,14 @@ def _config(f: flags.FlagValues):
     """The run as a `pddm_tf.training.TrainConfig`: seen classes train, unseen ones are held out
     (whole alphabets for Omniglot); no backup, no evaluation inside the library (this script's own
     protocol follows)."""
+    from pddm_tf.methods import METHOD_SPECS
     from pddm_tf.training import TrainConfig
 
     weights = "none" if (f.weights or "none").lower() == "none" else f.weights
-    return TrainConfig(
+    # The PDDM margins go to the methods that use them: a flag a method does not use is refused.
+    pddm = {name: f[name].value for name in ("alpha", "beta", "embedding_weight")
+            if name in METHOD_SPECS[f.method].flags}
+    return TrainConfig.from_flags(
         dataset=f.dataset, data_dir=f.data_dir, cache_dir=f.cache_dir, manual_dir=f.manual_dir, download=f.download,
         test_fraction=f.unseen_fraction, split_by="alphabet" if f.dataset == "omniglot" else "character",
         channels=f.channels if f.dataset != "omniglot" else None, seed=f.seed, image_size=f.image_size,
@@ -260,9 +264,8 @@ def _config(f: flags.FlagValues):
         backbone_width=f.backbone_width, embedding_dim=f.embedding_dim, batch_classes=f.batch_classes,
         batch_per_class=f.batch_per_class, small_classes=f.small_classes, learning_rate=f.learning_rate,
         # Adam at a constant rate, as this protocol was measured (the CLI's defaults warm up and decay).
-        lr_schedule="constant", warmup_fraction=0.0, weight_decay=0.0,
-        alpha=f.alpha, beta=f.beta, embedding_weight=f.embedding_weight, epochs=f.epochs, steps_per_epoch=f.steps,
-        eval_batch_size=f.eval_batch_size, episodes=(), backup=False)
+        lr_schedule="constant", warmup_fraction=0.0, weight_decay=0.0, epochs=f.epochs, steps_per_epoch=f.steps,
+        eval_batch_size=f.eval_batch_size, episodes=(), backup=False, **pddm)
 
 
 def _load_split(f: flags.FlagValues):

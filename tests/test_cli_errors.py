@@ -49,7 +49,7 @@ BOUND_CASES = [
     ("channels", 0, False), ("channels", 1, True), ("channels", 2, False), ("channels", 3, True),
     ("channels", 4, False),
     ("eval_batch_size", 0, False), ("eval_batch_size", 1, True), ("eval_batch_size", 65537, False),
-    ("rerank", -1, False), ("rerank", 0, True),
+    ("rerank", -1, False), ("rerank", 0, True), ("xbm", -1, False), ("xbm", 0, True), ("xbm", 10_000_001, False),
     ("embedding_dim", 0, False), ("embedding_dim", 1, True), ("embedding_dim", 65536, True),
     ("embedding_dim", 65537, False),
     ("dropout", -0.1, False), ("dropout", 0.0, True), ("dropout", 0.9, True), ("dropout", 1.0, False),
@@ -273,12 +273,12 @@ def run_cli(capsys):
     (["train", "--backbone_width=1e20"], "flag --backbone_width=1e20: invalid literal for int()"),
     (["train", "--embedding_dim=100000000000000000000"], "--embedding_dim=100000000000000000000 is out of range"),
     (["train", "--plugins=no_such_module_xyz"], "--plugins: cannot import 'no_such_module_xyz'"),
-    (["index", "--milvus_uri=x"], "unknown command 'index': usage: pddm-tf {"),
+    (["indx", "--milvus_uri=x"], "unknown command 'indx': usage: pddm-tf {"),
     (["train", "--epochs=abc"], "flag --epochs=abc: invalid literal for int()"),
     (["train", "--episodes=20way1shot,5wayoneshot"], "--episodes: few-shot setting '5wayoneshot' must read"),
     (["train", "--recipe=pddm_birds"], "--recipe=pddm_birds: unknown recipe 'pddm_birds'"),
     (["train", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
-    (["frobnicate"], "unknown command 'frobnicate': usage: pddm-tf {evaluate|export|train}"),
+    (["frobnicate"], "unknown command 'frobnicate': usage: pddm-tf {evaluate|export|index|search|train}"),
     (["evaluate", "--model_dir=/no/such/path"], "--model_dir=/no/such/path: no such path"),
 ])
 def test_usage_errors_are_one_line_and_exit_code_2(run_cli, args, message):

@@ -341,7 +341,7 @@ def test_methods_registry_builds_hdml():
     model = build_model("hdml_pddm", small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, alpha=0.3)
     assert isinstance(model, HDMLModel) and model.base == "pddm" and model.alpha is None  # calibrated
     assert model.pddm_loss.alpha == 0.3
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match="needs the number of training classes"):
         build_model("hdml_npair", small_convnet(SIZE, 1, width=8, depth=2), 8)
     with pytest.raises(ValueError, match="base"):
         HDMLModel(small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, base="lifted")

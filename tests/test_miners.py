@@ -191,5 +191,5 @@ def test_the_command_line_options_choose_a_miner():
     assert model.embedding_loss.miner == DistanceWeightedMiner(cutoff=0.6, seed=3)
     assert build_model("margin", net(), 8).embedding_loss.miner == DistanceWeightedMiner(seed=0)  # reproducible
     assert build_model("triplet_semihard", net(), 8).embedding_loss.miner == SemiHardMiner()
-    with pytest.raises(ValueError, match="takes a value of type"):
+    with pytest.raises(ValueError, match="miner=3 is an integer; expected a string or a JSON object"):
         build_model("margin", net(), 8, loss_options={"miner": 3})

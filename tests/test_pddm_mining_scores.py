@@ -33,7 +33,9 @@ def _numpy_scores(pddm, f: np.ndarray) -> np.ndarray:
     u_h /= np.maximum(np.linalg.norm(u_h, axis=-1, keepdims=True), 1e-6)
     v_h /= np.maximum(np.linalg.norm(v_h, axis=-1, keepdims=True), 1e-6)
     c = np.maximum(np.concatenate([u_h, v_h], -1) @ w["c_kernel"] + w["c_bias"], 0)
-    return (c @ w["s_kernel"])[..., 0] + w["s_bias"][0]
+    # The library's Euclidean prior, -g ||f_i - f_j|| (METHODS.md section 1), when the unit has one.
+    prior = w["distance_weight"] * np.linalg.norm(f[:, None] - f[None, :], axis=-1) if "distance_weight" in w else 0.0
+    return (c @ w["s_kernel"])[..., 0] + w["s_bias"][0] - prior
 
 
 def test_mining_scores_are_the_pddm_scores_of_every_pair():

@@ -147,7 +147,7 @@ def test_a_recipe_is_a_config():
         recipe.config(epoks=2)
     # A PDDM recipe's margins do not apply to another method: dropped, not refused.
     assert recipes.get_recipe("pddm_cub").config(method="npair").method.alpha is None
-    assert recipes.get_recipe("pddm_cub").config().method.pddm_normalize_inputs is True
+    assert recipes.get_recipe("pddm_cub").config().method.pddm_normalize_inputs is False  # issue 31
 
 
 def test_the_backup_folder_is_named_by_what_the_run_trains():

@@ -15,6 +15,7 @@ from pddm_tf.export.saved_model import (
     load_saved_model,
     next_version,
     save_keras_model,
+    saved_model_geometry,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "load_gallery",
     "load_keras_model",
     "load_saved_model",
+    "saved_model_geometry",
     "next_version",
     "save_keras_model",
 ]

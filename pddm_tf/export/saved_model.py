@@ -9,7 +9,8 @@ The exported model loads with plain `tf.saved_model.load` (no pddm_tf import) an
   more than `max_image_pixels` pixels (width x height, fixed at export, 16 MP by default) is
   refused with an InvalidArgumentError naming the image, its size and the limit: a few hundred
   kilobytes that declare a huge image cannot take the server's memory. The limit is kept in the
-  SavedModel as a variable (`tf.saved_model.load(path).max_image_pixels[0]`).
+  SavedModel as a variable (`tf.saved_model.load(path).max_image_pixels[0]`), and the image size and
+  channels `embed_pixels` takes as two more (`image_geometry`; read them with `saved_model_geometry`).
 * `embed_pixels`: `pixels` [n, s, s, c] float32 in [0, 1] -> `embeddings` [n, d].
 * `pddm_similarity` (models with a PDDM unit): `embeddings_a`, `embeddings_b` [n, d] ->
   `scores` [n], the learned PDDM similarity of each pair (for client-side re-ranking).
@@ -137,6 +138,18 @@ def load_saved_model(path: str | os.PathLike) -> tuple[pathlib.Path, dict[str, A
     return folder, dict(signatures)
 
 
+def saved_model_geometry(folder: str | os.PathLike) -> tuple[int, int]:
+    """(image size s, channels c) that the export in `folder` (a version folder) embeds: `embed_pixels`
+    takes [n, s, s, c]. Read from its `image_geometry` variables, or, in an export written before they
+    existed, from the signature's declared input shape."""
+    loaded = tf.saved_model.load(str(folder))
+    geometry = getattr(loaded, "image_geometry", None)
+    if geometry is not None:
+        return int(geometry[0].numpy()), int(geometry[1].numpy())
+    _, _, size, channels = loaded.signatures["embed_pixels"].structured_input_signature[1]["pixels"].shape
+    return int(size), int(channels)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -250,6 +263,11 @@ def export_saved_model(model: EmbeddingModel, export_dir: str | os.PathLike, ima
     # Readable by clients and tools; the signatures use the value traced in as a constant.
     archive.add_variable_collection("max_image_pixels", [tf.Variable(max_image_pixels, dtype=tf.int64,
                                                                      trainable=False, name="max_image_pixels")])
+    # The inputs are declared with an unknown shape (checked in the graph), so the image size and
+    # channels that `embed_pixels` takes are kept here for clients (`saved_model_geometry`).
+    archive.add_variable_collection("image_geometry", [tf.Variable(v, dtype=tf.int64, trainable=False, name=name)
+                                                       for v, name in ((image_size, "image_size"),
+                                                                       (channels, "channels"))])
     images_spec = _requests.spec(tf.string, "images")
     archive.add_endpoint("serving_default", lambda images: {"embeddings": embed_images(images)},
                          input_signature=[images_spec])

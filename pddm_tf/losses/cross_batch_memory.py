@@ -48,7 +48,7 @@ class CrossBatchMemory(keras.losses.Loss):
 
     Args:
       loss: the wrapped `EmbeddingLoss` (a pair or tuple loss: contrastive, multi-similarity,
-        circle, ...) with its defaults by its snake-case name ("multi_similarity" for
+        circle, ...) with its defaults by its snake-case name (multi_similarity for
         `MultiSimilarityLoss`), or its Keras config, or the object.
       embedding_size: d.
       memory_size: rows of the queue (the paper: a few thousand, e.g. 8192 on SOP; at least the

@@ -63,7 +63,7 @@ class DivideAndConquerModel(EmbeddingModel):
       mining_score: with a `DoubleHeaderHingeLoss`, "pddm" or "euclidean" (see `PDDMModel`).
       dropout: dropout before the projection.
       pddm_normalize_inputs: with a `DoubleHeaderHingeLoss`, the PDDM units' `normalize_inputs`
-        (the default keeps the reading of models saved before this argument existed).
+        (default raw inputs, as every PDDM unit of the library: METHODS.md section 1).
 
     Optimisers: `compile(optimizer=...)` sets the optimiser of the shared parameters (the
     backbone) and, with K > 1, makes `learner_optimizers`, K + 1 copies of it (learner k's own
@@ -80,7 +80,7 @@ class DivideAndConquerModel(EmbeddingModel):
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, num_learners: int = 4,
                  loss: keras.losses.Loss | None = None, mining_score: str = "pddm", dropout: float = 0.0,
-                 pddm_normalize_inputs: bool = True, **kwargs: Any) -> None:
+                 pddm_normalize_inputs: bool = False, **kwargs: Any) -> None:
         head = SlicedEmbeddingHead(embedding_dim, num_slices=num_learners, dropout=dropout, name="embedding_head")
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, head=head, **kwargs)
         self.num_learners = int(num_learners)

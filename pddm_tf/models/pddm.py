@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import EPSILON, l2_normalize
+from pddm_tf.distances import EPSILON, l2_normalize, safe_norm
 from pddm_tf.layers import PDDM
 from pddm_tf.losses import DoubleHeaderHingeLoss
 from pddm_tf.miners import euclidean_scores, mine_quadruplets, quadruplet_tuples, score_gap
@@ -50,8 +50,8 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
     upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
     pairs = tf.cast(tf.where(upper), tf.int32)
     i, j = pairs[:, 0], pairs[:, 1]
-    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(tf.abs(tf.gather(f, i) - tf.gather(f, j)), pddm.u_kernel),
-                                    pddm.u_bias))
+    u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
+    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
     half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
     v_h = tf.nn.relu(tf.gather(half, i) + tf.gather(half, j))
 
@@ -61,7 +61,10 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
     units = pddm.units
     c = tf.nn.relu(tf.matmul(u_h, pddm.c_kernel[:units]) * inverse_norm(u_h)
                    + tf.nn.bias_add(tf.matmul(v_h, pddm.c_kernel[units:]) * inverse_norm(v_h), pddm.c_bias))
-    upper_scores = tf.scatter_nd(pairs, tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0], tf.stack([m, m]))
+    scores = tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0]
+    if pddm.distance_scale is not None:  # the layer's Euclidean prior, -g ||f_i - f_j||
+        scores -= pddm.distance_scale * safe_norm(u, keepdims=False)
+    upper_scores = tf.scatter_nd(pairs, scores, tf.stack([m, m]))
     return tf.where(upper, upper_scores, tf.transpose(upper_scores))
 
 

@@ -148,12 +148,20 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         else:
             target = pathlib.Path(tempfile.mkdtemp(prefix="pddm_tf_backup_"))
         target.mkdir(parents=True, exist_ok=True)
-        self.model.save_weights(target / _WEIGHTS)
-        if self.state:
-            tf.train.Checkpoint(**self.state).write(str(target / _STATE))
-        metadata = {"epoch": epochs_done, "step": int(self.model.optimizer.iterations.numpy()),
-                    "steps_per_epoch": (self.params or {}).get("steps"), "complete": complete}
-        (target / _METADATA).write_text(json.dumps(metadata))
+        failure = None
+        try:
+            self.model.save_weights(target / _WEIGHTS)
+            if self.state:
+                tf.train.Checkpoint(**self.state).write(str(target / _STATE))
+            metadata = {"epoch": epochs_done, "step": int(self.model.optimizer.iterations.numpy()),
+                        "steps_per_epoch": (self.params or {}).get("steps"), "complete": complete}
+            (target / _METADATA).write_text(json.dumps(metadata))
+        except (OSError, RuntimeError, tf.errors.OpError) as error:  # a full disk, a lost mount, ...
+            failure = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if failure is not None:
+            shutil.rmtree(target, ignore_errors=True)
+            raise OSError(f"cannot write the backup {target}: {failure}; the previous backup, if any, is kept "
+                          f"in {root}") from None
         if not self._chief():
             shutil.rmtree(target, ignore_errors=True)
             return

@@ -44,7 +44,7 @@ def run() -> dict[str, float]:
 
     from pddm_tf import data, evaluation, progress
     from pddm_tf.data import transforms
-    from pddm_tf.export import load_saved_model
+    from pddm_tf.export import load_saved_model, saved_model_geometry
     from pddm_tf.training import run as training_run
 
     config = settings.train_config()
@@ -62,7 +62,7 @@ def run() -> dict[str, float]:
             def pair_scores(a, b):
                 return similarity(embeddings_a=tf.constant(a), embeddings_b=tf.constant(b))["scores"].numpy()
 
-        _, _, size, channels = embed.structured_input_signature[1]["pixels"].shape
+        size, channels = saved_model_geometry(model_dir)
         split, _ = training_run.load_split(config, rotate_training=False)
         files = split.test if split.test is not None else split.train
         transform = transforms.eval_transform(size) if config.data.augment else None
