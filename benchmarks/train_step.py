@@ -58,7 +58,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import atomic, backbone  # noqa: E402
-from pddm_tf.distances import EPSILON, l2_normalize  # noqa: E402
+from pddm_tf.distances import EPSILON, l2_normalize, safe_norm  # noqa: E402
 from pddm_tf.methods import build_model, method_options  # noqa: E402
 from pddm_tf.miners import quadruplet_tuples  # noqa: E402
 from pddm_tf.models import mine_with_pddm, pddm_quadruplet_terms  # noqa: E402
@@ -84,6 +84,7 @@ def _dense_all_pair_scores(layer, f: tf.Tensor) -> tf.Tensor:
     """The former all-pairs mode: every ordered pair, through an [m, m, d] difference tensor."""
     f = l2_normalize(f)
     u = tf.abs(f[:, None, :] - f[None, :, :])
+    distance = safe_norm(u, keepdims=False)  # the unit's Euclidean prior reads it
     if layer.normalize_inputs:
         u = l2_normalize(u)
     u_h = tf.nn.relu(tf.einsum("ijd,dh->ijh", u, layer.u_kernel) + layer.u_bias)
@@ -93,7 +94,7 @@ def _dense_all_pair_scores(layer, f: tf.Tensor) -> tf.Tensor:
         sq = tf.reduce_sum(tf.square(f), axis=1)
         v_sq_norm = 0.25 * (sq[:, None] + sq[None, :] + 2.0 * tf.matmul(f, f, transpose_b=True))
         v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, :, None]
-    return layer._head(u_h, tf.nn.relu(v_lin + layer.v_bias))
+    return layer._head(u_h, tf.nn.relu(v_lin + layer.v_bias), distance)
 
 
 def _every_pair_terms(layer, loss, embeddings: tf.Tensor, mined: dict[str, Any]) -> tf.Tensor:
