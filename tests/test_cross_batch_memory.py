@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from interrupt import Interrupt
 
 from pddm_tf import backbones, data, losses, methods
 from pddm_tf.export import load_keras_model
@@ -126,7 +127,7 @@ def test_an_interrupted_run_resumes_the_memory_exactly(tmp_path):
             model.compile(optimizer=keras.optimizers.Adam(1e-3))
         dataset, callbacks = methods.training_pipeline(model, files, 4, 2, 16, 1, seed=1, steps_per_epoch=3,
                                                        backup_dir=backup_dir)
-        extra = [_Interrupt(interrupt)] if interrupt is not None else []
+        extra = [Interrupt(interrupt)] if interrupt is not None else []
         try:
             model.fit(dataset, epochs=4, steps_per_epoch=3, callbacks=callbacks + extra, verbose=0)
         except KeyboardInterrupt:
@@ -143,19 +144,6 @@ def test_an_interrupted_run_resumes_the_memory_exactly(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Raises in the middle of epoch `epoch`, as a pre-emption would stop the process."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 1:
-            raise KeyboardInterrupt
 
 
 def test_the_cli_trains_a_pair_loss_with_a_memory(tmp_path):

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from interrupt import Interrupt
 
 from pddm_tf import backbones, data, methods
 from pddm_tf.models.clustering import ClusterAssignment, cluster_balanced_dataset
@@ -149,19 +150,6 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
         np.testing.assert_allclose(resumed, uninterrupted, rtol=0, atol=1e-6)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Raises in the middle of epoch `epoch`, as a pre-emption would stop the process."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 1:
-            raise KeyboardInterrupt
 
 
 def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
@@ -173,7 +161,7 @@ def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
     dataset, callbacks = methods.training_pipeline(model, files, 4, 2, SIZE, 1, seed=1, steps_per_epoch=3,
                                                    recluster_every=1, conquer_epochs=1, backup_dir=backup_dir)
-    extra = [_Interrupt(interrupt)] if interrupt is not None else []
+    extra = [Interrupt(interrupt)] if interrupt is not None else []
     try:
         model.fit(dataset, epochs=4, steps_per_epoch=3, callbacks=callbacks + extra, verbose=0)
     except KeyboardInterrupt:
@@ -247,7 +235,7 @@ def test_backup_is_atomic_and_checked(tmp_path):
     # A backup made between epochs (an interrupted fit) is not a completed one: nothing restored.
     interrupted = BackupAndRestore(tmp_path / "interrupted", delete_checkpoint=False)
     with pytest.raises(KeyboardInterrupt):
-        _tiny_model().fit(x, y, epochs=3, batch_size=4, callbacks=[interrupted, _Interrupt(1)], verbose=0)
+        _tiny_model().fit(x, y, epochs=3, batch_size=4, callbacks=[interrupted, Interrupt(1)], verbose=0)
     assert backup_status(tmp_path / "interrupted")["epoch"] == 1
     untouched = _tiny_model()
     initial = untouched.get_weights()

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from interrupt import Interrupt
 
 import pddm_tf
 from pddm_tf import backbones, data, methods
@@ -135,19 +136,6 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Raises in the middle of epoch `epoch`, as a pre-emption would stop the process."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 1:
-            raise KeyboardInterrupt
 
 
 def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
@@ -159,7 +147,7 @@ def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
     dataset, callbacks = methods.training_pipeline(model, files, 4, 2, SIZE, 1, seed=1, steps_per_epoch=3,
                                                    backup_dir=backup_dir)
-    extra = [_Interrupt(interrupt)] if interrupt is not None else []
+    extra = [Interrupt(interrupt)] if interrupt is not None else []
     try:
         model.fit(dataset, epochs=4, steps_per_epoch=3, callbacks=callbacks + extra, verbose=0)
     except KeyboardInterrupt:

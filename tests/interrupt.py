@@ -1,0 +1,18 @@
+"""A Keras callback that interrupts training mid-epoch, as a pre-emption would: the kill-and-resume tests share it."""
+
+import keras
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt after batch 1 of epoch `epoch`."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.current = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 1:
+            raise KeyboardInterrupt
