@@ -16,15 +16,21 @@ The assumptions:
   `BackupAndRestore`. (`set_initial_epoch`)
 * `tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)` runs `fn(strategy, *args)`
   in a cross-replica context from a replica context. (`maybe_merge_call`)
+* `keras.src.saving.saving_lib.H5IOStore(io.BytesIO(), mode="w")` with
+  `saving_lib._save_state(model, weights_store=..., assets_store=None, inner_path="",
+  visited_saveables=set())` writes the same `.weights.h5` file `model.save_weights` writes, into a
+  buffer (what Keras does inside a `.keras` archive). (`weights_file_bytes`)
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
 import keras
 import tensorflow as tf
+from keras.src.saving import saving_lib as _saving_lib
 
 
 class SymbolicBuildHooks:
@@ -64,3 +70,20 @@ def maybe_merge_call(fn: Callable[..., Any], strategy: tf.distribute.Strategy, *
     """Runs `fn(strategy, *args)` in a cross-replica context, entered from a replica context when
     needed (as Keras 2's optimisers applied their updates): mirrored variables can be assigned only there."""
     return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
+
+
+def weights_file_bytes(model: keras.Model) -> bytes:
+    """The bytes of the `.weights.h5` file `model.save_weights` would write; `model.load_weights` reads them.
+
+    HDF5 writing straight to a full disk leaves a file handle whose close fails again when the
+    interpreter exits, and the process dies with SIGSEGV (h5py's `ObjectID.__dealloc__`): building the
+    file in memory keeps HDF5 away from the disk, and the caller's plain write fails with an OSError.
+    """
+    buffer = io.BytesIO()
+    store = _saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        _saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                                visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getvalue()

@@ -170,3 +170,15 @@ def test_no_private_keras_or_tensorflow_name_outside_compat():
 def test_the_scan_sees_the_names_compat_uses(name):
     # Guards the test above: it must know the private names _compat.py relies on.
     assert name in _private_keras_names()
+
+
+def test_weights_file_bytes_is_the_file_save_weights_writes(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    model(np.ones((2, 3), "float32"), training=True)  # moves the BatchNorm statistics off their initial values
+    (tmp_path / "memory.weights.h5").write_bytes(_compat.weights_file_bytes(model))
+    model.save_weights(tmp_path / "keras.weights.h5")
+    for name in ("memory", "keras"):
+        fresh = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+        fresh.load_weights(tmp_path / f"{name}.weights.h5")
+        for got, want in zip(fresh.get_weights(), model.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)

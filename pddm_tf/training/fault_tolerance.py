@@ -150,7 +150,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         target.mkdir(parents=True, exist_ok=True)
         failure = None
         try:
-            self.model.save_weights(target / _WEIGHTS)
+            # Built in memory, then written by Python: HDF5 on a full disk crashes the process at exit.
+            (target / _WEIGHTS).write_bytes(_compat.weights_file_bytes(self.model))
             if self.state:
                 tf.train.Checkpoint(**self.state).write(str(target / _STATE))
             metadata = {"epoch": epochs_done, "step": int(self.model.optimizer.iterations.numpy()),
