@@ -24,8 +24,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from rows import BASES  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", "benchmarks/results/ablation", "Where table.md and curves.png go.")
-flags.DEFINE_bool("recall", False, "Inputs are paper_table.py results (Recall@1 per seed), not few_shot.py's.")
+
+
+def _define_flags() -> None:
+    # Defined when run as a script only: benchmarks/few_shot_merge.py imports this module's tables
+    # beside few_shot.py, which defines its own --out_dir.
+    flags.DEFINE_string("out_dir", "benchmarks/results/ablation", "Where table.md and curves.png go.")
+    flags.DEFINE_bool("recall", False, "Inputs are paper_table.py results (Recall@1 per seed), not few_shot.py's.")
 
 _LIBRARY_BASE = {"npair": "npair", "triplet": "triplet_semihard", "pddm": "pddm_quadruplet"}
 #: paper_table row -> the row it is compared with, seed by seed (HDML: its twin without synthetic
@@ -153,4 +158,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
