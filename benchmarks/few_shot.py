@@ -76,7 +76,7 @@ flags.DEFINE_string("row_steps", None, "JSON: row -> steps, for rows whose steps
                     "measured earlier on a quiet machine (a busy machine's measurement would short the rows "
                     "measured during a load peak); other rows are measured as usual.")
 flags.DEFINE_bool("quick", False, "CI mode: fold 0, 20 steps, 20 episodes.")
-flags.DEFINE_integer("num_episodes", TrainConfig().num_episodes, "Episodes per few-shot setting.")
+flags.DEFINE_integer("num_episodes", TrainConfig().run.num_episodes, "Episodes per few-shot setting.")
 flags.DEFINE_bool("save_embeddings", False, "Also write each row's held-out embeddings and labels to "
                   "--out_dir/embeddings/ROW_foldF.npz, with the backbone's features (to study evaluation-side choices "
                   "without retraining).")
@@ -161,7 +161,8 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
     """The row's model, compiled: `pddm_tf.training.build_model` of its `TrainConfig` (what `pddm-tf
     train` builds), or the prototypical network around the same backbone and optimiser."""
     if config["method"] != "protonet":
-        train_config = TrainConfig(**{name: config[name] for name in TrainConfig.field_names() if name in config})
+        values = {name: config[name] for name in TrainConfig.field_names() if name in config}
+        train_config = TrainConfig.from_flags(values)
         return build_model(train_config, 1, split.train.num_classes, total_steps)
     size = config["image_size"]
     network = make_backbone("small_convnet", size, 1, width=config["backbone_width"])

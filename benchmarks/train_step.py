@@ -102,8 +102,8 @@ def _every_pair_terms(layer, loss, embeddings: tf.Tensor, mined: dict[str, Any])
     i, j, k, l = tf.unstack(mined["quadruplets"].indices, num=4, axis=1)
     s_ij, s_ik, s_jl = tf.split(layer((tf.gather(embeddings, tf.concat([i, i, j], 0)),
                                        tf.gather(embeddings, tf.concat([j, k, l], 0)))), 3)
-    return loss.from_indices(embeddings, quadruplet_tuples(mined["quadruplets"]), tf.concat([s_ij, s_ij], 0),
-                             tf.concat([s_ik, s_jl], 0)).total
+    return loss.quadruplet_terms(embeddings, quadruplet_tuples(mined["quadruplets"]), tf.concat([s_ij, s_ij], 0),
+                                 tf.concat([s_ik, s_jl], 0)).total
 
 
 def _loss_with_gradient(terms: Callable[..., tf.Tensor], layer, loss, embeddings: tf.Tensor,

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import tensorflow as tf
 
-from pddm_tf.registry import check_registered
+from pddm_tf._named import Named, get_named
 
 # Squared-norm floor used wherever we divide by a norm. 1e-12 keeps float32 finite and, because the
 # floor is applied to the squared norm before the square root, the gradient at an exact zero vector
@@ -86,7 +86,7 @@ def _zero_diagonal(d: tf.Tensor) -> tf.Tensor:
 DISTANCES: dict[str, type[Distance]] = {}
 
 
-class Distance:
+class Distance(Named, table=DISTANCES, kind="distance"):
     """A distance or a similarity between embeddings, named so that a loss's config can hold it.
 
     `larger_is_closer` says which: False for distances (Euclidean, cosine distance: smaller = more
@@ -102,18 +102,8 @@ class Distance:
     it. A distance with constructor arguments returns them from `get_config`.
     """
 
-    name: ClassVar[str] = ""
     #: True for similarities (larger = closer), False for distances (smaller = closer).
     larger_is_closer: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        # Only a class that sets `name` itself registers: a subclass of EuclideanDistance inherits
-        # "euclidean", which must keep naming EuclideanDistance.
-        if "name" in cls.__dict__ and cls.name:
-            if cls.name in DISTANCES and DISTANCES[cls.name] is not cls:
-                raise ValueError(f"a distance named {cls.name!r} is already registered ({DISTANCES[cls.name]})")
-            DISTANCES[cls.name] = cls
 
     @property
     def is_inverted(self) -> bool:
@@ -145,20 +135,6 @@ class Distance:
         """The values as a dissimilarity (smaller = closer), the order miners rank by: themselves
         for a distance, their negation for a similarity (subclasses may give a better one)."""
         return -values if self.larger_is_closer else values
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments: `type(self)(**self.get_config())` is an equal distance."""
-        return {}
-
-    def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
-        return f"{type(self).__name__}({arguments})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.get_config() == self.get_config()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
 class EuclideanDistance(Distance):
@@ -272,11 +248,4 @@ def get_distance(identifier: str | dict[str, Any] | Distance) -> Distance:
     Raises:
       ValueError: an unknown name, listing the known ones, or a Distance whose class has no name.
     """
-    if isinstance(identifier, Distance):
-        check_registered(identifier, DISTANCES)
-        return identifier
-    name, config = (identifier, {}) if not isinstance(identifier, dict) else (identifier.get("name"),
-                                                                              identifier.get("config", {}))
-    if not isinstance(name, str) or name not in DISTANCES:
-        raise ValueError(f"unknown distance {name!r}; expected one of {sorted(DISTANCES)} or a Distance")
-    return DISTANCES[name](**config)
+    return get_named(identifier, Distance)

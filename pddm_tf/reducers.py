@@ -24,32 +24,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import Any
 
 import tensorflow as tf
 
-from pddm_tf.registry import check_registered
+from pddm_tf._named import Named, get_named, serialize_named
 
 #: Name -> `Reducer` subclass; a subclass that sets its own `name` registers itself here.
 REDUCERS: dict[str, type[Reducer]] = {}
 
 
-class Reducer:
+class Reducer(Named, table=REDUCERS, kind="reducer"):
     """Turns per-element losses into a scalar: `reducer(losses [any shape], mask=None, extra=0.0)`
     = (sum of the selected losses + extra) / max(divisor, 1).
 
     Subclasses set `name` and implement `select` (which elements are summed) and `divisor` (what
     their sum is divided by); arguments go in `get_config`. Defining one registers it in `REDUCERS`.
     """
-
-    name: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__ and cls.name:
-            if cls.name in REDUCERS and REDUCERS[cls.name] is not cls:
-                raise ValueError(f"a reducer named {cls.name!r} is already registered ({REDUCERS[cls.name]})")
-            REDUCERS[cls.name] = cls
 
     def __call__(self, losses: tf.Tensor, mask: tf.Tensor | None = None,
                  extra: tf.Tensor | float = 0.0) -> tf.Tensor:
@@ -74,24 +65,6 @@ class Reducer:
     def divisor(self, losses: tf.Tensor, selected: tf.Tensor) -> tf.Tensor:
         """What the selected sum is divided by: a count, scalar (floored at 1 by `__call__`)."""
         raise NotImplementedError
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments: `type(self)(**self.get_config())` is an equal reducer."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Reducer:
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
-        return f"{type(self).__name__}({arguments})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.get_config() == self.get_config()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
 def _count(mask: tf.Tensor) -> tf.Tensor:
@@ -182,7 +155,7 @@ class ThresholdReducer(Reducer):
 
 def serialize_reducer(reducer: Reducer) -> dict[str, Any]:
     """{"name": registered name, "config": constructor arguments}, as a loss's config holds it."""
-    return {"name": get_reducer(reducer).name, "config": reducer.get_config()}
+    return serialize_named(reducer, Reducer)
 
 
 def get_reducer(identifier: str | dict[str, Any] | Reducer) -> Reducer:
@@ -191,11 +164,4 @@ def get_reducer(identifier: str | dict[str, Any] | Reducer) -> Reducer:
     Raises:
       ValueError: an unknown name, listing the known ones, or a Reducer whose class has no name.
     """
-    if isinstance(identifier, Reducer):
-        check_registered(identifier, REDUCERS)
-        return identifier
-    name, config = (identifier, {}) if not isinstance(identifier, dict) else (identifier.get("name"),
-                                                                              identifier.get("config", {}))
-    if not isinstance(name, str) or name not in REDUCERS:
-        raise ValueError(f"unknown reducer {name!r}; expected one of {sorted(REDUCERS)} or a Reducer")
-    return REDUCERS[name].from_config(config)
+    return get_named(identifier, Reducer)

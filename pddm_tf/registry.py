@@ -2,9 +2,10 @@
 
 The library's named parts are found through registries, so a new one is added where it is written
 and nowhere else: datasets (`pddm_tf.data.DATASETS`), search backends
-(`pddm_tf.evaluation.SEARCH_BACKENDS`), training methods (`pddm_tf.methods.METHODS`). Distances
-and miners register their classes by a `name` attribute (`pddm_tf.distances.DISTANCES`,
-`pddm_tf.miners.MINERS`), Keras classes with `keras.saving.register_keras_serializable`.
+(`pddm_tf.evaluation.SEARCH_BACKENDS`), training methods (`pddm_tf.methods.METHODS`). Distances,
+miners and reducers register their classes by a `name` attribute (`pddm_tf.distances.DISTANCES`,
+`pddm_tf.miners.MINERS`, `pddm_tf.reducers.REDUCERS`, through `pddm_tf._named.Named`), Keras classes
+with `keras.saving.register_keras_serializable`.
 
     >>> shapes = Registry("shape")
     >>> @shapes.register("square")
@@ -28,7 +29,7 @@ T = TypeVar("T")
 
 def check_registered(instance: object, table: Mapping[str, type]) -> None:
     """Raises ValueError unless `instance`'s class is the one `table` holds under `instance.name`: the
-    check of the class registries (`DISTANCES`, `MINERS`) that a loss's config names its parts by."""
+    check of the class registries (`DISTANCES`, `MINERS`, `REDUCERS`) that a loss's config names its parts by."""
     if table.get(getattr(instance, "name", "")) is not type(instance):
         raise ValueError(f"{instance!r} has no registered name: set the class attribute `name` so that a "
                          "loss's config can refer to it")

@@ -75,7 +75,7 @@ def test_every_pddm_default_is_raw_inputs_with_the_prior():
     for name, unit in units.items():
         assert unit.normalize_inputs is False and unit.distance_weight == 1.0, name
     for name in ("pddm_cub", "pddm_cars"):
-        assert recipes.get_recipe(name).config().pddm_normalize_inputs is False
+        assert recipes.get_recipe(name).config().method.pddm_normalize_inputs is False
 
 
 def test_a_config_saved_before_the_prior_rebuilds_the_unit_without_it():
@@ -169,17 +169,17 @@ def test_paper_recipes_use_the_coupled_l2_term_with_the_papers_coefficients():
     expected = {"hdml_cub": 1e-3, "hdml_cars": 5e-3, "hdml_sop": 5e-3, "dc_cub": 1e-4, "dc_cars": 1e-4,
                 "dc_sop": 1e-4, "pddm_cub": 2e-4, "pddm_cars": 2e-4}
     for name, coefficient in expected.items():
-        config = recipes.get_recipe(name).config()
-        assert (config.weight_decay_mode, config.weight_decay) == ("l2", coefficient), name
-        optimizer = make_optimizer(config.learning_rate, config.weight_decay,
-                                   weight_decay_mode=config.weight_decay_mode)
+        settings = recipes.get_recipe(name).config().optimization
+        assert (settings.weight_decay_mode, settings.weight_decay) == ("l2", coefficient), name
+        optimizer = make_optimizer(settings.learning_rate, settings.weight_decay,
+                                   weight_decay_mode=settings.weight_decay_mode)
         assert isinstance(optimizer, AdamL2) and optimizer.l2 == coefficient
 
 
 def test_pddm_recipes_say_that_they_mine_per_pair():
     for name in ("pddm_cub", "pddm_cars"):
         recipe = recipes.get_recipe(name)
-        assert recipe.config().mining == "per_pair"
+        assert recipe.config().method.mining == "per_pair"
         assert "per positive pair" in recipe.paper and "single hardest" in recipe.choices
 
 
@@ -245,9 +245,9 @@ def test_weight_decay_mode_reaches_the_optimizer_from_the_config_and_is_checked(
     from pddm_tf.training.run import build_model as build_training_model
 
     with pytest.raises(validation.FlagError, match="weight_decay_mode"):
-        TrainConfig(weight_decay_mode="coupled").check()
-    config = TrainConfig(weight_decay_mode="l2", weight_decay=1e-3, image_size=16, backbone_width=4,
-                         method="triplet_batchhard")
+        TrainConfig.from_flags(weight_decay_mode="coupled").check()
+    config = TrainConfig.from_flags(weight_decay_mode="l2", weight_decay=1e-3, image_size=16, backbone_width=4,
+                                    method="triplet_batchhard")
     config.check()
     model = build_training_model(config, 1, 10, 100)
     assert isinstance(model.optimizer, AdamL2) and model.optimizer.l2 == 1e-3

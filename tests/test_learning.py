@@ -4,15 +4,15 @@ import keras
 import pytest
 from omniglot_training import SIZE, train_and_measure
 
-from pddm_tf import DoubleHeaderHingeLoss, PDDMModel, small_convnet
+from pddm_tf import DoubleHeaderHingeLoss, PDDMModel, QuadrupletMiner, small_convnet
 
 STEPS = 200
 
 
 def _held_out_recall_gain(mining: str, mining_score: str) -> tuple[float, float]:
     keras.utils.set_random_seed(0)
-    model = PDDMModel(small_convnet(SIZE, 1), embedding_dim=64, loss=DoubleHeaderHingeLoss(mining=mining),
-                      mining_score=mining_score)
+    loss = DoubleHeaderHingeLoss(miner=QuadrupletMiner(mining))
+    model = PDDMModel(small_convnet(SIZE, 1), embedding_dim=64, loss=loss, mining_score=mining_score)
     before, after, history = train_and_measure(model, STEPS)
     assert history["valid_fraction"][0] == 1.0
     return before, after

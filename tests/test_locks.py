@@ -1,6 +1,5 @@
 """Folder locks (`pddm_tf.atomic.folder_lock`) and the staging folders a killed export leaves behind."""
 
-import dataclasses
 import os
 import signal
 import socket
@@ -108,7 +107,7 @@ def test_a_second_training_run_into_a_held_folder_stops_naming_the_first(tmp_pat
     holder = _hold(tmp_path / field)
     try:
         with pytest.raises(atomic.FolderInUseError, match=f"process {holder.pid} on {socket.gethostname()}"):
-            train(TrainConfig(epochs=1, **{field: str(tmp_path / field)}))
+            train(TrainConfig.from_flags(epochs=1, **{field: str(tmp_path / field)}))
     finally:
         _kill(holder)
     # Nothing written: neither folder made, only the killed holder's lock file left beside the held one.
@@ -116,9 +115,10 @@ def test_a_second_training_run_into_a_held_folder_stops_naming_the_first(tmp_pat
 
 
 def test_a_training_run_holds_its_folders_only_while_it_runs(tmp_path):
-    config = TrainConfig(epochs=1, backup_dir=str(tmp_path / "backup"), export_dir=str(tmp_path / "serving"))
+    config = TrainConfig.from_flags(epochs=1, backup_dir=str(tmp_path / "backup"),
+                                    export_dir=str(tmp_path / "serving"))
     assert _locked_folders(config) == [str(tmp_path / "backup"), str(tmp_path / "serving")]
     # Worker 1 of a multi-worker run shares worker 0's backup folder: only worker 0 locks it.
-    worker = dataclasses.replace(config, strategy="multi_worker", task_index=1, worker_hosts=("a:1", "b:2"))
+    worker = config.with_flags(strategy="multi_worker", task_index=1, worker_hosts=("a:1", "b:2"))
     assert _locked_folders(worker) == []
-    assert _locked_folders(dataclasses.replace(config, backup=False, export_dir=None)) == []
+    assert _locked_folders(config.with_flags(backup=False, export_dir=None)) == []

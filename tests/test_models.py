@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import PDDM, DoubleHeaderHingeLoss, PDDMModel, small_convnet
+from pddm_tf import PDDM, DoubleHeaderHingeLoss, PDDMModel, QuadrupletMiner, small_convnet
 
 
 def _batches(steps=3, classes=8, per_class=4, size=16, seed=0):
@@ -22,7 +22,7 @@ def _model(mining="per_pair", mining_score="pddm"):
     keras.utils.set_random_seed(0)
     model = PDDMModel(small_convnet(16, 1, width=8, depth=2), embedding_dim=8,
                       pddm=PDDM(units=8, combined_units=8),
-                      loss=DoubleHeaderHingeLoss(alpha=1.0, beta=1.0, mining=mining),
+                      loss=DoubleHeaderHingeLoss(alpha=1.0, beta=1.0, miner=QuadrupletMiner(mining)),
                       mining_score=mining_score)
     model.build((None, 16, 16, 1))
     return model

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Any, ClassVar, NamedTuple
 
 import keras
 import tensorflow as tf
 
+from pddm_tf._deprecation import warn_deprecated
 from pddm_tf.distances import Distance, get_distance, serialize_distance
 from pddm_tf.losses._batch import LossBatch, check_embeddings, labels_from_y_true
 from pddm_tf.miners import Miner, Tuples, get_miner, serialize_miner
@@ -179,8 +179,8 @@ class EmbeddingLoss(keras.losses.Loss):
                                  **kwargs: Any) -> Any:
         """The pre-contract spellings: (tuples, embeddings=None, distances=None) and the margin loss's
         (labels, tuples, distances)."""
-        warnings.warn(f"{type(self).__name__}.from_indices(tuples, embeddings, distances) is deprecated: "
-                      "call from_indices(labels, embeddings, tuples)", DeprecationWarning, stacklevel=3)
+        warn_deprecated(f"{type(self).__name__}.from_indices(tuples, embeddings, distances) is deprecated: "
+                        "call from_indices(labels, embeddings, tuples)", stacklevel=3)
         if isinstance(first, Tuples):
             tuples, embeddings, distances = first, second, kwargs.get("distances", third)
             labels = None
@@ -254,8 +254,8 @@ class PairLoss(EmbeddingLoss):
         if legacy is None:
             raise NotImplementedError(f"{type(self).__name__} must implement pair_terms")
         # A subclass written before the contract returns its scalar from `_from_masks`: one element.
-        warnings.warn(f"{type(self).__name__}._from_masks is deprecated: implement pair_terms, returning "
-                      "per-element losses for the reducer", DeprecationWarning, stacklevel=2)
+        warn_deprecated(f"{type(self).__name__}._from_masks is deprecated: implement pair_terms, returning "
+                        "per-element losses for the reducer", stacklevel=2)
         return {"loss": ElementLosses(tf.reshape(legacy(matrix, positive, negative), [1]))}
 
 

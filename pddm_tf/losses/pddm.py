@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
 
+from pddm_tf._deprecation import warn_deprecated
 from pddm_tf.distances import Distance
 from pddm_tf.losses._base import (
     ElementLosses,
@@ -113,8 +113,8 @@ class DoubleHeaderHingeLoss(EmbeddingLoss):
         if mining is not None:
             if miner is not None:
                 raise ValueError("pass miner=QuadrupletMiner(...) or the deprecated mining=..., not both")
-            warnings.warn(f"DoubleHeaderHingeLoss(mining={mining!r}) is deprecated: use "
-                          f"DoubleHeaderHingeLoss(miner=QuadrupletMiner({mining!r}))", DeprecationWarning, stacklevel=2)
+            warn_deprecated(f"DoubleHeaderHingeLoss(mining={mining!r}) is deprecated: use "
+                            f"DoubleHeaderHingeLoss(miner=QuadrupletMiner({mining!r}))", stacklevel=2)
             miner = QuadrupletMiner(mining)
         super().__init__(distance=distance, reducer=reducer, miner=QuadrupletMiner() if miner is None else miner,
                          name=name, **kwargs)
@@ -205,8 +205,8 @@ class DoubleHeaderHingeLoss(EmbeddingLoss):
     def _deprecated_from_indices(self, first: Any, second: Any, third: Any, fourth: Any = None,
                                  **kwargs: Any) -> Any:
         """The pre-contract spelling from_indices(embeddings, tuples, s_ap, s_an) -> LossTerms."""
-        warnings.warn("DoubleHeaderHingeLoss.from_indices(embeddings, tuples, s_ap, s_an) is deprecated: call "
-                      "quadruplet_terms(embeddings, tuples, s_ap, s_an)", DeprecationWarning, stacklevel=3)
+        warn_deprecated("DoubleHeaderHingeLoss.from_indices(embeddings, tuples, s_ap, s_an) is deprecated: call "
+                        "quadruplet_terms(embeddings, tuples, s_ap, s_an)", stacklevel=3)
         return self.quadruplet_terms(first, second, kwargs.get("s_ap", third), kwargs.get("s_an", fourth))
 
     def get_config(self) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from pddm_tf._deprecation import warn_deprecated
 from pddm_tf.distances import Distance
 from pddm_tf.losses._base import (
     ElementLosses,
@@ -73,8 +73,7 @@ class TripletLoss(EmbeddingLoss):
                  reducer: str | dict[str, Any] | Reducer | None = None,
                  name: str = "triplet_loss", **kwargs: Any) -> None:
         if "mining" in kwargs:
-            warnings.warn("TripletLoss(mining=...) is deprecated: use TripletLoss(miner=...)", DeprecationWarning,
-                          stacklevel=2)
+            warn_deprecated("TripletLoss(mining=...) is deprecated: use TripletLoss(miner=...)", stacklevel=2)
             miner = kwargs.pop("mining")
         super().__init__(distance=distance, reducer=reducer, miner=miner, name=name, **kwargs)
         self.margin = finite_number("TripletLoss", "margin", margin)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pddm_tf._deprecation import warn_deprecated
 from pddm_tf.options import Bound, ConfigError, Setting, field_setting, setting
 from pddm_tf.registry import Registry
 
@@ -194,9 +194,8 @@ def register_method(spec: MethodSpec | str, builder: Callable[..., Any] | None =
     if isinstance(spec, str):
         if builder is None:
             raise TypeError("register_method takes a MethodSpec")
-        warnings.warn("register_method(name, builder) is deprecated; use register_method(MethodSpec(name=..., "
-                      "summary=..., build=..., options=..., flags=...)) (see pddm_tf.methods.spec)",
-                      DeprecationWarning, stacklevel=2)
+        warn_deprecated("register_method(name, builder) is deprecated; use register_method(MethodSpec(name=..., "
+                        "summary=..., build=..., options=..., flags=...)) (see pddm_tf.methods.spec)", stacklevel=2)
         spec = _legacy_spec(spec, builder)
     return METHOD_SPECS.register(spec.name, spec)
 

@@ -7,9 +7,9 @@ from typing import Any, ClassVar, NamedTuple
 import keras
 import tensorflow as tf
 
+from pddm_tf._named import Named, get_named, serialize_named
 from pddm_tf.distances import pairwise_distances
 from pddm_tf.miners.mining import check_labels
-from pddm_tf.registry import check_registered
 
 
 class Tuples(NamedTuple):
@@ -124,7 +124,7 @@ class Tuples(NamedTuple):
 MINERS: dict[str, type[Miner]] = {}
 
 
-class Miner:
+class Miner(Named, table=MINERS, kind="miner"):
     """Chooses index tuples in a batch from its labels and pairwise distances; never differentiated.
 
     `miner(labels [m], embeddings [m, d], distances=None, ref_embeddings=None, ref_labels=None)
@@ -139,20 +139,12 @@ class Miner:
     can only mine within one batch sets `supports_ref = False`.
     """
 
-    name: ClassVar[str] = ""
     #: Whether XLA can compile `mine` (Keras' `supports_jit`, read by the models that train with the
     #: miner): False for a miner whose number of tuples depends on the data, or whose draws use an op
     #: XLA cannot compile.
     supports_jit: ClassVar[bool] = True
     #: Whether `mine` handles reference samples (`ref_labels` not None).
     supports_ref: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__ and cls.name:
-            if cls.name in MINERS and MINERS[cls.name] is not cls:
-                raise ValueError(f"a miner named {cls.name!r} is already registered ({MINERS[cls.name]})")
-            MINERS[cls.name] = cls
 
     def __call__(self, labels: tf.Tensor, embeddings: tf.Tensor, distances: tf.Tensor | None = None,
                  ref_embeddings: tf.Tensor | None = None, ref_labels: tf.Tensor | None = None) -> Tuples:
@@ -186,28 +178,11 @@ class Miner:
         """State to save with the model that trains with this miner (a seeded sampler's position)."""
         return []
 
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments: `type(self)(**self.get_config())` is an equal miner."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Miner:
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
-        return f"{type(self).__name__}({arguments})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.get_config() == self.get_config()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
 def serialize_miner(miner: Miner) -> dict[str, Any]:
     """{"name": registered name, "config": constructor arguments}, as a loss's config holds it."""
-    return {"name": get_miner(miner).name, "config": miner.get_config()}
+    return serialize_named(miner, Miner)
 
 
 def get_miner(identifier: str | dict[str, Any] | Miner) -> Miner:
@@ -216,11 +191,4 @@ def get_miner(identifier: str | dict[str, Any] | Miner) -> Miner:
     Raises:
       ValueError: an unknown name, listing the known ones, or a Miner whose class has no name.
     """
-    if isinstance(identifier, Miner):
-        check_registered(identifier, MINERS)
-        return identifier
-    name, config = (identifier, {}) if isinstance(identifier, str) else (identifier.get("name"),
-                                                                          identifier.get("config", {}))
-    if name not in MINERS:
-        raise ValueError(f"unknown miner {name!r}; expected one of {sorted(MINERS)} or a Miner")
-    return MINERS[name].from_config(config)
+    return get_named(identifier, Miner)

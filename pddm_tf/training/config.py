@@ -25,10 +25,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from pddm_tf._deprecation import warn_deprecated
 from pddm_tf.methods.spec import MethodConfig
 from pddm_tf.options import Bound, ConfigError, Setting, field_setting, setting
 from pddm_tf.training import config_checks
@@ -256,9 +256,9 @@ class TrainConfig:
             flat["method"] = method
             method = None
         if flat:
-            warnings.warn(f"TrainConfig({', '.join(f'{name}=...' for name in flat)}) is deprecated: use "
-                          f"TrainConfig.from_flags({', '.join(f'{name}=...' for name in flat)}) or "
-                          f"TrainConfig({_nested_spelling(flat)})", DeprecationWarning, stacklevel=2)
+            warn_deprecated(f"TrainConfig({', '.join(f'{name}=...' for name in flat)}) is deprecated: use "
+                            f"TrainConfig.from_flags({', '.join(f'{name}=...' for name in flat)}) or "
+                            f"TrainConfig({_nested_spelling(flat)})", stacklevel=2)
         given = {"data": data, "model": model, "method": method, "optimization": optimization, "run": run}
         for group, values in _groups_of(flat).items():
             base = given[group] if given[group] is not None else GROUPS[group]()
@@ -285,9 +285,8 @@ class TrainConfig:
         release's spelling (DeprecationWarning: use `with_flags`)."""
         flat = {name: value for name, value in changes.items() if name not in GROUPS or isinstance(value, str)}
         if flat:
-            warnings.warn(f"TrainConfig.replace({', '.join(f'{name}=...' for name in flat)}) is deprecated: use "
-                          f"with_flags({', '.join(f'{name}=...' for name in flat)})", DeprecationWarning,
-                          stacklevel=2)
+            warn_deprecated(f"TrainConfig.replace({', '.join(f'{name}=...' for name in flat)}) is deprecated: use "
+                            f"with_flags({', '.join(f'{name}=...' for name in flat)})", stacklevel=2)
         groups = {name: value for name, value in changes.items() if name not in flat}
         return dataclasses.replace(self, **groups).with_flags(**flat)
 
@@ -295,8 +294,7 @@ class TrainConfig:
         # Only called for names that are not attributes: the flat fields of the previous release.
         if name in FLAGS and not name.startswith("_"):
             group, field, _ = FLAGS[name]
-            warnings.warn(f"TrainConfig.{name} is deprecated: use config.{group}.{field}", DeprecationWarning,
-                          stacklevel=2)
+            warn_deprecated(f"TrainConfig.{name} is deprecated: use config.{group}.{field}", stacklevel=2)
             return getattr(object.__getattribute__(self, group), field)
         raise AttributeError(f"TrainConfig has no attribute {name!r}")
 

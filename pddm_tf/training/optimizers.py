@@ -34,9 +34,14 @@ def decays_under_l2(variable: Any) -> bool:
 
 
 class _CoupledL2:
-    """Adds l2 * w to each kernel's gradient before the base optimiser's update (see the module)."""
+    """Adds l2 * w to each kernel's gradient before the base optimiser's update (see the module): the
+    part of `AdamL2` and `SGDL2` that does not depend on their Keras base, which follows it in the MRO."""
 
-    l2: float
+    def __init__(self, learning_rate: Any, l2: float = 0.0, **kwargs: Any) -> None:
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        super().__init__(learning_rate=learning_rate, **kwargs)  # type: ignore[call-arg]
+        self.l2 = float(l2)
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if self.l2 > 0 and decays_under_l2(variable):
@@ -45,19 +50,16 @@ class _CoupledL2:
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable, gradient.dtype)
         super().update_step(gradient, variable, learning_rate)  # type: ignore[misc]
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "l2": self.l2}  # type: ignore[misc]
+
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
 class AdamL2(_CoupledL2, keras.optimizers.Adam):
     """`keras.optimizers.Adam` with the coupled L2 term `l2` on kernels (PyTorch's Adam(weight_decay=l2))."""
 
     def __init__(self, learning_rate: Any = 1e-3, l2: float = 0.0, **kwargs: Any) -> None:
-        if not l2 >= 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}")
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.l2 = float(l2)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "l2": self.l2}
+        super().__init__(learning_rate=learning_rate, l2=l2, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
@@ -65,13 +67,7 @@ class SGDL2(_CoupledL2, keras.optimizers.SGD):
     """`keras.optimizers.SGD` with the coupled L2 term `l2` on kernels (Caffe's weight_decay)."""
 
     def __init__(self, learning_rate: Any = 1e-2, l2: float = 0.0, **kwargs: Any) -> None:
-        if not l2 >= 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}")
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.l2 = float(l2)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "l2": self.l2}
+        super().__init__(learning_rate=learning_rate, l2=l2, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
