@@ -296,6 +296,31 @@ def test_soft_triple_regulariser_alone_on_an_empty_batch():
                                0.2 * ref_center_distances(p, 2) / (C * 2 * 1), rtol=1e-9)
 
 
+def test_soft_triple_regulariser_merges_the_centres_of_a_class():
+    """What the regulariser is for: gradient descent on it alone (an empty batch) pulls the K centres of
+    each class together, so a class ends using one centre's direction."""
+    k = 3
+    _, p = _inputs(k, seed=10)
+    loss = _soft_triple(1.0, p)
+    optimizer = keras.optimizers.SGD(2.0)
+    labels, embeddings = tf.zeros([0], tf.int32), tf.zeros([0, D], tf.float64)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            value = loss(labels, embeddings)
+        optimizer.apply_gradients([(tape.gradient(value, loss.proxies.value), loss.proxies)])
+
+    def spread(centres):  # the largest distance between two unit centres of a class, per class
+        unit = _unit(centres).reshape(C, k, D)
+        return np.linalg.norm(unit[:, :, None] - unit[:, None], axis=-1).max(axis=(1, 2))
+
+    assert spread(p).min() > 1.0  # 1.5-1.9 at the start
+    for _ in range(300):
+        step()
+    assert spread(loss.proxies.numpy()).max() < 0.1, spread(loss.proxies.numpy())  # 0.03-0.04 measured
+
+
 def test_empty_batch_is_zero_not_nan():
     """No embedding: every mean is over nothing and every log(1 + empty sum) is 0."""
     for cls in (losses.ProxyAnchorLoss, losses.ProxyNCALoss, losses.SoftTripleLoss, losses.ArcFaceLoss):

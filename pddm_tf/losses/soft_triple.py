@@ -27,9 +27,9 @@ class SoftTripleLoss(ProxyLoss):
         L_i = -log( exp(la (S'_iy - delta)) / (exp(la (S'_iy - delta)) + sum_{c != y} exp(la S'_ic)) )
 
     per embedding, reduced by `reducer` (default "mean"): pytorch-metric-learning's
-    `SoftTripleLoss` (same names, defaults and reduction), docs/METHODS.md eq. (10.6). With
+    `SoftTripleLoss` (same names, defaults and reduction); METHODS.md section 10, eq. (10.6). With
     `center_regularizer` tau > 0 the paper's regulariser on the unit centres w_c^k is added once
-    per batch, outside the reducer (docs/METHODS.md eq. (10.7)):
+    per batch, outside the reducer (METHODS.md section 10, eq. (10.7)):
 
         L = reducer(L_i) + tau / (C K (K - 1)) sum_c sum_{t < s} sqrt(2 + 1e-5 - 2 w_c^t . w_c^s)
 
