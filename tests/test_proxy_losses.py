@@ -50,13 +50,21 @@ def ref_normalized_softmax(x, p, y, temperature=0.05):
     return -_log_softmax_target(_unit(x) @ _unit(p).T / temperature, y).mean()
 
 
-def ref_soft_triple(x, p, y, k, la=20.0, gamma=0.1, margin=0.01):
+def ref_soft_triple(x, p, y, k, la=20.0, gamma=0.1, margin=0.01, tau=0.0):
     s = (_unit(x) @ _unit(p).T).reshape(len(x), -1, k)
     w = np.exp(s / gamma)
     w /= w.sum(-1, keepdims=True)
     soft = (w * s).sum(-1)
     soft[np.arange(len(y)), y] -= margin
-    return -_log_softmax_target(la * soft, y).mean()
+    return -_log_softmax_target(la * soft, y).mean() + tau * ref_center_distances(p, k) / (len(p) * (k - 1))
+
+
+def ref_center_distances(p, k):
+    """The SoftTriple regulariser R: sum over classes and centre pairs t < s of sqrt(2 + 1e-5 - 2 cos),
+    by explicit loops over the pairs."""
+    centers = _unit(p).reshape(-1, k, p.shape[1])
+    return sum(math.sqrt(2 + 1e-5 - 2 * centers[c, t] @ centers[c, s])
+               for c in range(len(centers)) for t in range(k) for s in range(t + 1, k))
 
 
 def _margin_softmax(cos, y, target, scale):
@@ -85,6 +93,9 @@ CASES = {
     "normalized_softmax": (losses.NormalizedSoftmaxLoss, {}, 1, ref_normalized_softmax),
     "soft_triple": (losses.SoftTripleLoss, {"centers_per_class": 3}, 3,
                     lambda x, p, y: ref_soft_triple(x, p, y, 3)),
+    # tau = 0.2, the paper's; len(p) = C K, so the reference divides R by C K (K - 1).
+    "soft_triple_center_regularizer": (losses.SoftTripleLoss, {"centers_per_class": 3, "center_regularizer": 0.2}, 3,
+                                       lambda x, p, y: ref_soft_triple(x, p, y, 3, tau=0.2)),
     "arcface": (losses.ArcFaceLoss, {}, 1, ref_arcface),
     "cosface": (losses.CosFaceLoss, {}, 1, ref_cosface),
     "subcenter_arcface": (losses.SubCenterArcFaceLoss, {"sub_centers": 2}, 2,
@@ -199,6 +210,117 @@ def test_arcface_at_the_target_proxy_is_finite():
     np.testing.assert_allclose(value.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
+# ---------------------------------------------------------------- SoftTriple's centre regulariser
+
+def _soft_triple(tau, p, k=3, dtype="float64"):
+    loss = losses.SoftTripleLoss(C, D, centers_per_class=k, center_regularizer=tau, dtype=dtype)
+    loss.proxies.assign(p.astype(dtype))
+    return loss
+
+
+def _value_and_gradients(loss, x, labels=LABELS):
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        value = loss(tf.constant(labels), xt)
+    grad_x, grad_p = tape.gradient(value, [xt, loss.proxies.value])
+    return value.numpy(), grad_x.numpy(), grad_p.numpy()
+
+
+def _ref_center_gradient(p, k):
+    """dR/dp by hand: with u = p / |p| and r_ts = sqrt(2 + 1e-5 - 2 u_t . u_s), dR/du_t = -sum_s u_s / r_ts
+    over t's class, then through the normalisation, dR/dp_t = (I - u_t u_t^T) dR/du_t / |p_t|."""
+    norms = np.linalg.norm(p, axis=1, keepdims=True)
+    u = p / norms
+    grad_u = np.zeros_like(p)
+    for t in range(len(p)):
+        for s in range(len(p)):
+            if s != t and s // k == t // k:
+                grad_u[t] -= u[s] / math.sqrt(2 + 1e-5 - 2 * u[t] @ u[s])
+    return (grad_u - (grad_u * u).sum(1, keepdims=True) * u) / norms
+
+
+def test_soft_triple_without_regulariser_is_the_loss_before_it():
+    """center_regularizer=0 (explicit or the default) is the numpy reference of the loss without R."""
+    x, p = _inputs(3, seed=6)
+    expected = ref_soft_triple(x, p, LABELS, 3)
+    for loss in (_soft_triple(0.0, p), losses.SoftTripleLoss(C, D, centers_per_class=3, dtype="float64")):
+        loss.proxies.assign(p)
+        np.testing.assert_allclose(float(loss(LABELS, x)), expected, rtol=1e-9)
+    assert losses.SoftTripleLoss(C, D).get_config()["center_regularizer"] == 0.0
+
+
+def test_soft_triple_regulariser_value_and_gradient_by_hand():
+    """With tau > 0 the loss grows by tau R / (C K (K - 1)) whatever the batch, and the centres' gradient by
+    tau dR/dp / (C K (K - 1)) (analytic); the embeddings' gradient is unchanged. One pair of centres nearly
+    coincides (r ~ 1e-3): d r / d cos = -1/r is large there and the normalisation's projection cancels
+    most of it, the regime where a wrong floor or projection shows."""
+    k, tau = 3, 0.7
+    x, p = _inputs(k, seed=7)
+    p[4] = p[3] + 1e-3 * np.linalg.norm(p[3]) * np.array([1.0, 0.0, 0.0, 0.0, 0.0])
+    scale = tau / (C * k * (k - 1))
+    for labels in (LABELS, np.array([3, 2, 2, 1, 0, 0, 1])):
+        value_0, grad_x0, grad_p0 = _value_and_gradients(_soft_triple(0.0, p), x, labels)
+        value, grad_x, grad_p = _value_and_gradients(_soft_triple(tau, p), x, labels)
+        np.testing.assert_allclose(value - value_0, scale * ref_center_distances(p, k), rtol=1e-9)
+        np.testing.assert_allclose(grad_x, grad_x0, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grad_p - grad_p0, scale * _ref_center_gradient(p, k), rtol=1e-6, atol=1e-9)
+    u = _unit(p)
+    assert 2e-4 < math.sqrt(2 - 2 * u[3] @ u[4]) < 2e-3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_soft_triple_regulariser_at_coinciding_centres_is_finite(dtype):
+    """Two equal centres (and one opposite): the 1e-5 under the root keeps value and gradient finite, in
+    float32 too, where the computed cosine of a vector with itself can exceed 1."""
+    k = 3
+    x, p = _inputs(k, seed=8)
+    p[1] = p[0]
+    p[2] = -p[0]
+    loss = _soft_triple(1.0, p, dtype=dtype)
+    zero = _soft_triple(0.0, p, dtype=dtype)
+    value, grad_x, grad_p = _value_and_gradients(loss, x.astype(dtype))
+    assert np.isfinite(grad_x).all() and np.isfinite(grad_p).all()
+    expected = ref_center_distances(p, k) / (C * k * (k - 1))
+    np.testing.assert_allclose(value - float(zero(LABELS, x.astype(dtype))), expected, rtol=1e-5)
+    # Class 0's pairs: sqrt(1e-5) for the equal two, sqrt(4 + 1e-5) twice for the opposite one.
+    np.testing.assert_allclose(ref_center_distances(p[:k], k), math.sqrt(1e-5) + 2 * math.sqrt(4 + 1e-5),
+                               rtol=1e-9)
+
+
+def test_soft_triple_regulariser_alone_on_an_empty_batch():
+    """No embedding: the cross-entropy's mean is 0 and the loss is the regulariser alone."""
+    _, p = _inputs(2, seed=9)
+    loss = _soft_triple(0.2, p, k=2)
+    np.testing.assert_allclose(float(loss(np.zeros([0], np.int32), np.zeros([0, D]))),
+                               0.2 * ref_center_distances(p, 2) / (C * 2 * 1), rtol=1e-9)
+
+
+def test_soft_triple_regulariser_merges_the_centres_of_a_class():
+    """What the regulariser is for: gradient descent on it alone (an empty batch) pulls the K centres of
+    each class together, so a class ends using one centre's direction."""
+    k = 3
+    _, p = _inputs(k, seed=10)
+    loss = _soft_triple(1.0, p)
+    optimizer = keras.optimizers.SGD(2.0)
+    labels, embeddings = tf.zeros([0], tf.int32), tf.zeros([0, D], tf.float64)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            value = loss(labels, embeddings)
+        optimizer.apply_gradients([(tape.gradient(value, loss.proxies.value), loss.proxies)])
+
+    def spread(centres):  # the largest distance between two unit centres of a class, per class
+        unit = _unit(centres).reshape(C, k, D)
+        return np.linalg.norm(unit[:, :, None] - unit[:, None], axis=-1).max(axis=(1, 2))
+
+    assert spread(p).min() > 1.0  # 1.5-1.9 at the start
+    for _ in range(300):
+        step()
+    assert spread(loss.proxies.numpy()).max() < 0.1, spread(loss.proxies.numpy())  # 0.03-0.04 measured
+
+
 def test_empty_batch_is_zero_not_nan():
     """No embedding: every mean is over nothing and every log(1 + empty sum) is 0."""
     for cls in (losses.ProxyAnchorLoss, losses.ProxyNCALoss, losses.SoftTripleLoss, losses.ArcFaceLoss):
@@ -216,6 +338,10 @@ def test_empty_batch_is_zero_not_nan():
     (losses.NormalizedSoftmaxLoss, {"temperature": 0}, "temperature must be > 0"),
     (losses.SoftTripleLoss, {"gamma": -0.1}, "gamma must be > 0"),
     (losses.SoftTripleLoss, {"centers_per_class": 0}, "centers_per_class must be a positive integer"),
+    (losses.SoftTripleLoss, {"center_regularizer": -0.1}, "center_regularizer must be >= 0"),
+    (losses.SoftTripleLoss, {"center_regularizer": math.nan}, "center_regularizer must be a finite number"),
+    (losses.SoftTripleLoss, {"center_regularizer": 0.2, "centers_per_class": 1},
+     "center_regularizer=0.2 needs centers_per_class >= 2"),
     (losses.ArcFaceLoss, {"margin": 200.0}, "margin is in degrees"),
     (losses.ArcFaceLoss, {"scale": math.inf}, "scale must be a finite number"),
     (losses.CosFaceLoss, {"margin": -0.1}, "margin must be >= 0"),

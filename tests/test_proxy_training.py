@@ -19,6 +19,7 @@ from pddm_tf import backbones, data, methods
 from pddm_tf.losses import ProxyAnchorLoss, SoftTripleLoss
 from pddm_tf.models import MetricLossModel, ProxyLossModel, ScaledSchedule
 from pddm_tf.options import ConfigError
+from pddm_tf.training import TrainConfig
 from pddm_tf.training.optimizers import WarmupCosine
 
 SIZE, CLASSES, PER_CLASS, DIM = 16, 8, 4, 8
@@ -95,24 +96,35 @@ def test_a_loss_without_proxies_is_refused():
         _model(loss=pddm_tf.TripletLoss())
 
 
-def _train(strategy, images, labels):
+#: Losses of the strategy test: name -> factory. SoftTriple with its centre regulariser (a term on the
+#: proxies, not the batch) checks that it is counted once over the replicas, not once per replica.
+STRATEGY_LOSSES = {
+    "proxy_anchor": lambda: ProxyAnchorLoss(CLASSES, DIM),
+    "soft_triple_center_regularizer": lambda: SoftTripleLoss(CLASSES, DIM, centers_per_class=2,
+                                                             center_regularizer=4.0),
+}
+
+
+def _train(strategy, images, labels, loss="proxy_anchor"):
     with strategy.scope():
-        model = _model()
+        keras.utils.set_random_seed(0)  # the proxies' initial values, the same in both runs
+        model = _model(loss=STRATEGY_LOSSES[loss]())
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(tf.data.Dataset.from_tensor_slices((images, labels)), epochs=1, verbose=0)
     return model, history.history["loss"][0]
 
 
-def test_mirrored_two_replicas_equal_one_device(two_replicas):
+@pytest.mark.parametrize("loss", sorted(STRATEGY_LOSSES))
+def test_mirrored_two_replicas_equal_one_device(two_replicas, loss):
     """The global batch of 32 split over two replicas trains the network and the proxies (each on its
     own optimiser) as one device does."""
     images, labels = _batches(steps=3)
-    single, single_loss = _train(tf.distribute.get_strategy(), images, labels)
-    mirrored, mirrored_loss = _train(two_replicas, images, labels)
+    single, single_loss = _train(tf.distribute.get_strategy(), images, labels, loss)
+    mirrored, mirrored_loss = _train(two_replicas, images, labels, loss)
     np.testing.assert_allclose(mirrored_loss, single_loss, rtol=1e-4)
     for a, b in zip(single.weights, mirrored.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    fresh = _model()
+    fresh = _model(loss=STRATEGY_LOSSES[loss]())
     assert not np.allclose(single.embedding_loss.proxies.numpy(), fresh.embedding_loss.proxies.numpy())
 
 
@@ -198,6 +210,27 @@ def test_method_options_are_checked_at_the_edge():
     model = methods.build_model("proxy_nca", backbones.small_convnet(SIZE, 1, width=8), DIM, training_classes=5,
                                 loss_options={"softmax_scale": 9.0, "num_classes": 7})
     assert model.embedding_loss.softmax_scale == 9.0 and model.embedding_loss.num_classes == 7
+
+
+def test_soft_triple_center_regularizer_option():
+    """`--loss_options center_regularizer` reaches the loss (and its config); with one centre per class it is
+    refused before any work, by the run's check and by the loss, each with one line."""
+    model = methods.build_model("soft_triple", backbones.small_convnet(SIZE, 1, width=8), DIM, training_classes=5,
+                                loss_options={"center_regularizer": 0.2, "centers_per_class": 3})
+    assert model.embedding_loss.center_regularizer == 0.2
+    assert model.embedding_loss.get_config()["center_regularizer"] == 0.2
+    default = methods.build_model("soft_triple", backbones.small_convnet(SIZE, 1, width=8), DIM, training_classes=5)
+    assert default.embedding_loss.center_regularizer == 0.0
+    with pytest.raises(ConfigError, match="center_regularizer=-1.0 is out of range"):
+        methods.METHOD_SPECS["soft_triple"].parse_options({"center_regularizer": -1.0})
+    options = '{"center_regularizer": 0.2, "centers_per_class": 1}'
+    with pytest.raises(ConfigError, match="center_regularizer=0.2 needs centers_per_class >= 2") as error:
+        TrainConfig.from_flags(method="soft_triple", loss_options=options).check()
+    assert "\n" not in str(error.value)
+    TrainConfig.from_flags(method="soft_triple", loss_options='{"center_regularizer": 0.2}').check()
+    with pytest.raises(ValueError, match="needs centers_per_class >= 2"):
+        methods.build_model("soft_triple", backbones.small_convnet(SIZE, 1, width=8), DIM, training_classes=5,
+                            loss_options={"center_regularizer": 0.2, "centers_per_class": 1})
 
 
 def _env():
