@@ -9,7 +9,7 @@ N-pair loss and the derivation of the default constants are in `pddm_tf.models.h
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
@@ -20,10 +20,9 @@ from pddm_tf.losses import DoubleHeaderHingeLoss, TripletLoss, check_embeddings
 from pddm_tf.models.base import EmbeddingModel, gather_global_batch
 from pddm_tf.models.hdml_config import (
     GROUPS,
-    MOVED,
     HardnessSchedule,
     SynthesisConfig,
-    deprecated_attribute,
+    deprecated_setting,
     take_flat_settings,
 )
 from pddm_tf.models.hdml_ops import (
@@ -200,6 +199,12 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         self.block_steps = self._state("block_steps", (), 0.0)
         self.alpha_in_use = self._state("alpha_in_use", (), 0.0 if alpha is None else alpha)
 
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise type every unknown attribute as Any
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for a name that is not an attribute: the previous release's flat settings
+            # (`model.beta`, now `model.hardness.beta`) still read, with a DeprecationWarning.
+            return deprecated_setting(self, name)
+
     def _state(self, name: str, shape: tuple[int, ...], value: float) -> keras.Variable:
         return self.add_weight(name=name, shape=shape, trainable=False, aggregation="only_first_replica",
                                initializer=keras.initializers.Constant(value))
@@ -369,8 +374,3 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         given = {group: config.pop(group, None) for group in GROUPS}
         config.update(take_flat_settings(given, config, warn=False))
         return super().from_config(config)
-
-
-# The previous release's flat attributes (`model.beta`), read-only, each with a DeprecationWarning.
-for _name in MOVED:
-    setattr(HDMLModel, _name, deprecated_attribute(_name))

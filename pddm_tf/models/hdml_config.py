@@ -154,6 +154,12 @@ def take_flat_settings(given: dict[str, Any], flat: MutableMapping[str, Any], ca
     `get_config`, or Keras' serialised form) is rebuilt; None is the group's defaults.
     """
     moved = {name: flat.pop(name) for name in list(flat) if name in MOVED}
+    if moved and warn:
+        spelled = ", ".join(f"{group}={GROUPS[group].__name__}("
+                            + ", ".join(f"{name}={value!r}" for name, value in moved.items() if MOVED[name] == group)
+                            + ")" for group in GROUPS if any(MOVED[name] == group for name in moved))
+        warnings.warn(f"{caller}({', '.join(f'{name}=...' for name in moved)}) is deprecated: use "
+                      f"{caller}({spelled})", DeprecationWarning, stacklevel=3)
     groups = {}
     for group, kind in GROUPS.items():
         value = given.get(group)
@@ -169,25 +175,19 @@ def take_flat_settings(given: dict[str, Any], flat: MutableMapping[str, Any], ca
         if not isinstance(value, kind):
             raise TypeError(f"{caller}({group}=...) takes a {kind.__name__}, got {type(value).__name__}")
         groups[group] = value
-    if moved and warn:
-        spelled = ", ".join(f"{group}={GROUPS[group].__name__}("
-                            + ", ".join(f"{name}={value!r}" for name, value in moved.items() if MOVED[name] == group)
-                            + ")" for group in GROUPS if any(MOVED[name] == group for name in moved))
-        warnings.warn(f"{caller}({', '.join(f'{name}=...' for name in moved)}) is deprecated: use "
-                      f"{caller}({spelled})", DeprecationWarning, stacklevel=3)
     return groups
 
 
-def deprecated_attribute(name: str) -> property:
-    """The read-only `HDMLModel.<name>` of the previous release: `model.<group>.<name>`, with a
-    DeprecationWarning naming it."""
+def deprecated_setting(model: Any, name: str) -> Any:
+    """`model.<name>`, a flat setting of the previous release (`model.beta`), read from its group
+    (`model.hardness.beta`) with a DeprecationWarning naming it; an AttributeError for any other name.
+    For `HDMLModel.__getattr__`: not class properties, since Keras' saving reads every name of dir(model)."""
+    if name not in MOVED:
+        raise AttributeError(f"'{type(model).__name__}' object has no attribute '{name}'")
     group = MOVED[name]
-
-    def read(model: Any) -> Any:
-        warnings.warn(f"HDMLModel.{name} is deprecated: use model.{group}.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(getattr(model, group), name)
-
-    return property(read, doc=f"Deprecated: `{group}.{name}`.")
+    warnings.warn(f"{type(model).__name__}.{name} is deprecated: use model.{group}.{name}", DeprecationWarning,
+                  stacklevel=3)
+    return getattr(getattr(model, group), name)
 
 
-__all__ = ["GROUPS", "MOVED", "HardnessSchedule", "SynthesisConfig", "deprecated_attribute", "take_flat_settings"]
+__all__ = ["GROUPS", "MOVED", "HardnessSchedule", "SynthesisConfig", "deprecated_setting", "take_flat_settings"]
