@@ -143,7 +143,7 @@ BAD_VALUES = [
     (HardnessSchedule, "alpha", -1.0), (HardnessSchedule, "alpha", math.nan),
     (HardnessSchedule, "initial_easiness", 0.0), (HardnessSchedule, "initial_easiness", 1.0),
     (HardnessSchedule, "beta", -5.0), (HardnessSchedule, "window", 0), (HardnessSchedule, "window", 2.5),
-    (HardnessSchedule, "window", True), (HardnessSchedule, "initial_running_mean", 0.0),
+    (HardnessSchedule, "initial_running_mean", 0.0),
     (SynthesisConfig, "generator_input", "pairs"), (SynthesisConfig, "generator_units", 0),
     (SynthesisConfig, "soft_weight", 1.5), (SynthesisConfig, "softmax_scale", -1.0),
     (SynthesisConfig, "generator_learning_rate", 0.0), (SynthesisConfig, "classifier_learning_rate", -1e-3),
@@ -162,8 +162,15 @@ def test_a_bad_value_is_one_line_naming_it(kind, name, value):
         _model(**{name: value})
 
 
+@pytest.mark.parametrize("kind, name, value", [(HardnessSchedule, "beta", "1e4"), (HardnessSchedule, "window", True),
+                                               (SynthesisConfig, "soft_weight", None)])
+def test_a_value_that_is_not_a_number_is_one_line_naming_it(kind, name, value):
+    with pytest.raises(TypeError, match=rf"^{name} must be a number, got {re.escape(repr(value))}$"):
+        kind(**{name: value})
+
+
 def test_groups_are_frozen_values_that_serialise():
-    hardness, synthesis = HardnessSchedule(alpha=90, window=8.0), SynthesisConfig(generator_units=32.0)
+    hardness, synthesis = HardnessSchedule(alpha=90, window=8.0), SynthesisConfig(generator_units=np.int64(32))
     assert (type(hardness.alpha), type(hardness.window), type(synthesis.generator_units)) == (float, int, int)
     with pytest.raises(dataclasses.FrozenInstanceError):
         hardness.alpha = 1.0  # type: ignore[misc]

@@ -17,6 +17,7 @@ still work for one release with a DeprecationWarning naming the new spelling.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from collections.abc import MutableMapping
 from typing import Any
@@ -35,6 +36,15 @@ class _Settings:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
         return cls(**config)
+
+    def _check_numbers(self, *names: str, optional: tuple[str, ...] = ()) -> None:
+        """A TypeError naming the first of these fields that is not a number (or None, if `optional`)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
 
     def _coerce(self, **types: Any) -> None:
         """Stores each field as its type (a frozen dataclass: through object.__setattr__)."""
@@ -70,6 +80,7 @@ class HardnessSchedule(_Settings):
     initial_running_mean: float = 1e6
 
     def __post_init__(self) -> None:
+        self._check_numbers("alpha", "initial_easiness", "beta", "window", "initial_running_mean", optional=("alpha",))
         if self.alpha is not None and not self.alpha >= 0:
             raise ValueError(f"alpha must be non-negative (or None to calibrate it), got {self.alpha}")
         if not 0.0 < self.initial_easiness < 1.0:
@@ -116,6 +127,8 @@ class SynthesisConfig(_Settings):
     def __post_init__(self) -> None:
         if self.generator_input not in GENERATOR_INPUTS:
             raise ValueError(f"unknown generator_input {self.generator_input!r}; expected one of {GENERATOR_INPUTS}")
+        self._check_numbers("generator_units", "soft_weight", "softmax_scale", "generator_learning_rate",
+                            "classifier_learning_rate", "generator_weight_decay", "classifier_weight_decay")
         if not _whole(self.generator_units):
             raise ValueError(f"generator_units must be a positive whole number, got {self.generator_units}")
         if not 0.0 <= self.soft_weight <= 1.0:
@@ -134,7 +147,7 @@ class SynthesisConfig(_Settings):
 
 def _whole(value: Any) -> bool:
     """A positive whole number (64 or 64.0; not True, NaN or 2.5)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1 and float(value).is_integer()
+    return not isinstance(value, bool) and value >= 1 and float(value).is_integer()
 
 
 #: The `HDMLModel` argument of each settings group, and its class.
