@@ -82,16 +82,16 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
     generator weights themselves are not updated by it).
 
     Running means, as the original's: J_avg is the mean of the *weighted* real metric loss
-    w J_m(real) over blocks of `hardness.window` (64) steps, and J_gen_avg that of J_gen; each is replaced
-    when a block completes and holds `hardness.initial_running_mean` until the first one does (so the first
-    block's synthetics are easy and J_metric is nearly J_m(real)). The block sums, the step within
+    w J_m(real) over blocks of `hardness.window` (64) steps, and J_gen_avg that of J_gen; each is
+    replaced when a block completes and holds `hardness.initial_running_mean` until the first one
+    does (so the first block's synthetics are easy and J_metric is nearly J_m(real)). The block sums, the step within
     the block and the means are non-trainable weights, saved with the model.
 
-    Constants (`HardnessSchedule`): `alpha=None` (default) calibrates alpha at the end of the first block so that the
-    hardness factor exp(-alpha / J_avg) is `initial_easiness` then, and falls as J_avg falls; beta
-    and softmax_scale keep the original values, whose ratio is what matters. The derivation is in
-    `hdml_ops`' docstring; alpha = 90 gives the original's constant (with unit-norm embeddings,
-    all synthetics as hard as the positive after 64 steps).
+    Constants (`HardnessSchedule`): `alpha=None` (default) calibrates alpha at the end of the first
+    block so that the hardness factor exp(-alpha / J_avg) is `initial_easiness` then, and falls as
+    J_avg falls; beta and `SynthesisConfig`'s softmax_scale keep the original values, whose ratio is
+    what matters. The derivation is in `hdml_ops`' docstring; alpha = 90 gives the original's
+    constant (with unit-norm embeddings, all synthetics as hard as the positive after 64 steps).
 
     N-pair base (the default): as the authors' code, on the unnormalised projection z, with
     TensorFlow's npairs_loss formula and its L2 regulariser on the embeddings (`npair_reg`, 0.002;
