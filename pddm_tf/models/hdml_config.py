@@ -7,7 +7,8 @@
                                    J_gen (soft_weight, softmax_scale) and the generator's and the
                                    label-preserving classifier's optimisers
 
-Both are frozen, checked where they are made (a bad value is a one-line ValueError naming it) and
+Both are frozen, checked where they are made (one line naming the field: a ValueError for a value out
+of range, a TypeError for one that is not a number) and
 Keras-serialisable (`get_config` / `from_config`, registered as "pddm_tf>..."). Their fields keep the
 names of the flat `HDMLModel` keywords of the previous release (`HDMLModel(alpha=90.0)` is now
 `HDMLModel(hardness=HardnessSchedule(alpha=90.0))`); `take_flat_settings` maps those keywords, which
