@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pddm_tf import data, small_convnet  # noqa: E402
-from pddm_tf.models.hdml import HDMLModel  # noqa: E402
+from pddm_tf.models.hdml import HardnessSchedule, HDMLModel, SynthesisConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 640, "Training steps per run.")
@@ -44,7 +44,8 @@ SIZE, LOGGED = 32, ("easiness", "lambda0", "j_avg", "alpha", "j_gen_avg", "metri
 def run(alpha: str, split: data.DatasetSplit) -> dict[str, list[float]]:
     keras.utils.set_random_seed(FLAGS.seed)
     model = HDMLModel(small_convnet(SIZE, 1), 64, num_classes=split.train.num_classes, base="npair",
-                      alpha=None if alpha == "calibrated" else float(alpha), generator_input=FLAGS.generator_input,
+                      hardness=HardnessSchedule(alpha=None if alpha == "calibrated" else float(alpha)),
+                      synthesis=SynthesisConfig(generator_input=FLAGS.generator_input),
                       normalize_embeddings=FLAGS.normalize_embeddings)
     model.build((None, SIZE, SIZE, 1))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -54,7 +55,7 @@ def run(alpha: str, split: data.DatasetSplit) -> dict[str, list[float]]:
     # means over the epoch).
     history = model.fit(train, epochs=FLAGS.steps, steps_per_epoch=1, verbose=0).history
     logs = {name: [float(v) for v in history[name]] for name in LOGGED}
-    logs["real_weight"] = [float(np.exp(-model.beta / g)) for g in logs["j_gen_avg"]]
+    logs["real_weight"] = [float(np.exp(-model.hardness.beta / g)) for g in logs["j_gen_avg"]]
     print(f"alpha={alpha}: {FLAGS.steps} steps in {time.perf_counter() - start:.0f} s; hardness factor at steps "
           + ", ".join(f"{s}: {logs['easiness'][s]:.3g}" for s in range(0, FLAGS.steps, 64)), flush=True)
     return logs

@@ -7,7 +7,7 @@ import omniglot_training
 import pytest
 import tensorflow as tf
 
-from pddm_tf import HDMLModel, NPairLoss, hardness_aware_negatives, small_convnet
+from pddm_tf import HardnessSchedule, HDMLModel, NPairLoss, SynthesisConfig, hardness_aware_negatives, small_convnet
 from pddm_tf.methods import build_model
 
 # -- hardness-aware interpolation --------------------------------------------------------------
@@ -85,12 +85,14 @@ def _batches(steps=3, seed=0):
     return 0.5 * images + templates[labels][None], np.broadcast_to(labels, (steps, len(labels))).copy()
 
 
-def _model(base="npair", sgd=None, **kwargs):
-    """A small HDMLModel, built; with `sgd` = (metric, generator, classifier) learning rates, three SGDs
-    given to `compile` (one optimiser per network, as Keras' GAN guide)."""
+def _model(base="npair", sgd=None, softmax_scale=1e4, **hardness):
+    """A small HDMLModel (generator width 16), built, with `HardnessSchedule(**hardness)`; with `sgd` =
+    (metric, generator, classifier) learning rates, three SGDs given to `compile` (one optimiser per
+    network, as Keras' GAN guide)."""
     keras.utils.set_random_seed(0)
     model = HDMLModel(small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, base=base,
-                      generator_units=16, **kwargs)
+                      hardness=HardnessSchedule(**hardness),
+                      synthesis=SynthesisConfig(generator_units=16, softmax_scale=softmax_scale))
     model.build((None, SIZE, SIZE, 1))
     if sgd is None:
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -156,8 +158,11 @@ def test_every_loss_matches_numpy_on_a_tiny_model(base, generator_input):
     keras.utils.set_random_seed(3)
     backbone = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
     j_avg, j_gen, alpha, beta, scale, lam = 4.0, 3.0, 2.0, 2.5, 7.0, 0.3
-    model = HDMLModel(backbone, 3, num_classes=4, base=base, alpha=alpha, window=2, beta=beta, softmax_scale=scale,
-                      soft_weight=lam, generator_units=6, generator_input=generator_input, triplet_margin=0.4)
+    hardness = HardnessSchedule(alpha=alpha, window=2, beta=beta)
+    synthesis = SynthesisConfig(softmax_scale=scale, soft_weight=lam, generator_units=6,
+                                generator_input=generator_input)
+    model = HDMLModel(backbone, 3, num_classes=4, base=base, hardness=hardness, synthesis=synthesis,
+                      triplet_margin=0.4)
     model.build((None, 2, 2, 1))
     model.running_means.assign([j_avg, j_gen])
     rng = np.random.default_rng(0)
@@ -215,16 +220,15 @@ def test_every_loss_matches_numpy_on_a_tiny_model(base, generator_input):
         np.testing.assert_allclose(terms[name], value, rtol=2e-4, atol=1e-6, err_msg=name)
     assert 0.05 < weight < 0.95 and abs(syn - real) > 1e-3  # both parts of J_metric matter
     # synthetic=False (HDML's "without" twin): the same rows and weights, J_metric = J_m(real) alone.
-    twin = HDMLModel(keras.models.clone_model(backbone), 3, num_classes=4, base=base, alpha=alpha, window=2,
-                     beta=beta, softmax_scale=scale, soft_weight=lam, generator_units=6,
-                     generator_input=generator_input, triplet_margin=0.4, synthetic=False)
+    twin = HDMLModel(keras.models.clone_model(backbone), 3, num_classes=4, base=base, hardness=hardness,
+                     synthesis=synthesis, triplet_margin=0.4, synthetic=False)
     twin.build((None, 2, 2, 1))
     twin.set_weights(model.get_weights())
     twin_terms = twin.hdml_terms(tf.constant(images), tf.constant(labels))
     np.testing.assert_allclose(float(twin_terms["loss"]), real, rtol=2e-4, atol=1e-6)
     np.testing.assert_allclose(float(twin_terms["metric_loss_synthetic"]), syn, rtol=2e-4, atol=1e-6)
     # A given alpha (here 2, the original's is 90) is never recalibrated when a block completes.
-    for _ in range(model.window):
+    for _ in range(model.hardness.window):
         model._update_running_means(tf.constant(1.5), tf.constant(2.5))
     np.testing.assert_allclose([model.alpha_in_use.numpy(), *model.running_means.numpy()], [alpha, 1.5, 2.5])
 
@@ -339,7 +343,7 @@ def test_checkpoint_restores_running_means_and_optimisers(tmp_path, form):
 
 def test_methods_registry_builds_hdml():
     model = build_model("hdml_pddm", small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, alpha=0.3)
-    assert isinstance(model, HDMLModel) and model.base == "pddm" and model.alpha is None  # calibrated
+    assert isinstance(model, HDMLModel) and model.base == "pddm" and model.hardness.alpha is None  # calibrated
     assert model.pddm_loss.alpha == 0.3
     with pytest.raises(ValueError, match="needs the number of training classes"):
         build_model("hdml_npair", small_convnet(SIZE, 1, width=8, depth=2), 8)
@@ -401,7 +405,8 @@ def test_hdml_npair_learns_on_omniglot():
 
 
 def test_unbuilt_model_says_to_build_it():
-    model = HDMLModel(small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES, generator_units=16)
+    model = HDMLModel(small_convnet(SIZE, 1, width=8, depth=2), 8, num_classes=CLASSES,
+                      synthesis=SynthesisConfig(generator_units=16))
     model.compile(optimizer="adam")
     images = np.zeros((4, SIZE, SIZE, 1), np.float32)
     with pytest.raises(ValueError, match=r"build the HDMLModel before fit"):

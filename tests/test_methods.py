@@ -102,7 +102,7 @@ def test_every_method_receives_its_flags_through_the_config():
         if isinstance(model, DivideAndConquerModel):
             assert model.num_learners == 2, name
         if isinstance(model, HDMLModel):
-            assert model.num_classes == 3 and model.beta == 500.0, name
+            assert model.num_classes == 3 and model.hardness.beta == 500.0, name
         if getattr(model, "pddm", None) is not None:  # issue 31: never dropped for DC and HDML
             assert model.pddm.normalize_inputs is True, name
         assert ("rerank" in spec.flags) == (getattr(model, "pddm", None) is not None), name

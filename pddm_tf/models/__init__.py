@@ -8,6 +8,7 @@ implements its hooks (`mine`, `loss_terms`, or `batch_terms`). Each model is ser
   base.py                `EmbeddingModel`, `gather_global_batch`, `MetricLossModel` (any loss)
   pddm.py                `PDDMModel`: hard quadruplets mined and scored by a PDDM unit
   hdml.py                `HDMLModel`: hardness-aware synthetic negatives (generator, classifier)
+  hdml_config.py         its settings groups `HardnessSchedule` and `SynthesisConfig`
   proxy.py               `ProxyLossModel`: a loss's proxies trained by their own optimiser (lr multiplier)
   divide_and_conquer.py  `DivideAndConquerModel`: K learners on K slices of one embedding
   clustering.py          Divide-and-Conquer's clusters: k-means of the training set, per-cluster
@@ -30,7 +31,14 @@ from pddm_tf.models.clustering import (
     match_clusters,
 )
 from pddm_tf.models.divide_and_conquer import DivideAndConquerModel
-from pddm_tf.models.hdml import GENERATOR_INPUTS, HDML_BASES, HDMLModel, hardness_aware_negatives
+from pddm_tf.models.hdml import (
+    GENERATOR_INPUTS,
+    HDML_BASES,
+    HardnessSchedule,
+    HDMLModel,
+    SynthesisConfig,
+    hardness_aware_negatives,
+)
 from pddm_tf.models.pddm import MINING_SCORES, PDDM_TERMS, PDDMModel, mine_with_pddm, pddm_quadruplet_terms
 from pddm_tf.models.proxy import ProxyLossModel, ScaledSchedule
 
@@ -47,10 +55,12 @@ __all__ = [
     "DivideAndConquerModel",
     "EmbeddingModel",
     "HDMLModel",
+    "HardnessSchedule",
     "MetricLossModel",
     "PDDMModel",
     "ProxyLossModel",
     "ScaledSchedule",
+    "SynthesisConfig",
     "check_clusters",
     "cluster_balanced_dataset",
     "cluster_features",

@@ -9,7 +9,7 @@ N-pair loss and the derivation of the default constants are in `pddm_tf.models.h
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
@@ -18,6 +18,13 @@ from pddm_tf.distances import EPSILON
 from pddm_tf.layers import PDDM
 from pddm_tf.losses import DoubleHeaderHingeLoss, TripletLoss, check_embeddings
 from pddm_tf.models.base import EmbeddingModel, gather_global_batch
+from pddm_tf.models.hdml_config import (
+    GROUPS,
+    HardnessSchedule,
+    SynthesisConfig,
+    deprecated_setting,
+    take_flat_settings,
+)
 from pddm_tf.models.hdml_ops import (
     GENERATOR_INPUTS,
     HDML_BASES,
@@ -29,7 +36,8 @@ from pddm_tf.models.hdml_ops import (
 )
 from pddm_tf.models.hdml_rows import HDMLBookkeeping
 
-__all__ = ["GENERATOR_INPUTS", "HDML_BASES", "HDMLModel", "hardness_aware_negatives"]
+__all__ = ["GENERATOR_INPUTS", "HDML_BASES", "HDMLModel", "HardnessSchedule", "SynthesisConfig",
+           "hardness_aware_negatives"]
 
 
 @keras.saving.register_keras_serializable(package="pddm_tf")
@@ -47,7 +55,7 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
          anchor (stateless draw keyed on the step, so all replicas agree). Random, not hardest,
          negatives: HDML's point is to make easy negatives useful.
       2. z^- = `hardness_aware_negatives`(z_a, z_p, z_n, J_avg, alpha).
-      3. generator G: Dense(512) -> ReLU -> BN -> Dense(k), linear. With `generator_input`
+      3. generator G: Dense(512) -> ReLU -> BN -> Dense(k), linear. With `synthesis.generator_input`
          "single" (default, the original's), G takes single embeddings: the real z [m] and the
          synthetic z^- [t] stacked along the batch, so y' = G(z) reconstructs each sample and
          G(z^-) decodes each synthetic negative. With "anchor_pair" (this library's first reading
@@ -74,16 +82,16 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
     generator weights themselves are not updated by it).
 
     Running means, as the original's: J_avg is the mean of the *weighted* real metric loss
-    w J_m(real) over blocks of `window` (64) steps, and J_gen_avg that of J_gen; each is replaced
-    when a block completes and holds `initial_running_mean` until the first one does (so the first
-    block's synthetics are easy and J_metric is nearly J_m(real)). The block sums, the step within
+    w J_m(real) over blocks of `hardness.window` (64) steps, and J_gen_avg that of J_gen; each is
+    replaced when a block completes and holds `hardness.initial_running_mean` until the first one
+    does (so the first block's synthetics are easy and J_metric is nearly J_m(real)). The block sums, the step within
     the block and the means are non-trainable weights, saved with the model.
 
-    Constants: `alpha=None` (default) calibrates alpha at the end of the first block so that the
-    hardness factor exp(-alpha / J_avg) is `initial_easiness` then, and falls as J_avg falls; beta
-    and softmax_scale keep the original values, whose ratio is what matters. The derivation is in
-    `hdml_ops`' docstring; alpha = 90 gives the original's constant (with unit-norm embeddings,
-    all synthetics as hard as the positive after 64 steps).
+    Constants (`HardnessSchedule`): `alpha=None` (default) calibrates alpha at the end of the first
+    block so that the hardness factor exp(-alpha / J_avg) is `initial_easiness` then, and falls as
+    J_avg falls; beta and `SynthesisConfig`'s softmax_scale keep the original values, whose ratio is
+    what matters. The derivation is in `hdml_ops`' docstring; alpha = 90 gives the original's
+    constant (with unit-norm embeddings, all synthetics as hard as the positive after 64 steps).
 
     N-pair base (the default): as the authors' code, on the unnormalised projection z, with
     TensorFlow's npairs_loss formula and its L2 regulariser on the embeddings (`npair_reg`, 0.002;
@@ -97,8 +105,8 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
     Cars, 1e-3 CUB, times sum w^2 / 2) on the metric network's non-BN weights only; here it is the
     compiled optimiser's (`pddm_tf.training.make_optimizer(..., weight_decay_mode="l2")` gives the
     same coupled term on kernels), which covers the metric network only, and the generator and
-    classifier get none unless `generator_weight_decay` / `classifier_weight_decay` are set, as in
-    the original.
+    classifier get none unless `SynthesisConfig`'s `generator_weight_decay` / `classifier_weight_decay`
+    are set, as in the original.
 
     Logged: loss (J_metric), metric_loss_real, metric_loss_synthetic, j_recon, j_soft, j_gen,
     j_gen_avg and j_avg (the means used in this step), alpha (in use), easiness (exp(-alpha /
@@ -110,30 +118,22 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
       backbone, embedding_dim, dropout: see `EmbeddingModel`.
       num_classes: number of training classes (labels must be in [0, num_classes)).
       base: "npair", "triplet" or "pddm".
-      alpha: hardness temperature of the interpolation; None (default) calibrates it (see above);
-        90 is the original's.
-      initial_easiness: e_0, the hardness factor right after calibration, in (0, 1).
-      beta: temperature of the real/synthetic weighting (1e4; 5e3 suggested for CUB).
-      soft_weight: lambda, the J_soft vs J_recon trade-off (0.5).
-      softmax_scale: s, the factor on J_soft (the original's 1e4). With beta it sets how fast the
-        weight moves to synthetic samples (only beta / s matters while s * CE dominates J_recon).
-      generator_input: "single" (default, the original's) or "anchor_pair" (see step 3).
-      generator_units: hidden width of the generator (512).
-      window: number of steps of a running-mean block (64).
-      initial_running_mean: value of the running means until the first block completes.
+      hardness: a `HardnessSchedule`: alpha, initial_easiness, beta, and the running means' window
+        and initial value (default: `HardnessSchedule()`).
+      synthesis: a `SynthesisConfig`: the generator's input and width, soft_weight and softmax_scale
+        of J_gen, and the learning rates and weight decays of the generator's and the classifier's
+        optimisers, which the model creates itself (attributes `generator_optimizer`,
+        `classifier_optimizer`, saved with the model) so `compile(optimizer=...)` is enough; a saved
+        model's config only records these settings (default: `SynthesisConfig()`).
+        The previous release's flat keywords (`alpha=90.0`, `generator_units=256`, ...) still work,
+        with a DeprecationWarning naming the new spelling; so do the attributes (`model.beta` is
+        `model.hardness.beta`).
       triplet_margin: hinge margin of the "triplet" base, on distances of unit vectors.
       normalize_embeddings: train on L2-normalised embeddings; None (default) = False for "npair"
         (the original) and True for "triplet" and "pddm".
       npair_reg: weight of the N-pair loss's L2 regulariser on the embeddings (the original's 0.002).
       pddm, pddm_loss: PDDM layer and `DoubleHeaderHingeLoss` of the "pddm" base (defaults: `PDDM()`,
         `DoubleHeaderHingeLoss()`; the loss's `mining` is unused, rows come from step 1).
-      generator_learning_rate, classifier_learning_rate: learning rates of the two extra optimisers,
-        which the model creates itself (attributes `generator_optimizer`, `classifier_optimizer`,
-        saved with the model) so `compile(optimizer=...)` is enough: Adam, or AdamW when the
-        matching weight decay is positive. `compile(generator_optimizer=..., classifier_optimizer=...)`
-        replaces either; a saved model's config only records these settings.
-      generator_weight_decay, classifier_weight_decay: decoupled (AdamW) weight decay of the two
-        extra optimisers; 0 (default) as the original, which regularises the metric network only.
       seed: seed of the random negatives of "triplet"/"pddm".
       synthetic: False trains the metric network on J_m(real) alone (J_metric = J_m(real)): the base
         loss with HDML's rows, the same random negatives and the same per-step cost, i.e. the exact
@@ -147,52 +147,27 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
     loss_arguments = "base, triplet_margin, pddm_loss"
 
     def __init__(self, backbone: keras.Model, embedding_dim: int = 64, *, num_classes: int, base: str = "npair",
-                 alpha: float | None = None, initial_easiness: float = 0.5, beta: float = 1e4,
-                 soft_weight: float = 0.5, softmax_scale: float = 1e4, generator_input: str = "single",
-                 generator_units: int = 512, window: int = 64, initial_running_mean: float = 1e6,
+                 hardness: HardnessSchedule | None = None, synthesis: SynthesisConfig | None = None,
                  triplet_margin: float = 0.2, normalize_embeddings: bool | None = None, npair_reg: float = NPAIR_REG,
-                 pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None,
-                 generator_learning_rate: float = 1e-2, classifier_learning_rate: float = 1e-3,
-                 generator_weight_decay: float = 0.0, classifier_weight_decay: float = 0.0, seed: int = 0,
+                 pddm: PDDM | None = None, pddm_loss: DoubleHeaderHingeLoss | None = None, seed: int = 0,
                  synthetic: bool = True, dropout: float = 0.0, **kwargs: Any) -> None:
+        # Before Keras sees **kwargs: they may hold the previous release's flat settings.
+        groups = take_flat_settings({"hardness": hardness, "synthesis": synthesis}, kwargs)
         super().__init__(backbone, embedding_dim=embedding_dim, dropout=dropout, **kwargs)
         if base not in HDML_BASES:
             raise ValueError(f"unknown HDML base {base!r}; expected one of {HDML_BASES}")
-        if generator_input not in GENERATOR_INPUTS:
-            raise ValueError(f"unknown generator_input {generator_input!r}; expected one of {GENERATOR_INPUTS}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if not 0.0 <= soft_weight <= 1.0:
-            raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
-        if window < 1 or initial_running_mean <= 0:
-            raise ValueError("window must be positive and initial_running_mean > 0")
-        if alpha is not None and alpha < 0:
-            raise ValueError(f"alpha must be non-negative (or None to calibrate it), got {alpha}")
-        if not 0.0 < initial_easiness < 1.0:
-            raise ValueError(f"initial_easiness must be in (0, 1), got {initial_easiness}")
-        if generator_weight_decay < 0 or classifier_weight_decay < 0:
-            raise ValueError("weight decays must be non-negative")
-        self.num_classes = int(num_classes)
-        self.base = base
-        self.alpha = None if alpha is None else float(alpha)
-        self.initial_easiness = float(initial_easiness)
-        self.beta = float(beta)
-        self.soft_weight = float(soft_weight)
-        self.softmax_scale = float(softmax_scale)
-        self.generator_input = generator_input
-        self.generator_units = int(generator_units)
-        self.window = int(window)
-        self.initial_running_mean = float(initial_running_mean)
-        self.triplet_margin = float(triplet_margin)
         if npair_reg < 0:
             raise ValueError(f"npair_reg must be non-negative, got {npair_reg}")
+        self.num_classes = int(num_classes)
+        self.base = base
+        self.hardness: HardnessSchedule = groups["hardness"]
+        self.synthesis: SynthesisConfig = groups["synthesis"]
+        self.triplet_margin = float(triplet_margin)
         self.npair_reg = float(npair_reg)
         self.normalize_embeddings = base != "npair" if normalize_embeddings is None else bool(normalize_embeddings)
         self._triplet_loss = TripletLoss(margin=self.triplet_margin)
-        self.generator_learning_rate = float(generator_learning_rate)
-        self.classifier_learning_rate = float(classifier_learning_rate)
-        self.generator_weight_decay = float(generator_weight_decay)
-        self.classifier_weight_decay = float(classifier_weight_decay)
         self.seed = int(seed)
         self.synthetic = bool(synthetic)
         # No XLA (Keras' switch, see MetricLossModel): the triplet and PDDM bases draw negatives with
@@ -210,17 +185,25 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         # Built in `build`: its output size is the backbone's feature size.
         self.generator: keras.Sequential | None = None
-        self.generator_optimizer = adam(self.generator_learning_rate, self.generator_weight_decay,
+        settings = self.synthesis
+        self.generator_optimizer = adam(settings.generator_learning_rate, settings.generator_weight_decay,
                                          "generator_optimizer")
-        self.classifier_optimizer = adam(self.classifier_learning_rate, self.classifier_weight_decay,
+        self.classifier_optimizer = adam(settings.classifier_learning_rate, settings.classifier_weight_decay,
                                           "classifier_optimizer")
         # [J_avg, J_gen_avg], the sums of the current block and its step count, and alpha in use (0 =
         # not calibrated yet: exp(0) = 1, easy). All replicas compute the same global values, so the
         # first replica's write is the right one.
-        self.running_means = self._state("running_means", (2,), self.initial_running_mean)
+        alpha = self.hardness.alpha
+        self.running_means = self._state("running_means", (2,), self.hardness.initial_running_mean)
         self.block_sums = self._state("block_sums", (2,), 0.0)
         self.block_steps = self._state("block_steps", (), 0.0)
-        self.alpha_in_use = self._state("alpha_in_use", (), 0.0 if alpha is None else float(alpha))
+        self.alpha_in_use = self._state("alpha_in_use", (), 0.0 if alpha is None else alpha)
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise type every unknown attribute as Any
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for a name that is not an attribute: the previous release's flat settings
+            # (`model.beta`, now `model.hardness.beta`) still read, with a DeprecationWarning.
+            return deprecated_setting(self, name)
 
     def _state(self, name: str, shape: tuple[int, ...], value: float) -> keras.Variable:
         return self.add_weight(name=name, shape=shape, trainable=False, aggregation="only_first_replica",
@@ -230,8 +213,8 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
                 classifier_optimizer: Any = None, **kwargs: Any) -> None:
         """`keras.Model.compile` with one optimiser per network, as Keras' GAN guide does: `optimizer`
         trains the metric network; `generator_optimizer` and `classifier_optimizer` (an optimiser or
-        its Keras name; None keeps the model's own Adam of `generator_learning_rate` /
-        `classifier_learning_rate`) the generator and the classifier. Under a strategy, create them
+        its Keras name; None keeps the model's own Adam of `synthesis.generator_learning_rate` /
+        `synthesis.classifier_learning_rate`) the generator and the classifier. Under a strategy, create them
         in its scope. A saved model's config records the model's own settings, not these objects."""
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
         for group, given in (("generator", generator_optimizer), ("classifier", classifier_optimizer)):
@@ -247,12 +230,12 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         features = self.backbone.compute_output_shape(input_shape)[-1]
         if self.generator is None:
             self.generator = keras.Sequential([
-                keras.layers.Dense(self.generator_units, activation="relu", name="hidden"),
+                keras.layers.Dense(self.synthesis.generator_units, activation="relu", name="hidden"),
                 keras.layers.BatchNormalization(name="bn"),
                 keras.layers.Dense(features, name="output"),
             ], name="generator")
         if not self.generator.built:
-            width = self.embedding_dim if self.generator_input == "single" else 2 * self.embedding_dim
+            width = self.embedding_dim if self.synthesis.generator_input == "single" else 2 * self.embedding_dim
             self.generator.build((None, width))
         if not self.classifier.built:
             self.classifier.build((None, features))
@@ -290,7 +273,7 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         hard, lambda0 = hardness_aware_negatives(anchor, positive, negative, j_avg, alpha)
 
         # One generator call for the real and the synthetic samples, so BN normalises them together.
-        if self.generator_input == "single":
+        if self.synthesis.generator_input == "single":
             generator_input = tf.concat([embeddings, hard], 0)
         else:
             generator_input = tf.concat([tf.concat([embeddings, embeddings], 1), tf.concat([anchor, hard], 1)], 0)
@@ -304,7 +287,8 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         synthetic_logits = tf.cast(self.classifier(synthetic), tf.float32)
         anchor_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.anchors)), tf.float32)
         anchor_labels = tf.gather(labels, rows.anchors)
-        j_recon = (1.0 - self.soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
+        soft_weight = self.synthesis.soft_weight
+        j_recon = (1.0 - soft_weight) * tf.reduce_sum(tf.square(reconstructed - features))
         if self.base == "npair":
             soft = (mean_cross_entropy(source_labels, synthetic_logits)
                     + mean_cross_entropy(anchor_labels, anchor_logits))
@@ -312,12 +296,12 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
             positive_logits = tf.cast(self.classifier(tf.gather(reconstructed, rows.positives)), tf.float32)
             soft = mean_cross_entropy(tf.concat([anchor_labels, tf.gather(labels, rows.positives), source_labels], 0),
                                       tf.concat([anchor_logits, positive_logits, synthetic_logits], 0))
-        j_soft = self.soft_weight * self.softmax_scale * soft
+        j_soft = soft_weight * self.synthesis.softmax_scale * soft
         classifier_loss = mean_cross_entropy(labels, tf.cast(self.classifier(features), tf.float32))
         accuracy = tf.cast(tf.equal(tf.argmax(synthetic_logits, axis=1, output_type=tf.int32), source_labels),
                            tf.float32)
 
-        real_weight = tf.exp(-self.beta / j_gen_avg)
+        real_weight = tf.exp(-self.hardness.beta / j_gen_avg)
         metric_loss = real_weight * real_loss + (1.0 - real_weight) * synthetic_loss if self.synthetic else real_loss
         return {
             "loss": metric_loss,
@@ -369,17 +353,11 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(num_classes=self.num_classes, base=self.base, alpha=self.alpha,
-                      initial_easiness=self.initial_easiness, beta=self.beta, soft_weight=self.soft_weight,
-                      softmax_scale=self.softmax_scale, generator_input=self.generator_input,
-                      generator_units=self.generator_units, window=self.window,
-                      initial_running_mean=self.initial_running_mean, triplet_margin=self.triplet_margin,
-                      normalize_embeddings=self.normalize_embeddings, npair_reg=self.npair_reg,
-                      generator_learning_rate=self.generator_learning_rate,
-                      classifier_learning_rate=self.classifier_learning_rate,
-                      generator_weight_decay=self.generator_weight_decay,
-                      classifier_weight_decay=self.classifier_weight_decay, seed=self.seed,
-                      synthetic=self.synthetic,
+        config.update(num_classes=self.num_classes, base=self.base,
+                      hardness=keras.saving.serialize_keras_object(self.hardness),
+                      synthesis=keras.saving.serialize_keras_object(self.synthesis),
+                      triplet_margin=self.triplet_margin, normalize_embeddings=self.normalize_embeddings,
+                      npair_reg=self.npair_reg, seed=self.seed, synthetic=self.synthetic,
                       pddm=keras.saving.serialize_keras_object(self.pddm),
                       pddm_loss=keras.saving.serialize_keras_object(self.pddm_loss))
         return config
@@ -391,4 +369,8 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
         for key in ("pddm", "pddm_loss"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
+        # A config of the previous release holds the settings flat: grouped here, without a warning
+        # (whoever loads a saved model did not write that spelling; saving it again writes the new one).
+        given = {group: config.pop(group, None) for group in GROUPS}
+        config.update(take_flat_settings(given, config, warn=False))
         return super().from_config(config)

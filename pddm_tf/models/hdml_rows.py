@@ -13,6 +13,7 @@ from pddm_tf.layers import PDDM, EmbeddingHead
 from pddm_tf.losses import DoubleHeaderHingeLoss, TripletLoss
 from pddm_tf.miners import Tuples, npair_tuples
 from pddm_tf.miners.mining import npair_pairs, pair_masks
+from pddm_tf.models.hdml_config import HardnessSchedule
 from pddm_tf.models.hdml_ops import npairs_loss
 
 
@@ -21,9 +22,7 @@ class HDMLBookkeeping:
 
     base: str
     seed: int
-    window: int
-    initial_easiness: float
-    alpha: float | None
+    hardness: HardnessSchedule
     running_means: keras.Variable
     block_sums: keras.Variable
     block_steps: keras.Variable
@@ -57,14 +56,15 @@ class HDMLBookkeeping:
         values = tf.stop_gradient(tf.stack([weighted_metric_loss, generator_loss]))
         sums = tf.convert_to_tensor(self.block_sums) + values
         steps = tf.convert_to_tensor(self.block_steps) + 1.0
-        complete = steps >= self.window
-        means = sums / self.window
+        window = self.hardness.window
+        complete = steps >= window
+        means = sums / window
         self.running_means.assign(tf.where(complete, means, self.running_means))
         self.block_sums.assign(tf.where(complete, tf.zeros_like(sums), sums))
         self.block_steps.assign(tf.where(complete, 0.0, steps))
-        if self.alpha is None:
+        if self.hardness.alpha is None:
             calibrate = complete & tf.equal(self.alpha_in_use, 0.0)
-            alpha = -math.log(self.initial_easiness) * means[0]
+            alpha = -math.log(self.hardness.initial_easiness) * means[0]
             self.alpha_in_use.assign(tf.where(calibrate, alpha, self.alpha_in_use))
 
 

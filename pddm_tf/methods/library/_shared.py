@@ -77,10 +77,11 @@ def hdml_model(backbone: Any, embedding_dim: int, settings: Mapping[str, Any], b
     """An `HDMLModel` around `base` of the HDML flags in `settings`."""
     if settings["training_classes"] is None:
         raise ValueError(f"method hdml_{base} needs the number of training classes")
+    hardness = pddm_tf.HardnessSchedule(alpha=settings["hdml_alpha"], beta=settings["hdml_beta"])
+    synthesis = pddm_tf.SynthesisConfig(generator_input=settings["hdml_generator_input"])
     return pddm_tf.HDMLModel(backbone, embedding_dim, num_classes=settings["training_classes"], base=base,
-                             alpha=settings["hdml_alpha"], beta=settings["hdml_beta"],
-                             generator_input=settings["hdml_generator_input"], synthetic=settings["hdml_synthetic"],
-                             dropout=settings["dropout"], **extra)
+                             hardness=hardness, synthesis=synthesis,
+                             synthetic=settings["hdml_synthetic"], dropout=settings["dropout"], **extra)
 
 
 def check_divide_and_conquer(values: Mapping[str, Any]) -> None:
