@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-import warnings
 from collections.abc import MutableMapping
 from typing import Any
 
 import keras
 
+from pddm_tf._deprecation import warn_deprecated
 from pddm_tf.models.hdml_ops import GENERATOR_INPUTS
 
 
@@ -172,8 +172,8 @@ def take_flat_settings(given: dict[str, Any], flat: MutableMapping[str, Any], ca
         spelled = ", ".join(f"{group}={GROUPS[group].__name__}("
                             + ", ".join(f"{name}={value!r}" for name, value in moved.items() if MOVED[name] == group)
                             + ")" for group in GROUPS if any(MOVED[name] == group for name in moved))
-        warnings.warn(f"{caller}({', '.join(f'{name}=...' for name in moved)}) is deprecated: use "
-                      f"{caller}({spelled})", DeprecationWarning, stacklevel=3)
+        warn_deprecated(f"{caller}({', '.join(f'{name}=...' for name in moved)}) is deprecated: use "
+                        f"{caller}({spelled})", stacklevel=3)
     groups = {}
     for group, kind in GROUPS.items():
         value = given.get(group)
@@ -199,8 +199,7 @@ def deprecated_setting(model: Any, name: str) -> Any:
     if name not in MOVED:
         raise AttributeError(f"'{type(model).__name__}' object has no attribute '{name}'")
     group = MOVED[name]
-    warnings.warn(f"{type(model).__name__}.{name} is deprecated: use model.{group}.{name}", DeprecationWarning,
-                  stacklevel=3)
+    warn_deprecated(f"{type(model).__name__}.{name} is deprecated: use model.{group}.{name}", stacklevel=3)
     return getattr(getattr(model, group), name)
 
 
