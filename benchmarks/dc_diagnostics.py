@@ -56,9 +56,9 @@ QUALITY = ("coherence", "nmi", "dropped", "size_min", "size_max")
 def _clusters(features: np.ndarray, labels: np.ndarray, k: int, seed: int) -> dict[str, dict[str, float]]:
     """Quality of DivideAndConquer's clustering (k-means, singleton classes dropped) and of random ids of the
     same cluster sizes."""
-    ids = drop_singleton_classes(kmeans_clusters(features, k, seed), labels, k)
-    shuffled = np.random.default_rng(seed).permutation(kmeans_clusters(features, k, seed))
-    return {"kmeans": cluster_quality(ids, labels, k),
+    clusters = kmeans_clusters(features, k, seed)
+    shuffled = np.random.default_rng(seed).permutation(clusters)
+    return {"kmeans": cluster_quality(drop_singleton_classes(clusters, labels, k), labels, k),
             "random": cluster_quality(drop_singleton_classes(shuffled, labels, k), labels, k)}
 
 
