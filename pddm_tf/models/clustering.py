@@ -142,6 +142,36 @@ def drop_singleton_classes(ids: np.ndarray, labels: np.ndarray, num_clusters: in
     return np.where(single, DROPPED, ids).astype(np.int32)
 
 
+def cluster_quality(ids: np.ndarray, labels: np.ndarray, num_clusters: int) -> dict[str, float]:
+    """How closely a clustering of the training set follows its classes (METHODS.md section 4, "Measured").
+
+    ids [N] in {DROPPED, 0..K-1} (as `compute_clusters` returns them), labels [N] class ids >= 0. Returns
+      coherence: mean over classes of the fraction of the class's images (dropped ones included) that lie in
+        the cluster holding most of them: 1 = no class is split, about 1/K for a random split of large classes;
+      nmi: normalised mutual information (arithmetic mean, scikit-learn) of cluster ids and labels, kept images;
+      dropped: the fraction of images that are `DROPPED`;
+      size_min, size_max: the fewest and the most images kept in one cluster.
+    """
+    # scikit-learn is already loaded by the k-means this follows (see kmeans_clusters).
+    from sklearn.metrics import normalized_mutual_info_score
+
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    if ids.ndim != 1 or ids.shape != labels.shape or not ids.size:
+        raise ValueError(f"ids and labels must be non-empty and of one shape [N], got {ids.shape} and {labels.shape}")
+    if ids.min() < DROPPED or ids.max() >= num_clusters or labels.min() < 0:
+        raise ValueError(f"ids must lie in [{DROPPED}, {num_clusters}) and labels be >= 0, got ids in "
+                         f"[{ids.min()}, {ids.max()}] and labels from {labels.min()}")
+    kept = ids >= 0
+    class_sizes = np.bincount(labels)
+    counts = np.zeros((len(class_sizes), num_clusters), np.int64)
+    np.add.at(counts, (labels[kept], ids[kept]), 1)
+    present = class_sizes > 0
+    sizes = np.bincount(ids[kept], minlength=num_clusters)
+    nmi = normalized_mutual_info_score(labels[kept], ids[kept]) if kept.any() else 0.0
+    return {"coherence": float(np.mean(counts.max(axis=1)[present] / class_sizes[present])), "nmi": float(nmi),
+            "dropped": float(1.0 - kept.mean()), "size_min": float(sizes.min()), "size_max": float(sizes.max())}
+
+
 def check_clusters(ids: np.ndarray, labels: np.ndarray, num_clusters: int, batch_classes: int = 2) -> None:
     """Raises a clear error if a cluster cannot make P x K batches: fewer than P = `batch_classes`
     classes with two or more images in it."""
@@ -283,6 +313,9 @@ class DivideAndConquer(keras.callbacks.Callback):
     Attributes:
       timings: seconds spent in each (re-)clustering, for the wall-time overhead.
       epochs_clustered: the epoch index after which each clustering was made (-1: before training).
+      quality: `cluster_quality` of each clustering, with its "epoch" as in `epochs_clustered` (None: a clustering
+        restored from a checkpoint). The newest one is added to every epoch's logs as cluster_coherence,
+        cluster_nmi, cluster_dropped, cluster_size_min and cluster_size_max (progress bar, History, TensorBoard).
 
     Args:
       assignment: the state `cluster_balanced_dataset` reads.
@@ -316,6 +349,7 @@ class DivideAndConquer(keras.callbacks.Callback):
         self.seed = seed
         self.timings: list[float] = []
         self.epochs_clustered: list[int] = []
+        self.quality: list[dict[str, Any]] = []
 
     def recluster(self, epoch: int = -1) -> np.ndarray:
         """Clusters the training set with the current network and stores it; returns the ids [N]."""
@@ -333,7 +367,12 @@ class DivideAndConquer(keras.callbacks.Callback):
         self.assignment.assign(ids)
         self.timings.append(time.perf_counter() - start)
         self.epochs_clustered.append(epoch)
+        self._measure(ids, epoch)
         return ids
+
+    def _measure(self, ids: np.ndarray, epoch: int | None) -> None:
+        # Between epochs, on the ids already on the host: no cost inside a training step.
+        self.quality.append({"epoch": epoch, **cluster_quality(ids, self.files.labels, self.assignment.num_clusters)})
 
     def _conquer_from(self) -> int:
         """The first epoch of the conquer phase (`epochs` when there is none)."""
@@ -342,6 +381,8 @@ class DivideAndConquer(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not bool(self.assignment.initialized.numpy()):
             self.recluster()
+        elif not self.quality:
+            self._measure(self.assignment.numpy(), None)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.assignment.conquer.assign(epoch >= self._conquer_from())
@@ -351,3 +392,5 @@ class DivideAndConquer(keras.callbacks.Callback):
         following = epoch + 1
         if self.recluster_every and following % self.recluster_every == 0 and following < self._conquer_from():
             self.recluster(epoch)
+        if logs is not None and self.quality:
+            logs.update({f"cluster_{name}": value for name, value in self.quality[-1].items() if name != "epoch"})
