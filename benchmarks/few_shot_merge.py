@@ -24,7 +24,7 @@ from pddm_tf import atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bases", None, "JSON: row -> the row it is compared with, fold by fold.")
-flags.DEFINE_list("order", None, "Rows in this order (default: as first met in the files).")
+flags.DEFINE_list("order", None, "These rows first, in this order; the others after, as first met in the files.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     if not paths:
         raise app.UsageError("give the results.json files to merge")
     results = ablation_table.load(paths)
-    order = FLAGS.order or list(results)
+    order = [*(FLAGS.order or []), *(row for row in results if row not in (FLAGS.order or []))]
     results = {row: dict(sorted(results[row].items())) for row in order if row in results}
     commands = sorted({json.loads(pathlib.Path(p).read_text())["command"] for p in paths})
     out = pathlib.Path(FLAGS.out_dir)

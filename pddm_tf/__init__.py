@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "LossBatch": "pddm_tf.losses",
     "PairLoss": "pddm_tf.losses",
     "DatasetNotPreparedError": "pddm_tf.data.tfds_loaders",
+    "PDDMDeprecationWarning": "pddm_tf._deprecation",
     "DivideAndConquer": "pddm_tf.models",
     "DivideAndConquerModel": "pddm_tf.models",
     "DoubleHeaderHingeLoss": "pddm_tf.losses",

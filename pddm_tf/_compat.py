@@ -72,7 +72,7 @@ def maybe_merge_call(fn: Callable[..., Any], strategy: tf.distribute.Strategy, *
     return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
 
 
-def weights_file_bytes(model: keras.Model) -> bytes:
+def weights_file_bytes(model: keras.Model) -> memoryview:
     """The bytes of the `.weights.h5` file `model.save_weights` would write; `model.load_weights` reads them.
 
     HDF5 writing straight to a full disk leaves a file handle whose close fails again when the
@@ -86,4 +86,4 @@ def weights_file_bytes(model: keras.Model) -> bytes:
                                 visited_saveables=set())
     finally:
         store.close()
-    return buffer.getvalue()
+    return buffer.getbuffer()  # a view, not a second copy of the weights

@@ -5,6 +5,7 @@ import math
 import os
 import pathlib
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -440,7 +441,6 @@ def test_a_diverged_run_and_a_tensorflow_error_are_one_line(tmp_path, run_cli, m
 
 def _full_disk_after(limit_bytes):
     """preexec_fn of a child whose every file stops growing past `limit_bytes` (EFBIG, as a full disk's ENOSPC)."""
-    import resource
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process

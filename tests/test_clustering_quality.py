@@ -96,6 +96,8 @@ def test_extremes():
     (np.array([0, 2]), np.array([0, 1]), r"ids must lie in \[-1, 2\)"),
     (np.array([0, -2]), np.array([0, 1]), r"ids must lie in \[-1, 2\)"),
     (np.array([0, 1]), np.array([0, -1]), "labels be >= 0"),
+    (np.array([0, 1]), np.array([0.0, 1.0]), r"^labels must be integers, got dtype float64$"),
+    (np.array([0.5, 1.0]), np.array([0, 1]), r"^ids must be integers, got dtype float64$"),
 ])
 def test_bad_input_is_refused(ids, labels, match):
     with pytest.raises(ValueError, match=match):

@@ -104,6 +104,18 @@ def test_other_unknown_attributes_are_still_attribute_errors():
     assert not hasattr(model, "generator_unit")
 
 
+@pytest.mark.parametrize("name", sorted(OLD_KEYWORDS))
+def test_setting_an_old_attribute_is_refused_not_ignored(name):
+    # The train step reads the groups: a value stored under the old name would change nothing.
+    model = _model()
+    group = OLD_KEYWORDS[name][0]
+    before = getattr(model, group)
+    with pytest.raises(AttributeError, match=rf"^HDMLModel\.{name} cannot be set: it is {group}\.{name}; build the "
+                                             rf"model with {group}=\w+\({name}=\.\.\.\)$"):
+        setattr(model, name, OLD_KEYWORDS[name][2])
+    assert getattr(model, group) is before and name not in vars(model)
+
+
 def test_the_old_keywords_reach_the_model_parts():
     """Values checked against what each setting is meant to do, not against the new spelling alone."""
     with pytest.warns(DeprecationWarning):
@@ -148,6 +160,10 @@ BAD_VALUES = [
     (SynthesisConfig, "soft_weight", 1.5), (SynthesisConfig, "softmax_scale", -1.0),
     (SynthesisConfig, "generator_learning_rate", 0.0), (SynthesisConfig, "classifier_learning_rate", -1e-3),
     (SynthesisConfig, "generator_weight_decay", -1e-4), (SynthesisConfig, "classifier_weight_decay", math.nan),
+    # Infinite rates and scales train to NaN.
+    (HardnessSchedule, "beta", math.inf), (HardnessSchedule, "initial_running_mean", math.inf),
+    (SynthesisConfig, "softmax_scale", math.inf), (SynthesisConfig, "generator_learning_rate", math.inf),
+    (SynthesisConfig, "classifier_weight_decay", math.inf),
 ]
 
 

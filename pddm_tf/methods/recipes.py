@@ -77,8 +77,9 @@ _PDDM = {**_COMMON, "method": "pddm_quadruplet", "backbone": "InceptionV3", "emb
          "pddm_normalize_inputs": False, "mining": "per_pair", "weight_decay": 2e-4}
 _PDDM_CHOICES = ("Departs from the paper's mining: one quadruplet per positive pair, not the single hardest "
                  "quadruplet per batch the paper is recalled to use (--mining=hardest gives that), because the "
-                 "single quadruplet learned far less at the same budget (20-way 1-shot 0.329 against 0.723, lower on "
-                 "4 of 4 folds at 1,000 steps: BENCHMARKS.md section 2). The PDDM unit takes raw inputs with a Euclidean prior (layers.PDDM), not the recalled "
+                 "single quadruplet learned far less at the same budget (20-way 1-shot 0.329 against 0.723, "
+                 "lower on 4 of 4 folds at 1,000 steps: BENCHMARKS.md section 2). The PDDM "
+                 "unit takes raw inputs with a Euclidean prior (layers.PDDM), not the recalled "
                  "normalised inputs (--pddm_normalize_inputs). InceptionV3 stands in for GoogLeNet (not in "
                  "keras.applications); d = 64, 16 x 4 batches, Adam 1e-5, 60 epochs and the margins (this "
                  "library's measured defaults) are not confirmed; weight decay L2 2e-4 (the paper's coefficient "

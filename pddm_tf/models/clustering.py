@@ -156,6 +156,9 @@ def cluster_quality(ids: np.ndarray, labels: np.ndarray, num_clusters: int) -> d
     from sklearn.metrics import normalized_mutual_info_score
 
     ids, labels = np.asarray(ids), np.asarray(labels)
+    for name, values in (("ids", ids), ("labels", labels)):
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{name} must be integers, got dtype {values.dtype}")
     if ids.ndim != 1 or ids.shape != labels.shape or not ids.size:
         raise ValueError(f"ids and labels must be non-empty and of one shape [N], got {ids.shape} and {labels.shape}")
     if ids.min() < DROPPED or ids.max() >= num_clusters or labels.min() < 0:

@@ -20,6 +20,7 @@ from pddm_tf.losses import DoubleHeaderHingeLoss, TripletLoss, check_embeddings
 from pddm_tf.models.base import EmbeddingModel, gather_global_batch
 from pddm_tf.models.hdml_config import (
     GROUPS,
+    MOVED,
     HardnessSchedule,
     SynthesisConfig,
     deprecated_setting,
@@ -204,6 +205,14 @@ class HDMLModel(HDMLBookkeeping, EmbeddingModel):
             # Only reached for a name that is not an attribute: the previous release's flat settings
             # (`model.beta`, now `model.hardness.beta`) still read, with a DeprecationWarning.
             return deprecated_setting(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The previous release's flat settings cannot be set any more: a value stored under the old name
+        # would be ignored by the train step, which reads the groups (frozen, checked where they are made).
+        if name in MOVED:
+            raise AttributeError(f"{type(self).__name__}.{name} cannot be set: it is {MOVED[name]}.{name}; build "
+                                 f"the model with {MOVED[name]}={GROUPS[MOVED[name]].__name__}({name}=...)")
+        super().__setattr__(name, value)
 
     def _state(self, name: str, shape: tuple[int, ...], value: float) -> keras.Variable:
         return self.add_weight(name=name, shape=shape, trainable=False, aggregation="only_first_replica",

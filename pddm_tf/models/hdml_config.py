@@ -18,6 +18,7 @@ still work for one release with a DeprecationWarning naming the new spelling.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import MutableMapping
 from typing import Any
@@ -39,13 +40,16 @@ class _Settings:
         return cls(**config)
 
     def _check_numbers(self, *names: str, optional: tuple[str, ...] = ()) -> None:
-        """A TypeError naming the first of these fields that is not a number (or None, if `optional`)."""
+        """A TypeError naming the first of these fields that is not a number (or None, if `optional`), a
+        ValueError naming one that is NaN or infinite."""
         for name in names:
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):  # an infinite rate or scale trains to NaN
+                raise ValueError(f"{name} must be finite, got {value!r}")
 
     def _coerce(self, **types: Any) -> None:
         """Stores each field as its type (a frozen dataclass: through object.__setattr__)."""
