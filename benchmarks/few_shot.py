@@ -62,6 +62,7 @@ from pddm_tf.methods import recipes  # noqa: E402
 from pddm_tf.models import EmbeddingModel, PDDMModel  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
 from pddm_tf.training.optimizers import decays_under_l2, make_optimizer  # noqa: E402
+from pddm_tf.training.run import method_settings  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defaults", "recipe", "hdml_npair",
@@ -157,13 +158,15 @@ def _fold_split(fold: int, rotations: bool) -> data.DatasetSplit:
     return data.DatasetSplit(train=train, test=split.test, channels=1)
 
 
+def _train_config(config: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_flags({name: config[name] for name in TrainConfig.field_names() if name in config})
+
+
 def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -> EmbeddingModel:
     """The row's model, compiled: `pddm_tf.training.build_model` of its `TrainConfig` (what `pddm-tf
     train` builds), or the prototypical network around the same backbone and optimiser."""
     if config["method"] != "protonet":
-        values = {name: config[name] for name in TrainConfig.field_names() if name in config}
-        train_config = TrainConfig.from_flags(values)
-        return build_model(train_config, 1, split.train.num_classes, total_steps)
+        return build_model(_train_config(config), 1, split.train.num_classes, total_steps)
     size = config["image_size"]
     network = make_backbone("small_convnet", size, 1, width=config["backbone_width"])
     model: EmbeddingModel = PrototypicalNetwork(network, config["batch_per_class"])
@@ -179,10 +182,13 @@ def _build(config: dict[str, Any], split: data.DatasetSplit, total_steps: int) -
 def _pipeline(model, config, split, steps_per_epoch):
     size = config["image_size"]
     augment = transforms.affine_transform(size) if config["affine"] else None
+    # The method's own defaults for what the row leaves unset (Divide-and-Conquer's schedule), as `pddm-tf train`.
+    settings = {} if config["method"] == "protonet" else method_settings(_train_config(config), split.train.num_classes)
     return methods.training_pipeline(model, split.train, config["batch_classes"], config["batch_per_class"], size, 1,
-                                     seed=config["seed"], recluster_every=config["recluster_every"],
-                                     conquer_epochs=config["conquer_epochs"], cluster_on=config["cluster_on"],
-                                     augment=augment, steps_per_epoch=steps_per_epoch)
+                                     seed=config["seed"], recluster_every=settings.get("recluster_every", 2),
+                                     conquer_epochs=settings.get("conquer_epochs", 1),
+                                     cluster_on=settings.get("cluster_on", "features"), augment=augment,
+                                     steps_per_epoch=steps_per_epoch)
 
 
 class _StepTimer(keras.callbacks.Callback):

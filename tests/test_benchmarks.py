@@ -49,8 +49,9 @@ def test_quick_run_writes_table_and_plots(tmp_path):
 @pytest.mark.slow
 def test_few_shot_quick_run_trains_every_kind_of_row(tmp_path):
     """Pixels, the benchmark's prototypical network and `pddm_tf.training.build_model`'s rows (plus a
-    variant): every figure in [0, 1], and the table's mean is results.json's."""
-    rows = "pixel,protonet,pddm_defaults,d_ms"
+    variant, and Divide-and-Conquer, whose schedule comes from its method's defaults): every figure in
+    [0, 1], and the table's mean is results.json's."""
+    rows = "pixel,protonet,pddm_defaults,d_ms,dc_margin"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "few_shot.py"), "--quick", f"--rows={rows}",
          '--variants={"d_ms": {"base": "pddm_defaults", "method": "multi_similarity"}}', f"--out_dir={tmp_path}"],
