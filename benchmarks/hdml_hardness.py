@@ -1,7 +1,7 @@
 """HDML's hardness schedule on the embedded Omniglot data: exp(-alpha / J_avg) and lambda0 per step.
 
-Trains `hdml_npair` (small_convnet, d = 64, 16 x 4 batches, Adam 1e-3) for --steps steps, once per
-alpha setting, and logs every step's hardness factor exp(-alpha / J_avg) (1 = the original
+Trains `hdml_npair` (or --base=triplet / pddm; small_convnet, d = 64, 16 x 4 batches, Adam 1e-3) for
+--steps steps, once per alpha setting, and logs every step's hardness factor exp(-alpha / J_avg) (1 = the original
 negative, 0 = as close as the positive), the mean lambda0 of the synthetic negatives, the
 real-sample weight exp(-beta / J_gen_avg) and the losses. Output (in --out_dir):
 
@@ -30,6 +30,7 @@ from pddm_tf.models.hdml import HardnessSchedule, HDMLModel, SynthesisConfig  # 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 640, "Training steps per run.")
+flags.DEFINE_enum("base", "npair", ["npair", "triplet", "pddm"], "HDML's base loss.")
 flags.DEFINE_list("alphas", ["calibrated", "90"], "alpha settings: 'calibrated' (alpha=None) or a number.")
 flags.DEFINE_enum("generator_input", "single", ["single", "anchor_pair"], "HDML generator input.")
 flags.DEFINE_integer("seed", 0, "Seed: initialisation and batch sampling.")
@@ -43,10 +44,10 @@ SIZE, LOGGED = 32, ("easiness", "lambda0", "j_avg", "alpha", "j_gen_avg", "metri
 
 def run(alpha: str, split: data.DatasetSplit) -> dict[str, list[float]]:
     keras.utils.set_random_seed(FLAGS.seed)
-    model = HDMLModel(small_convnet(SIZE, 1), 64, num_classes=split.train.num_classes, base="npair",
+    model = HDMLModel(small_convnet(SIZE, 1), 64, num_classes=split.train.num_classes, base=FLAGS.base,
                       hardness=HardnessSchedule(alpha=None if alpha == "calibrated" else float(alpha)),
                       synthesis=SynthesisConfig(generator_input=FLAGS.generator_input),
-                      normalize_embeddings=FLAGS.normalize_embeddings)
+                      normalize_embeddings=FLAGS.normalize_embeddings if FLAGS.base == "npair" else None)
     model.build((None, SIZE, SIZE, 1))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     train = data.class_balanced_dataset(split.train, 16, 4, SIZE, 1, seed=FLAGS.seed)
@@ -82,7 +83,7 @@ def plot(results: dict[str, dict[str, list[float]]], path: pathlib.Path) -> None
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"HDML + N-pair on Omniglot (small_convnet, d = 64, 16 x 4 batches, seed {FLAGS.seed}, "
+    fig.suptitle(f"HDML + {FLAGS.base} on Omniglot (small_convnet, d = 64, 16 x 4 batches, seed {FLAGS.seed}, "
                  f"generator input: {FLAGS.generator_input})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
