@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from interrupt import Interrupt
+from interrupt import fit_interrupted
 
 from pddm_tf import backbones, data, losses, methods
 from pddm_tf.export import load_keras_model
@@ -127,11 +127,7 @@ def test_an_interrupted_run_resumes_the_memory_exactly(tmp_path):
             model.compile(optimizer=keras.optimizers.Adam(1e-3))
         dataset, callbacks = methods.training_pipeline(model, files, 4, 2, 16, 1, seed=1, steps_per_epoch=3,
                                                        backup_dir=backup_dir)
-        extra = [Interrupt(interrupt)] if interrupt is not None else []
-        try:
-            model.fit(dataset, epochs=4, steps_per_epoch=3, callbacks=callbacks + extra, verbose=0)
-        except KeyboardInterrupt:
-            pass
+        fit_interrupted(model, dataset, callbacks, interrupt)
         return model
 
     reference = run()

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from interrupt import Interrupt
+from interrupt import Interrupt, fit_interrupted
 
 from pddm_tf import backbones, data, methods
 from pddm_tf.models.clustering import ClusterAssignment, cluster_balanced_dataset
@@ -161,11 +161,7 @@ def _method_run(method, files, backup_dir=None, interrupt=None, model=None):
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
     dataset, callbacks = methods.training_pipeline(model, files, 4, 2, SIZE, 1, seed=1, steps_per_epoch=3,
                                                    recluster_every=1, conquer_epochs=1, backup_dir=backup_dir)
-    extra = [Interrupt(interrupt)] if interrupt is not None else []
-    try:
-        model.fit(dataset, epochs=4, steps_per_epoch=3, callbacks=callbacks + extra, verbose=0)
-    except KeyboardInterrupt:
-        pass
+    fit_interrupted(model, dataset, callbacks, interrupt)
     return model, callbacks
 
 
