@@ -72,7 +72,7 @@ def _train(config: TrainConfig, split: data.DatasetSplit, steps: int, episodes: 
            ) -> dict[str, Any]:
     """Trains `config` `steps` steps in few_shot.py's 10 epochs; its held-out 20-way 1-shot accuracy, and with
     `ks` the cluster quality of its backbone before and after training."""
-    seed, size = config.run.seed, config.data.image_size
+    seed, size = config.run.seed, config.data.images.size
     keras.utils.set_random_seed(seed)
     model = build_model(config, 1, split.train.num_classes, steps)
     result: dict[str, Any] = {}
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
     d = base.model.embedding_dim
     if any(k < 2 or d % k for k in ks):
         raise app.UsageError(f"every K of --ks must be >= 2 and divide embedding_dim {d}, got {ks}")
-    split = few_shot._fold_split(FLAGS.fold, base.data.rotations)
+    split = few_shot._fold_split(FLAGS.fold, base.data.images.rotations)
     assert split.test is not None  # load_omniglot(test_groups=...) holds alphabets out
     print(f"fold {FLAGS.fold}: {split.train.num_classes} training classes ({len(split.train)} images), "
           f"{split.test.num_classes} held-out classes; {steps} steps per run", flush=True)

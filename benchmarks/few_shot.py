@@ -77,7 +77,7 @@ flags.DEFINE_string("row_steps", None, "JSON: row -> steps, for rows whose steps
                     "measured earlier on a quiet machine (a busy machine's measurement would short the rows "
                     "measured during a load peak); other rows are measured as usual.")
 flags.DEFINE_bool("quick", False, "CI mode: fold 0, 20 steps, 20 episodes.")
-flags.DEFINE_integer("num_episodes", TrainConfig().run.num_episodes, "Episodes per few-shot setting.")
+flags.DEFINE_integer("num_episodes", TrainConfig().run.evaluation.num_episodes, "Episodes per few-shot setting.")
 flags.DEFINE_bool("save_embeddings", False, "Also write each row's held-out embeddings and labels to "
                   "--out_dir/embeddings/ROW_foldF.npz, with the backbone's features (to study evaluation-side choices "
                   "without retraining).")

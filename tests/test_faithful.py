@@ -75,7 +75,7 @@ def test_every_pddm_default_is_raw_inputs_with_the_prior():
     for name, unit in units.items():
         assert unit.normalize_inputs is False and unit.distance_weight == 1.0, name
     for name in ("pddm_cub", "pddm_cars"):
-        assert recipes.get_recipe(name).config().method.pddm_normalize_inputs is False
+        assert recipes.get_recipe(name).config().method.pddm.normalize_inputs is False
 
 
 def test_a_config_saved_before_the_prior_rebuilds_the_unit_without_it():
@@ -179,7 +179,7 @@ def test_paper_recipes_use_the_coupled_l2_term_with_the_papers_coefficients():
 def test_pddm_recipes_say_that_they_mine_per_pair():
     for name in ("pddm_cub", "pddm_cars"):
         recipe = recipes.get_recipe(name)
-        assert recipe.config().method.mining == "per_pair"
+        assert recipe.config().method.pddm.mining == "per_pair"
         assert "per positive pair" in recipe.paper and "single hardest" in recipe.choices
 
 

@@ -1,6 +1,5 @@
 """`pddm_tf.training`: a run as a `TrainConfig` value, trained by `train(config)` as `pddm-tf train` does."""
 
-import dataclasses
 import json
 import os
 import re
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from pddm_tf import _setting_groups as setting_groups
 from pddm_tf.cli import settings
 from pddm_tf.cli.commands import train as train_command
 from pddm_tf.methods import recipes
@@ -30,8 +30,8 @@ _TINY = dict(image_size=16, backbone_width=8, embedding_dim=8, epochs=1, steps_p
 
 def test_the_command_line_flags_are_the_config_fields_with_their_defaults():
     config = TrainConfig()
-    for name, (group, field, _) in config_module.FLAGS.items():
-        value = getattr(getattr(config, group), field)
+    for name, (group, path, _) in config_module.FLAGS.items():
+        value = setting_groups.get(getattr(config, group), path)
         if name == "log_dir":  # absl's own flag; the config's None means "no TensorBoard logs"
             assert value is None
             continue
@@ -105,8 +105,8 @@ def test_check_refuses_what_the_command_line_refuses(flags, message):
     assert message in str(error.value) and "\n" not in str(error.value)
     # The same value given to the nested constructor is refused by check().
     (flag, value), = flags.items()
-    group, field, _ = config_module.FLAGS[flag]
-    nested = TrainConfig(**{group: dataclasses.replace(config_module.GROUPS[group](), **{field: value})})
+    group, path, _ = config_module.FLAGS[flag]
+    nested = TrainConfig(**{group: setting_groups.replace_paths(config_module.GROUPS[group](), {path: value})})
     with pytest.raises(ConfigError, match=re.escape(message)):
         nested.check()
     # And the command line, before any work: one line, exit code 2.
@@ -146,8 +146,8 @@ def test_a_recipe_is_a_config():
     with pytest.raises(ValueError, match="no setting 'epoks'"):
         recipe.config(epoks=2)
     # A PDDM recipe's margins do not apply to another method: dropped, not refused.
-    assert recipes.get_recipe("pddm_cub").config(method="npair").method.alpha is None
-    assert recipes.get_recipe("pddm_cub").config().method.pddm_normalize_inputs is False  # issue 31
+    assert recipes.get_recipe("pddm_cub").config(method="npair").method.pddm.alpha is None
+    assert recipes.get_recipe("pddm_cub").config().method.pddm.normalize_inputs is False  # issue 31
 
 
 def test_the_backup_folder_is_named_by_what_the_run_trains():

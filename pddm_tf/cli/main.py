@@ -52,7 +52,7 @@ def _backup_message(trained_only: bool) -> tuple[str, dict] | None:
         config = settings.train_config()
     except ValueError:
         return None
-    if not config.run.backup or config.optimization.epochs == 0:
+    if not config.run.outputs.backup or config.optimization.epochs == 0:
         return None
     # Reached only after a train run started, when TensorFlow is imported already.
     from pddm_tf.training.fault_tolerance import backup_status

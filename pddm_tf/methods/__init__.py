@@ -1,7 +1,8 @@
 """Training methods by name: each is one `MethodSpec` in one file, found in one table.
 
   spec.py      `MethodSpec` (name, builder, typed options, the general flags it uses),
-               `MethodConfig` (a run's method settings), `register_method`, `METHOD_SPECS`
+               `MethodConfig` (a run's method settings; its groups `PDDMConfig`, `HDMLConfig`,
+               `DivideAndConquerConfig`), `register_method`, `METHOD_SPECS`
   catalog.py   loads the built-in methods, `library/<name>.py`, into `METHOD_SPECS`;
                `METHOD_NAMES`, `methods_help`
   library/     one module per built-in method (and `_shared.py`, what several share)
@@ -19,12 +20,15 @@ from pddm_tf._lazy import lazy_attributes
 
 # Public name -> the module that holds it, imported on first use (pipeline imports TensorFlow).
 _LAZY: dict[str, str] = {
+    "DivideAndConquerConfig": "pddm_tf.methods.spec",
+    "HDMLConfig": "pddm_tf.methods.spec",
     "METHODS": "pddm_tf.methods.builders",
     "METHOD_NAMES": "pddm_tf.methods.catalog",
     "METHOD_OPTIONS": "pddm_tf.methods.builders",
     "METHOD_SPECS": "pddm_tf.methods.catalog",
     "MethodConfig": "pddm_tf.methods.spec",
     "MethodSpec": "pddm_tf.methods.spec",
+    "PDDMConfig": "pddm_tf.methods.spec",
     "RECIPES": "pddm_tf.methods.recipes",
     "Recipe": "pddm_tf.methods.recipes",
     "build_model": "pddm_tf.methods.builders",
@@ -38,12 +42,15 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "DivideAndConquerConfig",
+    "HDMLConfig",
     "METHODS",
     "METHOD_NAMES",
     "METHOD_OPTIONS",
     "METHOD_SPECS",
     "MethodConfig",
     "MethodSpec",
+    "PDDMConfig",
     "RECIPES",
     "Recipe",
     "build_model",

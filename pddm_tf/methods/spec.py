@@ -2,9 +2,10 @@
 
 A method is its name, its builder, its own typed options (`Setting`: type, default, bounds, help;
 set with `--loss_options` / `MethodConfig.options`) and the general method flags it uses (`--rerank`,
-`--pddm_normalize_inputs`, `--mining`, ..., the fields of `MethodConfig`), each with the method's
-default. The command line's checks, `--help`, `--loss_options` and `--plugins` all read the one
-table `METHOD_SPECS`, so a plugin method gets exactly what a built-in one gets.
+`--pddm_normalize_inputs`, `--mining`, ...: the settings of `MethodConfig` and of its `pddm`, `hdml`
+and `dc` groups), each with the method's default. The command line's checks, `--help`,
+`--loss_options` and `--plugins` all read the one table `METHOD_SPECS`, so a plugin method gets
+exactly what a built-in one gets.
 
 Why specs and builders share a file and still import no TensorFlow: the table must be readable by
 `pddm-tf --help` and by the checks that run before any work, which must not pay for importing
@@ -27,7 +28,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pddm_tf._deprecation import warn_deprecated
-from pddm_tf.options import Bound, ConfigError, Setting, field_setting, setting
+from pddm_tf._setting_groups import get, grouped, replace_paths, settings_of, subgroup
+from pddm_tf.options import Bound, ConfigError, Setting, setting
 from pddm_tf.registry import Registry
 
 #: builder(backbone, embedding_dim, settings) -> an EmbeddingModel, not compiled; `settings` holds the
@@ -42,41 +44,46 @@ COMMON_SETTINGS = ("dropout", "training_classes")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MethodConfig:
-    """The method of a run: its name, its own options, and the general method flags.
+class PDDMConfig:
+    """The flags of the PDDM methods (METHODS.md section 2): mining and the margins of the loss."""
 
-    Each general flag (every field but `name` and `options`) is None unless set: a method uses the
-    flags its spec lists, with its own default when unset, and a flag set for a method that does not
-    use it is refused (`check_method_config`), never silently dropped.
-    """
-
-    name: str = setting("pddm_quadruplet", "Training method (METHOD_SPECS; a --plugins module may add one).",
-                        flag="method")
-    options: Mapping[str, Any] | None = setting(
-        None, "The method's own options as a JSON object, e.g. '{\"margin\": 0.3}'; `pddm-tf --help_methods` "
-        "lists each method's options, their types, defaults and bounds.", kind=dict, flag="loss_options")
     mining: str | None = setting(None, "PDDM methods: quadruplets per batch, one per positive pair or the single "
                                  "hardest (the paper).", str, choices=("per_pair", "hardest"))
     mining_score: str | None = setting(None, "PDDM methods: the similarity mining ranks pairs by (default: the "
                                        "method's own).", str, choices=("pddm", "euclidean"))
-    pddm_normalize_inputs: bool | None = setting(
+    normalize_inputs: bool | None = setting(
         None, "PDDM methods: L2-normalise the PDDM's inputs u = |f_i - f_j| and v = (f_i + f_j)/2 (a reading of "
         "the paper, unconfirmed; the score then cannot see the distance of two unit embeddings). Default off.",
-        bool)
+        bool, flag="pddm_normalize_inputs")
     alpha: float | None = setting(None, "PDDM methods: margin of the PDDM-score hinge (E_m).", float, bound=Bound(0))
     beta: float | None = setting(None, "PDDM methods: margin of the squared-distance hinge (E_e).", float,
                                  bound=Bound(0))
     embedding_weight: float | None = setting(None, "PDDM methods: lambda, the weight of the embedding loss E_e.",
                                              float, bound=Bound(0))
-    hdml_alpha: float | None = setting(None, "HDML: hardness temperature alpha; unset: calibrated at the end of the "
-                                       "first 64-step block for unit-norm embeddings (HDMLModel); 90 = the "
-                                       "original's constant.", float, bound=Bound(0, low_open=True))
-    hdml_beta: float | None = setting(None, "HDML: weighting temperature beta.", float,
-                                      bound=Bound(0, low_open=True))
-    hdml_generator_input: str | None = setting(None, "HDML: the generator takes single embeddings (the original) "
-                                               "or [anchor; sample] pairs.", str, choices=("single", "anchor_pair"))
-    hdml_synthetic: bool | None = setting(None, "HDML: train on the synthetic negatives; off trains the base loss "
-                                          "alone on HDML's rows, the exact 'without HDML' twin of a run.", bool)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HDMLConfig:
+    """The flags of the HDML methods (METHODS.md section 3): the hardness and weighting temperatures and the
+    generator's input."""
+
+    alpha: float | None = setting(None, "HDML: hardness temperature alpha; unset: calibrated at the end of the "
+                                  "first 64-step block for unit-norm embeddings (HDMLModel); 90 = the "
+                                  "original's constant.", float, bound=Bound(0, low_open=True), flag="hdml_alpha")
+    beta: float | None = setting(None, "HDML: weighting temperature beta.", float, bound=Bound(0, low_open=True),
+                                 flag="hdml_beta")
+    generator_input: str | None = setting(None, "HDML: the generator takes single embeddings (the original) "
+                                          "or [anchor; sample] pairs.", str, choices=("single", "anchor_pair"),
+                                          flag="hdml_generator_input")
+    synthetic: bool | None = setting(None, "HDML: train on the synthetic negatives; off trains the base loss "
+                                     "alone on HDML's rows, the exact 'without HDML' twin of a run.", bool,
+                                     flag="hdml_synthetic")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DivideAndConquerConfig:
+    """The flags of the Divide-and-Conquer methods (METHODS.md section 4): the learners and the clustering."""
+
     num_learners: int | None = setting(None, "Divide-and-Conquer: K clusters / embedding slices (embedding_dim must "
                                        "be divisible by it).", int, bound=Bound(1, 1024))
     recluster_every: int | None = setting(None, "Divide-and-Conquer: re-cluster every T epochs (0 = cluster once).",
@@ -85,6 +92,28 @@ class MethodConfig:
                                          "all data.", int, bound=Bound(0))
     cluster_on: str | None = setting(None, "Divide-and-Conquer: cluster the backbone features (the authors) or the "
                                      "embeddings.", str, choices=("features", "embeddings"))
+
+
+@grouped("config.method")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """The method of a run: its name, its own options, and the general method flags.
+
+    Each general flag (every setting but `name` and `options`: `rerank`, `xbm` and those of the
+    `pddm`, `hdml` and `dc` groups) is None unless set: a method uses the flags its spec lists, with
+    its own default when unset, and a flag set for a method that does not use it is refused
+    (`check_method_config`), never silently dropped. The flat spellings of the previous release
+    (`MethodConfig(hdml_alpha=...)`, `config.method.hdml_alpha`) still work, with a DeprecationWarning.
+    """
+
+    name: str = setting("pddm_quadruplet", "Training method (METHOD_SPECS; a --plugins module may add one).",
+                        flag="method")
+    options: Mapping[str, Any] | None = setting(
+        None, "The method's own options as a JSON object, e.g. '{\"margin\": 0.3}'; `pddm-tf --help_methods` "
+        "lists each method's options, their types, defaults and bounds.", kind=dict, flag="loss_options")
+    pddm: PDDMConfig = subgroup(PDDMConfig)
+    hdml: HDMLConfig = subgroup(HDMLConfig)
+    dc: DivideAndConquerConfig = subgroup(DivideAndConquerConfig)
     rerank: int | None = setting(None, "Methods with a PDDM unit: re-rank each query's Euclidean top-R shortlist "
                                  "by the learned PDDM score (0 = plain Euclidean retrieval).", int,
                                  bound=Bound(0, 100_000, note="0 = plain Euclidean retrieval"))
@@ -93,13 +122,21 @@ class MethodConfig:
                               bound=Bound(0, 10_000_000, note="0 = off"))
 
 
-def _general_flags() -> dict[str, Setting]:
-    return {field.name: setting_ for field in dataclasses.fields(MethodConfig)
-            if field.name not in ("name", "options") and (setting_ := field_setting(field)) is not None}
+#: General method flag -> its `Setting`: every setting of `MethodConfig` and its groups but name and options.
+GENERAL_FLAGS: dict[str, Setting] = {flag: spec for flag, path, spec in settings_of(MethodConfig)
+                                     if path not in ("name", "options")}
+_FLAG_PATHS: dict[str, str] = {flag: path for flag, path, _ in settings_of(MethodConfig)}
 
 
-#: General method flag -> its `Setting` (the fields of `MethodConfig` but name and options).
-GENERAL_FLAGS: dict[str, Setting] = _general_flags()
+def _method_flag(config: MethodConfig, flag: str) -> Any:
+    """The value of the general method flag `flag` (`"hdml_alpha"`) in `config` (`config.hdml.alpha`)."""
+    return get(config, _FLAG_PATHS[flag])
+
+
+def _method_config(name: str, options: Mapping[str, Any] | None = None, **flags: Any) -> MethodConfig:
+    """The `MethodConfig` of a method name, its options and general flags by flag name (not checked)."""
+    return replace_paths(MethodConfig(name=name, options=options), {_FLAG_PATHS[flag]: value
+                                                                    for flag, value in flags.items()})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -154,7 +191,7 @@ class MethodSpec:
         values: dict[str, Any] = {name: copy.deepcopy(spec.default) for name, spec in self.options.items()}
         values.update(self.parse_options(config.options))
         for flag, default in self.flags.items():
-            given = getattr(config, flag)
+            given = _method_flag(config, flag)
             values[flag] = default if given is None else given
         values.update(dropout=dropout, training_classes=training_classes)
         return values
@@ -173,7 +210,7 @@ class MethodSpec:
                              f"are {', '.join(map(repr, sorted(self.accepted())))}")
         flags = {name: options.pop(name) for name in list(options) if name in self.flags}
         common = {name: options.pop(name) for name in list(options) if name in COMMON_SETTINGS}
-        config = MethodConfig(name=self.name, options={**dict(loss_options or {}), **options}, **flags)
+        config = _method_config(self.name, {**dict(loss_options or {}), **options}, **flags)
         check_method_config(config, self)
         return self.build(backbone, embedding_dim, self.settings(config, **common))
 
@@ -226,7 +263,7 @@ def check_method_config(config: MethodConfig, spec: MethodSpec | None = None) ->
                               "(or one that a --plugins module registers)")
         spec = METHOD_SPECS[config.name]
     for flag, flag_setting in GENERAL_FLAGS.items():
-        value = getattr(config, flag)
+        value = _method_flag(config, flag)
         if value is None:
             continue
         if flag not in spec.flags:

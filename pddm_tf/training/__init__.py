@@ -5,7 +5,8 @@
 
 Recipes are `TrainConfig`s too: `pddm_tf.methods.recipes.get_recipe("omniglot").config(epochs=3)`.
 
-  config.py           `TrainConfig` and its groups (no TensorFlow import: the CLI's flags are made from it)
+  config.py           `TrainConfig`, its groups and their sub-groups (no TensorFlow import: the CLI's flags are
+                      made from it)
   config_checks.py    what `TrainConfig.check` refuses before any work (no TensorFlow import)
   run.py              `train(config)`, `fit(config)`, `build_model`, `load_split`
   optimizers.py       Adam / AdamW with warm-up and cosine decay (`make_optimizer`, `WarmupCosine`)
@@ -22,11 +23,20 @@ from __future__ import annotations
 
 from pddm_tf._lazy import lazy_attributes
 from pddm_tf.training.config import (
+    BatchConfig,
     DataConfig,
+    DistributionConfig,
+    DivideAndConquerConfig,
+    EvaluationConfig,
+    HDMLConfig,
+    ImageConfig,
     MethodConfig,
     ModelConfig,
     OptimizationConfig,
+    OutputConfig,
+    PDDMConfig,
     RunConfig,
+    TFDSConfig,
     TrainConfig,
 )
 
@@ -54,14 +64,23 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "BackupAndRestore",
+    "BatchConfig",
     "DataConfig",
+    "DistributionConfig",
+    "DivideAndConquerConfig",
+    "EvaluationConfig",
+    "HDMLConfig",
+    "ImageConfig",
     "LearningCheck",
     "MethodConfig",
     "ModelConfig",
     "NothingLearnedError",
     "OptimizationConfig",
+    "OutputConfig",
+    "PDDMConfig",
     "RunConfig",
     "SamplerPosition",
+    "TFDSConfig",
     "TensorBoard",
     "TrainConfig",
     "Trained",

@@ -1,20 +1,27 @@
 """`TrainConfig`: everything one training run is made of, as a value, grouped by concern.
 
-    data          DataConfig           what to train and evaluate on, and how images are read
+    data          DataConfig           what to train and evaluate on: .tfds (TFDSConfig: its files),
+                                       .images (ImageConfig: size, decoding, augmentation)
     model         ModelConfig          the backbone and the embedding
-    method        MethodConfig         the training method, its own options and the method flags
-    optimization  OptimizationConfig   steps, batches, learning rate, weight decay
-    run           RunConfig            seed, evaluation, outputs, fault tolerance, distribution
+    method        MethodConfig         the training method, its own options and the method flags:
+                                       .pddm (PDDMConfig), .hdml (HDMLConfig), .dc (DivideAndConquerConfig)
+    optimization  OptimizationConfig   steps, .batch (BatchConfig: P x K), learning rate, weight decay
+    run           RunConfig            seed, .evaluation (EvaluationConfig), .outputs (OutputConfig: exports,
+                                       logs, backups), .distribution (DistributionConfig)
 
-Every field is the `pddm-tf train` flag of the same name (`MethodConfig.name` is `--method`, its
-`options` `--loss_options`): the command line makes one flag per field from the field's
-`pddm_tf.options.Setting` (type, default, help, bound), so the bounds live here and nowhere else.
+No group or sub-group has more than ten fields (issue 30: no constructor of more than about ten
+parameters). Every setting is a `pddm-tf train` flag: of its field's name, or of its
+`metadata["flag"]` (`MethodConfig.name` is `--method`, `HDMLConfig.alpha` `--hdml_alpha`,
+`ImageConfig.size` `--image_size`; `FLAGS` maps each flag to its place). The command line makes one
+flag per setting from its `pddm_tf.options.Setting` (type, default, help, bound), so the bounds live
+here and nowhere else. The flat fields of the previous release (`RunConfig(json=...)`,
+`config.run.json`, `DataConfig(data_dir=...)`) still work for one release, with a DeprecationWarning.
 A config is parsed and checked once, where it is made: `TrainConfig.from_flags(...)` (flat flag
 names, as the command line and recipes give them) or the nested constructor, then `check()`
 (which `train` calls) refuses, in one line, what the command line refuses.
 
     >>> config = TrainConfig.from_flags(epochs=2, steps_per_epoch=5, method="triplet_batchhard")
-    >>> config.method.name, config.optimization.epochs, config.data.image_size
+    >>> config.method.name, config.optimization.epochs, config.data.images.size
     ('triplet_batchhard', 2, 32)
 
 No TensorFlow import here (the command line's `--help` reads these fields).
@@ -29,8 +36,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pddm_tf._deprecation import warn_deprecated
-from pddm_tf.methods.spec import MethodConfig
-from pddm_tf.options import Bound, ConfigError, Setting, field_setting, setting
+from pddm_tf._setting_groups import get, grouped, replace_paths, settings_of, spelled, subgroup
+from pddm_tf.methods.spec import DivideAndConquerConfig, HDMLConfig, MethodConfig, PDDMConfig
+from pddm_tf.options import Bound, ConfigError, Setting, setting
 from pddm_tf.training import config_checks
 
 # Upper bounds of sizes, from the memory a larger value takes (issue 34): stated in the refusal.
@@ -42,38 +50,54 @@ _BATCH = Bound(1, 65536, note="one batch of 65536 224 x 224 RGB images takes 39 
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DataConfig:
-    """What a run trains and evaluates on, and how its images are read."""
+class TFDSConfig:
+    """Where a tensorflow-datasets dataset's files are, and whether to download them."""
 
-    dataset: str = setting("omniglot", "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
-                           "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
     data_dir: str | None = setting(None, "TFDS datasets: the tensorflow-datasets data directory.", str)
     cache_dir: str | None = setting(None, "TFDS datasets: where the extracted image files go (default under "
                                     "data_dir).", str)
     download: bool = setting(False, "TFDS datasets: download and prepare the data if it is not there yet.")
     manual_dir: str | None = setting(None, "TFDS datasets: directory with manually downloaded files (Cars196, "
                                      "ImageNet).", str)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageConfig:
+    """How images are decoded and resized, and how training images are augmented."""
+
+    size: int = setting(32, "Images are resized to image_size x image_size.", bound=_IMAGE_SIZE, flag="image_size")
+    channels: int | None = setting(None, "Image channels (default: 1 for omniglot, 3 for folders).", int,
+                                   bound=Bound(choices=(1, 3)))
+    max_pixels: int = setting(16_000_000, "Images whose header declares more pixels (width x height) are refused "
+                              "before decoding: skipped by folder checks, an error in the training and evaluation "
+                              "pipelines, and an InvalidArgumentError from the exported SavedModel.", bound=_PIXELS,
+                              flag="max_image_pixels")
+    rotations: bool = setting(False, "Add 90/180/270-degree rotations of the training classes as new classes (any "
+                              "dataset; held-out classes stay upright).")
+    augment: bool = setting(False, "The papers' pipeline: random resized crop + horizontal flip for training, "
+                            "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
+    affine: bool = setting(False, "Small random affine distortions of training images (rotation, shear, scale, "
+                           "shift; Koch et al. 2015), for characters and drawings; no flip.")
+
+
+@grouped("config.data")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """What a run trains and evaluates on (the dataset, its `tfds` files, the held-out classes, small
+    classes) and how its `images` are read."""
+
+    dataset: str = setting("omniglot", "Dataset: 'omniglot' (embedded), 'folder:PATH', or through "
+                           "tensorflow-datasets: cub200, cars196, sop, tfds_omniglot, imagenet2012.")
+    tfds: TFDSConfig = subgroup(TFDSConfig)
     test_fraction: float = setting(0.5, "Fraction of classes held out for testing (0 = train on all).",
                                    bound=Bound(0, 1, high_open=True, note="0 = train on every class"))
     split_by: str = setting("character", "Split unit: single classes, or whole alphabets (Omniglot) / top-level "
                             "folders (folder:PATH), so no group is on both sides.", choices=("character", "alphabet"))
     test_groups: tuple[str, ...] | None = setting(None, "Hold out these alphabets / top-level folders (e.g. "
                                                   "Greek,Latin); overrides --test_fraction and --split_by.", tuple)
-    rotations: bool = setting(False, "Add 90/180/270-degree rotations of the training classes as new classes (any "
-                              "dataset; held-out classes stay upright).")
-    image_size: int = setting(32, "Images are resized to image_size x image_size.", bound=_IMAGE_SIZE)
-    augment: bool = setting(False, "The papers' pipeline: random resized crop + horizontal flip for training, "
-                            "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
-    affine: bool = setting(False, "Small random affine distortions of training images (rotation, shear, scale, "
-                           "shift; Koch et al. 2015), for characters and drawings; no flip.")
     small_classes: str = setting("error", "Classes with fewer than batch_per_class images: refuse them, or cycle "
                                  "their images (SOP).", choices=("error", "cycle"))
-    channels: int | None = setting(None, "Image channels (default: 1 for omniglot, 3 for folders).", int,
-                                   bound=Bound(choices=(1, 3)))
-    max_image_pixels: int = setting(16_000_000, "Images whose header declares more pixels (width x height) are "
-                                    "refused before decoding: skipped by folder checks, an error in the training and "
-                                    "evaluation pipelines, and an InvalidArgumentError from the exported SavedModel.",
-                                    bound=_PIXELS)
+    images: ImageConfig = subgroup(ImageConfig)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,18 +120,25 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class BatchConfig:
+    """The composition of a training batch: P classes of K images each."""
+
+    classes: int = setting(16, "P: classes per batch.", bound=Bound(2, 65536, note="a batch needs two classes for "
+                           "a negative"), flag="batch_classes")
+    per_class: int = setting(4, "K: images per class in a batch.", bound=Bound(
+        2, 65536, note="a class needs two images in a batch for a positive pair"), flag="batch_per_class")
+
+
+@grouped("config.optimization")
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizationConfig:
-    """How long and how the model is trained."""
+    """How long and how the model is trained: steps, the `batch`, the learning rate and weight decay."""
 
     epochs: int = setting(10, "Training epochs (0 = evaluate and export the untrained model).",
                           bound=Bound(0, 1_000_000, note="0 = evaluate and export the untrained model"))
     steps_per_epoch: int = setting(100, "Gradient steps per epoch (0 = one pass over the training images).",
                                    bound=Bound(0, 10**9, note="0 = one pass over the training images"))
-    batch_classes: int = setting(16, "P: classes per batch.",
-                                 bound=Bound(2, 65536, note="a batch needs two classes for a negative"))
-    batch_per_class: int = setting(4, "K: images per class in a batch.",
-                                   bound=Bound(2, 65536,
-                                               note="a class needs two images in a batch for a positive pair"))
+    batch: BatchConfig = subgroup(BatchConfig)
     # A 2% warm-up into a cosine decay from 2e-3: what the omniglot recipe found that costs nothing, measured at
     # the main job's 1,000 steps (BENCHMARKS.md section 1). No weight decay: the decoupled 1e-4 it had was a no-op
     # (x0.9999 over 1,000 steps at lr 2e-3; issue 31).
@@ -130,17 +161,23 @@ class OptimizationConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Seed, evaluation, outputs, fault tolerance and distribution of a run."""
+class EvaluationConfig:
+    """The held-out evaluation: retrieval during and after training, few-shot episodes, the metrics file."""
 
-    seed: int = setting(0, "Seed for the class split, sampling and initialisation.", bound=Bound(0, 2**32 - 1))
     json: str | None = setting(None, "Write the final held-out metrics to this JSON file.", str)
-    eval_batch_size: int = setting(256, "Batch size for embedding the evaluation images.", bound=_BATCH)
+    batch_size: int = setting(256, "Batch size for embedding the evaluation images.", bound=_BATCH,
+                              flag="eval_batch_size")
     episodes: tuple[str, ...] = setting(("20way1shot", "5way1shot", "20way5shot"), "Few-shot settings <N>way<K>shot "
                                         "evaluated on the held-out classes; empty to skip.", tuple)
     num_episodes: int = setting(400, "Episodes per few-shot setting.", bound=Bound(1, 1_000_000))
-    eval_every: int = setting(0, "Evaluate held-out retrieval every N epochs during training (0 = off).",
-                              bound=Bound(0, note="0 = off"))
+    every: int = setting(0, "Evaluate held-out retrieval every N epochs during training (0 = off).",
+                         bound=Bound(0, note="0 = off"), flag="eval_every")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    """What a run writes: the SavedModel, the .keras model, TensorBoard logs, and its backups."""
+
     export_dir: str | None = setting(None, "Export a TF Serving SavedModel under this directory (<dir>/<version>/).",
                                      str)
     save_model: str | None = setting(None, "train: also save the trained Keras model to this .keras file "
@@ -150,8 +187,12 @@ class RunConfig:
                            "it when the same command is run again.")
     backup_dir: str | None = setting(None, "Where the backups go (deleted once every output is written). Default: a "
                                      "folder under the system temp dir named by a hash of the flags.", str)
-    strict: bool = setting(False, "Fail, rather than warn, after an epoch that learned nothing.")
-    progress: bool = setting(True, "Progress bars for long steps, drawn only when the output is a terminal.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistributionConfig:
+    """Where a run trains: one device, every local device, or one worker of a cluster."""
+
     strategy: str = setting("default", "default: one device; mirrored: every local device; multi_worker: one worker "
                             "of a cluster (MultiWorkerMirroredStrategy).", choices=("default", "mirrored",
                                                                                     "multi_worker"))
@@ -160,6 +201,19 @@ class RunConfig:
     task_index: int = setting(0, "multi_worker with --worker_hosts: this worker's index in the list (0 = chief).",
                               bound=Bound(0, 65535))
     communication: str = setting("auto", "multi_worker: collective implementation.", choices=("auto", "ring", "nccl"))
+
+
+@grouped("config.run")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Seed, `evaluation`, `outputs` (and fault tolerance), `distribution` of a run."""
+
+    seed: int = setting(0, "Seed for the class split, sampling and initialisation.", bound=Bound(0, 2**32 - 1))
+    evaluation: EvaluationConfig = subgroup(EvaluationConfig)
+    outputs: OutputConfig = subgroup(OutputConfig)
+    strict: bool = setting(False, "Fail, rather than warn, after an epoch that learned nothing.")
+    progress: bool = setting(True, "Progress bars for long steps, drawn only when the output is a terminal.")
+    distribution: DistributionConfig = subgroup(DistributionConfig)
 
 
 #: Settings that do not change what a run trains: they do not name its backup folder.
@@ -172,18 +226,10 @@ GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "method": M
                            "optimization": OptimizationConfig, "run": RunConfig}
 
 
-def _flag_table() -> dict[str, tuple[str, str, Setting]]:
-    table: dict[str, tuple[str, str, Setting]] = {}
-    for group, cls in GROUPS.items():
-        for field in dataclasses.fields(cls):
-            spec = field_setting(field)
-            assert spec is not None, f"{cls.__name__}.{field.name} needs a setting(...)"
-            table[field.metadata.get("flag") or field.name] = (group, field.name, spec)
-    return table
-
-
-#: flag name -> (group, field, Setting): every field of every group, by its `pddm-tf train` flag.
-FLAGS: dict[str, tuple[str, str, Setting]] = _flag_table()
+#: flag name -> (group, path, Setting): every setting of every group and sub-group, by its `pddm-tf train`
+#: flag; `path` is dotted inside the group (`FLAGS["json"]` is `("run", "evaluation.json", ...)`).
+FLAGS: dict[str, tuple[str, str, Setting]] = {flag: (group, path, spec) for group, cls in GROUPS.items()
+                                              for flag, path, spec in settings_of(cls)}
 
 
 def parse_loss_options(text: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -212,24 +258,26 @@ def _parse(flag: str, value: Any) -> Any:
 
 
 def _groups_of(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group -> {dotted path: parsed value} of flag values."""
     unknown = sorted(set(flat) - set(FLAGS))
     if unknown:
         raise ConfigError(f"TrainConfig has no setting {', '.join(map(repr, unknown))}; its settings are "
                           f"{', '.join(FLAGS)}")
     groups: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
     for flag, value in flat.items():
-        group, field, _ = FLAGS[flag]
-        groups[group][field] = _parse(flag, value)
+        group, path, _ = FLAGS[flag]
+        groups[group][path] = _parse(flag, value)
     return groups
 
 
 def _nested_spelling(flat: Mapping[str, Any]) -> str:
-    """`group=GroupConfig(field=..., ...)` for the flat names, one group each."""
-    fields: dict[str, list[str]] = {}
+    """`group=GroupConfig(field=..., sub=SubConfig(field=...))` for the flat names, one group each."""
+    paths: dict[str, list[str]] = {}
     for flag in flat:
         if flag in FLAGS:
-            fields.setdefault(FLAGS[flag][0], []).append(f"{FLAGS[flag][1]}=...")
-    return ", ".join(f"{group}={GROUPS[group].__name__}({', '.join(names)})" for group, names in fields.items())
+            paths.setdefault(FLAGS[flag][0], []).append(FLAGS[flag][1])
+    return ", ".join(f"{group}={GROUPS[group].__name__}({spelled(GROUPS[group], names)})"
+                     for group, names in paths.items())
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -262,7 +310,7 @@ class TrainConfig:
         given = {"data": data, "model": model, "method": method, "optimization": optimization, "run": run}
         for group, values in _groups_of(flat).items():
             base = given[group] if given[group] is not None else GROUPS[group]()
-            object.__setattr__(self, group, dataclasses.replace(base, **values) if values else base)  # type: ignore[type-var]
+            object.__setattr__(self, group, replace_paths(base, values))
 
     @classmethod
     def from_flags(cls, values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:
@@ -277,7 +325,7 @@ class TrainConfig:
         groups = {group: getattr(self, group) for group in GROUPS}
         for group, values in _groups_of(flags).items():
             if values:
-                groups[group] = dataclasses.replace(groups[group], **values)  # type: ignore[type-var]
+                groups[group] = replace_paths(groups[group], values)
         return dataclasses.replace(self, **groups)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -293,9 +341,9 @@ class TrainConfig:
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are not attributes: the flat fields of the previous release.
         if name in FLAGS and not name.startswith("_"):
-            group, field, _ = FLAGS[name]
-            warn_deprecated(f"TrainConfig.{name} is deprecated: use config.{group}.{field}", stacklevel=2)
-            return getattr(object.__getattribute__(self, group), field)
+            group, path, _ = FLAGS[name]
+            warn_deprecated(f"TrainConfig.{name} is deprecated: use config.{group}.{path}", stacklevel=2)
+            return get(object.__getattribute__(self, group), path)
         raise AttributeError(f"TrainConfig has no attribute {name!r}")
 
     @classmethod
@@ -306,8 +354,8 @@ class TrainConfig:
     def flag_values(self) -> dict[str, Any]:
         """The config as flag name -> value: tuples as lists, --loss_options as JSON."""
         values: dict[str, Any] = {}
-        for flag, (group, field, _) in FLAGS.items():
-            value = getattr(getattr(self, group), field)
+        for flag, (group, path, _) in FLAGS.items():
+            value = get(getattr(self, group), path)
             values[flag] = list(value) if isinstance(value, tuple) else value
         options = self.method.options
         values["loss_options"] = json.dumps(dict(options), sort_keys=True) if options else None
@@ -326,5 +374,7 @@ class TrainConfig:
         config_checks.check_config(self, FLAGS)
 
 
-__all__ = ["ConfigError", "DataConfig", "GROUPS", "MethodConfig", "ModelConfig", "OptimizationConfig", "RunConfig",
-           "TrainConfig", "parse_loss_options"]
+__all__ = ["BatchConfig", "ConfigError", "DataConfig", "DistributionConfig", "DivideAndConquerConfig",
+           "EvaluationConfig", "GROUPS", "HDMLConfig", "ImageConfig", "MethodConfig", "ModelConfig",
+           "OptimizationConfig", "OutputConfig", "PDDMConfig", "RunConfig", "TFDSConfig", "TrainConfig",
+           "parse_loss_options"]

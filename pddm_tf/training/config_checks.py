@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pddm_tf._setting_groups import get
 from pddm_tf.methods.catalog import METHOD_SPECS
 from pddm_tf.methods.spec import check_method_config
 from pddm_tf.options import ConfigError
@@ -32,9 +33,10 @@ _EPISODE = re.compile(r"^(\d+)way(\d+)shot$")
 
 
 def check_config(config: TrainConfig, fields: Mapping[str, tuple[str, str, Any]]) -> None:
-    """Raises `ConfigError` for the first refused value of `config` (`fields`: `config.FLAGS`)."""
-    for flag, (group, field, spec) in fields.items():
-        value = getattr(getattr(config, group), field)
+    """Raises `ConfigError` for the first refused value of `config` (`fields`: `config.FLAGS`, flag -> (group,
+    dotted path in it, Setting))."""
+    for flag, (group, path, spec) in fields.items():
+        value = get(getattr(config, group), path)
         if flag != "loss_options":
             spec.parse(f"--{flag}", value)
     method = check_method_config(config.method)

@@ -43,33 +43,34 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
     kwargs: dict[str, Any] = {}
     if d.dataset == "omniglot" or d.dataset.startswith("folder:"):
         kwargs.update(split_by=d.split_by, test_groups=list(d.test_groups) if d.test_groups else None)
-    if d.dataset != "omniglot" and d.channels is not None:
-        kwargs.update(channels=d.channels)
+    if d.dataset != "omniglot" and d.images.channels is not None:
+        kwargs.update(channels=d.images.channels)
     if d.dataset in TFDS_NAMES:
-        kwargs.update(data_dir=d.data_dir, cache_dir=d.cache_dir, download=d.download, manual_dir=d.manual_dir)
+        kwargs.update(data_dir=d.tfds.data_dir, cache_dir=d.tfds.cache_dir, download=d.tfds.download,
+                      manual_dir=d.tfds.manual_dir)
     split = data.load_dataset(d.dataset, test_fraction=d.test_fraction, seed=config.run.seed, **kwargs)
-    if d.rotations and rotate_training:
+    if d.images.rotations and rotate_training:
         split = dataclasses.replace(split, train=data.with_rotations(split.train))
-    return split, d.channels or split.channels
+    return split, d.images.channels or split.channels
 
 
 def training_transform(config: TrainConfig):
     """The training augmentation: `augment` (crop + flip), `affine`, or none."""
     d = config.data
-    if d.augment and d.affine:
+    if d.images.augment and d.images.affine:
         raise ValueError("augment and affine are two different training augmentations; choose one")
-    if d.augment:
-        return transforms.train_transform(d.image_size)
-    return transforms.affine_transform(d.image_size) if d.affine else None
+    if d.images.augment:
+        return transforms.train_transform(d.images.size)
+    return transforms.affine_transform(d.images.size) if d.images.affine else None
 
 
 def few_shot_metrics(config: TrainConfig, embeddings, files, say: Callable[..., None] = print) -> dict[str, float]:
     """The `episodes` few-shot accuracies of held-out `files`; a setting the classes cannot fill (fewer
     than N classes in every group) is skipped with a note."""
     metrics: dict[str, float] = {}
-    for setting in config.run.episodes or ():
+    for setting in config.run.evaluation.episodes or ():
         try:
-            metrics.update(few_shot.evaluate_few_shot(embeddings, files, (setting,), config.run.num_episodes,
+            metrics.update(few_shot.evaluate_few_shot(embeddings, files, (setting,), config.run.evaluation.num_episodes,
                                                       config.run.seed))
         except few_shot.ImpossibleSettingError as error:
             say(f"few-shot {setting} skipped: {error}")
@@ -107,7 +108,7 @@ def build_model(config: TrainConfig, channels: int, num_classes: int, total_step
 def _build_model(config: TrainConfig, channels: int, num_classes: int, total_steps: int | None):
     m, o = config.model, config.optimization
     options = {"width": m.backbone_width} if m.backbone == "small_convnet" else {}
-    network = backbone(m.backbone, config.data.image_size, channels,
+    network = backbone(m.backbone, config.data.images.size, channels,
                        weights=None if m.weights == "none" else m.weights,
                        pooling=m.pooling, freeze_batchnorm=m.freeze_batchnorm, **options)
     spec = METHOD_SPECS.get(config.method.name)
@@ -117,7 +118,7 @@ def _build_model(config: TrainConfig, channels: int, num_classes: int, total_ste
         detail = f"{type(error).__name__}: {error}".splitlines()[0]
         raise MethodBuildError(f"--method={spec.name} ({spec.build.__module__}): its builder raised {detail}"
                                ) from error
-    model.build((None, config.data.image_size, config.data.image_size, channels))
+    model.build((None, config.data.images.size, config.data.images.size, channels))
     total_steps = max(total_steps or 1, 1)
     model.compile(optimizer=make_optimizer(o.learning_rate, o.weight_decay, o.lr_schedule, total_steps,
                                            round(o.warmup_fraction * total_steps), o.ema_momentum,
@@ -159,10 +160,11 @@ class MethodBuildError(ValueError):
 
 
 def backup_dir(config: TrainConfig) -> str:
-    """`config.run.backup_dir`, or a folder named by the settings that define the run (`TrainConfig.run_key`)."""
-    if config.run.backup_dir:
-        return config.run.backup_dir
-    if config.run.strategy == "multi_worker":
+    """`config.run.outputs.backup_dir`, or a folder named by the settings that define the run
+    (`TrainConfig.run_key`)."""
+    if config.run.outputs.backup_dir:
+        return config.run.outputs.backup_dir
+    if config.run.distribution.strategy == "multi_worker":
         raise ValueError("a multi_worker run needs a backup_dir on storage every worker sees (or backup=False)")
     return os.path.join(tempfile.gettempdir(), "pddm_tf_backup", config.run_key())
 
@@ -193,13 +195,13 @@ def pixel_limit(max_image_pixels: int) -> Iterator[None]:
 
 
 def tensorboard_callback(config: TrainConfig, files, channels: int, transform, callbacks: list):
-    """The TensorBoard callback of `config.run.log_dir`, reading the RetrievalEvaluation among `callbacks`."""
-    assert config.run.log_dir is not None  # called only with a log_dir
+    """The TensorBoard callback of `config.run.outputs.log_dir`, reading the RetrievalEvaluation among `callbacks`."""
+    assert config.run.outputs.log_dir is not None  # called only with a log_dir
     retrieval = next((c for c in callbacks if isinstance(c, evaluation.RetrievalEvaluation)), None)
-    load_images = (visualize.load_file_images(files, config.data.image_size, channels, transform)
+    load_images = (visualize.load_file_images(files, config.data.images.size, channels, transform)
                    if files else None)
-    return TensorBoard(config.run.log_dir, retrieval, load_images, class_names=files.class_names if files else None,
-                       seed=config.run.seed)
+    return TensorBoard(config.run.outputs.log_dir, retrieval, load_images,
+                       class_names=files.class_names if files else None, seed=config.run.seed)
 
 
 class Trained(NamedTuple):
@@ -217,7 +219,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     """Runs `config` (see the module docstring) and returns the held-out metrics (empty without a
     held-out split). Raises `pddm_tf.options.ConfigError` for a refused setting, before any work."""
     _check(config)
-    with pixel_limit(config.data.max_image_pixels), atomic.lock_folders(*_locked_folders(config)):
+    with pixel_limit(config.data.images.max_pixels), atomic.lock_folders(*_locked_folders(config)):
         return _finish(config, _fit(config))
 
 
@@ -226,7 +228,7 @@ def fit(config: TrainConfig) -> Trained:
     its backup, as `train`), without evaluation or outputs; for scripts that evaluate in their own
     way (`examples/zero_shot_imagenet.py`). The backup, if any, is kept; delete it once done."""
     _check(config)
-    with pixel_limit(config.data.max_image_pixels), atomic.lock_folders(*_locked_folders(config)):
+    with pixel_limit(config.data.images.max_pixels), atomic.lock_folders(*_locked_folders(config)):
         return _fit(config)
 
 
@@ -242,17 +244,18 @@ def _locked_folders(config: TrainConfig) -> list[str]:
     """The folders no other run may write during this one: its backup and export folders (locked by
     worker 0 alone under multi_worker, whose workers share the backup folder)."""
     r = config.run
-    if r.strategy == "multi_worker" and r.task_index:
+    if r.distribution.strategy == "multi_worker" and r.distribution.task_index:
         return []
-    backup = backup_dir(config) if r.backup and config.optimization.epochs > 0 else None
-    return [folder for folder in (backup, r.export_dir) if folder]
+    backup = backup_dir(config) if r.outputs.backup and config.optimization.epochs > 0 else None
+    return [folder for folder in (backup, r.outputs.export_dir) if folder]
 
 
 def _fit(config: TrainConfig) -> Trained:
     r, o = config.run, config.optimization
     # A multi-worker strategy must exist before any other TensorFlow operation runs.
-    strategy = distributed.make_strategy(r.strategy, list(r.worker_hosts or []) or None, r.task_index,
-                                         r.communication)
+    dist = r.distribution
+    strategy = distributed.make_strategy(dist.strategy, list(dist.worker_hosts or []) or None, dist.task_index,
+                                         dist.communication)
     chief = distributed.is_chief(strategy)
     keras.utils.set_random_seed(r.seed)
     split, channels = load_split(config)
@@ -261,20 +264,20 @@ def _fit(config: TrainConfig) -> Trained:
         + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
     if strategy.num_replicas_in_sync > 1:
         index, workers = distributed.worker_info(strategy)
-        say(f"strategy {r.strategy}: {strategy.num_replicas_in_sync} replicas on {workers} worker(s); "
+        say(f"strategy {dist.strategy}: {strategy.num_replicas_in_sync} replicas on {workers} worker(s); "
             f"this is worker {index}")
-    batch = o.batch_classes * o.batch_per_class
+    batch = o.batch.classes * o.batch.per_class
     steps_per_epoch = o.steps_per_epoch or -(-len(split.train) // batch)
     with strategy.scope():
         model = build_model(config, channels, split.train.num_classes, total_steps=o.epochs * steps_per_epoch)
-    transform = transforms.eval_transform(config.data.image_size) if config.data.augment else None
+    transform = transforms.eval_transform(config.data.images.size) if config.data.images.augment else None
     backup = None
     if o.epochs > 0:
-        backup_path = backup_dir(config) if r.backup else None
+        backup_path = backup_dir(config) if r.outputs.backup else None
         settings = method_settings(config, split.train.num_classes)
         # The backup is kept when fit completes, and deleted only once every output is written.
         train_data, callbacks = training_pipeline(
-            model, split.train, o.batch_classes, o.batch_per_class, config.data.image_size, channels, seed=r.seed,
+            model, split.train, o.batch.classes, o.batch.per_class, config.data.images.size, channels, seed=r.seed,
             recluster_every=settings.get("recluster_every", 2), conquer_epochs=settings.get("conquer_epochs", 1),
             cluster_on=settings.get("cluster_on", "features"), small_classes=config.data.small_classes,
             augment=training_transform(config), steps_per_epoch=steps_per_epoch, backup_dir=backup_path,
@@ -299,12 +302,12 @@ def _fit_epochs(config: TrainConfig, model, split, channels: int, transform, tra
                 steps_per_epoch: int, chief: bool, backup, say: Callable[..., None]) -> None:
     """`model.fit` with the evaluation and TensorBoard callbacks `config` asks for, and its speed said."""
     r, o = config.run, config.optimization
-    if split.test is not None and (r.eval_every > 0 or r.log_dir):
-        evaluation_data = data.evaluation_dataset(split.test, config.data.image_size, channels, r.eval_batch_size,
-                                                  transform=transform)
-        callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=r.eval_every or o.epochs,
+    if split.test is not None and (r.evaluation.every > 0 or r.outputs.log_dir):
+        evaluation_data = data.evaluation_dataset(split.test, config.data.images.size, channels,
+                                                  r.evaluation.batch_size, transform=transform)
+        callbacks.append(evaluation.RetrievalEvaluation(evaluation_data, every=r.evaluation.every or o.epochs,
                                                         seed=r.seed))
-    if r.log_dir and chief:
+    if r.outputs.log_dir and chief:
         callbacks.append(tensorboard_callback(config, split.test, channels, transform, callbacks))
     start = time.perf_counter()
     history = model.fit(train_data, epochs=o.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
@@ -312,7 +315,7 @@ def _fit_epochs(config: TrainConfig, model, split, channels: int, transform, tra
     seconds = max(time.perf_counter() - start, 1e-9)
     # Only what this run trained: a resumed run starts after the backed-up epochs.
     epochs_run = len(history.epoch)
-    images = epochs_run * steps_per_epoch * o.batch_classes * o.batch_per_class
+    images = epochs_run * steps_per_epoch * o.batch.classes * o.batch.per_class
     resumed = backup.restored_epoch if backup is not None else None
     say(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.1f} s "
         f"({images / seconds:.0f} images/s)"
@@ -327,8 +330,8 @@ def _finish(config: TrainConfig, trained: Trained) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if split.test is not None:
         # Sharded over every replica of every worker, gathered on all of them.
-        embeddings = distributed.embed_files(model, split.test, config.data.image_size, channels, r.eval_batch_size,
-                                             transform=transform)
+        embeddings = distributed.embed_files(model, split.test, config.data.images.size, channels,
+                                             r.evaluation.batch_size, transform=transform)
         labels = split.test.labels
         rerank = config.method.rerank or 0
         metrics = evaluation.evaluate_retrieval(embeddings, labels, seed=r.seed, rerank=rerank,
@@ -336,17 +339,17 @@ def _finish(config: TrainConfig, trained: Trained) -> dict[str, float]:
         metrics.update(few_shot_metrics(config, embeddings, split.test, say))
         if chief:
             report(metrics, f"held-out retrieval ({split.test.num_classes} unseen classes, {len(labels)} images)",
-                   r.json)
-            if r.log_dir and config.optimization.epochs == 0:  # no fit, so no TensorBoard callback: the projector
+                   r.evaluation.json)
+            if r.outputs.log_dir and config.optimization.epochs == 0:  # no fit, no TensorBoard callback: the projector
                 tensorboard_callback(config, split.test, channels, transform, []).write_projector_of(embeddings,
                                                                                                     labels)
-    if r.export_dir:
-        with _output_dir(r.export_dir, chief) as export_dir:
-            path = export.export_saved_model(model, export_dir, config.data.image_size, channels, transform=transform,
-                                             max_image_pixels=config.data.max_image_pixels)
+    if r.outputs.export_dir:
+        with _output_dir(r.outputs.export_dir, chief) as export_dir:
+            path = export.export_saved_model(model, export_dir, config.data.images.size, channels, transform=transform,
+                                             max_image_pixels=config.data.images.max_pixels)
         say(f"SavedModel exported to {path}")
-    if r.save_model:
-        with _output_dir(r.save_model, chief) as save_path:
+    if r.outputs.save_model:
+        with _output_dir(r.outputs.save_model, chief) as save_path:
             path = export.save_keras_model(model, save_path)
         say(f"Keras model saved to {path}")
     if backup is not None and chief:

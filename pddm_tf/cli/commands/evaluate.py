@@ -27,10 +27,10 @@ def check(values: Mapping[str, Any]) -> None:
         raise ConfigError("evaluate needs --model_dir (a SavedModel version folder, or its base folder)")
     config_checks.check_input(values, "model_dir")
     config = settings.train_config(values)
+    given = config.flag_values()
     for flag in ("test_fraction", "seed", "eval_batch_size", "num_episodes", "max_image_pixels", "split_by"):
-        group, field, spec = settings.config_module.FLAGS[flag]
-        spec.parse(f"--{flag}", getattr(getattr(config, group), field))
-    config_checks.check_train_values({"episodes": config.run.episodes, "dataset": config.data.dataset})
+        settings.config_module.FLAGS[flag][2].parse(f"--{flag}", given[flag])
+    config_checks.check_train_values({"episodes": config.run.evaluation.episodes, "dataset": config.data.dataset})
     rerank = values.get("rerank")
     if rerank is not None:
         GENERAL_FLAGS["rerank"].parse("--rerank", rerank)
@@ -49,7 +49,7 @@ def run() -> dict[str, float]:
 
     config = settings.train_config()
     rerank = FLAGS.rerank or 0
-    with training_run.pixel_limit(config.data.max_image_pixels):
+    with training_run.pixel_limit(config.data.images.max_pixels):
         model_dir, signatures = load_saved_model(FLAGS.model_dir)
         embed = signatures["embed_pixels"]
         pair_scores = None
@@ -65,16 +65,16 @@ def run() -> dict[str, float]:
         size, channels = saved_model_geometry(model_dir)
         split, _ = training_run.load_split(config, rotate_training=False)
         files = split.test if split.test is not None else split.train
-        transform = transforms.eval_transform(size) if config.data.augment else None
-        pixels = data.evaluation_dataset(files, size, channels, config.run.eval_batch_size, transform=transform)
-        batches = progress.bar(pixels, total=-(-len(files) // config.run.eval_batch_size), desc="embedding",
+        transform = transforms.eval_transform(size) if config.data.images.augment else None
+        pixels = data.evaluation_dataset(files, size, channels, config.run.evaluation.batch_size, transform=transform)
+        batches = progress.bar(pixels, total=-(-len(files) // config.run.evaluation.batch_size), desc="embedding",
                                unit="batch")
         embeddings = tf.concat([embed(pixels=x)["embeddings"] for x, _ in batches], axis=0).numpy()
         metrics = evaluation.evaluate_retrieval(embeddings, files.labels, seed=config.run.seed, rerank=rerank,
                                                 pair_scores=pair_scores)
         metrics.update(training_run.few_shot_metrics(config, embeddings, files))
         training_run.report(metrics, f"{model_dir} on {config.data.dataset} ({files.num_classes} classes, "
-                            f"{len(files)} images)", config.run.json)
+                            f"{len(files)} images)", config.run.evaluation.json)
         if FLAGS.plots:
             from pddm_tf.evaluation import visualize  # matplotlib, an optional dependency
 

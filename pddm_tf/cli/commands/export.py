@@ -33,7 +33,7 @@ def check(values: Mapping[str, Any]) -> None:
     _K.parse("--search_k", values.get("search_k"))
     _RERANK.parse("--search_rerank", values.get("search_rerank"))
     config = settings.train_config(values)
-    settings.config_module.FLAGS["max_image_pixels"][2].parse("--max_image_pixels", config.data.max_image_pixels)
+    settings.config_module.FLAGS["max_image_pixels"][2].parse("--max_image_pixels", config.data.images.max_pixels)
     config_checks.check_input(values, "keras_model", kind="file")
     if values.get("search_rerank", 0) > 0 and not values.get("gallery"):
         raise ConfigError(f"--search_rerank={values['search_rerank']} re-ranks the results of `search`, which needs "
@@ -56,7 +56,7 @@ def run() -> dict[str, float]:
                           f"{FLAGS.keras_model} is a model without a PDDM unit")
     size, channels = export.image_geometry(model)
     # A model trained with --augment was evaluated on resized, centre-cropped images: serve the same.
-    transform = transforms.eval_transform(size) if config.data.augment else None
+    transform = transforms.eval_transform(size) if config.data.images.augment else None
     gallery = None
     if FLAGS.gallery:
         kwargs: dict[str, Any] = {}
@@ -65,15 +65,15 @@ def run() -> dict[str, float]:
         elif not FLAGS.gallery.startswith("folder:"):
             kwargs.update(channels=channels)
         if FLAGS.gallery in TFDS_NAMES:
-            kwargs.update(data_dir=config.data.data_dir, cache_dir=config.data.cache_dir,
-                          download=config.data.download, manual_dir=config.data.manual_dir)
+            kwargs.update(data_dir=config.data.tfds.data_dir, cache_dir=config.data.tfds.cache_dir,
+                          download=config.data.tfds.download, manual_dir=config.data.tfds.manual_dir)
         gallery = export.load_gallery(model, FLAGS.gallery, size, channels, test_fraction=config.data.test_fraction,
-                                      seed=config.run.seed, batch_size=config.run.eval_batch_size,
+                                      seed=config.run.seed, batch_size=config.run.evaluation.batch_size,
                                       transform=transform, **kwargs)
         print(f"gallery {FLAGS.gallery}: {len(gallery.ids)} images embedded")
     path = export.export_saved_model(model, FLAGS.export_dir, size, channels, gallery=gallery,
                                      search_k=FLAGS.search_k, rerank=FLAGS.search_rerank, transform=transform,
-                                     max_image_pixels=config.data.max_image_pixels)
+                                     max_image_pixels=config.data.images.max_pixels)
     print(f"SavedModel exported to {path}")
     return {}
 
