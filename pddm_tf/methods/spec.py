@@ -45,7 +45,7 @@ COMMON_SETTINGS = ("dropout", "training_classes")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PDDMConfig:
-    """The flags of the PDDM methods (METHODS.md section 2): mining and the margins of the loss."""
+    """The flags of the PDDM methods (METHODS.md sections 1 and 2): the unit's inputs, mining, the loss margins."""
 
     mining: str | None = setting(None, "PDDM methods: quadruplets per batch, one per positive pair or the single "
                                  "hardest (the paper).", str, choices=("per_pair", "hardest"))
