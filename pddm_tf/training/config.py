@@ -10,7 +10,7 @@
                                        logs, backups), .distribution (DistributionConfig)
 
 No group or sub-group has more than ten fields (issue 30: no constructor of more than about ten
-parameters). Every setting is a `pddm-tf train` flag: of its field's name, or of its
+parameters). Every setting is the `pddm-tf train` flag named as its field, or as its
 `metadata["flag"]` (`MethodConfig.name` is `--method`, `HDMLConfig.alpha` `--hdml_alpha`,
 `ImageConfig.size` `--image_size`; `FLAGS` maps each flag to its place). The command line makes one
 flag per setting from its `pddm_tf.options.Setting` (type, default, help, bound), so the bounds live
