@@ -16,6 +16,7 @@ import tensorflow as tf
 from interrupt import Interrupt, fit_interrupted
 
 from pddm_tf import backbones, data, methods
+from pddm_tf.export import load_keras_model
 from pddm_tf.models.clustering import ClusterAssignment, cluster_balanced_dataset
 from pddm_tf.training import distributed
 from pddm_tf.training.fault_tolerance import BackupAndRestore, backup_status
@@ -42,7 +43,8 @@ def _free_ports(count):
 
 
 def _weights(path):
-    return keras.saving.load_model(path).get_weights()
+    # load_keras_model registers the library's Keras classes first (this file's imports do not).
+    return load_keras_model(path).get_weights()
 
 
 def _cli(args, devices=1):
