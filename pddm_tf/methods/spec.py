@@ -50,7 +50,7 @@ class MethodConfig:
     use it is refused (`check_method_config`), never silently dropped.
     """
 
-    name: str = setting("pddm_quadruplet", "Training method (METHOD_SPECS; a --plugins module may add one).",
+    name: str = setting("margin", "Training method (METHOD_SPECS; a --plugins module may add one).",
                         flag="method")
     options: Mapping[str, Any] | None = setting(
         None, "The method's own options as a JSON object, e.g. '{\"margin\": 0.3}'; `pddm-tf --help_methods` "
