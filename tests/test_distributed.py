@@ -16,6 +16,7 @@ import tensorflow as tf
 from interrupt import Interrupt, fit_interrupted
 
 from pddm_tf import backbones, data, methods
+from pddm_tf.export import load_keras_model
 from pddm_tf.models.clustering import ClusterAssignment, cluster_balanced_dataset
 from pddm_tf.training import distributed
 from pddm_tf.training.fault_tolerance import BackupAndRestore, backup_status
@@ -42,7 +43,9 @@ def _free_ports(count):
 
 
 def _weights(path):
-    return keras.saving.load_model(path).get_weights()
+    # load_keras_model registers every pddm_tf class first: plain keras.saving.load_model could not rebuild
+    # the optimizer's WarmupCosine schedule unless some earlier test had imported pddm_tf.training.optimizers.
+    return load_keras_model(path).get_weights()
 
 
 def _cli(args, devices=1):
