@@ -14,7 +14,8 @@ Rows:
                      augmentation, rotations, schedule and P x K batches (32-way, 1 support + 3
                      queries per class); squared Euclidean distances between unnormalised features
   triplet_batchhard  `pddm-tf train --method=triplet_batchhard` with the CLI's defaults
-  pddm_defaults      `pddm-tf train` with its defaults
+  pddm_defaults      `pddm-tf train --method=pddm_quadruplet` with the defaults (the default method
+                     is margin since issue 32; this row and the rows built on it stay PDDM)
   recipe             `pddm-tf train --recipe=omniglot`
   pddm_recipe        the same with --method=pddm_quadruplet
   euclidean_recipe   the same with --method=euclidean_quadruplet (quadruplets mined by Euclidean distance)
@@ -136,7 +137,9 @@ def configurations() -> dict[str, dict[str, Any]]:
         # The recipe's batches: P = 32 classes of 1 support + 3 queries each, as many steps as the recipe.
         "protonet": {**recipe, "method": "protonet"},
         "triplet_batchhard": {**defaults, "method": "triplet_batchhard"},
-        "pddm_defaults": defaults,
+        # PDDM quadruplets with the defaults' other settings: the base of the comparisons (and of the
+        # --variants rows that set no method, e.g. pddm_hardest), whatever the default method is.
+        "pddm_defaults": {**defaults, "method": "pddm_quadruplet"},
         "recipe": recipe,
         # The recipe with PDDM quadruplets (its loss before multi-similarity measured better).
         "pddm_recipe": {**recipe, "method": "pddm_quadruplet"},

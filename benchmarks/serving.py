@@ -1,8 +1,8 @@
 """Serving latency and throughput: the exported SavedModel in a fresh process vs `model.predict`.
 
-One run builds the model of `pddm-tf train` (small_convnet 32 x 32 x 1, width 64, d = 64, PDDM
-unit; untrained unless `--keras_model` is given: the cost does not depend on the weights), exports
-it with a `search` gallery (the held-out embedded Omniglot images, 2,420) and times, on the same
+One run builds the model of `pddm-tf train --method=pddm_quadruplet` (small_convnet 32 x 32 x 1,
+width 64, d = 64, PDDM unit; untrained unless `--keras_model` is given: the cost does not depend on
+the weights), exports it with a `search` gallery (the held-out embedded Omniglot images, 2,420) and times, on the same
 images at batch sizes 1 and 64:
 
 * in a fresh Python process that loads the SavedModel with plain `tf.saved_model.load` (no

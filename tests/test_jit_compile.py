@@ -87,8 +87,8 @@ def test_pddm_jit_compile_survives_saving(tmp_path):
 def test_the_jit_compile_setting_reaches_the_model(flag):
     """`pddm-tf train --jit_compile` (TrainConfig.jit_compile): True compiles PDDM's mining scores,
     False leaves Keras' "auto" (no XLA on this CPU-only machine)."""
-    model = build_training_model(TrainConfig.from_flags(image_size=SIZE, backbone_width=8, jit_compile=flag), 1, 4,
-                                 10)
+    model = build_training_model(TrainConfig.from_flags(image_size=SIZE, backbone_width=8, jit_compile=flag,
+                                                        method="pddm_quadruplet"), 1, 4, 10)
     assert model.xla_scores is flag and model.jit_compile is False
     triplet = build_training_model(TrainConfig.from_flags(image_size=SIZE, backbone_width=8, jit_compile=flag,
                                                           method="triplet_batchhard"), 1, 4, 10)

@@ -122,7 +122,7 @@ def test_multi_optimizer_methods_refuse_float16_and_train_in_bfloat16(method):
 def test_cli_flag_sets_the_policy_for_the_model_only():
     try:
         flags.FLAGS(["pddm-tf", "--mixed_precision=bfloat16", f"--image_size={SIZE}", "--backbone_width=8",
-                     "--embedding_dim=8"])
+                     "--embedding_dim=8", "--method=pddm_quadruplet"])
         model = cli.build_model(channels=1, num_classes=4)
     finally:
         flags.FLAGS.unparse_flags()

@@ -3,7 +3,8 @@ as a `benchmarks/few_shot.py --variants` JSON object for one seed (issues 13 ite
 
   python benchmarks/ablation/rows.py SEED [GROUP]     # GROUP: methods (default), pddm_claims or hdml_twins
 
-Every row is `pddm-tf train`'s defaults with one change, so a row and its base differ only in
+Every row is `pddm-tf train`'s defaults with PDDM quadruplets (few_shot.py's `pddm_defaults`; the
+default method is margin since issue 32) and one change, so a row and its base differ only in
 that change; `BASES` names each row's base for `benchmarks/ablation/table.py`. The optimiser is
 pinned to Adam at a constant 1e-3 (the defaults' optimiser when BENCHMARKS.md sections 2-4 were
 measured; the defaults have a warm-up and a cosine decay since).

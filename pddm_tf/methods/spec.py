@@ -106,7 +106,7 @@ class MethodConfig:
     (`MethodConfig(hdml_alpha=...)`, `config.method.hdml_alpha`) still work, with a DeprecationWarning.
     """
 
-    name: str = setting("pddm_quadruplet", "Training method (METHOD_SPECS; a --plugins module may add one).",
+    name: str = setting("margin", "Training method (METHOD_SPECS; a --plugins module may add one).",
                         flag="method")
     options: Mapping[str, Any] | None = setting(
         None, "The method's own options as a JSON object, e.g. '{\"margin\": 0.3}'; `pddm-tf --help_methods` "
