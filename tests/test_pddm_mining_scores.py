@@ -38,9 +38,10 @@ def _numpy_scores(pddm, f: np.ndarray) -> np.ndarray:
     return (c @ w["s_kernel"])[..., 0] + w["s_bias"][0] - prior
 
 
-def test_mining_scores_are_the_pddm_scores_of_every_pair():
+@pytest.mark.parametrize("size", [1, 2, 5, 24])  # fewer pairs than the 8 slices, and more
+def test_mining_scores_are_the_pddm_scores_of_every_pair(size):
     model = _model(8)
-    f = np.random.default_rng(0).normal(size=(24, 8)).astype(np.float32)
+    f = np.random.default_rng(0).normal(size=(size, 8)).astype(np.float32)
     np.testing.assert_allclose(_mining_scores(model.pddm, tf.constant(f)), _numpy_scores(model.pddm, f), atol=1e-5)
 
 

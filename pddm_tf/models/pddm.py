@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import EPSILON, l2_normalize, safe_norm
+from pddm_tf.distances import EPSILON, l2_normalize
 from pddm_tf.layers import PDDM
 from pddm_tf.losses import DoubleHeaderHingeLoss
 from pddm_tf.miners import euclidean_scores, mine_quadruplets, quadruplet_tuples, score_gap
@@ -36,34 +36,52 @@ def mine_with_pddm(pddm: PDDM | Callable[[tf.Tensor], tf.Tensor], loss: DoubleHe
     return {"quadruplets": mine_quadruplets(labels, scores, loss.miner.mode), "score_gap": score_gap(labels, scores)}
 
 
+#: How many slices of the pair list `_mining_scores` scores one after the other (see there).
+_MINING_CHUNKS = 8
+
+
 def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
     """`pddm.all_pair_scores(f)` ([m, d] -> [m, m], METHODS.md section 1) for a unit with
-    normalize_inputs=False and normalize_hidden=True, in fewer passes over the m (m + 1) / 2 pairs'
-    activations, which at 256 images cost as much as their matrix products: the u branch's bias and
-    ReLU ride on its product (`bias_add`, which Grappler fuses into the MatMul kernel); the v branch
-    adds two gathered rows of (W_v f + b_v) / 2, computed per sample; u' and v' are not divided by
-    their norms, the products W_c u', W_c v' are scaled by the inverse norms instead (a row scale
-    commutes with the product), the v half fused with c's bias. Equal to the layer's scores up to
-    float rounding; used for mining only (no gradient flows through mining)."""
+    normalize_inputs=False and normalize_hidden=True, in fewer and cheaper passes over the
+    m (m + 1) / 2 pairs' activations, which at 256 images cost as much as their matrix products:
+    - the pairs i <= j are scored in `_MINING_CHUNKS` slices of about P / 8 pairs, each slice's
+      [P / 8, 128] activations small enough to stay in a core's cache between its passes, and the
+      executor runs two slices at once on two cores;
+    - the u branch's bias and ReLU ride on its product (`bias_add`, which Grappler fuses into the
+      MatMul kernel); the v branch adds two gathered rows of (W_v f + b_v) / 2, computed per sample;
+    - u' and v' are not divided by their norms: the products W_c u', W_c v' are scaled by the inverse
+      norms instead (a row scale commutes with the product), the v half fused with c's bias;
+    - every norm is one `reduce_euclidean_norm` pass (square and sum read the activations twice).
+    Equal to the layer's scores up to float rounding; used for mining only (no gradient flows
+    through mining)."""
     f = l2_normalize(f)
     m = tf.shape(f)[0]
     upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
     pairs = tf.cast(tf.where(upper), tf.int32)
-    i, j = pairs[:, 0], pairs[:, 1]
-    u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
-    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
     half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
-    v_h = tf.nn.relu(tf.gather(half, i) + tf.gather(half, j))
+    units, floor = pddm.units, EPSILON ** 0.5
 
-    def inverse_norm(x: tf.Tensor) -> tf.Tensor:
-        return tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=1, keepdims=True), EPSILON))
+    def norm(x: tf.Tensor) -> tf.Tensor:
+        return tf.maximum(tf.math.reduce_euclidean_norm(x, axis=1), floor)
 
-    units = pddm.units
-    c = tf.nn.relu(tf.matmul(u_h, pddm.c_kernel[:units]) * inverse_norm(u_h)
-                   + tf.nn.bias_add(tf.matmul(v_h, pddm.c_kernel[units:]) * inverse_norm(v_h), pddm.c_bias))
-    scores = tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0]
-    if pddm.distance_scale is not None:  # the layer's Euclidean prior, -g ||f_i - f_j||
-        scores -= pddm.distance_scale * safe_norm(u, keepdims=False)
+    def inverse_norm(x: tf.Tensor) -> tf.Tensor:  # [P, 1]: a multiply per element is cheaper than a division
+        return tf.math.reciprocal(norm(x))[:, None]
+
+    def chunk_scores(i: tf.Tensor, j: tf.Tensor) -> tf.Tensor:
+        u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
+        u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
+        v_h = tf.nn.relu(tf.gather(half, i) + tf.gather(half, j))
+        c = tf.nn.relu(tf.matmul(u_h, pddm.c_kernel[:units]) * inverse_norm(u_h)
+                       + tf.nn.bias_add(tf.matmul(v_h, pddm.c_kernel[units:]) * inverse_norm(v_h), pddm.c_bias))
+        scores = tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0]
+        if pddm.distance_scale is not None:  # the layer's Euclidean prior, -g ||f_i - f_j||
+            scores -= pddm.distance_scale * norm(u)
+        return scores
+
+    size = tf.shape(pairs)[0]
+    step = (size + _MINING_CHUNKS - 1) // _MINING_CHUNKS
+    bounds = [tf.minimum(k * step, size) for k in range(_MINING_CHUNKS + 1)]
+    scores = tf.concat([chunk_scores(pairs[a:b, 0], pairs[a:b, 1]) for a, b in zip(bounds, bounds[1:])], 0)
     upper_scores = tf.scatter_nd(pairs, scores, tf.stack([m, m]))
     return tf.where(upper, upper_scores, tf.transpose(upper_scores))
 
