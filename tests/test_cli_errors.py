@@ -144,6 +144,12 @@ COMBINATION_CASES = [
     ("train", {"method": "dc_margin", "ema_momentum": 0.99}, "--ema_momentum is not supported with --method=dc_margin"),
     ("train", {"method": "pddm_quadruplets"}, "--method=pddm_quadruplets: unknown method; expected one of "),
     ("train", {"method": "triplet_batchhard", "loss_options": '{"margin": 0.3}'}, None),
+    # A PDDM flag that names an option of the chosen method points to that option's spelling, which is accepted.
+    ("train", {"method": "margin", "alpha": 0.3}, "--alpha=0.3 is not used by --method=margin; it applies to dc_pddm, "
+                                                  "euclidean_quadruplet, hdml_pddm, pddm_quadruplet, pddm_triplet; "
+                                                  "--method=margin's own alpha is set with "
+                                                  "--loss_options='{\"alpha\": 0.3}'"),
+    ("train", {"method": "margin", "loss_options": '{"alpha": 0.3}'}, None),
     ("train", {"method": "pddm_quadruplet", "loss_options": '{"margin": 0.3}'},
      "--loss_options: method pddm_quadruplet has no option margin; its options are: none"),
     ("train", {"method": "npair", "loss_options": '{"margn": 0.3}'},

@@ -21,6 +21,8 @@ The built-in methods are the modules of `pddm_tf.methods.library` (one file each
 
 from __future__ import annotations
 
+import json
+
 import copy
 import dataclasses
 import inspect
@@ -268,8 +270,10 @@ def check_method_config(config: MethodConfig, spec: MethodSpec | None = None) ->
             continue
         if flag not in spec.flags:
             users = [name for name, other in METHOD_SPECS.items() if flag in other.flags]
+            own = (f"; --method={spec.name}'s own {flag} is set with --loss_options='{{\"{flag}\": "
+                   f"{json.dumps(value)}}}'" if flag in spec.options else "")
             raise ConfigError(f"--{flag}={_flag_text(value)} is not used by --method={spec.name}; it applies to "
-                              f"{', '.join(users) or 'no method'}")
+                              f"{', '.join(users) or 'no method'}{own}")
         flag_setting.parse(f"--{flag}", value)
     spec.parse_options(config.options)
     return spec
