@@ -21,11 +21,10 @@ The built-in methods are the modules of `pddm_tf.methods.library` (one file each
 
 from __future__ import annotations
 
-import json
-
 import copy
 import dataclasses
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
