@@ -46,7 +46,8 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
     m (m + 1) / 2 pairs' activations, which at 256 images cost as much as their matrix products:
     - the pairs i <= j are scored in `_MINING_CHUNKS` slices of about P / 8 pairs, each slice's
       [P / 8, 128] activations small enough to stay in a core's cache between its passes, and the
-      executor runs two slices at once on two cores;
+      executor runs two slices at once on two cores (256 x 128: 23.3 against 26.5 ms unsliced, quiet;
+      benchmarks/results/train_step_floor.md);
     - the u branch's bias and ReLU ride on its product (`bias_add`, which Grappler fuses into the
       MatMul kernel); the v branch adds two gathered rows of (W_v f + b_v) / 2, computed per sample;
     - u' and v' are not divided by their norms: the products W_c u', W_c v' are scaled by the inverse
