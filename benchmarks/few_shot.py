@@ -141,7 +141,7 @@ def configurations() -> dict[str, dict[str, Any]]:
         # --variants rows that set no method, e.g. pddm_hardest), whatever the default method is.
         "pddm_defaults": {**defaults, "method": "pddm_quadruplet"},
         "recipe": recipe,
-        # The recipe with PDDM quadruplets (its loss before multi-similarity measured better).
+        # The recipe with PDDM quadruplets (its loss before multi-similarity, then the margin loss, measured better).
         "pddm_recipe": {**recipe, "method": "pddm_quadruplet"},
         # The PDDM paper's ablations at the recipe's settings (issue 13, item 5).
         "euclidean_recipe": {**recipe, "method": "euclidean_quadruplet"},
