@@ -23,6 +23,9 @@ Rows:
   hdml_npair         `pddm-tf train --method=hdml_npair` with the defaults
   dc_margin          `pddm-tf train --method=dc_margin` with the defaults
 
+"The defaults" are `pddm-tf train`'s for omniglot: since 2026-12-08 (issue 32) 32 x 4 batches with rotations
+and affine distortions; --defaults=plain gives the 16 x 4 batches without either of the earlier records.
+
   python benchmarks/few_shot.py --budget_seconds=300 --out_dir=benchmarks/results/few_shot
   python benchmarks/few_shot.py --quick          # a few steps on one fold: checks the pipeline
 
@@ -62,6 +65,7 @@ from pddm_tf.evaluation import few_shot  # noqa: E402
 from pddm_tf.methods import recipes  # noqa: E402
 from pddm_tf.models import EmbeddingModel, PDDMModel  # noqa: E402
 from pddm_tf.training import TrainConfig, build_model  # noqa: E402
+from pddm_tf.training.config import DATASET_DEFAULTS  # noqa: E402
 from pddm_tf.training.optimizers import decays_under_l2, make_optimizer  # noqa: E402
 from pddm_tf.training.run import method_settings  # noqa: E402
 
@@ -71,6 +75,9 @@ flags.DEFINE_list("rows", ["pixel", "protonet", "triplet_batchhard", "pddm_defau
 flags.DEFINE_list("folds", ["0", "1", "2", "3"], "Folds to run (each holds out two alphabets).")
 flags.DEFINE_float("budget_seconds", 300.0, "Training budget of every method, in seconds of training steps.")
 flags.DEFINE_string("variants", None, "JSON: extra rows, name -> {'base': row, flag: value, ...}.")
+flags.DEFINE_enum("defaults", "dataset", ["dataset", "plain"], "The defaults' rows: `pddm-tf train`'s defaults for "
+                  "omniglot (32 x 4 batches, rotations, affine distortions; issue 32), or plain: 16 x 4 batches "
+                  "without either, the defaults of the records before 2026-12-08 (methods_4fold.md and earlier).")
 flags.DEFINE_string("out_dir", "benchmarks/results/few_shot", "Where results.json, table.md and the plot go.")
 flags.DEFINE_integer("steps", None, "Train every row exactly this many steps instead of a budget (sweeps at equal "
                      "steps on a busy machine; then the rows' times are not comparable).")
@@ -124,8 +131,12 @@ class PrototypicalNetwork(EmbeddingModel):
 
 
 def _cli_defaults() -> dict[str, Any]:
-    """`pddm-tf train`'s defaults (`TrainConfig()`): the single source of the "defaults" rows."""
-    return TrainConfig().flag_values()
+    """`pddm-tf train`'s defaults on omniglot (`TrainConfig().resolved()`): the single source of the
+    "defaults" rows; with --defaults=plain, the defaults before the dataset-dependent ones."""
+    config = TrainConfig()
+    if FLAGS.defaults == "plain":
+        config = config.with_flags(**{flag: plain for flag, (_, plain) in DATASET_DEFAULTS.items()})
+    return config.resolved().flag_values()
 
 
 def configurations() -> dict[str, dict[str, Any]]:

@@ -263,6 +263,8 @@ def _config(f: flags.FlagValues):
         method=f.method, backbone=f.backbone, weights=weights, freeze_batchnorm=f.freeze_batchnorm,
         backbone_width=f.backbone_width, embedding_dim=f.embedding_dim, batch_classes=f.batch_classes,
         batch_per_class=f.batch_per_class, small_classes=f.small_classes, learning_rate=f.learning_rate,
+        # Upright characters only: a rotated character has no semantic vector (the CLI's omniglot defaults rotate).
+        rotations=False, affine=False,
         # Adam at a constant rate, as this protocol was measured (the CLI's defaults warm up and decay).
         lr_schedule="constant", warmup_fraction=0.0, weight_decay=0.0, epochs=f.epochs, steps_per_epoch=f.steps,
         eval_batch_size=f.eval_batch_size, episodes=(), backup=False, **pddm)

@@ -26,7 +26,9 @@ def l2_normalize(x: tf.Tensor, axis: int = -1) -> tf.Tensor:
       >>> l2_normalize(tf.constant([[3.0, 4.0], [0.0, 0.0]])).numpy().tolist()
       [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
     """
-    return x / safe_norm(x, axis=axis, keepdims=True)
+    # A multiply by the reciprocal: one division per vector instead of one per element, in the forward
+    # pass and in the gradient (which divides twice per element for a quotient).
+    return x * tf.math.reciprocal(safe_norm(x, axis=axis, keepdims=True))
 
 
 def pairwise_squared_distances(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:

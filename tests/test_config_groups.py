@@ -61,6 +61,9 @@ _FIXED = dict(dataset="omniglot", data_dir="/data/tfds", cache_dir="/data/cache"
 _DC = dict(method="dc_pddm", num_learners=2, recluster_every=1, conquer_epochs=0, cluster_on="embeddings",
            mining="hardest", alpha=0.5, beta=1.0, embedding_weight=0.2, pddm_normalize_inputs=True, rerank=10)
 
+#: omniglot's batch_classes, rotations and affine before they depended on the dataset.
+_PLAIN = dict(batch_classes=16, rotations=False, affine=False)
+
 
 def _config_classes() -> list[type]:
     found, stack = [], list(GROUPS.values())
@@ -99,9 +102,15 @@ def test_run_key_is_the_digest_of_the_previous_release():
     """Backups of users' runs are found by this digest: the same flags must give the same one."""
     # Recorded by running main's TrainConfig.from_flags(...).run_key() before the sub-groups (commit 51a36e9).
     assert TrainConfig.from_flags(_FIXED).run_key() == "228d92d6549f7fc6"
-    assert TrainConfig.from_flags(_DC).run_key() == "d42b7625380fdb1b"
-    # The previous release's defaults (its default method was pddm_quadruplet; margin since issue 32).
-    assert TrainConfig.from_flags(method="pddm_quadruplet").run_key() == "95ec7b801860c3da"
+    # The previous release's defaults: its default method was pddm_quadruplet (margin since issue 32), and
+    # omniglot's batch_classes, rotations and affine were 16, off, off (dataset-dependent since issue 32).
+    assert TrainConfig.from_flags(_DC, **_PLAIN).run_key() == "d42b7625380fdb1b"
+    assert TrainConfig.from_flags(method="pddm_quadruplet", **_PLAIN).run_key() == "95ec7b801860c3da"
+    # On omniglot those three now default to 32, on, on: a run of other settings, so another backup folder;
+    # elsewhere they default to the values of the previous release, and so does the digest.
+    assert TrainConfig.from_flags(_DC).run_key() != "d42b7625380fdb1b"
+    folder = dict(_DC, dataset="folder:/data/birds")
+    assert TrainConfig.from_flags(folder).run_key() == TrainConfig.from_flags(folder, **_PLAIN).run_key()
 
 
 def test_flag_values_stay_flat_and_round_trip():

@@ -148,7 +148,7 @@ def test_the_cli_trains_a_pair_loss_with_a_memory(tmp_path):
     without a pair loss."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     small = ["--image_size=16", "--backbone_width=8", "--embedding_dim=8", "--epochs=1", "--steps_per_epoch=3",
-             "--episodes=", "--nobackup"]
+             "--batch_classes=16", "--episodes=", "--nobackup"]
     run = subprocess.run([sys.executable, "-m", "pddm_tf.cli", "train", *small, "--method=circle", "--xbm=64",
                           f"--save_model={tmp_path}/model.keras"], capture_output=True, text=True, env=env,
                          timeout=600)

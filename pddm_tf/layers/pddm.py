@@ -193,8 +193,10 @@ class PDDM(keras.layers.Layer):
         """Shared top of both modes: [..., h], [..., h], distances [...] -> scores [...]."""
         if self.normalize_hidden:
             u_h, v_h = l2_normalize(u_h), l2_normalize(v_h)
-        # W_c [u''; v''] split into its two halves: same product, no concatenated copy.
-        c = tf.nn.relu(_dense(u_h, self.c_kernel[: self.units]) + _dense(v_h, self.c_kernel[self.units:]) + self.c_bias)
+        # W_c [u''; v''] split into its two halves: same product, no concatenated copy (and one split, whose
+        # gradient is one concatenation where two slices' would be two zero-padded copies and their sum).
+        c_u, c_v = tf.split(self.c_kernel, 2, axis=0)
+        c = tf.nn.relu(_dense(u_h, c_u) + _dense(v_h, c_v) + self.c_bias)
         scores = tf.squeeze(_dense(c, self.s_kernel), axis=-1) + self.s_bias[0]
         if self.distance_scale is not None:
             scores -= self.distance_scale * distance

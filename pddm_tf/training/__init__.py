@@ -8,6 +8,8 @@ Recipes are `TrainConfig`s too: `pddm_tf.methods.recipes.get_recipe("omniglot").
   config.py           `TrainConfig`, its groups and their sub-groups (no TensorFlow import: the CLI's flags are
                       made from it)
   config_checks.py    what `TrainConfig.check` refuses before any work (no TensorFlow import)
+  dataset_defaults.py the settings whose default depends on the dataset (omniglot's 32 x 4 batches, rotations,
+                      affine distortions), given by `TrainConfig.resolved()`
   run.py              `train(config)`, `fit(config)`, `build_model`, `load_split`
   optimizers.py       Adam / AdamW with warm-up and cosine decay (`make_optimizer`, `WarmupCosine`)
   distributed.py      strategies (mirrored, multi-worker), the chief, per-worker input, sharded embedding

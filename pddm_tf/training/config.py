@@ -39,7 +39,8 @@ from pddm_tf._deprecation import warn_deprecated
 from pddm_tf._setting_groups import get, grouped, replace_paths, settings_of, spelled, subgroup
 from pddm_tf.methods.spec import DivideAndConquerConfig, HDMLConfig, MethodConfig, PDDMConfig
 from pddm_tf.options import Bound, ConfigError, Setting, setting
-from pddm_tf.training import config_checks
+from pddm_tf.training import config_checks, dataset_defaults
+from pddm_tf.training.dataset_defaults import DATASET_DEFAULTS
 
 # Upper bounds of sizes, from the memory a larger value takes (issue 34): stated in the refusal.
 _IMAGE_SIZE = Bound(1, 4096, note="a 4096 x 4096 x 3 float32 image takes 201 MB; larger sizes exhaust memory")
@@ -72,12 +73,14 @@ class ImageConfig:
                               "before decoding: skipped by folder checks, an error in the training and evaluation "
                               "pipelines, and an InvalidArgumentError from the exported SavedModel.", bound=_PIXELS,
                               flag="max_image_pixels")
-    rotations: bool = setting(False, "Add 90/180/270-degree rotations of the training classes as new classes (any "
-                              "dataset; held-out classes stay upright).")
+    rotations: bool | None = setting(None, "Add 90/180/270-degree rotations of the training classes as new classes "
+                                     "(any dataset; held-out classes stay upright). Default: on for omniglot and "
+                                     "tfds_omniglot, off otherwise.", bool)
     augment: bool = setting(False, "The papers' pipeline: random resized crop + horizontal flip for training, "
                             "resize (image_size * 8/7) + centre crop for evaluation. Off: plain resize.")
-    affine: bool = setting(False, "Small random affine distortions of training images (rotation, shear, scale, "
-                           "shift; Koch et al. 2015), for characters and drawings; no flip.")
+    affine: bool | None = setting(None, "Small random affine distortions of training images (rotation, shear, "
+                                  "scale, shift; Koch et al. 2015), for characters and drawings; no flip. Default: on "
+                                  "for omniglot and tfds_omniglot (unless --augment), off otherwise.", bool)
 
 
 @grouped("config.data")
@@ -123,8 +126,9 @@ class ModelConfig:
 class BatchConfig:
     """The composition of a training batch: P classes of K images each."""
 
-    classes: int = setting(16, "P: classes per batch.", bound=Bound(2, 65536, note="a batch needs two classes for "
-                           "a negative"), flag="batch_classes")
+    classes: int | None = setting(None, "P: classes per batch. Default: 32 for omniglot and tfds_omniglot, 16 "
+                                  "otherwise.", int, bound=Bound(2, 65536, note="a batch needs two classes for a "
+                                                                 "negative"), flag="batch_classes")
     per_class: int = setting(4, "K: images per class in a batch.", bound=Bound(
         2, 65536, note="a class needs two images in a batch for a positive pair"), flag="batch_per_class")
 
@@ -361,20 +365,32 @@ class TrainConfig:
         values["loss_options"] = json.dumps(dict(options), sort_keys=True) if options else None
         return values
 
+    def dataset_defaults(self) -> dict[str, Any]:
+        """The values `resolved` gives the settings left unset (None) of `DATASET_DEFAULTS`, by flag name."""
+        unset = [flag for flag in DATASET_DEFAULTS if get(getattr(self, FLAGS[flag][0]), FLAGS[flag][1]) is None]
+        return dataset_defaults.defaults_for(self.data.dataset, unset, augment=self.data.images.augment)
+
+    def resolved(self) -> TrainConfig:
+        """A copy whose dataset-dependent settings (`DATASET_DEFAULTS`) hold their value for this dataset
+        where they are unset; what `train`, `fit` and `build_model` run. Set values are kept."""
+        values = self.dataset_defaults()
+        return self.with_flags(**values) if values else self
+
     def run_key(self) -> str:
-        """A digest of the settings that define what the run trains (not its outputs or evaluation): the name
-        of its default backup folder, so that the same command finds its backup again."""
-        defining = sorted(f"{name}={value!r}" for name, value in self.flag_values().items()
+        """A digest of the settings that define what the run trains (not its outputs or evaluation), resolved
+        for the dataset: the name of its default backup folder, so that the same command finds its backup
+        again."""
+        defining = sorted(f"{name}={value!r}" for name, value in self.resolved().flag_values().items()
                           if name not in _NOT_DEFINING)
         return hashlib.sha1("\n".join(defining).encode()).hexdigest()[:16]
 
     def check(self) -> None:
         """Raises `ConfigError` (one line) naming the first value or combination `pddm-tf train` refuses;
         train() calls it before any work."""
-        config_checks.check_config(self, FLAGS)
+        config_checks.check_config(self.resolved(), FLAGS)
 
 
-__all__ = ["BatchConfig", "ConfigError", "DataConfig", "DistributionConfig", "DivideAndConquerConfig",
-           "EvaluationConfig", "GROUPS", "HDMLConfig", "ImageConfig", "MethodConfig", "ModelConfig",
-           "OptimizationConfig", "OutputConfig", "PDDMConfig", "RunConfig", "TFDSConfig", "TrainConfig",
-           "parse_loss_options"]
+__all__ = ["BatchConfig", "ConfigError", "DATASET_DEFAULTS", "DataConfig", "DistributionConfig",
+           "DivideAndConquerConfig", "EvaluationConfig", "GROUPS", "HDMLConfig", "ImageConfig", "MethodConfig",
+           "ModelConfig", "OptimizationConfig", "OutputConfig", "PDDMConfig", "RunConfig", "TFDSConfig",
+           "TrainConfig", "parse_loss_options"]

@@ -39,7 +39,7 @@ from pddm_tf.training.tensorboard import TensorBoard
 def load_split(config: TrainConfig, rotate_training: bool = True):
     """The dataset split of `config` and its channel count; with `rotations` (and `rotate_training`)
     its training classes get their rotated copies as new classes."""
-    d = config.data
+    d = config.resolved().data
     kwargs: dict[str, Any] = {}
     if d.dataset == "omniglot" or d.dataset.startswith("folder:"):
         kwargs.update(split_by=d.split_by, test_groups=list(d.test_groups) if d.test_groups else None)
@@ -56,7 +56,7 @@ def load_split(config: TrainConfig, rotate_training: bool = True):
 
 def training_transform(config: TrainConfig):
     """The training augmentation: `augment` (crop + flip), `affine`, or none."""
-    d = config.data
+    d = config.resolved().data
     if d.images.augment and d.images.affine:
         raise ValueError("augment and affine are two different training augmentations; choose one")
     if d.images.augment:
@@ -96,6 +96,7 @@ def build_model(config: TrainConfig, channels: int, num_classes: int, total_step
     """The compiled model of `config`: `num_classes` training classes (used by HDML), `total_steps` the
     length of the run (for the learning-rate schedule), under `mixed_precision`'s policy."""
     # Layers take the global policy when they are made; it is restored once the model is built and compiled.
+    config = config.resolved()
     previous = keras.mixed_precision.global_policy()
     if config.model.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{config.model.mixed_precision}")
@@ -220,7 +221,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     held-out split). Raises `pddm_tf.options.ConfigError` for a refused setting, before any work."""
     _check(config)
     with pixel_limit(config.data.images.max_pixels), atomic.lock_folders(*_locked_folders(config)):
-        return _finish(config, _fit(config))
+        return _finish(config.resolved(), _fit(config))
 
 
 def fit(config: TrainConfig) -> Trained:
@@ -251,6 +252,8 @@ def _locked_folders(config: TrainConfig) -> list[str]:
 
 
 def _fit(config: TrainConfig) -> Trained:
+    dataset_defaults = config.dataset_defaults()
+    config = config.resolved()
     r, o = config.run, config.optimization
     # A multi-worker strategy must exist before any other TensorFlow operation runs.
     dist = r.distribution
@@ -262,11 +265,16 @@ def _fit(config: TrainConfig) -> Trained:
     say = print if chief else (lambda *args, **kwargs: None)
     say(f"dataset {config.data.dataset}: {split.train.num_classes} training classes ({len(split.train)} images)"
         + (f", {split.test.num_classes} held-out classes ({len(split.test)} images)" if split.test else ""))
+    if dataset_defaults:
+        say(f"{config.data.dataset}'s defaults: " + ", ".join(f"--{flag}={value}" for flag, value in
+                                                               dataset_defaults.items()))
     if strategy.num_replicas_in_sync > 1:
         index, workers = distributed.worker_info(strategy)
         say(f"strategy {dist.strategy}: {strategy.num_replicas_in_sync} replicas on {workers} worker(s); "
             f"this is worker {index}")
-    batch = o.batch.classes * o.batch.per_class
+    classes = o.batch.classes
+    assert classes is not None  # resolved above
+    batch = classes * o.batch.per_class
     steps_per_epoch = o.steps_per_epoch or -(-len(split.train) // batch)
     with strategy.scope():
         model = build_model(config, channels, split.train.num_classes, total_steps=o.epochs * steps_per_epoch)
@@ -277,7 +285,7 @@ def _fit(config: TrainConfig) -> Trained:
         settings = method_settings(config, split.train.num_classes)
         # The backup is kept when fit completes, and deleted only once every output is written.
         train_data, callbacks = training_pipeline(
-            model, split.train, o.batch.classes, o.batch.per_class, config.data.images.size, channels, seed=r.seed,
+            model, split.train, classes, o.batch.per_class, config.data.images.size, channels, seed=r.seed,
             recluster_every=settings.get("recluster_every", 2), conquer_epochs=settings.get("conquer_epochs", 1),
             cluster_on=settings.get("cluster_on", "features"), small_classes=config.data.small_classes,
             augment=training_transform(config), steps_per_epoch=steps_per_epoch, backup_dir=backup_path,
@@ -315,7 +323,7 @@ def _fit_epochs(config: TrainConfig, model, split, channels: int, transform, tra
     seconds = max(time.perf_counter() - start, 1e-9)
     # Only what this run trained: a resumed run starts after the backed-up epochs.
     epochs_run = len(history.epoch)
-    images = epochs_run * steps_per_epoch * o.batch.classes * o.batch.per_class
+    images = epochs_run * steps_per_epoch * (o.batch.classes or 0) * o.batch.per_class
     resumed = backup.restored_epoch if backup is not None else None
     say(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.1f} s "
         f"({images / seconds:.0f} images/s)"

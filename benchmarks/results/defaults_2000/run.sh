@@ -9,6 +9,6 @@ export CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 TF_NUM_INTRAOP_THREADS=1 TF_
 for f in ${1//,/ }; do
   out="$here/runs/f${f}"
   [ -f "$out/results.json" ] && continue
-  python benchmarks/few_shot.py --folds="$f" --steps=2000 --rows=pddm_defaults,margin \
+  python benchmarks/few_shot.py --defaults=plain --folds="$f" --steps=2000 --rows=pddm_defaults,margin \
     --variants='{"margin": {"base": "pddm_defaults", "method": "margin"}}' --out_dir="$out"
 done

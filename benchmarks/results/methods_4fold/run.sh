@@ -15,6 +15,6 @@ for g in $(echo "${2:-$(seq -s, 0 $((groups - 1)))}" | tr , " "); do
   for f in ${1//,/ }; do
     out="$here/runs/g${g}_f${f}"
     [ -f "$out/results.json" ] && continue
-    python benchmarks/few_shot.py --folds="$f" --steps=1000 --rows="$rows" --variants="$variants" --out_dir="$out"
+    python benchmarks/few_shot.py --defaults=plain --folds="$f" --steps=1000 --rows="$rows" --variants="$variants" --out_dir="$out"
   done
 done
