@@ -190,6 +190,9 @@ def test_readme_main_job_runs_as_written(tmp_path):
     # full 1,000-step run takes 4 minutes of CI's 20 and is measured in BENCHMARKS.md section 1.
     result = pddm_tf(*command[1:], "--epochs=2", "--steps_per_epoch=20", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # It says which of its settings came from omniglot's own defaults, and trains on the rotated classes.
+    assert "omniglot's defaults: --affine=True, --batch_classes=32, --rotations=True" in result.stdout
+    assert "484 training classes" in result.stdout  # 121 characters and their three rotations
     for key in KEYS:
         assert re.search(rf"^{re.escape(key)}\s*\|\s*0\.\d+", result.stdout, re.M), key
     export = re.search(r"SavedModel exported to (\S+)", result.stdout).group(1)
