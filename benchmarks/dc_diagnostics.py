@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
     d = base.model.embedding_dim
     if any(k < 2 or d % k for k in ks):
         raise app.UsageError(f"every K of --ks must be >= 2 and divide embedding_dim {d}, got {ks}")
-    split = few_shot._fold_split(FLAGS.fold, bool(base.resolved().data.images.rotations))
+    split = few_shot._fold_split(FLAGS.fold, bool(base.data.images.rotations))
     assert split.test is not None  # load_omniglot(test_groups=...) holds alphabets out
     print(f"fold {FLAGS.fold}: {split.train.num_classes} training classes ({len(split.train)} images), "
           f"{split.test.num_classes} held-out classes; {steps} steps per run", flush=True)

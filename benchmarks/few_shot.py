@@ -23,11 +23,11 @@ Rows:
   hdml_npair         `pddm-tf train --method=hdml_npair` with the defaults
   dc_margin          `pddm-tf train --method=dc_margin` with the defaults
 
-"The defaults" are `pddm-tf train`'s for omniglot: since 2026-12-08 (issue 32) 32 x 4 batches with rotations
-and affine distortions; --defaults=plain gives the 16 x 4 batches without either of the earlier records.
-
   python benchmarks/few_shot.py --budget_seconds=300 --out_dir=benchmarks/results/few_shot
   python benchmarks/few_shot.py --quick          # a few steps on one fold: checks the pipeline
+
+"The defaults" are `pddm-tf train`'s for omniglot: since 2026-12-08 (issue 32) 32 x 4 batches with rotations
+and affine distortions; --defaults=plain gives the 16 x 4 batches without either of the earlier records.
 
 More rows (e.g. a sweep) come from --variants, a JSON object: name -> {"base": row, flag: value},
 e.g. '{"recipe_w96": {"base": "pddm_recipe", "backbone_width": 96}}'. Outputs in --out_dir:
