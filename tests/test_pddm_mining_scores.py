@@ -1,15 +1,19 @@
-"""PDDMModel's mining scores (`models.pddm._mining_scores`, fewer passes over the pairs): the PDDM
-scores of a float64 numpy reference, and the same quadruplets as the layer's `all_pair_scores`."""
+"""PDDMModel's fast paths: the mining scores (`models.pddm._mining_scores`, fewer passes over the
+pairs) are the PDDM scores of a float64 numpy reference and mine the same quadruplets as the layer's
+`all_pair_scores`; the loss's pair scores (`models.pddm._pair_scores`, from the batch's embeddings)
+and their gradients are those of the layer's pair mode."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pddm_tf import small_convnet
+from pddm_tf import PDDM, small_convnet
 from pddm_tf.methods import build_model
-from pddm_tf.miners import mine_quadruplets, score_gap
-from pddm_tf.models.pddm import _mining_scores
+from pddm_tf.miners import mine_quadruplets, quadruplet_tuples, score_gap
+from pddm_tf.models import mine_with_pddm, pddm_quadruplet_terms
+from pddm_tf.models import pddm as pddm_module
+from pddm_tf.models.pddm import _mining_scores, _pair_scores
 
 
 def _model(dim: int, **options):
@@ -68,3 +72,52 @@ def test_normalised_inputs_keep_the_layer_path():
     embeddings = tf.constant(np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32))
     np.testing.assert_array_equal(model.mine(embeddings, labels)["quadruplets"].indices,
                                   mine_quadruplets(labels, model.pddm(embeddings), model.hinge_loss.mining).indices)
+
+
+@pytest.mark.parametrize("distance_weight", [1.0, 0.0])  # with the Euclidean prior and without
+def test_pair_scores_are_the_pddm_scores_of_the_pairs(distance_weight):
+    pddm = PDDM(units=16, combined_units=12, distance_weight=distance_weight)
+    pddm.build((None, 8))
+    rng = np.random.default_rng(2)
+    for weight in pddm.weights:
+        weight.assign(0.3 * rng.normal(size=weight.shape).astype(np.float32))
+    f = rng.normal(size=(12, 8)).astype(np.float32)
+    a, b = rng.integers(0, 12, size=30), rng.integers(0, 12, size=30)
+    a[:3] = b[:3]  # identical embeddings (u = 0) too
+    np.testing.assert_allclose(_pair_scores(pddm, tf.constant(f), tf.constant(a), tf.constant(b)),
+                               _numpy_scores(pddm, f)[a, b], atol=1e-5)
+
+
+def test_loss_and_gradients_equal_those_of_the_layer_pair_mode(monkeypatch):
+    """The double-header loss of mined quadruplets at 16 x 4 and its gradients with respect to the
+    embeddings and every weight of the unit: the model's (through `_pair_scores`) against all 3q
+    pairs scored by the layer's call."""
+    model = _model(16)
+    labels = tf.constant(np.repeat(np.arange(16), 4), tf.int32)
+    embeddings = tf.Variable(np.random.default_rng(3).normal(size=(64, 16)).astype(np.float32))
+    mined = mine_with_pddm(model.pddm, model.hinge_loss, "pddm", tf.convert_to_tensor(embeddings), labels)
+    quads = mined["quadruplets"]
+    variables = [embeddings, *model.pddm.trainable_variables]
+    calls = []
+    monkeypatch.setattr(pddm_module, "_pair_scores", lambda *args: calls.append(1) or _pair_scores(*args))
+
+    def layer_loss():
+        i, j, k, l = tf.unstack(quads.indices, num=4, axis=1)
+        first, second = tf.concat([i, i, j], 0), tf.concat([j, k, l], 0)
+        scores = model.pddm((tf.gather(embeddings, first), tf.gather(embeddings, second)))
+        s_ij, s_ik, s_jl = tf.split(scores, 3)
+        return model.hinge_loss.quadruplet_terms(embeddings, quadruplet_tuples(quads), tf.concat([s_ij, s_ij], 0),
+                                                 tf.concat([s_ik, s_jl], 0)).total
+
+    results = []
+    for loss_of in (lambda: pddm_quadruplet_terms(model.pddm, model.hinge_loss, embeddings, mined)["loss"], layer_loss):
+        with tf.GradientTape() as tape:
+            loss = loss_of()
+        results.append((loss, tape.gradient(loss, variables)))
+    (loss, gradients), (expected_loss, expected_gradients) = results
+    assert calls == [1] and quads.indices.shape[0] > 0
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    for gradient, expected in zip(gradients, expected_gradients, strict=True):
+        expected = tf.convert_to_tensor(expected)
+        assert float(tf.reduce_max(tf.abs(expected))) > 0
+        np.testing.assert_allclose(tf.convert_to_tensor(gradient), expected, atol=1e-5)

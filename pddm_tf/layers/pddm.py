@@ -168,8 +168,7 @@ class PDDM(keras.layers.Layer):
         """
         f = l2_normalize(f)
         m = tf.shape(f)[0]
-        upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
-        pairs = tf.cast(tf.where(upper), tf.int32)  # [P, 2], row-major
+        pairs = _upper_pairs(m)  # [P, 2], row-major
         i, j = pairs[:, 0], pairs[:, 1]
         # u branch: |f_i - f_j| is not linear in the pair, so it is formed for every pair ([P, d]).
         u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
@@ -186,8 +185,7 @@ class PDDM(keras.layers.Layer):
             v_sq_norm = 0.25 * (tf.gather(sq, i) + tf.gather(sq, j) + 2.0 * tf.gather_nd(gram, pairs))
             v_lin = v_lin / tf.sqrt(tf.maximum(v_sq_norm, EPSILON))[:, None]
         v_h = tf.nn.relu(v_lin + self.v_bias)
-        upper_scores = tf.scatter_nd(pairs, self._head(u_h, v_h, distance), tf.stack([m, m]))
-        return tf.where(upper, upper_scores, tf.transpose(upper_scores))
+        return _symmetric_from_upper(self._head(u_h, v_h, distance), m)
 
     def _head(self, u_h: tf.Tensor, v_h: tf.Tensor, distance: tf.Tensor) -> tf.Tensor:
         """Shared top of both modes: [..., h], [..., h], distances [...] -> scores [...]."""
@@ -225,6 +223,23 @@ class PDDM(keras.layers.Layer):
     def from_config(cls, config: dict[str, Any]) -> PDDM:
         # A config saved before the prior existed describes a unit without it (and without its weight).
         return cls(**{"distance_weight": 0.0, **config})
+
+
+def _upper_pairs(m: tf.Tensor) -> tf.Tensor:
+    """The pairs i <= j of m items in row-major order: [m (m + 1) / 2, 2] int32."""
+    upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
+    return tf.cast(tf.where(upper), tf.int32)
+
+
+def _symmetric_from_upper(values: tf.Tensor, m: tf.Tensor) -> tf.Tensor:
+    """The symmetric [m, m] matrix whose entries i <= j are `values` [m (m + 1) / 2] (in the order of
+    `_upper_pairs`): entry (i, j) is the value of the pair (min(i, j), max(i, j)), found at
+    position lo m - lo (lo - 1) / 2 + (hi - lo) of the row-major list. One gather of m^2 values,
+    where scattering the upper triangle into a zero matrix and mirroring it takes a scatter, a
+    transpose and a select (about 1 ms of the 64 x 4 mining scores; BENCHMARKS.md section 11)."""
+    r = tf.range(m)
+    lo, hi = tf.minimum(r[:, None], r[None, :]), tf.maximum(r[:, None], r[None, :])
+    return tf.gather(values, lo * m - lo * (lo - 1) // 2 + (hi - lo))
 
 
 def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:

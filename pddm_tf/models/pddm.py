@@ -12,8 +12,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pddm_tf.distances import EPSILON, l2_normalize
+from pddm_tf.distances import EPSILON, l2_normalize, safe_norm
 from pddm_tf.layers import PDDM
+from pddm_tf.layers.pddm import _symmetric_from_upper, _upper_pairs
 from pddm_tf.losses import DoubleHeaderHingeLoss
 from pddm_tf.miners import euclidean_scores, mine_quadruplets, quadruplet_tuples, score_gap
 from pddm_tf.models.base import EmbeddingModel
@@ -50,17 +51,19 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
       benchmarks/results/train_step_floor.md);
     - the u branch's bias and ReLU ride on its product (`bias_add`, which Grappler fuses into the
       MatMul kernel); the v branch adds two gathered rows of (W_v f + b_v) / 2, computed per sample;
-    - u' and v' are not divided by their norms: the products W_c u', W_c v' are scaled by the inverse
-      norms instead (a row scale commutes with the product), the v half fused with c's bias;
-    - every norm is one `reduce_euclidean_norm` pass (square and sum read the activations twice).
+    - u' and v' are scaled by their inverse norms (a multiply, not a division per element), and c's
+      bias rides on the v half's product (`bias_add`, fused into the MatMul kernel: one pass over
+      the [P / 8, 128] products fewer than adding it after a row scale of the product);
+    - every norm is one `reduce_euclidean_norm` pass (square and sum read the activations twice);
+    - the [m, m] matrix is one gather of the pairs' scores (`_symmetric_from_upper`).
     Equal to the layer's scores up to float rounding; used for mining only (no gradient flows
     through mining)."""
     f = l2_normalize(f)
     m = tf.shape(f)[0]
-    upper = tf.linalg.band_part(tf.ones(tf.stack([m, m]), tf.int8), 0, -1) > 0
-    pairs = tf.cast(tf.where(upper), tf.int32)
+    pairs = _upper_pairs(m)
     half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
-    units, floor = pddm.units, EPSILON ** 0.5
+    c_u, c_v = tf.split(pddm.c_kernel, 2, axis=0)
+    floor = EPSILON ** 0.5
 
     def norm(x: tf.Tensor) -> tf.Tensor:
         return tf.maximum(tf.math.reduce_euclidean_norm(x, axis=1), floor)
@@ -72,8 +75,8 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
         u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
         u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
         v_h = tf.nn.relu(tf.gather(half, i) + tf.gather(half, j))
-        c = tf.nn.relu(tf.matmul(u_h, pddm.c_kernel[:units]) * inverse_norm(u_h)
-                       + tf.nn.bias_add(tf.matmul(v_h, pddm.c_kernel[units:]) * inverse_norm(v_h), pddm.c_bias))
+        c = tf.nn.relu(tf.nn.bias_add(tf.matmul(v_h * inverse_norm(v_h), c_v), pddm.c_bias)
+                       + tf.matmul(u_h * inverse_norm(u_h), c_u))
         scores = tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0]
         if pddm.distance_scale is not None:  # the layer's Euclidean prior, -g ||f_i - f_j||
             scores -= pddm.distance_scale * norm(u)
@@ -83,8 +86,7 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
     step = (size + _MINING_CHUNKS - 1) // _MINING_CHUNKS
     bounds = [tf.minimum(k * step, size) for k in range(_MINING_CHUNKS + 1)]
     scores = tf.concat([chunk_scores(pairs[a:b, 0], pairs[a:b, 1]) for a, b in zip(bounds, bounds[1:])], 0)
-    upper_scores = tf.scatter_nd(pairs, scores, tf.stack([m, m]))
-    return tf.where(upper, upper_scores, tf.transpose(upper_scores))
+    return _symmetric_from_upper(scores, m)
 
 
 def _distinct_pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -95,8 +97,27 @@ def _distinct_pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf
     gather's gradient sums the repeats)."""
     m = tf.cast(tf.shape(embeddings)[0], tf.int64)
     keys, slots = tf.unique(tf.cast(a, tf.int64) * m + tf.cast(b, tf.int64))
-    scores = pddm((tf.gather(embeddings, keys // m), tf.gather(embeddings, keys % m)))
+    first, second = keys // m, keys % m
+    if type(pddm) is PDDM and not pddm.normalize_inputs:
+        scores = _pair_scores(pddm, embeddings, first, second)
+    else:
+        scores = pddm((tf.gather(embeddings, first), tf.gather(embeddings, second)))
     return tf.gather(scores, slots)
+
+
+def _pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """`pddm((embeddings[a], embeddings[b]))` ([m, d], [n], [n] -> [n], METHODS.md section 1) for a unit
+    with normalize_inputs=False, with gradient, from the batch's m embeddings rather than the n
+    pairs' 2n copies: each embedding is normalised once, and the v branch's product is taken per
+    sample, (W_v f + b_v) / 2, and its two rows added per pair (n = 640 distinct pairs of 256 images
+    at 64 x 4: the loss with its gradient 3.4 against 3.75 ms; benchmarks/results/train_step_floor.md).
+    Equal to the layer's pair mode up to float rounding."""
+    f = l2_normalize(tf.cast(embeddings, pddm.compute_dtype))
+    half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
+    u = tf.abs(tf.gather(f, a) - tf.gather(f, b))
+    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
+    v_h = tf.nn.relu(tf.gather(half, a) + tf.gather(half, b))
+    return pddm._head(u_h, v_h, safe_norm(u, keepdims=False))
 
 
 def pddm_quadruplet_terms(pddm: PDDM, loss: DoubleHeaderHingeLoss, embeddings: tf.Tensor,
