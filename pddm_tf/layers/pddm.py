@@ -236,7 +236,7 @@ def _symmetric_from_upper(values: tf.Tensor, m: tf.Tensor) -> tf.Tensor:
     `_upper_pairs`): entry (i, j) is the value of the pair (min(i, j), max(i, j)), found at
     position lo m - lo (lo - 1) / 2 + (hi - lo) of the row-major list. One gather of m^2 values,
     where scattering the upper triangle into a zero matrix and mirroring it takes a scatter, a
-    transpose and a select (about 1 ms of the 64 x 4 mining scores; BENCHMARKS.md section 11)."""
+    transpose and a select (about 1 ms of the 64 x 4 mining scores; benchmarks/results/train_step_floor.md)."""
     r = tf.range(m)
     lo, hi = tf.minimum(r[:, None], r[None, :]), tf.maximum(r[:, None], r[None, :])
     return tf.gather(values, lo * m - lo * (lo - 1) // 2 + (hi - lo))

@@ -110,7 +110,7 @@ def _pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf.Tensor) 
     with normalize_inputs=False, with gradient, from the batch's m embeddings rather than the n
     pairs' 2n copies: each embedding is normalised once, and the v branch's product is taken per
     sample, (W_v f + b_v) / 2, and its two rows added per pair (n = 640 distinct pairs of 256 images
-    at 64 x 4: the loss with its gradient 3.4 against 3.75 ms; benchmarks/results/train_step_floor.md).
+    at 64 x 4: the loss with its gradient 3.45 against 3.75 ms; benchmarks/results/train_step_floor.md).
     Equal to the layer's pair mode up to float rounding."""
     f = l2_normalize(tf.cast(embeddings, pddm.compute_dtype))
     half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
