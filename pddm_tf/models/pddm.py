@@ -37,6 +37,22 @@ def mine_with_pddm(pddm: PDDM | Callable[[tf.Tensor], tf.Tensor], loss: DoubleHe
     return {"quadruplets": mine_quadruplets(labels, scores, loss.miner.mode), "score_gap": score_gap(labels, scores)}
 
 
+def _v_halves(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
+    """(W_v f + b_v) / 2 per sample, [m, d] -> [m, h]: two of its rows add up to the v branch's
+    pre-activation of their pair (v = (f_i + f_j) / 2 is linear in the pair)."""
+    return 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)
+
+
+def _pair_branches(pddm: PDDM, f: tf.Tensor, halves: tf.Tensor, i: tf.Tensor,
+                   j: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """u = |f_i - f_j| [n, d] and the hidden layers u' = ReLU(W_u u + b_u), v' = ReLU(W_v v + b_v)
+    [n, h] of the pairs (i[n], j[n]) of normalised embeddings f [m, d] (METHODS.md section 1), the
+    u branch's bias and ReLU riding on its product (`bias_add`, fused into the MatMul kernel)."""
+    u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
+    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
+    return u, u_h, tf.nn.relu(tf.gather(halves, i) + tf.gather(halves, j))
+
+
 #: How many slices of the pair list `_mining_scores` scores one after the other (see there).
 _MINING_CHUNKS = 8
 
@@ -49,8 +65,8 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
       [P / 8, 128] activations small enough to stay in a core's cache between its passes, and the
       executor runs two slices at once on two cores (256 x 128: 23.3 against 26.5 ms unsliced, quiet;
       benchmarks/results/train_step_floor.md);
-    - the u branch's bias and ReLU ride on its product (`bias_add`, which Grappler fuses into the
-      MatMul kernel); the v branch adds two gathered rows of (W_v f + b_v) / 2, computed per sample;
+    - the u branch's bias and ReLU ride on its product, and the v branch adds two gathered rows of
+      (W_v f + b_v) / 2, computed per sample (`_pair_branches`, `_v_halves`);
     - u' and v' are scaled by their inverse norms (a multiply, not a division per element), and c's
       bias rides on the v half's product (`bias_add`, fused into the MatMul kernel: one pass over
       the [P / 8, 128] products fewer than adding it after a row scale of the product);
@@ -61,7 +77,7 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
     f = l2_normalize(f)
     m = tf.shape(f)[0]
     pairs = _upper_pairs(m)
-    half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
+    halves = _v_halves(pddm, f)
     c_u, c_v = tf.split(pddm.c_kernel, 2, axis=0)
     floor = EPSILON ** 0.5
 
@@ -72,9 +88,7 @@ def _mining_scores(pddm: PDDM, f: tf.Tensor) -> tf.Tensor:
         return tf.math.reciprocal(norm(x))[:, None]
 
     def chunk_scores(i: tf.Tensor, j: tf.Tensor) -> tf.Tensor:
-        u = tf.abs(tf.gather(f, i) - tf.gather(f, j))
-        u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
-        v_h = tf.nn.relu(tf.gather(half, i) + tf.gather(half, j))
+        u, u_h, v_h = _pair_branches(pddm, f, halves, i, j)
         c = tf.nn.relu(tf.nn.bias_add(tf.matmul(v_h * inverse_norm(v_h), c_v), pddm.c_bias)
                        + tf.matmul(u_h * inverse_norm(u_h), c_u))
         scores = tf.matmul(c, pddm.s_kernel)[:, 0] + pddm.s_bias[0]
@@ -113,10 +127,7 @@ def _pair_scores(pddm: PDDM, embeddings: tf.Tensor, a: tf.Tensor, b: tf.Tensor) 
     at 64 x 4: the loss with its gradient 3.45 against 3.75 ms; benchmarks/results/train_step_floor.md).
     Equal to the layer's pair mode up to float rounding."""
     f = l2_normalize(tf.cast(embeddings, pddm.compute_dtype))
-    half = 0.5 * tf.nn.bias_add(tf.matmul(f, pddm.v_kernel), pddm.v_bias)  # [m, h]
-    u = tf.abs(tf.gather(f, a) - tf.gather(f, b))
-    u_h = tf.nn.relu(tf.nn.bias_add(tf.matmul(u, pddm.u_kernel), pddm.u_bias))
-    v_h = tf.nn.relu(tf.gather(half, a) + tf.gather(half, b))
+    u, u_h, v_h = _pair_branches(pddm, f, _v_halves(pddm, f), a, b)
     return pddm._head(u_h, v_h, safe_norm(u, keepdims=False))
 
 
